@@ -1,0 +1,248 @@
+//! The consumer loop. It runs on its own OS thread with a synchronous
+//! `BaseConsumer`, so that rebalance callbacks (which librdkafka runs inside `poll`)
+//! can flush revoked partitions and claim assigned ones before returning: the
+//! group does not move on until they are done. Async work (Redis, Postgres) is
+//! driven with `Handle::block_on`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message as _;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use sea_orm::DatabaseConnection;
+use tokio::runtime::Handle;
+
+use viewpipe_runtime::{Health, Shutdown};
+use viewpipe_schema::Namespaces;
+use viewpipe_store::{PendingStore, Scope};
+
+use crate::batch::{self, Raw};
+use crate::flush;
+use crate::metrics as m;
+use crate::state::{Core, Partition};
+
+/// Most messages taken into one batch.
+const MAX_BATCH: usize = 5000;
+/// Longest wait to fill a batch.
+const BATCH_WAIT: Duration = Duration::from_millis(50);
+/// How long the final flush at shutdown keeps retrying a failing Postgres.
+const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Everything the loop and the rebalance callbacks share.
+pub struct Shared {
+    pub rt: Handle,
+    pub db: DatabaseConnection,
+    pub scope: Scope,
+    pub pending: Option<PendingStore>,
+    pub dlq: FutureProducer,
+    pub dlq_topic: String,
+    pub namespaces: Namespaces,
+    pub core: Mutex<Core>,
+    pub shutdown: Shutdown,
+}
+
+impl Shared {
+    pub fn core(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock aborts the process anyway; recover the data.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Flushes with retries until it succeeds or `deadline` passes.
+    fn flush_with_retry(&self, core: &mut Core, deadline: Instant) -> Option<flush::Flushed> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match flush::flush(&self.rt, &self.db, &self.scope, core) {
+                Ok(done) => return Some(done),
+                Err(e) if Instant::now() + wait < deadline => {
+                    tracing::warn!(error = %e, "flush failed; retrying");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "flush failed; giving up on this attempt");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+pub struct AggregatorContext {
+    pub shared: Arc<Shared>,
+}
+
+impl ClientContext for AggregatorContext {}
+
+impl ConsumerContext for AggregatorContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        metrics::counter!(m::REBALANCES).increment(1);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer),
+            other => {
+                tracing::error!(error = ?other, "rebalance error; dropping the assignment");
+                self.revoke(consumer);
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // Harmless for correctness: Postgres holds the authoritative position.
+            tracing::debug!(error = %e, "Kafka offset commit failed");
+        }
+    }
+}
+
+impl AggregatorContext {
+    /// Claims each assigned partition in Postgres and starts it at the offset
+    /// Postgres holds.
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let shared = &self.shared;
+        let mut claimed = Vec::new();
+        for elem in tpl.elements() {
+            let partition = elem.partition();
+            let mut wait = Duration::from_millis(100);
+            let claim = loop {
+                match shared.rt.block_on(viewpipe_store::postgres::claim(
+                    &shared.db,
+                    &shared.scope,
+                    partition,
+                )) {
+                    Ok(claim) => break Some(claim),
+                    Err(e) if !shared.shutdown.is_triggered() => {
+                        tracing::warn!(partition, error = %e, "cannot claim partition in Postgres; retrying");
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                    Err(_) => break None,
+                }
+            };
+            if let Some(claim) = claim {
+                claimed.push(claim);
+            }
+        }
+        let mut core = shared.core();
+        for claim in &claimed {
+            if let Some(next) = claim.next_offset {
+                let _ = tpl.set_partition_offset(
+                    &shared.scope.topic,
+                    claim.partition,
+                    Offset::Offset(next),
+                );
+            }
+            core.partitions
+                .insert(claim.partition, Partition::from_claim(claim));
+        }
+        drop(core);
+        let partitions: Vec<i32> = claimed.iter().map(|c| c.partition).collect();
+        tracing::info!(partitions = ?partitions, "partitions assigned");
+        if let Err(e) = consumer.assign(tpl) {
+            tracing::error!(error = %e, "assign failed");
+        }
+    }
+
+    /// Flushes everything owned, commits, and lets the partitions go.
+    fn revoke(&self, consumer: &BaseConsumer<Self>) {
+        let shared = &self.shared;
+        let mut core = shared.core();
+        let owned: Vec<i32> = core.partitions.keys().copied().collect();
+        // Stay well inside the session timeout so the group can move on.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        if let Some(done) = shared.flush_with_retry(&mut core, deadline) {
+            if let Some(offsets) = done.offsets {
+                let _ = consumer.commit(&offsets, CommitMode::Sync);
+            }
+        }
+        // Unflushed counts (if Postgres failed) are dropped: the next owner resumes
+        // from the offset Postgres holds and counts them again.
+        core.partitions.clear();
+        metrics::gauge!(m::PENDING_KEYS).set(0.0);
+        drop(core);
+        tracing::info!(partitions = ?owned, "partitions revoked");
+        if let Err(e) = consumer.unassign() {
+            tracing::warn!(error = %e, "unassign failed");
+        }
+    }
+}
+
+/// Loop settings.
+pub struct LoopSettings {
+    pub flush_interval: Duration,
+    pub flush_max_pending: usize,
+}
+
+/// Polls, counts and flushes until shutdown; then flushes, commits and leaves.
+pub fn run_loop(consumer: BaseConsumer<AggregatorContext>, settings: LoopSettings, health: Health) {
+    let shared = consumer.context().shared.clone();
+    let database_only = shared.pending.is_none();
+    let mut next_flush = Instant::now() + settings.flush_interval;
+    let mut batch: Vec<Raw> = Vec::with_capacity(MAX_BATCH);
+    while !shared.shutdown.is_triggered() {
+        health.beat();
+        let until = Instant::now() + BATCH_WAIT;
+        while batch.len() < MAX_BATCH {
+            let left = until.saturating_duration_since(Instant::now());
+            match consumer.poll(left) {
+                Some(Ok(msg)) => batch.push(Raw {
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                    payload: msg.payload().map(<[u8]>::to_vec),
+                    key: msg.key().map(<[u8]>::to_vec),
+                }),
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None => {}
+            }
+            if left.is_zero() {
+                break;
+            }
+        }
+        if !batch.is_empty() {
+            let mut core = shared.core();
+            batch::process(&shared, &mut core, std::mem::take(&mut batch));
+            metrics::gauge!(m::PENDING_KEYS).set(core.pending_keys() as f64);
+        }
+        let due = {
+            let core = shared.core();
+            let pending = core.pending_keys();
+            database_only || Instant::now() >= next_flush || pending >= settings.flush_max_pending
+        };
+        if due {
+            let mut core = shared.core();
+            match flush::flush(&shared.rt, &shared.db, &shared.scope, &mut core) {
+                Ok(done) => {
+                    if let Some(offsets) = done.offsets {
+                        let _ = consumer.commit(&offsets, CommitMode::Async);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "flush failed; will retry"),
+            }
+            next_flush = Instant::now() + settings.flush_interval;
+        }
+    }
+    tracing::info!("stopping: final flush");
+    let mut core = shared.core();
+    if let Some(done) = shared.flush_with_retry(&mut core, Instant::now() + SHUTDOWN_FLUSH_DEADLINE)
+    {
+        if let Some(offsets) = done.offsets {
+            if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                tracing::warn!(error = %e, "final offset commit failed (Postgres holds the position)");
+            }
+        }
+    }
+    core.partitions.clear();
+    drop(core);
+    consumer.unsubscribe();
+    // Dropping the consumer closes it and leaves the group.
+    drop(consumer);
+    tracing::info!("consumer closed");
+}

@@ -1,0 +1,127 @@
+//! The flush: moving consumed counts into Postgres, exactly once.
+//!
+//! # Invariant
+//! For every owned partition, Postgres holds exactly the events at offsets below
+//! `aggregator_partitions.next_offset`, and nothing else from that partition.
+//!
+//! # What is written where, in order
+//! 1. A batch is consumed. Each key's messages go to Redis in one script call that is
+//!    idempotent per partition offset (see `viewpipe_store::pending`), and the counted
+//!    ones are added to the partition's in-memory `pending`.
+//! 2. The flush writes, in ONE Postgres transaction: the partition rows locked and
+//!    their epoch checked, the summed deltas of all flushed partitions added to the
+//!    total and daily rows, and each partition's `next_offset` and `flushed_gen`.
+//! 3. Only after that commit are the offsets committed to the Kafka group, and the
+//!    partition's generation moves on (new pending counts get a new tag in Redis).
+//!
+//! # A crash at each step
+//! - Before or during 2 (no commit): Postgres is unchanged. The next owner claims the
+//!   partition, resumes at `next_offset`, re-counts the same events into memory, and
+//!   its Redis writes add nothing for offsets already applied.
+//! - Between 2 and 3: Postgres has the counts and the new `next_offset`; the Kafka
+//!   group offset lags. The next owner seeks to `next_offset` from Postgres (the
+//!   authoritative position), and drops any re-delivered message below it.
+//! - After 3: nothing to recover.
+//!
+//! Readers see each flushed generation once: the Redis fields of a generation at or
+//! below `flushed_gen` are ignored (see `viewpipe_store::read`).
+//!
+//! A previous owner that still runs after a rebalance is fenced: its flush finds a
+//! newer epoch on the locked partition row and writes nothing.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use rdkafka::{Offset, TopicPartitionList};
+use sea_orm::DatabaseConnection;
+use tokio::runtime::Handle;
+
+use viewpipe_store::postgres::{self, FlushError, FlushOutcome, KeyDelta, PartitionCommit, Scope};
+
+use crate::metrics as m;
+use crate::state::Core;
+
+/// What a successful flush did.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    pub outcome: FlushOutcome,
+    /// Offsets to commit to the Kafka group, now that Postgres holds them.
+    pub offsets: Option<TopicPartitionList>,
+}
+
+/// Flushes every owned partition that made progress. Partitions found fenced are
+/// dropped from `core` (their new owner re-consumes them) and the rest retried.
+pub fn flush(
+    rt: &Handle,
+    db: &DatabaseConnection,
+    scope: &Scope,
+    core: &mut Core,
+) -> Result<Flushed, sea_orm::DbErr> {
+    loop {
+        let commits: Vec<PartitionCommit> = core
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.has_progress())
+            .filter_map(|(&partition, p)| {
+                Some(PartitionCommit {
+                    partition,
+                    epoch: p.epoch,
+                    next_offset: p.consumed_to?,
+                    gen: p.gen,
+                })
+            })
+            .collect();
+        if commits.is_empty() {
+            return Ok(Flushed::default());
+        }
+        let mut deltas: BTreeMap<String, KeyDelta> = BTreeMap::new();
+        for c in &commits {
+            for (key, delta) in &core.partitions[&c.partition].pending {
+                match deltas.get_mut(key) {
+                    Some(sum) => sum.merge(delta),
+                    None => {
+                        deltas.insert(key.clone(), delta.clone());
+                    }
+                }
+            }
+        }
+
+        let started = Instant::now();
+        match rt.block_on(postgres::flush(db, scope, &deltas, &commits)) {
+            Ok(outcome) => {
+                let mut offsets = TopicPartitionList::new();
+                for c in &commits {
+                    if let Some(p) = core.partitions.get_mut(&c.partition) {
+                        p.flushed_to = Some(c.next_offset);
+                        p.gen = c.gen + 1;
+                        p.pending.clear();
+                    }
+                    let _ = offsets.add_partition_offset(
+                        &scope.topic,
+                        c.partition,
+                        Offset::Offset(c.next_offset),
+                    );
+                }
+                metrics::histogram!(m::FLUSH_DURATION).record(started.elapsed().as_secs_f64());
+                metrics::counter!(m::FLUSHED_ROWS).increment(outcome.rows());
+                metrics::gauge!(m::LAST_FLUSH).set(chrono::Utc::now().timestamp() as f64);
+                metrics::gauge!(m::PENDING_KEYS).set(core.pending_keys() as f64);
+                tracing::debug!(partitions = commits.len(), rows = outcome.rows(), "flushed");
+                return Ok(Flushed {
+                    outcome,
+                    offsets: Some(offsets),
+                });
+            }
+            Err(FlushError::Fenced(fenced)) => {
+                tracing::warn!(
+                    partitions = ?fenced,
+                    "partitions were taken over by another aggregator; dropping their unflushed counts (the new owner re-counts them)"
+                );
+                for p in fenced {
+                    core.partitions.remove(&p);
+                }
+            }
+            Err(FlushError::Db(e)) => return Err(e),
+        }
+    }
+}

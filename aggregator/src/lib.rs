@@ -1,0 +1,144 @@
+//! The aggregator: a Kafka consumer group member that counts view events in Redis
+//! and flushes them to Postgres exactly once. See [`flush`] for the protocol.
+
+pub mod batch;
+pub mod consumer;
+pub mod flush;
+pub mod metrics;
+pub mod settings;
+pub mod state;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureProducer;
+use sea_orm_migration::MigratorTrait;
+use tokio::net::TcpListener;
+
+use viewpipe_runtime::connect::{check_eviction_policy, check_kafka, connect_redis};
+use viewpipe_runtime::{kafka, Health, Probes, Shutdown};
+use viewpipe_schema::db;
+use viewpipe_schema::migration::Migrator;
+use viewpipe_schema::settings::SecretUrl;
+use viewpipe_store::pending::{Layout, PendingStore};
+use viewpipe_store::Scope;
+
+use crate::consumer::{AggregatorContext, LoopSettings, Shared};
+use crate::settings::Settings;
+
+/// `aggregator migrate`: applies every pending migration.
+pub async fn migrate(database_url: &SecretUrl) -> anyhow::Result<()> {
+    let db = db::connect(database_url, 2).await?;
+    let pending = Migrator::get_pending_migrations(&db).await?.len();
+    Migrator::up(&db, None).await.context("migration failed")?;
+    if pending == 0 {
+        tracing::info!(database = %database_url, "schema already current; nothing to do");
+    } else {
+        tracing::info!(database = %database_url, applied = pending, "schema migrated");
+    }
+    Ok(())
+}
+
+/// Runs the aggregator until `shutdown` triggers (or the consumer loop ends).
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let common = &settings.common;
+    let prometheus = metrics::install()?;
+    let db = db::connect(&common.database_url, 8).await?;
+    db::ensure_schema_current(&db).await?;
+    let redis = match common.redis_url.url() {
+        Some(url) => {
+            let conn = connect_redis(url).await?;
+            check_eviction_policy(&conn).await;
+            Some(conn)
+        }
+        None => {
+            tracing::info!(
+                "REDIS_URL=none: database-only mode, counts reach Postgres once per batch"
+            );
+            None
+        }
+    };
+    check_kafka(&common.kafka_brokers).await?;
+    let layout = Layout::new(&common.redis_prefix).map_err(anyhow::Error::msg)?;
+    let pending = redis.clone().map(|conn| PendingStore::new(conn, layout));
+
+    let health = Health::new();
+    Probes {
+        db: db.clone(),
+        redis,
+        kafka: Probes::kafka_client(&common.kafka_brokers)?,
+    }
+    .spawn(health.clone(), shutdown.clone());
+    let router = health.router(prometheus);
+    let http_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { http_shutdown.wait().await })
+            .await
+    });
+
+    let dlq: FutureProducer = kafka::producer_config(&common.kafka_brokers)
+        .create()
+        .context("cannot create the DLQ producer")?;
+    let shared = Arc::new(Shared {
+        rt: tokio::runtime::Handle::current(),
+        db,
+        scope: Scope {
+            group: common.consumer_group.clone(),
+            topic: common.views_topic.clone(),
+        },
+        pending,
+        dlq,
+        dlq_topic: common.dlq_topic.clone(),
+        namespaces: common.namespaces.clone(),
+        core: Mutex::new(state::Core::default()),
+        shutdown: shutdown.clone(),
+    });
+    let session = settings.kafka_session_timeout_ms;
+    let consumer: BaseConsumer<AggregatorContext> = kafka::base_config(&common.kafka_brokers)
+        .set("group.id", &common.consumer_group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", session.to_string())
+        .set("heartbeat.interval.ms", (session / 10).max(100).to_string())
+        .set("max.poll.interval.ms", "300000")
+        .create_with_context(AggregatorContext {
+            shared: shared.clone(),
+        })
+        .context("cannot create the Kafka consumer")?;
+    consumer
+        .subscribe(&[&common.views_topic])
+        .with_context(|| format!("cannot subscribe to {}", common.views_topic))?;
+    tracing::info!(
+        group = %common.consumer_group,
+        topic = %common.views_topic,
+        database = %common.database_url,
+        redis = %common.redis_url.url().map_or("none".to_owned(), ToString::to_string),
+        "aggregator started"
+    );
+
+    let loop_settings = LoopSettings {
+        flush_interval: Duration::from_millis(settings.flush_interval_ms),
+        flush_max_pending: usize::try_from(settings.flush_max_pending).unwrap_or(usize::MAX),
+    };
+    let loop_health = health.clone();
+    let consumer_thread = std::thread::Builder::new()
+        .name("consumer".into())
+        .spawn(move || consumer::run_loop(consumer, loop_settings, loop_health))?;
+
+    shutdown.wait().await;
+    health.stopping();
+    let joined = tokio::task::spawn_blocking(move || consumer_thread.join()).await?;
+    if joined.is_err() {
+        anyhow::bail!("the consumer thread panicked");
+    }
+    server.await??;
+    Ok(())
+}

@@ -1,0 +1,37 @@
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use aggregator::settings::{Cli, Command};
+use viewpipe_runtime::Shutdown;
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Migrate(args)) => {
+            viewpipe_schema::telemetry::init(&args.log_format);
+            aggregator::migrate(&args.database_url).await
+        }
+        Some(Command::Run(settings)) => serve(settings).await,
+        None => serve(cli.run).await,
+    };
+    if let Err(e) = result {
+        eprintln!("aggregator: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(settings: aggregator::settings::Settings) -> anyhow::Result<()> {
+    viewpipe_schema::telemetry::init(&settings.common.log_format);
+    let listener = TcpListener::bind(settings.aggregator_addr)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on AGGREGATOR_ADDR {}: {e}",
+                settings.aggregator_addr
+            )
+        })?;
+    let shutdown = Shutdown::default();
+    shutdown.on_signals();
+    aggregator::run(settings, listener, shutdown).await
+}

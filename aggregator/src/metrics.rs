@@ -1,0 +1,52 @@
+//! The aggregator's metric names, declared once.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS: &str = "viewpipe_aggregator_events_total";
+pub const FLUSH_DURATION: &str = "viewpipe_aggregator_flush_duration_seconds";
+pub const FLUSHED_ROWS: &str = "viewpipe_aggregator_flushed_rows_total";
+pub const PENDING_KEYS: &str = "viewpipe_aggregator_pending_keys";
+pub const CONSUMER_LAG: &str = "viewpipe_aggregator_consumer_lag";
+pub const REBALANCES: &str = "viewpipe_aggregator_rebalances_total";
+pub const LAST_FLUSH: &str = "viewpipe_aggregator_last_flush_timestamp_seconds";
+
+/// Installs the Prometheus recorder (once per process) and describes every metric.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(FLUSH_DURATION.to_owned()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        )?
+        .install_recorder()?;
+    describe_counter!(
+        EVENTS,
+        "Events consumed, by result: counted, duplicate or invalid"
+    );
+    describe_histogram!(
+        FLUSH_DURATION,
+        Unit::Seconds,
+        "Duration of one flush to Postgres"
+    );
+    describe_counter!(FLUSHED_ROWS, "Total and daily rows written by flushes");
+    describe_gauge!(PENDING_KEYS, "Keys with counts not yet flushed to Postgres");
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Messages between the consumed position and the partition end"
+    );
+    describe_counter!(REBALANCES, "Partition assignments and revocations seen");
+    describe_gauge!(
+        LAST_FLUSH,
+        Unit::Seconds,
+        "Unix time of the last successful flush"
+    );
+    for result in ["counted", "duplicate", "invalid"] {
+        metrics::counter!(EVENTS, "result" => result).absolute(0);
+    }
+    metrics::counter!(FLUSHED_ROWS).absolute(0);
+    metrics::counter!(REBALANCES).absolute(0);
+    metrics::gauge!(PENDING_KEYS).set(0.0);
+    Ok(handle)
+}

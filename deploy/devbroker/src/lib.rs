@@ -1,0 +1,141 @@
+//! A development Kafka broker: librdkafka's mock cluster on a fixed address.
+//!
+//! The mock cluster speaks the real Kafka protocol but listens on a random loopback
+//! port. We listen on the address the user asked for, forward every connection to the
+//! mock broker, and make the broker advertise our address in its metadata, so clients
+//! only ever see the fixed address. Topics must be created here: the mock cluster
+//! does not implement CreateTopics.
+//!
+//! Limits worth knowing (see `../shared/KAFKA.md`): data lives in memory only, and a
+//! partition keeps at most about 5 MiB or 100k batches.
+
+use std::ffi::CString;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::ClientConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// The id librdkafka gives the single mock broker.
+const BROKER_ID: i32 = 1;
+
+/// A running dev broker; dropping it stops it.
+pub struct DevBroker {
+    // Owns the mock cluster; every mock operation goes through its client.
+    producer: BaseProducer,
+    addr: SocketAddr,
+    forwarder: JoinHandle<()>,
+}
+
+impl DevBroker {
+    /// Starts a broker listening on `listen` (port 0 picks a free one).
+    pub async fn start(listen: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let producer: BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", "1")
+            .set("log_level", "3")
+            .create()
+            .context("cannot create the mock cluster")?;
+        let mock = producer
+            .client()
+            .mock_cluster()
+            .ok_or_else(|| anyhow!("librdkafka did not create a mock cluster"))?;
+        let backend: SocketAddr = mock
+            .bootstrap_servers()
+            .split(',')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| anyhow!("unexpected mock bootstrap {:?}", mock.bootstrap_servers()))?;
+        drop(mock);
+        advertise(&producer, addr)?;
+        let forwarder = tokio::spawn(forward(listener, backend));
+        Ok(Self {
+            producer,
+            addr,
+            forwarder,
+        })
+    }
+
+    /// The address clients bootstrap from.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        self.mock()?
+            .create_topic(name, partitions, 1)
+            .with_context(|| format!("cannot create topic {name}"))
+    }
+
+    /// Makes the broker unreachable (connections closed, new ones refused by the
+    /// broker) until [`DevBroker::up`].
+    pub fn down(&self) -> anyhow::Result<()> {
+        self.mock()?.broker_down(BROKER_ID).context("broker_down")
+    }
+
+    pub fn up(&self) -> anyhow::Result<()> {
+        self.mock()?.broker_up(BROKER_ID).context("broker_up")
+    }
+
+    fn mock(
+        &self,
+    ) -> anyhow::Result<rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext>>
+    {
+        self.producer
+            .client()
+            .mock_cluster()
+            .ok_or_else(|| anyhow!("mock cluster is gone"))
+    }
+}
+
+impl Drop for DevBroker {
+    fn drop(&mut self) {
+        self.forwarder.abort();
+        let _ = self.producer.flush(Duration::from_millis(100));
+    }
+}
+
+/// Points the broker's advertised listener at `addr` and removes the 3 s delay the
+/// mock group coordinator otherwise adds before a new group's first join.
+#[allow(unsafe_code)]
+fn advertise(producer: &BaseProducer, addr: SocketAddr) -> anyhow::Result<()> {
+    let host = CString::new(addr.ip().to_string())?;
+    // SAFETY: the pointer comes from a live client that owns the mock cluster and
+    // outlives this call; librdkafka copies `host` and locks the cluster internally.
+    unsafe {
+        let cluster =
+            rdkafka::bindings::rd_kafka_handle_mock_cluster(producer.client().native_ptr());
+        if cluster.is_null() {
+            return Err(anyhow!("librdkafka did not create a mock cluster"));
+        }
+        rdkafka::bindings::rd_kafka_mock_broker_set_host_port(
+            cluster,
+            BROKER_ID,
+            host.as_ptr(),
+            i32::from(addr.port()),
+        );
+        rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0);
+    }
+    Ok(())
+}
+
+async fn forward(listener: TcpListener, backend: SocketAddr) {
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = client.set_nodelay(true);
+            if let Ok(mut server) = TcpStream::connect(backend).await {
+                let _ = server.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            }
+        });
+    }
+}

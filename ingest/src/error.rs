@@ -1,0 +1,90 @@
+//! The API's error model: every error is
+//! `{"success":false,"error":{"code":..,"message":..}}` with one status per kind.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use viewpipe_schema::FieldError;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Invalid(FieldError),
+    #[error("request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("request body must be JSON (Content-Type: application/json)")]
+    NotJson,
+    #[error("request body is larger than {0}")]
+    TooLarge(&'static str),
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// The broker did not acknowledge in time, or the producer queue is full.
+    #[error("the event broker is unavailable; retry shortly")]
+    BrokerUnavailable,
+    /// A store needed to answer is down.
+    #[error("a backing store is unavailable; retry shortly")]
+    StoreUnavailable,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid(_) | ApiError::BadJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BrokerUnavailable | ApiError::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Invalid(f) => f.code,
+            ApiError::BadJson(_) => "invalid_json",
+            ApiError::NotJson => "unsupported_media_type",
+            ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::BrokerUnavailable => "broker_unavailable",
+            ApiError::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        let mut error = json!({ "code": self.code(), "message": self.to_string() });
+        if let ApiError::Invalid(f) = self {
+            error["field"] = json!(f.field);
+        }
+        json!({ "success": false, "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, Json(self.body())).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::Invalid(e)
+    }
+}

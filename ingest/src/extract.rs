@@ -1,0 +1,133 @@
+//! Request extractors that answer in the API's error model.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, StatusCode};
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// Most bytes a single-event body may have.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// A JSON body: 415 unless the content type is JSON, 413 over the limit, 400 when it
+/// does not parse.
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(ApiError::NotJson);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge("1 MiB")
+            } else {
+                ApiError::BadJson(e.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::BadJson(e.to_string()))
+    }
+}
+
+fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
+    let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Query parameters as raw strings, each validated by the handler.
+pub struct RawQuery(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RawQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs: Vec<(String, String)> = parse_query(query).ok_or_else(|| {
+            ApiError::Invalid(viewpipe_schema::FieldError {
+                field: "query",
+                code: "invalid_value",
+                message: "query string is not valid URL-encoded UTF-8".into(),
+            })
+        })?;
+        Ok(RawQuery(pairs))
+    }
+}
+
+impl RawQuery {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        out.push((decode(k)?, decode(v)?));
+    }
+    Some(out)
+}
+
+fn decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        let v = |s: &'static str| header::HeaderValue::from_static(s);
+        assert!(is_json(Some(&v("application/json"))));
+        assert!(is_json(Some(&v("application/json; charset=utf-8"))));
+        assert!(is_json(Some(&v("application/merge+json"))));
+        assert!(!is_json(Some(&v("text/plain"))));
+        assert!(!is_json(None));
+    }
+
+    #[test]
+    fn decodes_queries() {
+        assert_eq!(
+            parse_query("a=1&b=x%3Ay+z&c"),
+            Some(vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x:y z".into()),
+                ("c".into(), "".into())
+            ])
+        );
+        assert_eq!(parse_query("a=%ff"), None);
+        assert_eq!(parse_query("a=%z"), None);
+    }
+}

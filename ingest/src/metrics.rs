@@ -1,0 +1,59 @@
+//! The ingest's metric names, declared once, and the request-metrics middleware.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics::{describe_counter, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "viewpipe_ingest_requests_total";
+pub const REQUEST_DURATION: &str = "viewpipe_ingest_request_duration_seconds";
+pub const EVENTS: &str = "viewpipe_ingest_events_total";
+pub const PUBLISH_DURATION: &str = "viewpipe_ingest_publish_duration_seconds";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_owned()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(PUBLISH_DURATION.to_owned()), LATENCY_BUCKETS)?
+        .install_recorder()?;
+    describe_counter!(REQUESTS, "HTTP requests by route template and status");
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "HTTP request duration by route template"
+    );
+    describe_counter!(
+        EVENTS,
+        "View events accepted (acknowledged by the broker) or rejected"
+    );
+    describe_histogram!(
+        PUBLISH_DURATION,
+        Unit::Seconds,
+        "Time from publish to broker acknowledgement"
+    );
+    for result in ["accepted", "rejected"] {
+        metrics::counter!(EVENTS, "result" => result).absolute(0);
+    }
+    Ok(handle)
+}
+
+/// Records every request under its route template (never the raw path).
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(REQUEST_DURATION, "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(REQUESTS, "route" => route, "status" => status).increment(1);
+    response
+}

@@ -1,0 +1,3 @@
+//! HTTP routes of the ingest.
+
+pub mod views;

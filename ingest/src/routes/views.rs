@@ -1,0 +1,129 @@
+//! `POST /api/views` and `GET /api/views`.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::Utc;
+use rdkafka::producer::FutureRecord;
+use serde_json::{json, Value};
+
+use viewpipe_schema::key::is_valid_content_id;
+use viewpipe_schema::{ContentKey, FieldError, ViewEvent, ViewInput};
+
+use crate::error::ApiError;
+use crate::extract::{JsonBody, RawQuery};
+use crate::metrics as m;
+use crate::AppState;
+
+/// Longest wait for the broker's acknowledgement before answering 503.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Validates one view, publishes it, and answers once the broker acknowledged it.
+pub async fn post_view(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let now = Utc::now();
+    let input = ViewInput::from_json(&body, &state.namespaces, now).inspect_err(|_| {
+        metrics::counter!(m::EVENTS, "result" => "rejected").increment(1);
+    })?;
+    let key = input.key();
+    let event = input.into_event(now);
+    // The count is read while the publish is in flight; it cannot include this view.
+    let (published, count) = tokio::join!(publish(&state, &key, &event), state.reader.total(&key));
+    published?;
+    metrics::counter!(m::EVENTS, "result" => "accepted").increment(1);
+    let count = match count {
+        Ok(n) => json!(n + 1),
+        Err(e) => {
+            tracing::warn!(error = %e, "view accepted but its count could not be read");
+            Value::Null
+        }
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "success": true, "count": count })),
+    ))
+}
+
+/// Publishes one event and waits for the broker's acknowledgement (acks=all).
+pub async fn publish(
+    state: &AppState,
+    key: &ContentKey,
+    event: &ViewEvent,
+) -> Result<(), ApiError> {
+    let payload = event.to_json();
+    let record = FutureRecord::to(&state.topic)
+        .key(key.as_str())
+        .payload(&payload)
+        .timestamp(event.occurred_at.timestamp_millis());
+    let started = Instant::now();
+    let delivery = match state.producer.send_result(record) {
+        Ok(delivery) => delivery,
+        Err((e, _)) => {
+            tracing::warn!(error = %e, "producer queue refused the event");
+            return Err(ApiError::BrokerUnavailable);
+        }
+    };
+    let outcome = tokio::time::timeout(PUBLISH_TIMEOUT, delivery).await;
+    metrics::histogram!(m::PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err((e, _)))) => {
+            tracing::warn!(error = %e, "broker did not acknowledge the event");
+            Err(ApiError::BrokerUnavailable)
+        }
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!("no delivery report in time");
+            Err(ApiError::BrokerUnavailable)
+        }
+    }
+}
+
+/// `GET /api/views?contentId=..&contentType=..`
+pub async fn get_views(
+    State(state): State<AppState>,
+    query: RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let key = key_from_query(&state, &query)?;
+    let count = state.reader.total(&key).await.map_err(|e| {
+        tracing::warn!(error = %e, "count read failed");
+        ApiError::StoreUnavailable
+    })?;
+    Ok(Json(json!({ "count": count })))
+}
+
+/// Reads and validates `contentId` and `contentType` from a query string.
+pub fn key_from_query(state: &AppState, query: &RawQuery) -> Result<ContentKey, ApiError> {
+    let missing = |field| FieldError {
+        field,
+        code: "missing_field",
+        message: "is required".into(),
+    };
+    let ns = query
+        .get("contentType")
+        .ok_or_else(|| missing("contentType"))?;
+    let id = query.get("contentId").ok_or_else(|| missing("contentId"))?;
+    if !state.namespaces.allows(ns) {
+        return Err(FieldError {
+            field: "contentType",
+            code: "unknown_namespace",
+            message: format!(
+                "not an allowed content type (allowed: {})",
+                state.namespaces.describe()
+            ),
+        }
+        .into());
+    }
+    if !is_valid_content_id(id) {
+        return Err(FieldError {
+            field: "contentId",
+            code: "invalid_value",
+            message: "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ : -".into(),
+        }
+        .into());
+    }
+    Ok(ContentKey::new(ns, id))
+}

@@ -1,0 +1,62 @@
+//! Start-up connections that fail fast with one line naming the service and address.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::Consumer;
+
+use viewpipe_schema::settings::SecretUrl;
+
+use crate::Probes;
+
+/// Connects to Redis, failing fast with the address when it does not answer.
+pub async fn connect_redis(url: &SecretUrl) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let address = url.address();
+    let client = redis::Client::open(url.expose())
+        .with_context(|| format!("invalid REDIS_URL for {address}"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2);
+    let conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("cannot reach Redis at {address}: timed out"))?
+    .with_context(|| format!("cannot reach Redis at {address}"))?;
+    Ok(conn)
+}
+
+/// Warns when Redis may evict keys: pending counts must not silently vanish.
+pub async fn check_eviction_policy(conn: &redis::aio::ConnectionManager) {
+    let mut conn = conn.clone();
+    let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut conn)
+        .await;
+    if let Ok(values) = policy {
+        if let Some(policy) = values.get(1) {
+            if policy != "noeviction" {
+                tracing::warn!(
+                    policy = %policy,
+                    "REDIS EVICTION POLICY IS NOT noeviction: Redis may drop pending counts and eventId records under memory pressure; set maxmemory-policy noeviction"
+                );
+            }
+        }
+    }
+}
+
+/// Checks that the Kafka brokers answer, naming them when they do not.
+pub async fn check_kafka(brokers: &str) -> anyhow::Result<()> {
+    let probe = Probes::kafka_client(brokers).context("invalid Kafka settings")?;
+    let brokers_owned = brokers.to_owned();
+    tokio::task::spawn_blocking(move || {
+        probe
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map(|_| ())
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {brokers_owned}: {e}"))
+}

@@ -1,0 +1,191 @@
+//! Liveness, readiness and `/metrics`.
+//!
+//! Liveness: the service's main loop beats a heartbeat; `/healthz` is 200 while the
+//! last beat is recent. Readiness: a background task probes each dependency once a
+//! second; `/readyz` is 200 only while all answered and shutdown has not begun.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+
+use crate::shutdown::Shutdown;
+
+/// A loop that has not beaten for this long is reported dead.
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Inner {
+    heartbeat: AtomicU64,
+    ready: AtomicBool,
+    stopping: AtomicBool,
+    failing: std::sync::Mutex<Vec<String>>,
+}
+
+/// Shared health state of one process.
+#[derive(Clone, Default)]
+pub struct Health(Arc<Inner>);
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Health {
+    pub fn new() -> Self {
+        let health = Self::default();
+        health.beat();
+        health
+    }
+
+    /// Called by the main loop on every turn.
+    pub fn beat(&self) {
+        self.0.heartbeat.store(now_secs(), Ordering::Relaxed);
+    }
+
+    pub fn is_alive(&self) -> bool {
+        now_secs().saturating_sub(self.0.heartbeat.load(Ordering::Relaxed)) < STALE_AFTER.as_secs()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.ready.load(Ordering::Relaxed) && !self.0.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Readiness goes 503 first thing at shutdown.
+    pub fn stopping(&self) {
+        self.0.stopping.store(true, Ordering::Relaxed);
+    }
+
+    fn set_probe_result(&self, failing: Vec<String>) {
+        self.0.ready.store(failing.is_empty(), Ordering::Relaxed);
+        if let Ok(mut f) = self.0.failing.lock() {
+            *f = failing;
+        }
+    }
+
+    fn failing(&self) -> Vec<String> {
+        let mut failing = self.0.failing.lock().map(|f| f.clone()).unwrap_or_default();
+        if self.0.stopping.load(Ordering::Relaxed) {
+            failing.push("shutting down".to_owned());
+        }
+        failing
+    }
+
+    /// `/healthz`, `/readyz` and `/metrics`.
+    pub fn router(&self, metrics: PrometheusHandle) -> Router {
+        let live = self.clone();
+        let ready = self.clone();
+        Router::new()
+            .route(
+                "/healthz",
+                get(move || async move {
+                    if live.is_alive() {
+                        (StatusCode::OK, Json(serde_json_status("ok", &[])))
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Json(serde_json_status("stalled", &[])),
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/readyz",
+                get(move || async move {
+                    if ready.is_ready() {
+                        (StatusCode::OK, Json(serde_json_status("ready", &[])))
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Json(serde_json_status("not_ready", &ready.failing())),
+                        )
+                    }
+                }),
+            )
+            .route("/metrics", get(move || async move { metrics.render() }))
+    }
+}
+
+fn serde_json_status(status: &str, failing: &[String]) -> serde_json::Value {
+    serde_json::json!({ "status": status, "failing": failing })
+}
+
+/// The dependencies a process needs to be ready.
+pub struct Probes {
+    pub db: DatabaseConnection,
+    pub redis: Option<redis::aio::ConnectionManager>,
+    /// A consumer handle used only for metadata requests.
+    pub kafka: Arc<BaseConsumer>,
+}
+
+impl Probes {
+    pub fn kafka_client(brokers: &str) -> Result<Arc<BaseConsumer>, rdkafka::error::KafkaError> {
+        let consumer: BaseConsumer = crate::kafka::base_config(brokers).create()?;
+        Ok(Arc::new(consumer))
+    }
+
+    /// Checks every dependency once; returns the names of those that failed.
+    pub async fn check(&self) -> Vec<String> {
+        let mut failing = Vec::new();
+        let db = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.db.execute_unprepared("SELECT 1"),
+        )
+        .await;
+        if !matches!(db, Ok(Ok(_))) {
+            failing.push("postgres".to_owned());
+        }
+        if let Some(redis) = &self.redis {
+            let mut conn = redis.clone();
+            let ping = tokio::time::timeout(
+                Duration::from_secs(2),
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await;
+            if !matches!(ping, Ok(Ok(_))) {
+                failing.push("redis".to_owned());
+            }
+        }
+        let kafka = self.kafka.clone();
+        let meta = tokio::task::spawn_blocking(move || {
+            kafka
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|m| !m.brokers().is_empty())
+        })
+        .await;
+        if !matches!(meta, Ok(Ok(true))) {
+            failing.push("kafka".to_owned());
+        }
+        failing
+    }
+
+    /// Probes once a second until shutdown, logging changes.
+    pub fn spawn(self, health: Health, shutdown: Shutdown) {
+        tokio::spawn(async move {
+            let mut last: Option<Vec<String>> = None;
+            loop {
+                let failing = self.check().await;
+                if last.as_ref() != Some(&failing) {
+                    if failing.is_empty() {
+                        tracing::info!("ready: Kafka, Postgres and Redis answer");
+                    } else {
+                        tracing::warn!(failing = ?failing, "not ready: dependencies do not answer");
+                    }
+                    last = Some(failing.clone());
+                }
+                health.set_probe_result(failing);
+                tokio::select! {
+                    _ = shutdown.wait() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
+}

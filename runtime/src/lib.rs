@@ -1,0 +1,10 @@
+//! Service plumbing shared by `ingest` and `aggregator`: shutdown signals, liveness
+//! and readiness, the Prometheus endpoint, and Kafka client settings.
+
+pub mod connect;
+pub mod health;
+pub mod kafka;
+pub mod shutdown;
+
+pub use health::{Health, Probes};
+pub use shutdown::Shutdown;

@@ -1,0 +1,55 @@
+//! Connecting to Postgres and refusing to run on a schema that is behind.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm_migration::MigratorTrait;
+
+use crate::migration::Migrator;
+use crate::settings::SecretUrl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbStartError {
+    #[error("cannot reach Postgres at {address}: {source}")]
+    Unreachable {
+        address: String,
+        source: sea_orm::DbErr,
+    },
+    #[error("the database schema is behind: {pending} migration(s) not applied; run `aggregator migrate`")]
+    Behind { pending: usize },
+    #[error("cannot read the schema version: {0}")]
+    Version(sea_orm::DbErr),
+}
+
+/// Opens a pool; fails fast (a few seconds) when Postgres does not answer.
+pub async fn connect(
+    url: &SecretUrl,
+    max_connections: u32,
+) -> Result<DatabaseConnection, DbStartError> {
+    let mut opts = ConnectOptions::new(url.expose());
+    opts.max_connections(max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    Database::connect(opts)
+        .await
+        .map_err(|source| DbStartError::Unreachable {
+            address: url.address(),
+            source,
+        })
+}
+
+/// Errors unless every migration of this build has been applied.
+pub async fn ensure_schema_current(db: &DatabaseConnection) -> Result<(), DbStartError> {
+    let pending = Migrator::get_pending_migrations(db)
+        .await
+        .map_err(DbStartError::Version)?;
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(DbStartError::Behind {
+            pending: pending.len(),
+        })
+    }
+}

@@ -1,0 +1,18 @@
+//! The schema's migrations, applied in order by `aggregator migrate`.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_counters;
+mod m20261121_000002_aggregator_partitions;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261121_000001_counters::Migration),
+            Box::new(m20261121_000002_aggregator_partitions::Migration),
+        ]
+    }
+}

@@ -1,0 +1,200 @@
+//! Settings both services share. Each is an environment variable and the matching
+//! long flag; the services flatten [`CommonSettings`] into their own clap structs.
+
+use std::fmt;
+
+use clap::Args;
+
+use crate::key::Namespaces;
+
+/// Settings every viewpipe process reads.
+#[derive(Args, Clone, Debug)]
+pub struct CommonSettings {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Topic of live view events.
+    #[arg(long, env = "VIEWS_TOPIC", default_value = "views")]
+    pub views_topic: String,
+    /// Topic of historical events read by backfill.
+    #[arg(long, env = "REPLAY_TOPIC", default_value = "views.replay")]
+    pub replay_topic: String,
+    /// Topic for messages the aggregator could not use.
+    #[arg(long, env = "DLQ_TOPIC", default_value = "views.dlq")]
+    pub dlq_topic: String,
+    /// The aggregators' consumer group id.
+    #[arg(long, env = "CONSUMER_GROUP", default_value = "viewpipe-aggregator")]
+    pub consumer_group: String,
+    /// Postgres connection URL (its password is never logged).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/viewpipe"
+    )]
+    pub database_url: SecretUrl,
+    /// Redis URL, or `none` for database-only mode.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: RedisSetting,
+    /// Prefix of every Redis key, so deployments and tests can share one Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "viewpipe")]
+    pub redis_prefix: String,
+    /// Allowed contentType values, comma-separated; `*` allows any valid name.
+    #[arg(long, env = "NAMESPACES", default_value = "resource,course")]
+    pub namespaces: Namespaces,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// A connection URL whose password never reaches `Debug` or `Display`.
+#[derive(Clone)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The full URL, password included: pass it to a client, never to a log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `host:port` (or whatever follows the credentials up to the path), for messages.
+    pub fn address(&self) -> String {
+        let rest = self.0.split_once("://").map_or(self.0.as_str(), |(_, r)| r);
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+    }
+}
+
+impl std::str::FromStr for SecretUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !s.contains("://") {
+            return Err("expected a URL such as scheme://user@host:port/name".to_owned());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return f.write_str("(url)");
+        };
+        match rest.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                if userinfo.contains(':') {
+                    write!(f, "{scheme}://{user}:***@{host}")
+                } else {
+                    write!(f, "{scheme}://{user}@{host}")
+                }
+            }
+            None => write!(f, "{scheme}://{rest}"),
+        }
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({self})")
+    }
+}
+
+/// `REDIS_URL`: a Redis URL, or `none` for database-only mode.
+#[derive(Clone, Debug)]
+pub enum RedisSetting {
+    Disabled,
+    Url(SecretUrl),
+}
+
+impl RedisSetting {
+    pub fn url(&self) -> Option<&SecretUrl> {
+        match self {
+            RedisSetting::Disabled => None,
+            RedisSetting::Url(url) => Some(url),
+        }
+    }
+}
+
+impl std::str::FromStr for RedisSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("none") {
+            Ok(RedisSetting::Disabled)
+        } else {
+            s.parse().map(RedisSetting::Url)
+        }
+    }
+}
+
+/// A secret token (e.g. `ADMIN_TOKEN`) that `Debug` never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("must not be empty".to_owned());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_hide_their_password() {
+        let url: SecretUrl = "postgres://app:hunter2@db.example:5432/viewpipe"
+            .parse()
+            .expect("url");
+        assert_eq!(
+            url.to_string(),
+            "postgres://app:***@db.example:5432/viewpipe"
+        );
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert_eq!(url.address(), "db.example:5432");
+        assert_eq!(
+            url.expose(),
+            "postgres://app:hunter2@db.example:5432/viewpipe"
+        );
+        let plain: SecretUrl = "redis://127.0.0.1:6379".parse().expect("url");
+        assert_eq!(plain.to_string(), "redis://127.0.0.1:6379");
+        assert_eq!(plain.address(), "127.0.0.1:6379");
+    }
+
+    #[test]
+    fn redis_none_selects_database_only_mode() {
+        assert!(matches!(
+            "none".parse::<RedisSetting>(),
+            Ok(RedisSetting::Disabled)
+        ));
+        assert!(matches!(
+            "redis://x:1".parse::<RedisSetting>(),
+            Ok(RedisSetting::Url(_))
+        ));
+        assert!("localhost".parse::<RedisSetting>().is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let token: Secret = "s3cret".parse().expect("token");
+        assert_eq!(format!("{token:?}"), "Secret(***)");
+    }
+}

@@ -1,0 +1,301 @@
+//! The Postgres side of the counts.
+//!
+//! A flush is one transaction that
+//! 1. locks the flushed partitions' rows in `aggregator_partitions` (`FOR UPDATE`, in
+//!    partition order) and checks that their `epoch` is still the flusher's, so a
+//!    partition taken over by another aggregator is never written by its old owner;
+//! 2. adds the deltas to `view_counter_total` and `view_counter_daily` with one
+//!    multi-row upsert each, keys in sorted order so concurrent flushers cannot
+//!    deadlock on counter rows;
+//! 3. moves each partition's `next_offset` and `flushed_gen` forward.
+//!
+//! Counts and offsets therefore commit together or not at all.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
+};
+
+/// Which consumer group and topic the partition rows belong to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub group: String,
+    pub topic: String,
+}
+
+/// What an aggregator learns when it takes a partition over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub partition: i32,
+    /// Where to resume; `None` when nothing was ever flushed for the partition.
+    pub next_offset: Option<i64>,
+    pub flushed_gen: i64,
+    /// The new owner's epoch; flushes under an older epoch are refused.
+    pub epoch: i64,
+}
+
+/// Views to add to one key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyDelta {
+    pub namespace: String,
+    pub entity_id: String,
+    pub path: Option<String>,
+    pub total: i64,
+    pub days: BTreeMap<NaiveDate, i64>,
+}
+
+impl KeyDelta {
+    /// Adds another delta of the same key (e.g. from another partition).
+    pub fn merge(&mut self, other: &KeyDelta) {
+        self.total += other.total;
+        for (day, n) in &other.days {
+            *self.days.entry(*day).or_default() += n;
+        }
+        if other.path.is_some() {
+            self.path.clone_from(&other.path);
+        }
+    }
+}
+
+/// A partition's new position, written with the counts it covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionCommit {
+    pub partition: i32,
+    pub epoch: i64,
+    pub next_offset: i64,
+    /// The generation this flush seals; it becomes `flushed_gen`.
+    pub gen: i64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlushOutcome {
+    pub total_rows: u64,
+    pub daily_rows: u64,
+}
+
+impl FlushOutcome {
+    pub fn rows(&self) -> u64 {
+        self.total_rows + self.daily_rows
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// These partitions now belong to a newer epoch; nothing was written.
+    #[error("partitions {0:?} were taken over by another aggregator")]
+    Fenced(Vec<i32>),
+    #[error("Postgres: {0}")]
+    Db(#[from] DbErr),
+}
+
+fn stmt(sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// Takes a partition over: bumps its epoch (creating the row on first use) and
+/// returns where it stands.
+pub async fn claim(
+    db: &impl ConnectionTrait,
+    scope: &Scope,
+    partition: i32,
+) -> Result<Claim, DbErr> {
+    let row = db
+        .query_one(stmt(
+            "INSERT INTO aggregator_partitions AS a
+                 (consumer_group, topic, partition, next_offset, flushed_gen, epoch, updated_at)
+             VALUES ($1, $2, $3, -1, 0, 1, now())
+             ON CONFLICT (consumer_group, topic, partition)
+             DO UPDATE SET epoch = a.epoch + 1, updated_at = now()
+             RETURNING next_offset, flushed_gen, epoch",
+            vec![
+                scope.group.clone().into(),
+                scope.topic.clone().into(),
+                partition.into(),
+            ],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("claim returned no row".into()))?;
+    let next_offset: i64 = row.try_get_by_index(0)?;
+    Ok(Claim {
+        partition,
+        next_offset: (next_offset >= 0).then_some(next_offset),
+        flushed_gen: row.try_get_by_index(1)?,
+        epoch: row.try_get_by_index(2)?,
+    })
+}
+
+/// Writes `deltas` and the partitions' new positions in one transaction.
+pub async fn flush(
+    db: &DatabaseConnection,
+    scope: &Scope,
+    deltas: &BTreeMap<String, KeyDelta>,
+    commits: &[PartitionCommit],
+) -> Result<FlushOutcome, FlushError> {
+    let txn = db.begin().await?;
+
+    let mut commits: Vec<&PartitionCommit> = commits.iter().collect();
+    commits.sort_by_key(|c| c.partition);
+    let partitions: Vec<i32> = commits.iter().map(|c| c.partition).collect();
+    let rows = txn
+        .query_all(stmt(
+            "SELECT partition, epoch FROM aggregator_partitions
+             WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3)
+             ORDER BY partition FOR UPDATE",
+            vec![
+                scope.group.clone().into(),
+                scope.topic.clone().into(),
+                partitions.into(),
+            ],
+        ))
+        .await?;
+    let mut current = BTreeMap::new();
+    for row in rows {
+        current.insert(
+            row.try_get_by_index::<i32>(0)?,
+            row.try_get_by_index::<i64>(1)?,
+        );
+    }
+    let fenced: Vec<i32> = commits
+        .iter()
+        .filter(|c| current.get(&c.partition) != Some(&c.epoch))
+        .map(|c| c.partition)
+        .collect();
+    if !fenced.is_empty() {
+        txn.rollback().await?;
+        return Err(FlushError::Fenced(fenced));
+    }
+
+    let outcome = add_counts(&txn, deltas).await?;
+
+    if !commits.is_empty() {
+        txn.execute(stmt(
+            "UPDATE aggregator_partitions AS a
+             SET next_offset = u.next_offset, flushed_gen = u.gen, updated_at = now()
+             FROM unnest($3::int4[], $4::int8[], $5::int8[]) AS u(partition, next_offset, gen)
+             WHERE a.consumer_group = $1 AND a.topic = $2 AND a.partition = u.partition",
+            vec![
+                scope.group.clone().into(),
+                scope.topic.clone().into(),
+                commits
+                    .iter()
+                    .map(|c| c.partition)
+                    .collect::<Vec<i32>>()
+                    .into(),
+                commits
+                    .iter()
+                    .map(|c| c.next_offset)
+                    .collect::<Vec<i64>>()
+                    .into(),
+                commits.iter().map(|c| c.gen).collect::<Vec<i64>>().into(),
+            ],
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(outcome)
+}
+
+/// Adds deltas to the total and daily rows (zero counts skipped), in key order.
+pub async fn add_counts(
+    txn: &impl ConnectionTrait,
+    deltas: &BTreeMap<String, KeyDelta>,
+) -> Result<FlushOutcome, DbErr> {
+    let live = || deltas.iter().filter(|(_, d)| d.total != 0);
+    let mut outcome = FlushOutcome::default();
+    if live().next().is_none() {
+        return Ok(outcome);
+    }
+    let res = txn
+        .execute(stmt(
+            "INSERT INTO view_counter_total AS t
+                 (key, namespace, entity_id, path, total, created_at, updated_at)
+             SELECT u.key, u.namespace, u.entity_id, NULLIF(u.path, ''), u.total, now(), now()
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])
+                  AS u(key, namespace, entity_id, path, total)
+             ON CONFLICT (key) DO UPDATE
+             SET total = t.total + EXCLUDED.total,
+                 path = COALESCE(EXCLUDED.path, t.path),
+                 updated_at = EXCLUDED.updated_at",
+            vec![
+                live()
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<String>>()
+                    .into(),
+                live()
+                    .map(|(_, d)| d.namespace.clone())
+                    .collect::<Vec<String>>()
+                    .into(),
+                live()
+                    .map(|(_, d)| d.entity_id.clone())
+                    .collect::<Vec<String>>()
+                    .into(),
+                live()
+                    .map(|(_, d)| d.path.clone().unwrap_or_default())
+                    .collect::<Vec<String>>()
+                    .into(),
+                live().map(|(_, d)| d.total).collect::<Vec<i64>>().into(),
+            ],
+        ))
+        .await?;
+    outcome.total_rows = res.rows_affected();
+
+    let days = || {
+        live().flat_map(|(k, d)| {
+            d.days
+                .iter()
+                .filter(|(_, n)| **n != 0)
+                .map(move |(day, n)| (k, *day, *n))
+        })
+    };
+    let res = txn
+        .execute(stmt(
+            "INSERT INTO view_counter_daily AS d (key, day, count, created_at, updated_at)
+             SELECT u.key, u.day, u.count, now(), now()
+             FROM unnest($1::text[], $2::date[], $3::int8[]) AS u(key, day, count)
+             ON CONFLICT (key, day) DO UPDATE
+             SET count = d.count + EXCLUDED.count, updated_at = EXCLUDED.updated_at",
+            vec![
+                days()
+                    .map(|(k, _, _)| k.clone())
+                    .collect::<Vec<String>>()
+                    .into(),
+                days()
+                    .map(|(_, day, _)| day)
+                    .collect::<Vec<NaiveDate>>()
+                    .into(),
+                days().map(|(_, _, n)| n).collect::<Vec<i64>>().into(),
+            ],
+        ))
+        .await?;
+    outcome.daily_rows = res.rows_affected();
+    Ok(outcome)
+}
+
+/// A key's flushed total and every partition's `flushed_gen`, from one snapshot.
+pub async fn total_and_gens(
+    db: &impl ConnectionTrait,
+    scope: &Scope,
+    key: &str,
+) -> Result<(i64, Vec<(i32, i64)>), DbErr> {
+    let row = db
+        .query_one(stmt(
+            "SELECT COALESCE((SELECT total FROM view_counter_total WHERE key = $1), 0)::int8,
+                    ARRAY(SELECT partition FROM aggregator_partitions
+                          WHERE consumer_group = $2 AND topic = $3 ORDER BY partition),
+                    ARRAY(SELECT flushed_gen FROM aggregator_partitions
+                          WHERE consumer_group = $2 AND topic = $3 ORDER BY partition)",
+            vec![
+                key.into(),
+                scope.group.clone().into(),
+                scope.topic.clone().into(),
+            ],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("total query returned no row".into()))?;
+    let total: i64 = row.try_get_by_index(0)?;
+    let partitions: Vec<i32> = row.try_get_by_index(1)?;
+    let gens: Vec<i64> = row.try_get_by_index(2)?;
+    Ok((total, partitions.into_iter().zip(gens).collect()))
+}
