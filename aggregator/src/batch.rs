@@ -78,8 +78,10 @@ pub fn process(shared: &Shared, core: &mut Core, batch: Vec<Raw>) {
 }
 
 type Grouped = Vec<(ContentKey, Vec<ViewEvent>, Vec<bool>)>;
+/// Parsed events with their offsets, and unusable messages with the reason.
+type Parsed = (Vec<(i64, ViewEvent)>, Vec<(Raw, String)>);
 
-fn parse(shared: &Shared, raws: Vec<Raw>) -> (Vec<(i64, ViewEvent)>, Vec<(Raw, String)>) {
+fn parse(shared: &Shared, raws: Vec<Raw>) -> Parsed {
     let mut events = Vec::with_capacity(raws.len());
     let mut invalid = Vec::new();
     for raw in raws {

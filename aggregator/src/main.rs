@@ -12,7 +12,7 @@ async fn main() {
             viewpipe_schema::telemetry::init(&args.log_format);
             aggregator::migrate(&args.database_url).await
         }
-        Some(Command::Run(settings)) => serve(settings).await,
+        Some(Command::Run(settings)) => serve(*settings).await,
         None => serve(cli.run).await,
     };
     if let Err(e) = result {

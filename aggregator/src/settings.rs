@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Join the consumer group and count (the default).
-    Run(Settings),
+    Run(Box<Settings>),
     /// Create or upgrade the Postgres schema; running it twice is harmless.
     Migrate(MigrateArgs),
 }

@@ -1,1 +1,266 @@
+//! Test harness: a throwaway stack per test, with real processes.
+//!
+//! Each [`Stack`] has its own dev broker (in this process, on a free port), its own
+//! Postgres database (`vp_test_<id>`, migrated) and its own Redis key prefix, so tests
+//! run side by side without seeing each other. `ingest` and `aggregator` run as real
+//! child processes built by `cargo build --bins`; their logs go to
+//! `target/test-logs/<id>-<name>.log`.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use sea_orm_migration::MigratorTrait;
+use tokio::process::{Child, Command};
+
+use viewpipe_devbroker::DevBroker;
+
+pub const PARTITIONS: i32 = 8;
+
+/// Postgres server the tests create their databases on.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A free loopback port (bound and released; fine for tests).
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr")
+}
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins` (deploy/local/test does)",
+        path.display()
+    );
+    path
+}
+
+pub struct Stack {
+    pub id: String,
+    pub broker: DevBroker,
+    pub db_url: String,
+    pub db: DatabaseConnection,
+    pub redis_prefix: String,
+    pub group: String,
+}
+
+impl Stack {
+    pub async fn start() -> anyhow::Result<Self> {
+        let id = format!("{:08x}", rand::random::<u32>());
+        let broker = DevBroker::start("127.0.0.1:0".parse()?).await?;
+        for topic in ["views", "views.replay", "views.dlq"] {
+            broker.create_topic(topic, PARTITIONS)?;
+        }
+        let admin = Database::connect(admin_url())
+            .await
+            .context("connect to the admin database")?;
+        let db_name = format!("vp_test_{id}");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .context("create the test database")?;
+        let base = admin_url();
+        let db_url = format!(
+            "{}/{db_name}",
+            base.rsplit_once('/').map_or(base.as_str(), |(b, _)| b)
+        );
+        let db = Database::connect(&db_url).await?;
+        viewpipe_schema::migration::Migrator::up(&db, None).await?;
+        Ok(Self {
+            redis_prefix: format!("vp_test_{id}"),
+            group: format!("vp-test-{id}"),
+            id,
+            broker,
+            db_url,
+            db,
+        })
+    }
+
+    /// The environment every service of this stack runs with.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("KAFKA_BROKERS", self.broker.addr().to_string()),
+            ("DATABASE_URL", self.db_url.clone()),
+            ("REDIS_URL", redis_url()),
+            ("REDIS_PREFIX", self.redis_prefix.clone()),
+            ("CONSUMER_GROUP", self.group.clone()),
+            ("LOG_FORMAT", "text".to_owned()),
+            ("RUST_LOG", "info,sqlx=warn".to_owned()),
+            ("KAFKA_SESSION_TIMEOUT_MS", "6000".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    pub async fn spawn_ingest(&self, extra: &[(&str, &str)]) -> anyhow::Result<Service> {
+        let addr = free_addr();
+        let mut env = self.env();
+        env.push(("INGEST_ADDR".into(), addr.to_string()));
+        self.spawn("ingest", addr, env, extra).await
+    }
+
+    pub async fn spawn_aggregator(&self, extra: &[(&str, &str)]) -> anyhow::Result<Service> {
+        let addr = free_addr();
+        let mut env = self.env();
+        env.push(("AGGREGATOR_ADDR".into(), addr.to_string()));
+        self.spawn("aggregator", addr, env, extra).await
+    }
+
+    async fn spawn(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        mut env: Vec<(String, String)>,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Service> {
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let logs = bin(name)
+            .parent()
+            .map(|d| d.join("../test-logs"))
+            .context("log dir")?;
+        std::fs::create_dir_all(&logs)?;
+        let log_path = logs.join(format!("{}-{name}-{}.log", self.id, addr.port()));
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(bin(name))
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?;
+        let service = Service {
+            name: name.to_owned(),
+            addr,
+            child,
+            log_path,
+        };
+        service.wait_ready(Duration::from_secs(30)).await?;
+        Ok(service)
+    }
+
+    /// Drops the database and this stack's Redis keys.
+    pub async fn cleanup(self) -> anyhow::Result<()> {
+        self.db.clone().close().await.ok();
+        let admin = Database::connect(admin_url()).await?;
+        admin
+            .execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS vp_test_{} WITH (FORCE)",
+                self.id
+            ))
+            .await?;
+        let client = redis::Client::open(redis_url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.redis_prefix))
+            .query_async(&mut conn)
+            .await?;
+        for chunk in keys.chunks(500) {
+            let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a query returning `(text, int8)` rows.
+    pub async fn rows(&self, sql: &str) -> anyhow::Result<Vec<(String, i64)>> {
+        let rows = self
+            .db
+            .query_all(Statement::from_string(sea_orm::DbBackend::Postgres, sql))
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
+            .collect()
+    }
+
+    /// Waits until Postgres' grand total reaches `expected` (and fails if it passes it).
+    pub async fn wait_flushed_total(&self, expected: i64, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let sum = self
+                .rows("SELECT 'all', COALESCE(SUM(total), 0)::int8 FROM view_counter_total")
+                .await?[0]
+                .1;
+            if sum == expected {
+                return Ok(());
+            }
+            if sum > expected {
+                bail!("Postgres holds {sum} views, more than the {expected} sent");
+            }
+            if Instant::now() > deadline {
+                bail!("Postgres holds {sum} views after {within:?}; expected {expected}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A running `ingest` or `aggregator` process.
+pub struct Service {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Service {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(r) = http.get(self.url("/readyz")).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready after {within:?}; see {}",
+                    self.name,
+                    self.log_path.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("already exited")?;
+        signal(pid, libc::SIGTERM);
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .with_context(|| format!("{} did not exit within {within:?} of SIGTERM", self.name))?
+            .map_err(Into::into)
+    }
+}
+
+#[allow(unsafe_code)]
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a child we spawned; no memory is shared.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}

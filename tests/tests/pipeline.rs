@@ -1,0 +1,390 @@
+//! End to end: HTTP -> ingest -> Kafka -> aggregator -> Redis/Postgres -> HTTP.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use viewpipe_tests::{Service, Stack};
+
+const KEYS: usize = 25;
+const DAYS: usize = 3;
+
+/// name, body, content type, status, code, field the message must name
+type BadCase<'a> = (&'a str, String, &'a str, u16, &'a str, Option<&'a str>);
+
+/// The view `i` of a run: which key and which day it belongs to.
+fn view(i: usize, now: DateTime<Utc>) -> (String, DateTime<Utc>) {
+    let at = now - chrono::Duration::days((i / KEYS % DAYS) as i64) - chrono::Duration::minutes(1);
+    (format!("k{:02}", i % KEYS), at)
+}
+
+async fn post(http: &reqwest::Client, ingest: &Service, id: &str, at: DateTime<Utc>) -> u16 {
+    let body = json!({"contentId": id, "contentType": "resource", "path": format!("/r/{id}"),
+                      "occurredAt": at.to_rfc3339()});
+    match http.post(ingest.url("/api/views")).json(&body).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+async fn get_count(http: &reqwest::Client, ingest: &Service, id: &str) -> i64 {
+    let url = ingest.url(&format!("/api/views?contentType=resource&contentId={id}"));
+    let body: Value = http
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    body["count"].as_i64().expect("count")
+}
+
+/// Checks every total, daily row and GET against what was accepted.
+async fn assert_exact(
+    stack: &Stack,
+    http: &reqwest::Client,
+    ingest: &Service,
+    expected: &BTreeMap<(String, NaiveDate), i64>,
+) {
+    let sent: i64 = expected.values().sum();
+    stack
+        .wait_flushed_total(sent, Duration::from_secs(60))
+        .await
+        .expect("all views flushed");
+
+    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+    for ((id, _), n) in expected {
+        *totals.entry(format!("resource:{id}")).or_default() += n;
+    }
+    let rows: BTreeMap<String, i64> = stack
+        .rows("SELECT key, total FROM view_counter_total")
+        .await
+        .expect("totals")
+        .into_iter()
+        .collect();
+    assert_eq!(rows, totals, "view_counter_total");
+
+    let daily: BTreeMap<String, i64> = stack
+        .rows("SELECT key || '@' || day::text, count FROM view_counter_daily")
+        .await
+        .expect("daily")
+        .into_iter()
+        .collect();
+    let want_daily: BTreeMap<String, i64> = expected
+        .iter()
+        .map(|((id, day), n)| (format!("resource:{id}@{day}"), *n))
+        .collect();
+    assert_eq!(daily, want_daily, "view_counter_daily");
+
+    let mismatched = stack
+        .rows(
+            "SELECT t.key, (t.total - COALESCE(SUM(d.count), 0))::int8 FROM view_counter_total t
+             LEFT JOIN view_counter_daily d ON d.key = t.key
+             GROUP BY t.key, t.total HAVING t.total <> COALESCE(SUM(d.count), 0)",
+        )
+        .await
+        .expect("sum check");
+    assert!(
+        mismatched.is_empty(),
+        "total != sum(daily) for {mismatched:?}"
+    );
+
+    for (key, want) in &totals {
+        let id = key.trim_start_matches("resource:");
+        assert_eq!(
+            get_count(http, ingest, id).await,
+            *want,
+            "GET count of {key}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_views_over_keys_and_days_are_counted_exactly() {
+    const VIEWS: usize = 2000;
+    let stack = Stack::start().await.expect("stack");
+    let _aggregator = stack
+        .spawn_aggregator(&[("FLUSH_INTERVAL_MS", "300")])
+        .await
+        .expect("aggregator");
+    let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
+    let http = reqwest::Client::new();
+    let now = Utc::now();
+
+    let statuses: Vec<u16> = futures::stream::iter(0..VIEWS)
+        .map(|i| {
+            let (http, ingest) = (&http, &ingest);
+            async move {
+                let (id, at) = view(i, now);
+                post(http, ingest, &id, at).await
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 202), "every POST answers 202");
+
+    let mut expected = BTreeMap::new();
+    for i in 0..VIEWS {
+        let (id, at) = view(i, now);
+        *expected.entry((id, at.date_naive())).or_insert(0) += 1;
+    }
+    assert_exact(&stack, &http, &ingest, &expected).await;
+    println!(
+        "{VIEWS} views over {KEYS} keys and {DAYS} days: every total, daily row and GET exact"
+    );
+    stack.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aggregator_stopped_with_sigterm_mid_stream_loses_and_repeats_nothing() {
+    const VIEWS: usize = 900;
+    let stack = Stack::start().await.expect("stack");
+    let first = stack
+        .spawn_aggregator(&[("FLUSH_INTERVAL_MS", "1000")])
+        .await
+        .expect("aggregator");
+    let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
+    let http = reqwest::Client::new();
+    let now = Utc::now();
+
+    let sender = {
+        let http = http.clone();
+        let url = ingest.url("/api/views");
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            for chunk in (0..VIEWS).collect::<Vec<_>>().chunks(30) {
+                let posts = chunk.iter().map(|&i| {
+                    let (id, at) = view(i, now);
+                    let body = json!({"contentId": id, "contentType": "resource", "occurredAt": at.to_rfc3339()});
+                    let (http, url) = (&http, &url);
+                    async move { (i, http.post(url).json(&body).send().await.map(|r| r.status().as_u16())) }
+                });
+                for (i, status) in futures::future::join_all(posts).await {
+                    if matches!(status, Ok(202)) {
+                        accepted.push(i);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            accepted
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let status = first
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("clean exit");
+    assert!(
+        status.success(),
+        "aggregator exits 0 after SIGTERM, got {status}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _second = stack
+        .spawn_aggregator(&[("FLUSH_INTERVAL_MS", "300")])
+        .await
+        .expect("restart");
+
+    let accepted = sender.await.expect("sender");
+    assert_eq!(accepted.len(), VIEWS, "the ingest accepted every view");
+    let mut expected = BTreeMap::new();
+    for &i in &accepted {
+        let (id, at) = view(i, now);
+        *expected.entry((id, at.date_naive())).or_insert(0) += 1;
+    }
+    assert_exact(&stack, &http, &ingest, &expected).await;
+    println!("{VIEWS} views with a SIGTERM and restart of the aggregator mid-stream: exact");
+    stack.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_answer_400_naming_the_field_and_the_service_stays_up() {
+    let stack = Stack::start().await.expect("stack");
+    let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
+    let http = reqwest::Client::new();
+    let future = (Utc::now() + chrono::Duration::minutes(10)).to_rfc3339();
+    let long_id = "x".repeat(129);
+    let cases: Vec<BadCase> = vec![
+        (
+            "missing contentId",
+            json!({"contentType":"resource"}).to_string(),
+            "application/json",
+            400,
+            "missing_field",
+            Some("contentId"),
+        ),
+        (
+            "missing contentType",
+            json!({"contentId":"a"}).to_string(),
+            "application/json",
+            400,
+            "missing_field",
+            Some("contentType"),
+        ),
+        (
+            "contentId a number",
+            json!({"contentId":7,"contentType":"resource"}).to_string(),
+            "application/json",
+            400,
+            "invalid_type",
+            Some("contentId"),
+        ),
+        (
+            "contentType an array",
+            json!({"contentId":"a","contentType":["resource"]}).to_string(),
+            "application/json",
+            400,
+            "invalid_type",
+            Some("contentType"),
+        ),
+        (
+            "path an object",
+            json!({"contentId":"a","contentType":"resource","path":{}}).to_string(),
+            "application/json",
+            400,
+            "invalid_type",
+            Some("path"),
+        ),
+        (
+            "unknown namespace",
+            json!({"contentId":"a","contentType":"video"}).to_string(),
+            "application/json",
+            400,
+            "unknown_namespace",
+            Some("contentType"),
+        ),
+        (
+            "over-long contentId",
+            json!({"contentId":long_id,"contentType":"resource"}).to_string(),
+            "application/json",
+            400,
+            "invalid_value",
+            Some("contentId"),
+        ),
+        (
+            "contentId with a space",
+            json!({"contentId":"a b","contentType":"resource"}).to_string(),
+            "application/json",
+            400,
+            "invalid_value",
+            Some("contentId"),
+        ),
+        (
+            "future occurredAt",
+            json!({"contentId":"a","contentType":"resource","occurredAt":future}).to_string(),
+            "application/json",
+            400,
+            "in_future",
+            Some("occurredAt"),
+        ),
+        (
+            "bad occurredAt",
+            json!({"contentId":"a","contentType":"resource","occurredAt":"21/11/2026"}).to_string(),
+            "application/json",
+            400,
+            "invalid_value",
+            Some("occurredAt"),
+        ),
+        (
+            "sessionId with control char",
+            json!({"contentId":"a","contentType":"resource","sessionId":"a\u{1}"}).to_string(),
+            "application/json",
+            400,
+            "invalid_value",
+            Some("sessionId"),
+        ),
+        (
+            "body an array",
+            "[1,2]".to_owned(),
+            "application/json",
+            400,
+            "invalid_type",
+            Some("body"),
+        ),
+        (
+            "not JSON",
+            "{contentId: a".to_owned(),
+            "application/json",
+            400,
+            "invalid_json",
+            None,
+        ),
+        (
+            "empty body",
+            String::new(),
+            "application/json",
+            400,
+            "invalid_json",
+            None,
+        ),
+        (
+            "text content type",
+            json!({"contentId":"a","contentType":"resource"}).to_string(),
+            "text/plain",
+            415,
+            "unsupported_media_type",
+            None,
+        ),
+    ];
+    for (name, body, content_type, status, code, field) in &cases {
+        let r = http
+            .post(ingest.url("/api/views"))
+            .header("content-type", *content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("response");
+        assert_eq!(r.status().as_u16(), *status, "{name}: status");
+        let json: Value = r.json().await.expect("JSON error body");
+        assert_eq!(json["success"], json!(false), "{name}: success flag");
+        assert_eq!(json["error"]["code"], json!(code), "{name}: code");
+        let message = json["error"]["message"].as_str().expect("message");
+        if let Some(field) = field {
+            assert!(
+                message.contains(field),
+                "{name}: message {message:?} names {field}"
+            );
+        }
+    }
+    let r = http
+        .get(ingest.url("/api/views?contentType=resource"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status().as_u16(), 400);
+    let json: Value = r.json().await.expect("json");
+    assert!(json["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("contentId"));
+    let r = http.get(ingest.url("/nope")).send().await.expect("404");
+    assert_eq!(r.status().as_u16(), 404);
+    let r = http
+        .delete(ingest.url("/api/views"))
+        .send()
+        .await
+        .expect("405");
+    assert_eq!(r.status().as_u16(), 405);
+
+    assert_eq!(
+        http.get(ingest.url("/healthz"))
+            .send()
+            .await
+            .expect("health")
+            .status()
+            .as_u16(),
+        200
+    );
+    let ok = post(&http, &ingest, "still-up", Utc::now()).await;
+    assert_eq!(ok, 202, "a valid view is accepted after the bad ones");
+    println!(
+        "{} malformed requests refused with the field named; service healthy after",
+        cases.len() + 3
+    );
+    stack.cleanup().await.expect("cleanup");
+}
