@@ -108,7 +108,7 @@ impl AggregatorContext {
     /// Postgres holds.
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let shared = &self.shared;
-        let mut claimed = Vec::new();
+        let mut claimed: Vec<viewpipe_store::Claim> = Vec::new();
         for elem in tpl.elements() {
             let partition = elem.partition();
             let mut wait = Duration::from_millis(100);
@@ -131,15 +131,15 @@ impl AggregatorContext {
                 claimed.push(claim);
             }
         }
+        for claim in &mut claimed {
+            check_log_end(consumer, &shared.scope.topic, claim);
+        }
         let mut core = shared.core();
         for claim in &claimed {
-            if let Some(next) = claim.next_offset {
-                let _ = tpl.set_partition_offset(
-                    &shared.scope.topic,
-                    claim.partition,
-                    Offset::Offset(next),
-                );
-            }
+            // Postgres is the authoritative position; without one, nothing from this
+            // partition was ever flushed, so all of it is to be counted.
+            let start = claim.next_offset.map_or(Offset::Beginning, Offset::Offset);
+            let _ = tpl.set_partition_offset(&shared.scope.topic, claim.partition, start);
             core.partitions
                 .insert(claim.partition, Partition::from_claim(claim));
         }
@@ -168,9 +168,40 @@ impl AggregatorContext {
         core.partitions.clear();
         metrics::gauge!(m::PENDING_KEYS).set(0.0);
         drop(core);
-        tracing::info!(partitions = ?owned, "partitions revoked");
+        if !owned.is_empty() {
+            tracing::info!(partitions = ?owned, "partitions revoked");
+        }
         if let Err(e) = consumer.unassign() {
             tracing::warn!(error = %e, "unassign failed");
+        }
+    }
+}
+
+/// A partition whose log ends before the position Postgres holds was recreated or
+/// truncated (a restarted in-memory dev broker does this; so does deleting and
+/// recreating a topic). Its messages are new events: count it from its beginning
+/// rather than skip them. Offsets are only compared when the broker answers.
+fn check_log_end(
+    consumer: &BaseConsumer<AggregatorContext>,
+    topic: &str,
+    claim: &mut viewpipe_store::Claim,
+) {
+    let Some(next) = claim.next_offset else {
+        return;
+    };
+    match consumer.fetch_watermarks(topic, claim.partition, Duration::from_secs(5)) {
+        Ok((_, high)) if high < next => {
+            tracing::warn!(
+                partition = claim.partition,
+                log_end = high,
+                postgres_position = next,
+                "partition log ends before the position Postgres holds: the topic was recreated or truncated; counting it from its beginning"
+            );
+            claim.next_offset = None;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(partition = claim.partition, error = %e, "cannot read the partition's log end")
         }
     }
 }

@@ -388,3 +388,36 @@ async fn bad_requests_answer_400_naming_the_field_and_the_service_stays_up() {
     );
     stack.cleanup().await.expect("cleanup");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_is_counted_from_its_beginning() {
+    // Postgres remembers positions from an earlier log (e.g. a restarted in-memory
+    // broker, or a topic deleted and recreated): the new log's events must count.
+    let stack = Stack::start().await.expect("stack");
+    for partition in 0..viewpipe_tests::PARTITIONS {
+        stack
+            .rows(&format!(
+                "INSERT INTO aggregator_partitions VALUES ('{}', 'views', {partition}, 50, 3, 1, now())
+                 RETURNING topic, next_offset",
+                stack.group
+            ))
+            .await
+            .expect("seed position");
+    }
+    let _aggregator = stack
+        .spawn_aggregator(&[("FLUSH_INTERVAL_MS", "300")])
+        .await
+        .expect("aggregator");
+    let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
+    let http = reqwest::Client::new();
+    let now = Utc::now();
+    let mut expected = BTreeMap::new();
+    for i in 0..40 {
+        let (id, at) = view(i, now);
+        assert_eq!(post(&http, &ingest, &id, at).await, 202);
+        *expected.entry((id, at.date_naive())).or_insert(0) += 1;
+    }
+    assert_exact(&stack, &http, &ingest, &expected).await;
+    println!("40 views on a log that restarted below the stored positions: exact");
+    stack.cleanup().await.expect("cleanup");
+}
