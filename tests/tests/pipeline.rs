@@ -21,6 +21,19 @@ fn view(i: usize, now: DateTime<Utc>) -> (String, DateTime<Utc>) {
     (format!("k{:02}", i % KEYS), at)
 }
 
+/// The expected daily counts of the given views.
+fn expected_of(
+    views: impl IntoIterator<Item = usize>,
+    now: DateTime<Utc>,
+) -> BTreeMap<(String, NaiveDate), i64> {
+    let mut expected = BTreeMap::new();
+    for i in views {
+        let (id, at) = view(i, now);
+        *expected.entry((id, at.date_naive())).or_insert(0) += 1;
+    }
+    expected
+}
+
 async fn post(http: &reqwest::Client, ingest: &Service, id: &str, at: DateTime<Utc>) -> u16 {
     let body = json!({"contentId": id, "contentType": "resource", "path": format!("/r/{id}"),
                       "occurredAt": at.to_rfc3339()});
@@ -128,11 +141,7 @@ async fn concurrent_views_over_keys_and_days_are_counted_exactly() {
         .await;
     assert!(statuses.iter().all(|s| *s == 202), "every POST answers 202");
 
-    let mut expected = BTreeMap::new();
-    for i in 0..VIEWS {
-        let (id, at) = view(i, now);
-        *expected.entry((id, at.date_naive())).or_insert(0) += 1;
-    }
+    let expected = expected_of(0..VIEWS, now);
     assert_exact(&stack, &http, &ingest, &expected).await;
     println!(
         "{VIEWS} views over {KEYS} keys and {DAYS} days: every total, daily row and GET exact"
@@ -192,11 +201,7 @@ async fn aggregator_stopped_with_sigterm_mid_stream_loses_and_repeats_nothing() 
 
     let accepted = sender.await.expect("sender");
     assert_eq!(accepted.len(), VIEWS, "the ingest accepted every view");
-    let mut expected = BTreeMap::new();
-    for &i in &accepted {
-        let (id, at) = view(i, now);
-        *expected.entry((id, at.date_naive())).or_insert(0) += 1;
-    }
+    let expected = expected_of(accepted.iter().copied(), now);
     assert_exact(&stack, &http, &ingest, &expected).await;
     println!("{VIEWS} views with a SIGTERM and restart of the aggregator mid-stream: exact");
     stack.cleanup().await.expect("cleanup");
@@ -411,12 +416,11 @@ async fn a_recreated_topic_is_counted_from_its_beginning() {
     let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
     let http = reqwest::Client::new();
     let now = Utc::now();
-    let mut expected = BTreeMap::new();
     for i in 0..40 {
         let (id, at) = view(i, now);
         assert_eq!(post(&http, &ingest, &id, at).await, 202);
-        *expected.entry((id, at.date_naive())).or_insert(0) += 1;
     }
+    let expected = expected_of(0..40, now);
     assert_exact(&stack, &http, &ingest, &expected).await;
     println!("40 views on a log that restarted below the stored positions: exact");
     stack.cleanup().await.expect("cleanup");
