@@ -87,11 +87,11 @@ impl Health {
                 "/healthz",
                 get(move || async move {
                     if live.is_alive() {
-                        (StatusCode::OK, Json(serde_json_status("ok", &[])))
+                        (StatusCode::OK, Json(status_body("ok", &[])))
                     } else {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            Json(serde_json_status("stalled", &[])),
+                            Json(status_body("stalled", &[])),
                         )
                     }
                 }),
@@ -100,11 +100,11 @@ impl Health {
                 "/readyz",
                 get(move || async move {
                     if ready.is_ready() {
-                        (StatusCode::OK, Json(serde_json_status("ready", &[])))
+                        (StatusCode::OK, Json(status_body("ready", &[])))
                     } else {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            Json(serde_json_status("not_ready", &ready.failing())),
+                            Json(status_body("not_ready", &ready.failing())),
                         )
                     }
                 }),
@@ -113,7 +113,7 @@ impl Health {
     }
 }
 
-fn serde_json_status(status: &str, failing: &[String]) -> serde_json::Value {
+fn status_body(status: &str, failing: &[String]) -> serde_json::Value {
     serde_json::json!({ "status": status, "failing": failing })
 }
 
