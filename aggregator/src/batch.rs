@@ -8,6 +8,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
 use viewpipe_schema::{ContentKey, ViewEvent};
+use viewpipe_store::pending::Applied;
 use viewpipe_store::{KeyDelta, KeyMessages, Message};
 
 use crate::consumer::Shared;
@@ -39,13 +40,22 @@ pub fn process(shared: &Shared, core: &mut Core, batch: Vec<Raw>) {
         let Some(last) = raws.last().map(|r| r.offset) else {
             continue;
         };
-        let gen = state.gen;
+        let (gen, epoch) = (state.gen, state.epoch);
         let (events, invalid) = parse(shared, raws);
         if !send_to_dlq(shared, partition, &invalid) {
             continue;
         }
-        let Some(grouped) = apply(shared, partition, gen, events) else {
-            continue;
+        let grouped = match apply(shared, partition, gen, epoch, events) {
+            Ok(grouped) => grouped,
+            Err(Skip::Shutdown) => continue,
+            Err(Skip::Stale) => {
+                tracing::warn!(
+                    partition,
+                    "a newer owner has written this partition in Redis; dropping it (its owner counts it)"
+                );
+                core.partitions.remove(&partition);
+                continue;
+            }
         };
         let (mut counted, mut duplicates) = (0u64, 0u64);
         for (key, events, flags) in grouped {
@@ -98,15 +108,23 @@ fn parse(shared: &Shared, raws: Vec<Raw>) -> Parsed {
     (events, invalid)
 }
 
+/// Why a partition's batch was not counted.
+enum Skip {
+    /// Redis stayed unreachable until shutdown.
+    Shutdown,
+    /// Redis refused the write: another aggregator owns the partition now.
+    Stale,
+}
+
 /// Applies the events to Redis (or, in database-only mode, counts them all) and
-/// returns them grouped by key with a counted flag each. `None` if Redis stayed
-/// unreachable until shutdown.
+/// returns them grouped by key with a counted flag each.
 fn apply(
     shared: &Shared,
     partition: i32,
     gen: i64,
+    epoch: i64,
     events: Vec<(i64, ViewEvent)>,
-) -> Option<Grouped> {
+) -> Result<Grouped, Skip> {
     let mut index: HashMap<ContentKey, usize> = HashMap::new();
     let mut batch: Vec<KeyMessages> = Vec::new();
     let mut grouped_events: Vec<Vec<ViewEvent>> = Vec::new();
@@ -135,26 +153,28 @@ fn apply(
         Some(store) => {
             let mut wait = Duration::from_millis(50);
             loop {
-                match shared.rt.block_on(store.apply(partition, gen, &batch)) {
-                    Ok(flags) => break flags,
+                match shared
+                    .rt
+                    .block_on(store.apply(partition, gen, epoch, &batch))
+                {
+                    Ok(Applied::Flags(flags)) => break flags,
+                    Ok(Applied::Stale) => return Err(Skip::Stale),
                     Err(e) if !shared.shutdown.is_triggered() => {
                         tracing::warn!(error = %e, "Redis apply failed; retrying");
                         std::thread::sleep(wait);
                         wait = (wait * 2).min(Duration::from_secs(2));
                     }
-                    Err(_) => return None,
+                    Err(_) => return Err(Skip::Shutdown),
                 }
             }
         }
     };
-    Some(
-        batch
-            .into_iter()
-            .zip(grouped_events)
-            .zip(flags)
-            .map(|((km, events), flags)| (km.key, events, flags))
-            .collect(),
-    )
+    Ok(batch
+        .into_iter()
+        .zip(grouped_events)
+        .zip(flags)
+        .map(|((km, events), flags)| (km.key, events, flags))
+        .collect())
 }
 
 /// Copies unusable messages to the DLQ with an `error` header and waits for the

@@ -4,6 +4,7 @@
 //! group does not move on until they are done. Async work (Redis, Postgres) is
 //! driven with `Handle::block_on`.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use crate::batch::{self, Raw};
 use crate::flush;
 use crate::metrics as m;
 use crate::state::{Core, Partition};
+use crate::upkeep;
 
 /// Most messages taken into one batch.
 const MAX_BATCH: usize = 5000;
@@ -43,6 +45,12 @@ pub struct Shared {
     pub namespaces: Namespaces,
     pub core: Mutex<Core>,
     pub shutdown: Shutdown,
+    /// The newest open flush request of the group (`jobs.seq`, 0 for none), kept
+    /// current by a background task.
+    pub requested_flush: AtomicI64,
+    /// Revoked partitions are flushed within this, well inside the session timeout,
+    /// or abandoned to their next owner.
+    pub revoke_deadline: Duration,
 }
 
 impl Shared {
@@ -51,11 +59,15 @@ impl Shared {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn requested(&self) -> i64 {
+        self.requested_flush.load(Ordering::Relaxed)
+    }
+
     /// Flushes with retries until it succeeds or `deadline` passes.
     fn flush_with_retry(&self, core: &mut Core, deadline: Instant) -> Option<flush::Flushed> {
         let mut wait = Duration::from_millis(100);
         loop {
-            match flush::flush(&self.rt, &self.db, &self.scope, core) {
+            match flush::flush(&self.rt, &self.db, &self.scope, core, self.requested()) {
                 Ok(done) => return Some(done),
                 Err(e) if Instant::now() + wait < deadline => {
                     tracing::warn!(error = %e, "flush failed; retrying");
@@ -131,17 +143,25 @@ impl AggregatorContext {
                 claimed.push(claim);
             }
         }
-        for claim in &mut claimed {
-            check_log_end(consumer, &shared.scope.topic, claim);
-        }
+        let log_ends: Vec<Option<i64>> = claimed
+            .iter_mut()
+            .map(|claim| check_log_end(consumer, &shared.scope.topic, claim))
+            .collect();
         let mut core = shared.core();
-        for claim in &claimed {
+        for (claim, log_end) in claimed.iter().zip(log_ends) {
             // Postgres is the authoritative position; without one, nothing from this
             // partition was ever flushed, so all of it is to be counted.
             let start = claim.next_offset.map_or(Offset::Beginning, Offset::Offset);
             let _ = tpl.set_partition_offset(&shared.scope.topic, claim.partition, start);
-            core.partitions
-                .insert(claim.partition, Partition::from_claim(claim));
+            let mut partition = Partition::from_claim(claim);
+            // A first claim has no predecessor; without Redis nothing of a
+            // predecessor's is visible; otherwise catch up with what it may have
+            // counted (an unknown log end is looked up again by the loop).
+            if shared.pending.is_some() && claim.epoch > 1 {
+                partition.catch_up_to = Some(log_end.unwrap_or(i64::MAX));
+                partition.note_position(None);
+            }
+            core.partitions.insert(claim.partition, partition);
         }
         drop(core);
         let partitions: Vec<i32> = claimed.iter().map(|c| c.partition).collect();
@@ -157,7 +177,7 @@ impl AggregatorContext {
         let mut core = shared.core();
         let owned: Vec<i32> = core.partitions.keys().copied().collect();
         // Stay well inside the session timeout so the group can move on.
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + shared.revoke_deadline;
         if let Some(done) = shared.flush_with_retry(&mut core, deadline) {
             if let Some(offsets) = done.offsets {
                 let _ = consumer.commit(&offsets, CommitMode::Sync);
@@ -181,15 +201,17 @@ impl AggregatorContext {
 /// truncated (a restarted in-memory dev broker does this; so does deleting and
 /// recreating a topic). Its messages are new events: count it from its beginning
 /// rather than skip them. Offsets are only compared when the broker answers.
+/// Returns the log end, when the broker answered.
 fn check_log_end(
     consumer: &BaseConsumer<AggregatorContext>,
     topic: &str,
     claim: &mut viewpipe_store::Claim,
-) {
+) -> Option<i64> {
+    let watermarks = consumer.fetch_watermarks(topic, claim.partition, Duration::from_secs(5));
     let Some(next) = claim.next_offset else {
-        return;
+        return watermarks.ok().map(|(_, high)| high);
     };
-    match consumer.fetch_watermarks(topic, claim.partition, Duration::from_secs(5)) {
+    match watermarks {
         Ok((_, high)) if high < next => {
             tracing::warn!(
                 partition = claim.partition,
@@ -198,10 +220,12 @@ fn check_log_end(
                 "partition log ends before the position Postgres holds: the topic was recreated or truncated; counting it from its beginning"
             );
             claim.next_offset = None;
+            Some(high)
         }
-        Ok(_) => {}
+        Ok((_, high)) => Some(high),
         Err(e) => {
-            tracing::warn!(partition = claim.partition, error = %e, "cannot read the partition's log end")
+            tracing::warn!(partition = claim.partition, error = %e, "cannot read the partition's log end");
+            None
         }
     }
 }
@@ -218,6 +242,7 @@ pub fn run_loop(consumer: BaseConsumer<AggregatorContext>, settings: LoopSetting
     let database_only = shared.pending.is_none();
     let mut next_flush = Instant::now() + settings.flush_interval;
     let mut batch: Vec<Raw> = Vec::with_capacity(MAX_BATCH);
+    let mut upkeep_clock = upkeep::Clock::default();
     while !shared.shutdown.is_triggered() {
         health.beat();
         let until = Instant::now() + BATCH_WAIT;
@@ -242,14 +267,23 @@ pub fn run_loop(consumer: BaseConsumer<AggregatorContext>, settings: LoopSetting
             batch::process(&shared, &mut core, std::mem::take(&mut batch));
             metrics::gauge!(m::PENDING_KEYS).set(core.pending_keys() as f64);
         }
+        {
+            let mut core = shared.core();
+            upkeep::catch_up(&consumer, &shared, &mut core, &mut upkeep_clock);
+            upkeep::keep_live(&shared, &mut core);
+        }
+        let requested = shared.requested();
         let due = {
             let core = shared.core();
             let pending = core.pending_keys();
-            database_only || Instant::now() >= next_flush || pending >= settings.flush_max_pending
+            database_only
+                || Instant::now() >= next_flush
+                || pending >= settings.flush_max_pending
+                || core.answers_pending(requested)
         };
         if due {
             let mut core = shared.core();
-            match flush::flush(&shared.rt, &shared.db, &shared.scope, &mut core) {
+            match flush::flush(&shared.rt, &shared.db, &shared.scope, &mut core, requested) {
                 Ok(done) => {
                     if let Some(offsets) = done.offsets {
                         let _ = consumer.commit(&offsets, CommitMode::Async);

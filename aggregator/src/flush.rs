@@ -49,26 +49,34 @@ pub struct Flushed {
     pub offsets: Option<TopicPartitionList>,
 }
 
-/// Flushes every owned partition that made progress. Partitions found fenced are
-/// dropped from `core` (their new owner re-consumes them) and the rest retried.
+/// Flushes every owned, caught-up partition that made progress or has not answered
+/// flush request `requested` yet. Partitions found fenced are dropped from `core`
+/// (their new owner re-consumes them) and the rest retried.
 pub fn flush(
     rt: &Handle,
     db: &DatabaseConnection,
     scope: &Scope,
     core: &mut Core,
+    requested: i64,
 ) -> Result<Flushed, sea_orm::DbErr> {
     loop {
         let commits: Vec<PartitionCommit> = core
             .partitions
             .iter()
-            .filter(|(_, p)| p.has_progress())
-            .filter_map(|(&partition, p)| {
-                Some(PartitionCommit {
+            .filter(|(_, p)| p.caught_up() && (p.has_progress() || p.flush_seq < requested))
+            .map(|(&partition, p)| {
+                let (next_offset, gen) = match p.consumed_to {
+                    Some(to) if p.has_progress() => (to, p.gen),
+                    // Nothing new: answer the request without sealing a generation.
+                    _ => (p.flushed_to.unwrap_or(-1), p.gen - 1),
+                };
+                PartitionCommit {
                     partition,
                     epoch: p.epoch,
-                    next_offset: p.consumed_to?,
-                    gen: p.gen,
-                })
+                    next_offset,
+                    gen,
+                    flush_seq: requested,
+                }
             })
             .collect();
         if commits.is_empty() {
@@ -92,6 +100,10 @@ pub fn flush(
                 let mut offsets = TopicPartitionList::new();
                 for c in &commits {
                     if let Some(p) = core.partitions.get_mut(&c.partition) {
+                        p.flush_seq = p.flush_seq.max(c.flush_seq);
+                        if c.gen < p.gen {
+                            continue; // answered a request, sealed nothing
+                        }
                         p.flushed_to = Some(c.next_offset);
                         p.gen = c.gen + 1;
                         p.pending.clear();

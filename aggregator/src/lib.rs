@@ -7,7 +7,9 @@ pub mod flush;
 pub mod metrics;
 pub mod settings;
 pub mod state;
+pub mod upkeep;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,10 +25,13 @@ use viewpipe_schema::db;
 use viewpipe_schema::migration::Migrator;
 use viewpipe_schema::settings::SecretUrl;
 use viewpipe_store::pending::{Layout, PendingStore};
-use viewpipe_store::Scope;
+use viewpipe_store::{jobs, Scope};
 
 use crate::consumer::{AggregatorContext, LoopSettings, Shared};
-use crate::settings::Settings;
+use crate::settings::{FlushArgs, Settings};
+
+/// How often each aggregator looks for flush requests.
+const FLUSH_REQUEST_POLL: Duration = Duration::from_millis(100);
 
 /// `aggregator migrate`: applies every pending migration.
 pub async fn migrate(database_url: &SecretUrl) -> anyhow::Result<()> {
@@ -39,6 +44,55 @@ pub async fn migrate(database_url: &SecretUrl) -> anyhow::Result<()> {
         tracing::info!(database = %database_url, applied = pending, "schema migrated");
     }
     Ok(())
+}
+
+/// `aggregator flush`: asks every running aggregator of the group to flush, waits
+/// for all partitions to answer, and prints the outcome.
+pub async fn request_flush(args: &FlushArgs) -> anyhow::Result<()> {
+    let db = db::connect(&args.database_url, 2).await?;
+    db::ensure_schema_current(&db).await?;
+    let scope = Scope {
+        group: args.consumer_group.clone(),
+        topic: args.views_topic.clone(),
+    };
+    let started = std::time::Instant::now();
+    let (id, seq) = jobs::request_flush(&db, &scope.group).await?;
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let state = jobs::wait_for_flush(&db, &scope, id, seq, timeout).await?;
+    let rows = state
+        .result
+        .as_ref()
+        .and_then(|r| r.get("flushed"))
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(0);
+    match state.error {
+        None if state.status == "completed" => {
+            println!(
+                "flush job {id}: completed, {rows} rows written, {} ms",
+                started.elapsed().as_millis()
+            );
+            Ok(())
+        }
+        error => anyhow::bail!(
+            "flush job {id}: {}: {}",
+            state.status,
+            error.unwrap_or_default()
+        ),
+    }
+}
+
+/// Keeps `shared.requested_flush` at the group's newest open flush request.
+fn spawn_flush_request_watch(shared: Arc<Shared>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FLUSH_REQUEST_POLL);
+        while !shared.shutdown.is_triggered() {
+            tick.tick().await;
+            match jobs::newest_flush_request(&shared.db, &shared.scope.group).await {
+                Ok(seq) => shared.requested_flush.store(seq, Ordering::Relaxed),
+                Err(e) => tracing::debug!(error = %e, "cannot read flush requests"),
+            }
+        }
+    });
 }
 
 /// Runs the aggregator until `shutdown` triggers (or the consumer loop ends).
@@ -99,7 +153,11 @@ pub async fn run(
         namespaces: common.namespaces.clone(),
         core: Mutex::new(state::Core::default()),
         shutdown: shutdown.clone(),
+        requested_flush: AtomicI64::new(0),
+        revoke_deadline: Duration::from_millis(u64::from(settings.kafka_session_timeout_ms) / 3)
+            .max(Duration::from_millis(500)),
     });
+    spawn_flush_request_watch(shared.clone());
     let session = settings.kafka_session_timeout_ms;
     let consumer: BaseConsumer<AggregatorContext> = kafka::base_config(&common.kafka_brokers)
         .set("group.id", &common.consumer_group)

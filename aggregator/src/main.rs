@@ -12,6 +12,10 @@ async fn main() {
             viewpipe_schema::telemetry::init(&args.log_format);
             aggregator::migrate(&args.database_url).await
         }
+        Some(Command::Flush(args)) => {
+            viewpipe_schema::telemetry::init(&args.log_format);
+            aggregator::request_flush(&args).await
+        }
         Some(Command::Run(settings)) => serve(*settings).await,
         None => serve(cli.run).await,
     };

@@ -10,6 +10,8 @@ pub const PENDING_KEYS: &str = "viewpipe_aggregator_pending_keys";
 pub const CONSUMER_LAG: &str = "viewpipe_aggregator_consumer_lag";
 pub const REBALANCES: &str = "viewpipe_aggregator_rebalances_total";
 pub const LAST_FLUSH: &str = "viewpipe_aggregator_last_flush_timestamp_seconds";
+/// Beyond the contract: times Redis was found to have lost a partition's counts.
+pub const REDIS_RESTORES: &str = "viewpipe_aggregator_redis_restores_total";
 
 /// Installs the Prometheus recorder (once per process) and describes every metric.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -42,11 +44,16 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         Unit::Seconds,
         "Unix time of the last successful flush"
     );
+    describe_counter!(
+        REDIS_RESTORES,
+        "Times Redis had lost a partition's pending counts and they were restored from memory"
+    );
     for result in ["counted", "duplicate", "invalid"] {
         metrics::counter!(EVENTS, "result" => result).absolute(0);
     }
     metrics::counter!(FLUSHED_ROWS).absolute(0);
     metrics::counter!(REBALANCES).absolute(0);
+    metrics::counter!(REDIS_RESTORES).absolute(0);
     metrics::gauge!(PENDING_KEYS).set(0.0);
     Ok(handle)
 }

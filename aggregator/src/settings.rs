@@ -26,6 +26,32 @@ pub enum Command {
     Run(Box<Settings>),
     /// Create or upgrade the Postgres schema; running it twice is harmless.
     Migrate(MigrateArgs),
+    /// Ask every running aggregator of the group to flush everything it has counted
+    /// to Postgres, and wait until all partitions have answered.
+    Flush(FlushArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FlushArgs {
+    /// Postgres connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/viewpipe"
+    )]
+    pub database_url: SecretUrl,
+    /// The aggregators' consumer group.
+    #[arg(long, env = "CONSUMER_GROUP", default_value = "viewpipe-aggregator")]
+    pub consumer_group: String,
+    /// The topic the aggregators consume.
+    #[arg(long, env = "VIEWS_TOPIC", default_value = "views")]
+    pub views_topic: String,
+    /// Give up (and mark the job failed) after this many milliseconds.
+    #[arg(long, default_value_t = 30000)]
+    pub timeout_ms: u64,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 #[derive(Args, Debug, Clone)]

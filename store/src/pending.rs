@@ -5,22 +5,38 @@
 //! - `t:<partition>:<gen>`: views of the key consumed from that partition in that
 //!   flush generation;
 //! - `d:<partition>:<gen>:<YYYY-MM-DD>`: the same split by UTC day;
-//! - `o:<partition>`: the highest offset of that partition applied to this key;
-//! - `g:<partition>`: the newest generation written for that partition.
+//! - `o:<partition>`: the highest offset of that partition applied to this key in
+//!   the current generation;
+//! - `g:<partition>`: the current (newest) generation of that partition;
+//! - `e:<partition>`: the newest owner epoch that wrote that partition.
 //!
 //! Applying a batch is idempotent: a message at or below `o:<partition>` was applied
-//! before (by this aggregator or a crashed predecessor) and adds nothing, whatever
-//! the batch boundaries were. Fields of generations below the writer's own are already
-//! in Postgres; the script drops them as it goes, and readers ignore them anyway.
+//! in this generation before (by this aggregator or a crashed predecessor) and adds
+//! nothing, whatever the batch boundaries were. Fields of generations below the
+//! writer's own are already in Postgres; the script drops them as it goes, and
+//! readers ignore them anyway.
+//!
+//! Fencing: a writer with an older epoch or generation than the hash has seen for the
+//! partition is refused (`Applied::Stale`), so an aggregator that lost a partition
+//! cannot move `o:` past offsets its successor still has to count.
 //!
 //! De-duplication: `{prefix}:e:{<key>}:<eventId>` holds `<partition>:<offset>` of the
 //! first message seen with that id, for 24 h. A later message with the same id is a
 //! duplicate; a replay of the first message finds its own tag and still counts.
+//!
+//! Loss: `{prefix}:live` maps each partition to the epoch of the owner that vouches
+//! for its pending counts being complete in Redis. Losing Redis' data loses the mark;
+//! readers wait for it and the owner restores its counts from memory before setting
+//! it again (`PendingStore::restore`).
+
+use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use redis::aio::ConnectionManager;
 
 use viewpipe_schema::ContentKey;
+
+use crate::postgres::KeyDelta;
 
 /// How long an eventId is remembered (contract guarantee 3).
 pub const DEDUPE_TTL_SECS: u64 = 24 * 60 * 60;
@@ -28,48 +44,66 @@ pub const DEDUPE_TTL_SECS: u64 = 24 * 60 * 60;
 /// flushed within seconds, so expiry only ever drops data Postgres already has.
 pub const HASH_TTL_SECS: u64 = 7 * 24 * 60 * 60;
 
+/// Shared by both scripts: refuses a writer older than the hash's newest for the
+/// partition (returns false), and on a newer generation drops the partition's older
+/// fields, which Postgres already holds.
+const PRELUDE_LUA: &str = r#"
+local function admit(h, p, gen, epoch)
+  local stored_epoch = tonumber(redis.call('HGET', h, 'e:' .. p) or '0')
+  local last_gen = tonumber(redis.call('HGET', h, 'g:' .. p) or '0')
+  if epoch < stored_epoch or gen < last_gen then return false end
+  if epoch > stored_epoch then redis.call('HSET', h, 'e:' .. p, epoch) end
+  if last_gen < gen then
+    local prefix_t = 't:' .. p .. ':'
+    local prefix_d = 'd:' .. p .. ':'
+    for _, f in ipairs(redis.call('HKEYS', h)) do
+      local head = string.sub(f, 1, #prefix_t)
+      if head == prefix_t or head == prefix_d then
+        local g = tonumber(string.match(string.sub(f, #prefix_t + 1), '^(%d+)'))
+        if g and g < gen then redis.call('HDEL', h, f) end
+      end
+    end
+    redis.call('HDEL', h, 'o:' .. p)
+    redis.call('HSET', h, 'g:' .. p, gen)
+  end
+  return true
+end
+"#;
+
+/// KEYS: the count hash, then one de-duplication key per message with an eventId.
+/// ARGV: partition, gen, epoch, dedupe TTL, hash TTL, then per message its offset,
+/// day and whether it has an eventId. Returns a flag per message, or `{-1}` when the
+/// writer is stale.
 const APPLY_LUA: &str = r#"
 local h = KEYS[1]
 local p = ARGV[1]
-local gen = tonumber(ARGV[2])
+local gen_text = ARGV[2]
+if not admit(h, p, tonumber(gen_text), tonumber(ARGV[3])) then return {-1} end
 local applied = tonumber(redis.call('HGET', h, 'o:' .. p) or '-1')
-local last_gen = tonumber(redis.call('HGET', h, 'g:' .. p) or '0')
-if last_gen < gen then
-  local prefix_t = 't:' .. p .. ':'
-  local prefix_d = 'd:' .. p .. ':'
-  for _, f in ipairs(redis.call('HKEYS', h)) do
-    local head = string.sub(f, 1, #prefix_t)
-    if head == prefix_t or head == prefix_d then
-      local g = tonumber(string.match(string.sub(f, #prefix_t + 1), '^(%d+)'))
-      if g and g < gen then redis.call('HDEL', h, f) end
-    end
-  end
-  redis.call('HSET', h, 'g:' .. p, ARGV[2])
-end
 local out = {}
 local added = 0
 local days = {}
 local top, top_text = applied, nil
 local ki = 2
-local n = (#ARGV - 4) / 3
+local n = (#ARGV - 5) / 3
 for i = 0, n - 1 do
-  local off_text = ARGV[5 + 3 * i]
+  local off_text = ARGV[6 + 3 * i]
   local off = tonumber(off_text)
   local counted = 1
-  if ARGV[7 + 3 * i] == '1' then
+  if ARGV[8 + 3 * i] == '1' then
     local ek = KEYS[ki]
     ki = ki + 1
     local tag = p .. ':' .. off_text
     local prev = redis.call('GET', ek)
     if not prev then
-      redis.call('SET', ek, tag, 'EX', ARGV[3])
+      redis.call('SET', ek, tag, 'EX', ARGV[4])
     elseif prev ~= tag then
       counted = 0
     end
   end
   if counted == 1 and off > applied then
     added = added + 1
-    local day = ARGV[6 + 3 * i]
+    local day = ARGV[7 + 3 * i]
     days[day] = (days[day] or 0) + 1
   end
   if off > top then
@@ -79,14 +113,30 @@ for i = 0, n - 1 do
   out[i + 1] = counted
 end
 if added > 0 then
-  redis.call('HINCRBY', h, 't:' .. p .. ':' .. ARGV[2], added)
+  redis.call('HINCRBY', h, 't:' .. p .. ':' .. gen_text, added)
   for day, c in pairs(days) do
-    redis.call('HINCRBY', h, 'd:' .. p .. ':' .. ARGV[2] .. ':' .. day, c)
+    redis.call('HINCRBY', h, 'd:' .. p .. ':' .. gen_text .. ':' .. day, c)
   end
 end
 if top_text then redis.call('HSET', h, 'o:' .. p, top_text) end
-redis.call('EXPIRE', h, ARGV[4])
+redis.call('EXPIRE', h, ARGV[5])
 return out
+"#;
+
+/// Rewrites one key's pending counts of a partition as absolute values, after Redis
+/// lost them. KEYS: the count hash. ARGV: partition, gen, epoch, last applied
+/// offset, hash TTL, total, then day and count pairs. Returns 1, or -1 when stale.
+const RESTORE_LUA: &str = r#"
+local h = KEYS[1]
+local p = ARGV[1]
+local gen_text = ARGV[2]
+if not admit(h, p, tonumber(gen_text), tonumber(ARGV[3])) then return -1 end
+redis.call('HSET', h, 'o:' .. p, ARGV[4], 't:' .. p .. ':' .. gen_text, ARGV[6])
+for i = 7, #ARGV - 1, 2 do
+  redis.call('HSET', h, 'd:' .. p .. ':' .. gen_text .. ':' .. ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', h, ARGV[5])
+return 1
 "#;
 
 /// One consumed message of a key, as the apply script needs it.
@@ -128,6 +178,23 @@ impl Layout {
     pub fn dedupe(&self, key: &str, event_id: &str) -> String {
         format!("{}:e:{{{}}}:{}", self.prefix, key, event_id)
     }
+
+    /// Hash of partition -> epoch: partitions whose pending counts Redis holds
+    /// completely. Redis losing its data loses this hash too, which is how readers
+    /// and aggregators notice (see `docs/exactly-once.md`).
+    pub fn live(&self) -> String {
+        format!("{}:live", self.prefix)
+    }
+}
+
+/// What applying a batch of one partition found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Per key and per message: counts (`true`) or repeats an earlier eventId.
+    Flags(Vec<Vec<bool>>),
+    /// A newer owner (epoch) or a later generation has written this partition: the
+    /// writer lost it and must stop counting it.
+    Stale,
 }
 
 /// The Redis side of the counts.
@@ -135,7 +202,8 @@ impl Layout {
 pub struct PendingStore {
     conn: ConnectionManager,
     layout: Layout,
-    script: redis::Script,
+    apply_script: redis::Script,
+    restore_script: redis::Script,
 }
 
 impl PendingStore {
@@ -143,7 +211,8 @@ impl PendingStore {
         Self {
             conn,
             layout,
-            script: redis::Script::new(APPLY_LUA),
+            apply_script: redis::Script::new(&format!("{PRELUDE_LUA}{APPLY_LUA}")),
+            restore_script: redis::Script::new(&format!("{PRELUDE_LUA}{RESTORE_LUA}")),
         }
     }
 
@@ -156,36 +225,60 @@ impl PendingStore {
     }
 
     /// Applies one batch of one partition in a single pipeline (one script call per
-    /// key). Returns, per key and per message, whether the message counts (`true`) or
-    /// is a duplicate of an earlier eventId (`false`).
+    /// key).
     pub async fn apply(
         &self,
         partition: i32,
         gen: i64,
+        epoch: i64,
         batch: &[KeyMessages],
-    ) -> redis::RedisResult<Vec<Vec<bool>>> {
+    ) -> redis::RedisResult<Applied> {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Applied::Flags(Vec::new()));
         }
-        let pipe = self.apply_pipeline(partition, gen, batch);
-        let mut conn = self.conn.clone();
-        let result: redis::RedisResult<Vec<Vec<i64>>> = pipe.query_async(&mut conn).await;
-        let flags = match result {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // Redis restarted and lost its script cache. The script is idempotent,
-                // so re-sending the whole pipeline is safe.
-                self.script.prepare_invoke().load_async(&mut conn).await?;
-                pipe.query_async(&mut conn).await?
-            }
-            other => other?,
-        };
-        Ok(flags
-            .into_iter()
-            .map(|key_flags| key_flags.into_iter().map(|f| f == 1).collect())
-            .collect())
+        let pipe = self.apply_pipeline(partition, gen, epoch, batch);
+        let flags: Vec<Vec<i64>> = self.query_scripts(&pipe).await?;
+        if flags.iter().any(|f| f.first() == Some(&-1)) {
+            return Ok(Applied::Stale);
+        }
+        Ok(Applied::Flags(
+            flags
+                .into_iter()
+                .map(|key_flags| key_flags.into_iter().map(|f| f == 1).collect())
+                .collect(),
+        ))
     }
 
-    fn apply_pipeline(&self, partition: i32, gen: i64, batch: &[KeyMessages]) -> redis::Pipeline {
+    /// Runs a pipeline of script calls. Both scripts are idempotent, so after Redis
+    /// lost its script cache (a restart) the whole pipeline is simply sent again.
+    async fn query_scripts<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
+        let mut conn = self.conn.clone();
+        match pipe.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.apply_script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await?;
+                self.restore_script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await?;
+                pipe.query_async(&mut conn).await
+            }
+            other => other,
+        }
+    }
+
+    fn apply_pipeline(
+        &self,
+        partition: i32,
+        gen: i64,
+        epoch: i64,
+        batch: &[KeyMessages],
+    ) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         let mut day_text = String::with_capacity(10);
         for km in batch {
@@ -193,7 +286,7 @@ impl PendingStore {
             let ids = km.messages.iter().filter(|m| m.event_id.is_some()).count();
             let cmd = pipe
                 .cmd("EVALSHA")
-                .arg(self.script.get_hash())
+                .arg(self.apply_script.get_hash())
                 .arg(1 + ids)
                 .arg(self.layout.counts(key));
             for id in km.messages.iter().filter_map(|m| m.event_id.as_deref()) {
@@ -201,6 +294,7 @@ impl PendingStore {
             }
             cmd.arg(partition)
                 .arg(gen)
+                .arg(epoch)
                 .arg(DEDUPE_TTL_SECS)
                 .arg(HASH_TTL_SECS);
             for m in &km.messages {
@@ -213,6 +307,65 @@ impl PendingStore {
             }
         }
         pipe
+    }
+
+    /// Rewrites a partition's in-memory pending counts into Redis as absolute values
+    /// (after Redis lost them), then marks the partition live under `epoch`.
+    /// `last_offset` is the partition's last consumed offset. Returns `Applied::Stale`
+    /// when a newer owner has written one of the keys.
+    pub async fn restore(
+        &self,
+        partition: i32,
+        gen: i64,
+        epoch: i64,
+        last_offset: i64,
+        pending: &HashMap<String, KeyDelta>,
+    ) -> redis::RedisResult<Applied> {
+        if !pending.is_empty() {
+            let mut pipe = redis::pipe();
+            for (key, delta) in pending {
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(self.restore_script.get_hash())
+                    .arg(1)
+                    .arg(self.layout.counts(key))
+                    .arg(partition)
+                    .arg(gen)
+                    .arg(epoch)
+                    .arg(last_offset)
+                    .arg(HASH_TTL_SECS)
+                    .arg(delta.total);
+                for (day, n) in &delta.days {
+                    cmd.arg(day.format("%Y-%m-%d").to_string()).arg(*n);
+                }
+            }
+            let answers: Vec<i64> = self.query_scripts(&pipe).await?;
+            if answers.contains(&-1) {
+                return Ok(Applied::Stale);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let () = redis::cmd("HSET")
+            .arg(self.layout.live())
+            .arg(partition)
+            .arg(epoch)
+            .query_async(&mut conn)
+            .await?;
+        Ok(Applied::Flags(Vec::new()))
+    }
+
+    /// The epoch each partition was last marked live under (`None`: not marked, so
+    /// Redis may have lost its pending counts).
+    pub async fn live_epochs(&self, partitions: &[i32]) -> redis::RedisResult<Vec<Option<i64>>> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        redis::cmd("HMGET")
+            .arg(self.layout.live())
+            .arg(partitions)
+            .query_async(&mut conn)
+            .await
     }
 }
 

@@ -7,7 +7,8 @@
 //! 2. adds the deltas to `view_counter_total` and `view_counter_daily` with one
 //!    multi-row upsert each, keys in sorted order so concurrent flushers cannot
 //!    deadlock on counter rows;
-//! 3. moves each partition's `next_offset` and `flushed_gen` forward.
+//! 3. moves each partition's `next_offset` and `flushed_gen` forward, and records the
+//!    flush request it answers (see [`crate::jobs`]).
 //!
 //! Counts and offsets therefore commit together or not at all.
 
@@ -64,9 +65,12 @@ impl KeyDelta {
 pub struct PartitionCommit {
     pub partition: i32,
     pub epoch: i64,
+    /// The new resume point; -1 keeps the current one (nothing consumed yet).
     pub next_offset: i64,
     /// The generation this flush seals; it becomes `flushed_gen`.
     pub gen: i64,
+    /// The newest flush request (`jobs.seq`) this flush answers; 0 for none.
+    pub flush_seq: i64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -172,8 +176,13 @@ pub async fn flush(
     if !commits.is_empty() {
         txn.execute(stmt(
             "UPDATE aggregator_partitions AS a
-             SET next_offset = u.next_offset, flushed_gen = u.gen, updated_at = now()
-             FROM unnest($3::int4[], $4::int8[], $5::int8[]) AS u(partition, next_offset, gen)
+             SET next_offset = CASE WHEN u.next_offset >= 0 THEN u.next_offset
+                                    ELSE a.next_offset END,
+                 flushed_gen = u.gen,
+                 flush_seq = GREATEST(a.flush_seq, u.flush_seq),
+                 updated_at = now()
+             FROM unnest($3::int4[], $4::int8[], $5::int8[], $6::int8[])
+                  AS u(partition, next_offset, gen, flush_seq)
              WHERE a.consumer_group = $1 AND a.topic = $2 AND a.partition = u.partition",
             vec![
                 scope.group.clone().into(),
@@ -189,9 +198,18 @@ pub async fn flush(
                     .collect::<Vec<i64>>()
                     .into(),
                 commits.iter().map(|c| c.gen).collect::<Vec<i64>>().into(),
+                commits
+                    .iter()
+                    .map(|c| c.flush_seq)
+                    .collect::<Vec<i64>>()
+                    .into(),
             ],
         ))
         .await?;
+    }
+    let answered = commits.iter().map(|c| c.flush_seq).max().unwrap_or(0);
+    if answered > 0 {
+        crate::jobs::answer_flush(&txn, scope, answered, outcome.rows()).await?;
     }
     txn.commit().await?;
     Ok(outcome)

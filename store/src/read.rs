@@ -5,6 +5,15 @@
 //! commits between the two reads is seen exactly once, through Postgres; and since
 //! both reads only move forward, successive reads never decrease while only views
 //! are added.
+//!
+//! Redis losing its data would make pending counts vanish until their owner restores
+//! them. The `live` marks (see [`crate::pending`]) are read in the same atomic step as
+//! the key's hash; while any partition Postgres knows of is not marked, the read waits
+//! for its owner to restore it, and answers [`ReadError::Recovering`] after
+//! [`RECOVERY_WAIT`] rather than a count that went down.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use sea_orm::DatabaseConnection;
 
@@ -19,7 +28,13 @@ pub enum ReadError {
     Redis(#[from] redis::RedisError),
     #[error("Postgres: {0}")]
     Db(#[from] sea_orm::DbErr),
+    #[error("Redis lost pending counts of partitions {0:?}; their aggregators are restoring them")]
+    Recovering(Vec<i32>),
 }
+
+/// How long a read waits for lost pending counts to be restored.
+pub const RECOVERY_WAIT: Duration = Duration::from_secs(2);
+const RECOVERY_POLL: Duration = Duration::from_millis(20);
 
 /// Reads counts for the HTTP API.
 #[derive(Clone)]
@@ -36,21 +51,48 @@ impl Reader {
 
     /// Every view of `key` the aggregators have consumed.
     pub async fn total(&self, key: &ContentKey) -> Result<i64, ReadError> {
-        let fields = self.pending_fields(key).await?;
-        let (flushed, gens) = postgres::total_and_gens(&self.db, &self.scope, key.as_str()).await?;
-        Ok(flushed + unflushed(&fields.totals, &gens))
+        let deadline = Instant::now() + RECOVERY_WAIT;
+        loop {
+            let (live, fields) = self.pending_fields(key).await?;
+            let (flushed, gens) =
+                postgres::total_and_gens(&self.db, &self.scope, key.as_str()).await?;
+            let unmarked: Vec<i32> = match &live {
+                Some(live) => gens
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .filter(|p| !live.contains_key(p))
+                    .collect(),
+                None => Vec::new(),
+            };
+            if unmarked.is_empty() {
+                return Ok(flushed + unflushed(&fields.totals, &gens));
+            }
+            if Instant::now() >= deadline {
+                return Err(ReadError::Recovering(unmarked));
+            }
+            tokio::time::sleep(RECOVERY_POLL).await;
+        }
     }
 
-    async fn pending_fields(&self, key: &ContentKey) -> Result<PendingFields, ReadError> {
+    /// The live marks (`None` in database-only mode) and the key's pending fields,
+    /// read atomically.
+    async fn pending_fields(
+        &self,
+        key: &ContentKey,
+    ) -> Result<(Option<HashMap<i32, i64>>, PendingFields), ReadError> {
         let Some(pending) = &self.pending else {
-            return Ok(PendingFields::default());
+            return Ok((None, PendingFields::default()));
         };
         let mut conn = pending.connection();
-        let fields: Vec<(String, i64)> = redis::cmd("HGETALL")
+        let (live, fields): (HashMap<i32, i64>, Vec<(String, i64)>) = redis::pipe()
+            .atomic()
+            .cmd("HGETALL")
+            .arg(pending.layout().live())
+            .cmd("HGETALL")
             .arg(pending.layout().counts(key.as_str()))
             .query_async(&mut conn)
             .await?;
-        Ok(PendingFields::parse(fields))
+        Ok((Some(live), PendingFields::parse(fields)))
     }
 }
 

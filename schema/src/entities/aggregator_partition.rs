@@ -22,6 +22,8 @@ pub struct Model {
     pub next_offset: i64,
     pub flushed_gen: i64,
     pub epoch: i64,
+    /// The newest flush request (`jobs.seq`) this partition's counts were flushed for.
+    pub flush_seq: i64,
     pub updated_at: DateTimeUtc,
 }
 

@@ -4,6 +4,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_counters;
 mod m20261121_000002_aggregator_partitions;
+mod m20261121_000003_jobs;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261121_000001_counters::Migration),
             Box::new(m20261121_000002_aggregator_partitions::Migration),
+            Box::new(m20261121_000003_jobs::Migration),
         ]
     }
 }
