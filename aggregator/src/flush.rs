@@ -49,6 +49,29 @@ pub struct Flushed {
     pub offsets: Option<TopicPartitionList>,
 }
 
+/// What a flush writes for each partition: every owned partition that is caught up
+/// and made progress or has not answered flush request `requested` yet.
+pub fn commits(core: &Core, requested: i64) -> Vec<PartitionCommit> {
+    core.partitions
+        .iter()
+        .filter(|(_, p)| p.caught_up() && (p.has_progress() || p.flush_seq < requested))
+        .map(|(&partition, p)| {
+            let (next_offset, gen) = match p.consumed_to {
+                Some(to) if p.has_progress() => (to, p.gen),
+                // Nothing new: answer the request without sealing a generation.
+                _ => (p.flushed_to.unwrap_or(-1), p.gen - 1),
+            };
+            PartitionCommit {
+                partition,
+                epoch: p.epoch,
+                next_offset,
+                gen,
+                flush_seq: requested,
+            }
+        })
+        .collect()
+}
+
 /// Flushes every owned, caught-up partition that made progress or has not answered
 /// flush request `requested` yet. Partitions found fenced are dropped from `core`
 /// (their new owner re-consumes them) and the rest retried.
@@ -60,25 +83,7 @@ pub fn flush(
     requested: i64,
 ) -> Result<Flushed, sea_orm::DbErr> {
     loop {
-        let commits: Vec<PartitionCommit> = core
-            .partitions
-            .iter()
-            .filter(|(_, p)| p.caught_up() && (p.has_progress() || p.flush_seq < requested))
-            .map(|(&partition, p)| {
-                let (next_offset, gen) = match p.consumed_to {
-                    Some(to) if p.has_progress() => (to, p.gen),
-                    // Nothing new: answer the request without sealing a generation.
-                    _ => (p.flushed_to.unwrap_or(-1), p.gen - 1),
-                };
-                PartitionCommit {
-                    partition,
-                    epoch: p.epoch,
-                    next_offset,
-                    gen,
-                    flush_seq: requested,
-                }
-            })
-            .collect();
+        let commits = commits(core, requested);
         if commits.is_empty() {
             return Ok(Flushed::default());
         }
@@ -135,5 +140,52 @@ pub fn flush(
             }
             Err(FlushError::Db(e)) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Partition;
+    use viewpipe_store::Claim;
+
+    fn partition(n: i32, consumed: i64) -> (i32, Partition) {
+        let mut p = Partition::from_claim(&Claim {
+            partition: n,
+            next_offset: Some(10),
+            flushed_gen: 2,
+            epoch: 7,
+        });
+        p.consumed_to = Some(consumed);
+        (n, p)
+    }
+
+    #[test]
+    fn only_caught_up_partitions_with_something_to_say_are_flushed() {
+        let mut core = Core::default();
+        core.partitions
+            .extend([partition(0, 15), partition(1, 10), partition(2, 30)]);
+        if let Some(p) = core.partitions.get_mut(&2) {
+            p.catch_up_to = Some(40); // a predecessor may have counted up to 40
+        }
+        let periodic = commits(&core, 0);
+        assert_eq!(
+            periodic,
+            vec![PartitionCommit {
+                partition: 0,
+                epoch: 7,
+                next_offset: 15,
+                gen: 3,
+                flush_seq: 0,
+            }]
+        );
+        // A flush request is answered by idle partitions too, without sealing their
+        // generation; the partition still catching up answers later.
+        let requested = commits(&core, 5);
+        let summary: Vec<(i32, i64, i64, i64)> = requested
+            .iter()
+            .map(|c| (c.partition, c.next_offset, c.gen, c.flush_seq))
+            .collect();
+        assert_eq!(summary, vec![(0, 15, 3, 5), (1, 10, 2, 5)]);
     }
 }

@@ -18,6 +18,8 @@ use tokio::process::{Child, Command};
 
 use viewpipe_devbroker::DevBroker;
 
+pub mod chaos;
+
 pub const PARTITIONS: i32 = 8;
 
 /// Postgres server the tests create their databases on.
@@ -180,6 +182,60 @@ impl Stack {
         Ok(())
     }
 
+    /// Deletes every Redis key of this stack's deployment in one atomic step, as a
+    /// Redis restart without persistence would (FLUSHALL would also wipe the keys of
+    /// tests running beside this one). Returns how many keys were deleted.
+    pub async fn wipe_redis(&self) -> anyhow::Result<usize> {
+        let client = redis::Client::open(redis_url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.redis_prefix))
+            .query_async(&mut conn)
+            .await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for chunk in keys.chunks(1000) {
+            pipe.cmd("DEL").arg(chunk).ignore();
+        }
+        let () = pipe.query_async(&mut conn).await?;
+        Ok(keys.len())
+    }
+
+    /// Terminates every Postgres connection to this stack's database (the services'
+    /// pools and this harness' own), as a Postgres restart would.
+    pub async fn kill_postgres_connections(&self) -> anyhow::Result<usize> {
+        let admin = Database::connect(admin_url()).await?;
+        let rows = admin
+            .query_all(Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = 'vp_test_{}' AND pid <> pg_backend_pid()",
+                    self.id
+                ),
+            ))
+            .await?;
+        admin.close().await.ok();
+        Ok(rows.len())
+    }
+
+    /// Runs `aggregator flush` for this stack; returns its exit status and output.
+    pub async fn flush_command(&self) -> anyhow::Result<(bool, String)> {
+        let out = Command::new(bin("aggregator"))
+            .arg("flush")
+            .envs(self.env())
+            .arg("--timeout-ms")
+            .arg("20000")
+            .output()
+            .await?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+
     /// Runs a query returning `(text, int8)` rows.
     pub async fn rows(&self, sql: &str) -> anyhow::Result<Vec<(String, i64)>> {
         let rows = self
@@ -244,6 +300,13 @@ impl Service {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Kills the process with SIGKILL (no chance to flush or leave the group).
+    pub async fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
     }
 
     /// Sends SIGTERM and waits for the exit status.

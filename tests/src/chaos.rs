@@ -1,0 +1,274 @@
+//! Tools for the failure tests: a paced load of acknowledged views, a reader that
+//! watches counts while things break, and the final exactness check.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::{Service, Stack};
+
+/// A stream of views over `keys` keys and `days` UTC days, posted to the ingest at
+/// about `rate` per second by `concurrency` clients. A view is retried with the same
+/// `eventId` until the ingest acknowledges it (a 202), as a careful client would.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    pub events: usize,
+    pub keys: usize,
+    pub days: usize,
+    pub rate: f64,
+    pub concurrency: usize,
+}
+
+impl Load {
+    pub fn key(&self, i: usize) -> String {
+        format!("c{:03}", i % self.keys)
+    }
+
+    fn at(&self, i: usize, now: DateTime<Utc>) -> DateTime<Utc> {
+        now - chrono::Duration::days((i / self.keys % self.days) as i64)
+            - chrono::Duration::minutes(1)
+    }
+
+    /// What the database must hold once all views are counted.
+    pub fn expected(&self, now: DateTime<Utc>) -> BTreeMap<(String, NaiveDate), i64> {
+        let mut out = BTreeMap::new();
+        for i in 0..self.events {
+            *out.entry((self.key(i), self.at(i, now).date_naive()))
+                .or_insert(0) += 1;
+        }
+        out
+    }
+}
+
+/// Live counters of a running load.
+#[derive(Default)]
+pub struct Progress {
+    /// Views acknowledged so far.
+    pub acked: AtomicUsize,
+    /// Extra attempts after a failure (503, connection error).
+    pub retries: AtomicUsize,
+    /// Per key: views sent at least once (an upper bound for any count read).
+    pub sent: Vec<AtomicI64>,
+}
+
+impl Progress {
+    pub fn new(keys: usize) -> Arc<Self> {
+        Arc::new(Self {
+            sent: (0..keys).map(|_| AtomicI64::new(0)).collect(),
+            ..Self::default()
+        })
+    }
+
+    pub fn acked(&self) -> usize {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` views were acknowledged.
+    pub async fn reached(&self, n: usize) {
+        while self.acked() < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Posts every view of `load` through `ingest`; returns once all were acknowledged.
+pub async fn run_load(
+    load: Load,
+    ingest_url: String,
+    run_id: String,
+    now: DateTime<Utc>,
+    progress: Arc<Progress>,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..load.events)
+        .map(|i| {
+            let (http, ingest_url, run_id, progress) = (&http, &ingest_url, &run_id, &progress);
+            async move {
+                let due = started + Duration::from_secs_f64(i as f64 / load.rate);
+                tokio::time::sleep_until(due.into()).await;
+                let body = json!({
+                    "contentId": load.key(i),
+                    "contentType": "resource",
+                    "path": format!("/r/{}", load.key(i)),
+                    "eventId": format!("{run_id}-{i}"),
+                    "occurredAt": load.at(i, now).to_rfc3339(),
+                });
+                progress.sent[i % load.keys].fetch_add(1, Ordering::Relaxed);
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    let status = match http
+                        .post(format!("{ingest_url}/api/views"))
+                        .json(&body)
+                        .send()
+                        .await
+                    {
+                        Ok(r) => r.status().as_u16(),
+                        Err(_) => 0,
+                    };
+                    if status == 202 {
+                        progress.acked.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    if status == 400 || Instant::now() > deadline {
+                        anyhow::bail!("view {i} not acknowledged: last status {status}");
+                    }
+                    progress.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        })
+        .buffer_unordered(load.concurrency)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// What the watching reader saw.
+#[derive(Debug, Default)]
+pub struct WatchReport {
+    pub reads: usize,
+    /// Reads answered 503 (a store recovering or unreachable): no count, no harm.
+    pub unavailable: usize,
+    /// `(key, before, after)` where a count went down.
+    pub decreases: Vec<(String, i64, i64)>,
+    /// `(key, count, sent)` where a count exceeded the views ever sent.
+    pub overcounts: Vec<(String, i64, i64)>,
+}
+
+impl WatchReport {
+    pub fn assert_clean(&self) {
+        assert!(self.reads > 0, "the reader made no reads");
+        assert!(
+            self.decreases.is_empty(),
+            "counts went down: {:?}",
+            &self.decreases[..self.decreases.len().min(10)]
+        );
+        assert!(
+            self.overcounts.is_empty(),
+            "counts above the views sent: {:?}",
+            &self.overcounts[..self.overcounts.len().min(10)]
+        );
+    }
+}
+
+/// Polls GET for the first `watched` keys until `stop`, checking that no count goes
+/// down and none exceeds the views sent for its key.
+pub async fn watch(
+    load: Load,
+    watched: usize,
+    ingest_url: String,
+    progress: Arc<Progress>,
+    stop: Arc<AtomicBool>,
+) -> WatchReport {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let mut last: Vec<i64> = vec![0; watched];
+    let mut report = WatchReport::default();
+    while !stop.load(Ordering::Relaxed) {
+        for k in 0..watched {
+            let key = load.key(k);
+            let url = format!("{ingest_url}/api/views?contentType=resource&contentId={key}");
+            let Ok(response) = http.get(url).send().await else {
+                report.unavailable += 1;
+                continue;
+            };
+            report.reads += 1;
+            if response.status() != 200 {
+                report.unavailable += 1;
+                continue;
+            }
+            let Some(count) = response
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|b| b["count"].as_i64())
+            else {
+                report.unavailable += 1;
+                continue;
+            };
+            let sent = progress.sent[k].load(Ordering::Relaxed);
+            if count < last[k] {
+                report.decreases.push((key.clone(), last[k], count));
+            }
+            if count > sent {
+                report.overcounts.push((key, count, sent));
+            }
+            last[k] = last[k].max(count);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    report
+}
+
+/// Waits for Postgres to hold every view, then checks each total, daily row and GET.
+pub async fn assert_exact(
+    stack: &Stack,
+    ingest: &Service,
+    expected: &BTreeMap<(String, NaiveDate), i64>,
+    within: Duration,
+) {
+    let sent: i64 = expected.values().sum();
+    stack
+        .wait_flushed_total(sent, within)
+        .await
+        .expect("all views flushed");
+    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+    for ((id, _), n) in expected {
+        *totals.entry(format!("resource:{id}")).or_default() += n;
+    }
+    let rows: BTreeMap<String, i64> = stack
+        .rows("SELECT key, total FROM view_counter_total")
+        .await
+        .expect("totals")
+        .into_iter()
+        .collect();
+    assert_eq!(rows, totals, "view_counter_total");
+    let daily: BTreeMap<String, i64> = stack
+        .rows("SELECT key || '@' || day::text, count FROM view_counter_daily")
+        .await
+        .expect("daily")
+        .into_iter()
+        .collect();
+    let want_daily: BTreeMap<String, i64> = expected
+        .iter()
+        .map(|((id, day), n)| (format!("resource:{id}@{day}"), *n))
+        .collect();
+    assert_eq!(daily, want_daily, "view_counter_daily");
+    let http = reqwest::Client::new();
+    for (key, want) in &totals {
+        let id = key.trim_start_matches("resource:");
+        let url = ingest.url(&format!("/api/views?contentType=resource&contentId={id}"));
+        let body: Value = http
+            .get(url)
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(body["count"].as_i64(), Some(*want), "GET count of {key}");
+    }
+}
+
+/// Sums a counter or gauge from a service's `/metrics` (all label sets matching
+/// `series`, e.g. `viewpipe_aggregator_events_total{result="invalid"}`).
+pub async fn metric(service: &Service, series: &str) -> f64 {
+    let Ok(response) = reqwest::get(service.url("/metrics")).await else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
