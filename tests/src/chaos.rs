@@ -175,7 +175,7 @@ pub async fn watch(
     let mut last: Vec<i64> = vec![0; watched];
     let mut report = WatchReport::default();
     while !stop.load(Ordering::Relaxed) {
-        for k in 0..watched {
+        for (k, seen) in last.iter_mut().enumerate() {
             let key = load.key(k);
             let url = format!("{ingest_url}/api/views?contentType=resource&contentId={key}");
             let Ok(response) = http.get(url).send().await else {
@@ -197,13 +197,13 @@ pub async fn watch(
                 continue;
             };
             let sent = progress.sent[k].load(Ordering::Relaxed);
-            if count < last[k] {
-                report.decreases.push((key.clone(), last[k], count));
+            if count < *seen {
+                report.decreases.push((key.clone(), *seen, count));
             }
             if count > sent {
                 report.overcounts.push((key, count, sent));
             }
-            last[k] = last[k].max(count);
+            *seen = (*seen).max(count);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
