@@ -27,7 +27,24 @@
 //! below `flushed_gen` are ignored (see `viewpipe_store::read`).
 //!
 //! A previous owner that still runs after a rebalance is fenced: its flush finds a
-//! newer epoch on the locked partition row and writes nothing.
+//! newer epoch on the locked partition row and writes nothing, and Redis refuses its
+//! writes once the new owner has written the key.
+//!
+//! # Takeovers
+//! A new owner continues the generation its predecessor was writing, so the
+//! predecessor's pending Redis counts stay visible while they are re-counted. It
+//! flushes a partition only once it has consumed up to the log end seen at the
+//! takeover (`Partition::catch_up_to`): flushing earlier would seal a generation whose
+//! Redis counts reach further than the flushed ones, and reads would dip.
+//!
+//! # Redis losing its data
+//! Memory, not Redis, is what is flushed, so counts stay exact. Reads are kept from
+//! dipping by the live marks: see `crate::upkeep::keep_live` and `docs/exactly-once.md`.
+//!
+//! # Flush requests
+//! `aggregator flush` records a request (`viewpipe_store::jobs`); every flush writes
+//! the newest request seen into the flushed partitions' `flush_seq`, idle partitions
+//! included, and the request completes when every partition has answered.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
