@@ -157,9 +157,10 @@ impl AggregatorContext {
             // A first claim has no predecessor; without Redis nothing of a
             // predecessor's is visible; otherwise catch up with what it may have
             // counted (an unknown log end is looked up again by the loop).
-            if shared.pending.is_some() && claim.epoch > 1 {
+            let start_offset = claim.next_offset.unwrap_or(0);
+            let behind = log_end.is_none_or(|end| end > start_offset);
+            if shared.pending.is_some() && claim.epoch > 1 && behind {
                 partition.catch_up_to = Some(log_end.unwrap_or(i64::MAX));
-                partition.note_position(None);
             }
             core.partitions.insert(claim.partition, partition);
         }

@@ -54,7 +54,8 @@ impl Partition {
     /// consumer's fetch position, whichever is further) reached it.
     pub fn note_position(&mut self, position: Option<i64>) {
         if let Some(target) = self.catch_up_to {
-            if self.consumed_to.max(position).is_some_and(|p| p >= target) {
+            let reached = self.consumed_to.unwrap_or(0).max(position.unwrap_or(0));
+            if reached >= target {
                 self.catch_up_to = None;
             }
         }
@@ -127,5 +128,11 @@ mod tests {
         // messages (transaction markers), so it counts too.
         p.note_position(Some(20));
         assert!(p.caught_up());
+
+        // A partition never flushed, whose log is empty, is caught up at once.
+        let mut empty = claimed(None);
+        empty.catch_up_to = Some(0);
+        empty.note_position(None);
+        assert!(empty.caught_up());
     }
 }

@@ -51,7 +51,12 @@ impl Reader {
 
     /// Every view of `key` the aggregators have consumed.
     pub async fn total(&self, key: &ContentKey) -> Result<i64, ReadError> {
-        let deadline = Instant::now() + RECOVERY_WAIT;
+        self.total_within(key, RECOVERY_WAIT).await
+    }
+
+    /// Like [`Reader::total`], waiting at most `wait` for lost counts to be restored.
+    pub async fn total_within(&self, key: &ContentKey, wait: Duration) -> Result<i64, ReadError> {
+        let deadline = Instant::now() + wait;
         loop {
             let (live, fields) = self.pending_fields(key).await?;
             let (flushed, gens) =

@@ -19,6 +19,8 @@ use crate::AppState;
 
 /// Longest wait for the broker's acknowledgement before answering 503.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the count a POST answers with (see `Reader::total_within`).
+const POST_COUNT_WAIT: Duration = Duration::from_millis(250);
 
 /// Validates one view, publishes it, and answers once the broker acknowledged it.
 pub async fn post_view(
@@ -32,7 +34,12 @@ pub async fn post_view(
     let key = input.key();
     let event = input.into_event(now);
     // The count is read while the publish is in flight; it cannot include this view.
-    let (published, count) = tokio::join!(publish(&state, &key, &event), state.reader.total(&key));
+    // It is a courtesy: while Redis recovers from a loss it is left out rather than
+    // holding the acknowledgement back.
+    let (published, count) = tokio::join!(
+        publish(&state, &key, &event),
+        state.reader.total_within(&key, POST_COUNT_WAIT)
+    );
     published?;
     metrics::counter!(m::EVENTS, "result" => "accepted").increment(1);
     let count = match count {
