@@ -10,11 +10,8 @@ use crate::settings::SecretUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbStartError {
-    #[error("cannot reach Postgres at {address}: {source}")]
-    Unreachable {
-        address: String,
-        source: sea_orm::DbErr,
-    },
+    #[error("cannot reach Postgres at {address}: {reason}")]
+    Unreachable { address: String, reason: String },
     #[error("the database schema is behind: {pending} migration(s) not applied; run `aggregator migrate`")]
     Behind { pending: usize },
     #[error("cannot read the schema version: {0}")]
@@ -34,10 +31,20 @@ pub async fn connect(
         .sqlx_logging(false);
     Database::connect(opts)
         .await
-        .map_err(|source| DbStartError::Unreachable {
+        .map_err(|e| DbStartError::Unreachable {
             address: url.address(),
-            source,
+            reason: root_cause(&e),
         })
+}
+
+/// The innermost error's message: driver errors repeat their sources in their own
+/// message, so printing the whole chain says the same thing several times.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut current = e;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
 }
 
 /// Errors unless every migration of this build has been applied.
