@@ -31,6 +31,19 @@ pub enum ApiError {
     /// A store needed to answer is down.
     #[error("a backing store is unavailable; retry shortly")]
     StoreUnavailable,
+    /// Admin endpoint without the right bearer token.
+    #[error(
+        "this endpoint needs `Authorization: Bearer <ADMIN_TOKEN>`; the token is missing or wrong"
+    )]
+    Unauthorized,
+    /// Admin endpoint while `ADMIN_TOKEN` is not set.
+    #[error("admin endpoints are disabled: ADMIN_TOKEN is not set on this ingest")]
+    AdminDisabled,
+    #[error("no job with this id")]
+    NoSuchJob,
+    /// A flush job did not complete in time.
+    #[error("{0}")]
+    FlushIncomplete(String),
 }
 
 impl ApiError {
@@ -41,9 +54,11 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::BrokerUnavailable | ApiError::StoreUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::BrokerUnavailable
+            | ApiError::StoreUnavailable
+            | ApiError::FlushIncomplete(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized | ApiError::AdminDisabled => StatusCode::UNAUTHORIZED,
+            ApiError::NoSuchJob => StatusCode::NOT_FOUND,
         }
     }
 
@@ -57,6 +72,10 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::BrokerUnavailable => "broker_unavailable",
             ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::AdminDisabled => "admin_disabled",
+            ApiError::NoSuchJob => "job_not_found",
+            ApiError::FlushIncomplete(_) => "flush_incomplete",
         }
     }
 
@@ -78,6 +97,11 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -34,7 +34,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
-fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
+pub fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
     let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };

@@ -70,6 +70,16 @@ impl Health {
         }
     }
 
+    /// True while the last probe found `dependency` (`kafka`, `postgres`, `redis`)
+    /// not answering.
+    pub fn is_down(&self, dependency: &str) -> bool {
+        self.0
+            .failing
+            .lock()
+            .map(|f| f.iter().any(|d| d == dependency))
+            .unwrap_or(false)
+    }
+
     fn failing(&self) -> Vec<String> {
         let mut failing = self.0.failing.lock().map(|f| f.clone()).unwrap_or_default();
         if self.0.stopping.load(Ordering::Relaxed) {

@@ -1,8 +1,9 @@
 //! Flush requests: how `aggregator flush` (and the admin API) ask every running
 //! aggregator of a group to move everything it has counted into Postgres.
 //!
-//! 1. [`request_flush`] inserts a `jobs` row (kind `flush`, status `running`); its
-//!    `seq` numbers the request.
+//! 1. [`request_flush`] inserts a `jobs` row (kind `flush`, status `queued`); its
+//!    `seq` numbers the request. The first aggregator flush that answers it makes it
+//!    `running`.
 //! 2. Each aggregator polls [`newest_flush_request`] and flushes all its partitions,
 //!    writing the `seq` into their `flush_seq` in the same transaction as the counts
 //!    (see [`crate::postgres::flush`]), which also adds its rows to the job's result.
@@ -29,12 +30,19 @@ pub struct JobState {
     pub error: Option<String>,
 }
 
+impl JobState {
+    /// Queued or running.
+    pub fn is_open(&self) -> bool {
+        self.status == "queued" || self.status == "running"
+    }
+}
+
 /// Records a flush request for `group` and returns its job id and sequence number.
 pub async fn request_flush(db: &impl ConnectionTrait, group: &str) -> Result<(Uuid, i64), DbErr> {
     let row = db
         .query_one(stmt(
             "INSERT INTO jobs (kind, consumer_group, status, result)
-             VALUES ('flush', $1, 'running', '{\"flushed\": 0}'::jsonb)
+             VALUES ('flush', $1, 'queued', '{\"flushed\": 0}'::jsonb)
              RETURNING id, seq",
             vec![group.into()],
         ))
@@ -48,7 +56,7 @@ pub async fn newest_flush_request(db: &impl ConnectionTrait, group: &str) -> Res
     let row = db
         .query_one(stmt(
             "SELECT COALESCE(MAX(seq), 0)::int8 FROM jobs
-             WHERE kind = 'flush' AND status = 'running' AND consumer_group = $1",
+             WHERE kind = 'flush' AND status IN ('queued', 'running') AND consumer_group = $1",
             vec![group.into()],
         ))
         .await?
@@ -66,15 +74,16 @@ pub async fn answer_flush(
 ) -> Result<(), DbErr> {
     txn.execute(stmt(
         "UPDATE jobs
-         SET result = jsonb_build_object('flushed',
+         SET status = 'running',
+             result = jsonb_build_object('flushed',
                  COALESCE((result->>'flushed')::int8, 0) + $2)
-         WHERE seq = $1 AND status = 'running'",
+         WHERE seq = $1 AND status IN ('queued', 'running')",
         vec![seq.into(), (rows as i64).into()],
     ))
     .await?;
     txn.execute(stmt(
         "UPDATE jobs SET status = 'completed', finished_at = now()
-         WHERE kind = 'flush' AND status = 'running' AND consumer_group = $1
+         WHERE kind = 'flush' AND status IN ('queued', 'running') AND consumer_group = $1
            AND seq <= (SELECT MIN(flush_seq) FROM aggregator_partitions
                        WHERE consumer_group = $1 AND topic = $2)",
         vec![scope.group.clone().into(), scope.topic.clone().into()],
@@ -123,7 +132,7 @@ pub async fn unanswered_partitions(
     rows.iter().map(|r| r.try_get_by_index(0)).collect()
 }
 
-/// Waits until the job leaves `running` or `timeout` passes; on timeout the job is
+/// Waits until the job is finished or `timeout` passes; on timeout the job is
 /// marked failed, naming the partitions that did not answer.
 pub async fn wait_for_flush(
     db: &impl ConnectionTrait,
@@ -137,7 +146,7 @@ pub async fn wait_for_flush(
         let state = job(db, id)
             .await?
             .ok_or_else(|| DbErr::RecordNotFound(format!("job {id}")))?;
-        if state.status != "running" {
+        if !state.is_open() {
             return Ok(state);
         }
         if Instant::now() >= deadline {
@@ -150,7 +159,7 @@ pub async fn wait_for_flush(
             );
             db.execute(stmt(
                 "UPDATE jobs SET status = 'failed', error = $2, finished_at = now()
-                 WHERE id = $1 AND status = 'running'",
+                 WHERE id = $1 AND status IN ('queued', 'running')",
                 vec![id.into(), error.into()],
             ))
             .await?;

@@ -291,29 +291,85 @@ pub async fn add_counts(
     Ok(outcome)
 }
 
-/// A key's flushed total and every partition's `flushed_gen`, from one snapshot.
-pub async fn total_and_gens(
+/// What Postgres holds for one key, and every partition's `flushed_gen`, read in one
+/// statement (one snapshot).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub total: i64,
+    /// Daily rows in the asked range, ascending (days without a row are absent).
+    pub days: Vec<(NaiveDate, i64)>,
+    /// `(partition, flushed_gen)` of every partition of the scope.
+    pub gens: Vec<(i32, i64)>,
+}
+
+/// Reads a key's flushed total, its daily rows in `days` (inclusive; `None` for
+/// none) and every partition's `flushed_gen`.
+pub async fn snapshot(
     db: &impl ConnectionTrait,
     scope: &Scope,
     key: &str,
-) -> Result<(i64, Vec<(i32, i64)>), DbErr> {
+    days: Option<(NaiveDate, NaiveDate)>,
+) -> Result<Snapshot, DbErr> {
+    // An empty range (from after to) reads no daily rows.
+    let (from, to) = days.unwrap_or((NaiveDate::MAX, NaiveDate::MIN));
     let row = db
         .query_one(stmt(
             "SELECT COALESCE((SELECT total FROM view_counter_total WHERE key = $1), 0)::int8,
                     ARRAY(SELECT partition FROM aggregator_partitions
                           WHERE consumer_group = $2 AND topic = $3 ORDER BY partition),
                     ARRAY(SELECT flushed_gen FROM aggregator_partitions
-                          WHERE consumer_group = $2 AND topic = $3 ORDER BY partition)",
+                          WHERE consumer_group = $2 AND topic = $3 ORDER BY partition),
+                    ARRAY(SELECT day FROM view_counter_daily
+                          WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day),
+                    ARRAY(SELECT count FROM view_counter_daily
+                          WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day)",
             vec![
                 key.into(),
                 scope.group.clone().into(),
                 scope.topic.clone().into(),
+                from.into(),
+                to.into(),
             ],
         ))
         .await?
-        .ok_or_else(|| DbErr::RecordNotFound("total query returned no row".into()))?;
-    let total: i64 = row.try_get_by_index(0)?;
+        .ok_or_else(|| DbErr::RecordNotFound("snapshot query returned no row".into()))?;
     let partitions: Vec<i32> = row.try_get_by_index(1)?;
     let gens: Vec<i64> = row.try_get_by_index(2)?;
-    Ok((total, partitions.into_iter().zip(gens).collect()))
+    let day_list: Vec<NaiveDate> = row.try_get_by_index(3)?;
+    let counts: Vec<i64> = row.try_get_by_index(4)?;
+    Ok(Snapshot {
+        total: row.try_get_by_index(0)?,
+        days: day_list.into_iter().zip(counts).collect(),
+        gens: partitions.into_iter().zip(gens).collect(),
+    })
+}
+
+/// The most viewed keys of `namespace` over `from..=to` (flushed counts), count
+/// descending, ties by content id ascending (byte order). Returns `(content id, count)`.
+pub async fn top(
+    db: &impl ConnectionTrait,
+    namespace: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+    limit: u32,
+) -> Result<Vec<(String, i64)>, DbErr> {
+    let rows = db
+        .query_all(stmt(
+            "SELECT substr(key, length($1) + 2) AS id, SUM(count)::int8 AS n
+             FROM view_counter_daily
+             WHERE day BETWEEN $2 AND $3 AND starts_with(key, $1 || ':')
+             GROUP BY key
+             ORDER BY n DESC, id COLLATE \"C\" ASC
+             LIMIT $4",
+            vec![
+                namespace.into(),
+                from.into(),
+                to.into(),
+                i64::from(limit).into(),
+            ],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
+        .collect()
 }

@@ -12,15 +12,17 @@
 //! for its owner to restore it, and answers [`ReadError::Recovering`] after
 //! [`RECOVERY_WAIT`] rather than a count that went down.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
 
 use sea_orm::DatabaseConnection;
 
 use viewpipe_schema::ContentKey;
 
 use crate::pending::{PendingFields, PendingStore};
-use crate::postgres::{self, Scope};
+use crate::postgres::{self, Scope, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -56,13 +58,54 @@ impl Reader {
 
     /// Like [`Reader::total`], waiting at most `wait` for lost counts to be restored.
     pub async fn total_within(&self, key: &ContentKey, wait: Duration) -> Result<i64, ReadError> {
+        let (fields, snap) = self.merged(key, None, wait).await?;
+        Ok(snap.total + unflushed(&fields.totals, &snap.gens))
+    }
+
+    /// The key's views per UTC day over `from..=to`, ascending, zero-filled, pending
+    /// counts included.
+    pub async fn daily(
+        &self,
+        key: &ContentKey,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(NaiveDate, i64)>, ReadError> {
+        let (fields, snap) = self.merged(key, Some((from, to)), RECOVERY_WAIT).await?;
+        let mut days: BTreeMap<NaiveDate, i64> = from
+            .iter_days()
+            .take_while(|d| *d <= to)
+            .map(|d| (d, 0))
+            .collect();
+        for (day, n) in &snap.days {
+            if let Some(slot) = days.get_mut(day) {
+                *slot += n;
+            }
+        }
+        for (p, gen, day, n) in &fields.days {
+            if *gen > flushed_gen(&snap.gens, *p) {
+                if let Some(slot) = days.get_mut(day) {
+                    *slot += n;
+                }
+            }
+        }
+        Ok(days.into_iter().collect())
+    }
+
+    /// The key's pending fields and the Postgres snapshot taken after them, once every
+    /// partition Postgres knows of is marked live (or `wait` passed).
+    async fn merged(
+        &self,
+        key: &ContentKey,
+        days: Option<(NaiveDate, NaiveDate)>,
+        wait: Duration,
+    ) -> Result<(PendingFields, Snapshot), ReadError> {
         let deadline = Instant::now() + wait;
         loop {
             let (live, fields) = self.pending_fields(key).await?;
-            let (flushed, gens) =
-                postgres::total_and_gens(&self.db, &self.scope, key.as_str()).await?;
+            let snap = postgres::snapshot(&self.db, &self.scope, key.as_str(), days).await?;
             let unmarked: Vec<i32> = match &live {
-                Some(live) => gens
+                Some(live) => snap
+                    .gens
                     .iter()
                     .map(|(p, _)| *p)
                     .filter(|p| !live.contains_key(p))
@@ -70,7 +113,7 @@ impl Reader {
                 None => Vec::new(),
             };
             if unmarked.is_empty() {
-                return Ok(flushed + unflushed(&fields.totals, &gens));
+                return Ok((fields, snap));
             }
             if Instant::now() >= deadline {
                 return Err(ReadError::Recovering(unmarked));
@@ -105,15 +148,17 @@ impl Reader {
 pub fn unflushed(totals: &[(i32, i64, i64)], flushed_gens: &[(i32, i64)]) -> i64 {
     totals
         .iter()
-        .filter(|(p, g, _)| {
-            let flushed = flushed_gens
-                .iter()
-                .find(|(fp, _)| fp == p)
-                .map_or(0, |(_, fg)| *fg);
-            *g > flushed
-        })
+        .filter(|(p, g, _)| *g > flushed_gen(flushed_gens, *p))
         .map(|(_, _, n)| n)
         .sum()
+}
+
+/// A partition's `flushed_gen` (0 when Postgres has no row for it).
+fn flushed_gen(flushed_gens: &[(i32, i64)], partition: i32) -> i64 {
+    flushed_gens
+        .iter()
+        .find(|(p, _)| *p == partition)
+        .map_or(0, |(_, g)| *g)
 }
 
 #[cfg(test)]

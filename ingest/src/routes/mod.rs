@@ -1,3 +1,7 @@
 //! HTTP routes of the ingest.
 
+pub mod admin;
+pub mod batch;
+pub mod params;
+pub mod series;
 pub mod views;

@@ -7,11 +7,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use rdkafka::producer::FutureRecord;
-use serde_json::{json, Value};
 
 use viewpipe_schema::key::is_valid_content_id;
 use viewpipe_schema::{ContentKey, FieldError, ViewEvent, ViewInput};
 
+use crate::api::{CountResponse, ErrorBody, ViewAccepted, ViewRequest};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, RawQuery};
 use crate::metrics as m;
@@ -22,15 +22,32 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the count a POST answers with (see `Reader::total_within`).
 const POST_COUNT_WAIT: Duration = Duration::from_millis(250);
 
-/// Validates one view, publishes it, and answers once the broker acknowledged it.
+/// Count one view.
+///
+/// Validates the view, publishes it to Kafka and answers once the broker has
+/// acknowledged it durably (acks=all).
+#[utoipa::path(
+    post,
+    path = "/api/views",
+    tag = "views",
+    request_body = ViewRequest,
+    responses(
+        (status = 202, description = "Published and acknowledged", body = ViewAccepted),
+        (status = 400, description = "Invalid view; the error names the field", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 503, description = "Broker unavailable or producer queue full; see Retry-After", body = ErrorBody),
+    )
+)]
 pub async fn post_view(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ViewAccepted>), ApiError> {
     let now = Utc::now();
     let input = ViewInput::from_json(&body, &state.namespaces, now).inspect_err(|_| {
         metrics::counter!(m::EVENTS, "result" => "rejected").increment(1);
     })?;
+    broker_available(&state)?;
     let key = input.key();
     let event = input.into_event(now);
     // The count is read while the publish is in flight; it cannot include this view.
@@ -43,16 +60,28 @@ pub async fn post_view(
     published?;
     metrics::counter!(m::EVENTS, "result" => "accepted").increment(1);
     let count = match count {
-        Ok(n) => json!(n + 1),
+        Ok(n) => Some(n + 1),
         Err(e) => {
             tracing::warn!(error = %e, "view accepted but its count could not be read");
-            Value::Null
+            None
         }
     };
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "success": true, "count": count })),
+        Json(ViewAccepted {
+            success: true,
+            count,
+        }),
     ))
+}
+
+/// Answers 503 at once while the readiness probe finds the broker down, rather than
+/// holding the client for the whole publish timeout.
+pub fn broker_available(state: &AppState) -> Result<(), ApiError> {
+    if state.health.is_down("kafka") {
+        return Err(ApiError::BrokerUnavailable);
+    }
+    Ok(())
 }
 
 /// Publishes one event and waits for the broker's acknowledgement (acks=all).
@@ -89,26 +118,39 @@ pub async fn publish(
     }
 }
 
-/// `GET /api/views?contentId=..&contentType=..`
+/// Read a key's count.
+///
+/// Every view the aggregators have consumed: flushed to Postgres or still pending in
+/// Redis. 0 for a key never seen. While only views are added it never decreases.
+#[utoipa::path(
+    get,
+    path = "/api/views",
+    tag = "views",
+    params(
+        ("contentId" = String, Query, description = "The content's id"),
+        ("contentType" = String, Query, description = "One of NAMESPACES"),
+    ),
+    responses(
+        (status = 200, body = CountResponse),
+        (status = 400, description = "Missing or invalid parameter", body = ErrorBody),
+        (status = 503, description = "A store is unavailable or recovering; see Retry-After", body = ErrorBody),
+    )
+)]
 pub async fn get_views(
     State(state): State<AppState>,
     query: RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CountResponse>, ApiError> {
     let key = key_from_query(&state, &query)?;
     let count = state.reader.total(&key).await.map_err(|e| {
         tracing::warn!(error = %e, "count read failed");
         ApiError::StoreUnavailable
     })?;
-    Ok(Json(json!({ "count": count })))
+    Ok(Json(CountResponse { count }))
 }
 
 /// Reads and validates `contentId` and `contentType` from a query string.
 pub fn key_from_query(state: &AppState, query: &RawQuery) -> Result<ContentKey, ApiError> {
-    let missing = |field| FieldError {
-        field,
-        code: "missing_field",
-        message: "is required".into(),
-    };
+    let missing = |field| FieldError::new(field, "missing_field", "is required");
     let ns = query
         .get("contentType")
         .ok_or_else(|| missing("contentType"))?;

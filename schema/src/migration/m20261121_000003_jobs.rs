@@ -1,5 +1,5 @@
-//! Jobs (admin flushes now, backfills later) and the flush request each partition
-//! has answered.
+//! Jobs (admin flushes now, backfills later), the flush request each partition has
+//! answered, and an index for the top-content query (days across keys).
 //!
 //! A flush request is a `jobs` row of kind `flush`. Every aggregator of the group
 //! polls for the newest open one, and writes its `seq` into `flush_seq` of the
@@ -31,7 +31,9 @@ impl MigrationTrait for Migration {
                      finished_at timestamptz
                  );
                  CREATE INDEX IF NOT EXISTS jobs_open_flushes ON jobs (consumer_group, seq)
-                     WHERE kind = 'flush' AND status = 'running';
+                     WHERE kind = 'flush' AND status IN ('queued', 'running');
+                 CREATE INDEX IF NOT EXISTS view_counter_daily_by_day
+                     ON view_counter_daily (day, key);
                  ALTER TABLE aggregator_partitions
                      ADD COLUMN IF NOT EXISTS flush_seq bigint NOT NULL DEFAULT 0;",
             )
@@ -43,7 +45,8 @@ impl MigrationTrait for Migration {
         manager
             .get_connection()
             .execute_unprepared(
-                "ALTER TABLE aggregator_partitions DROP COLUMN IF EXISTS flush_seq;
+                "DROP INDEX IF EXISTS view_counter_daily_by_day;
+                 ALTER TABLE aggregator_partitions DROP COLUMN IF EXISTS flush_seq;
                  DROP TABLE IF EXISTS jobs;",
             )
             .await

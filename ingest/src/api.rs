@@ -1,0 +1,144 @@
+//! The shapes the API answers with, shared by the handlers and the OpenAPI document
+//! (so the two cannot disagree).
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// One view, as a client posts it. Only `contentId` and `contentType` are required.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ViewRequest {
+    /// 1..=128 characters of `[A-Za-z0-9._~:-]`.
+    #[schema(example = "f538f5c5-1a72-4804-8eb1-3f05cea64874")]
+    pub content_id: String,
+    /// One of the deployment's `NAMESPACES`, of the form `[a-z][a-z0-9_-]{0,31}`.
+    #[schema(example = "resource")]
+    pub content_type: String,
+    /// At most 2048 characters.
+    pub path: Option<String>,
+    /// At most 128 printable ASCII characters.
+    pub session_id: Option<String>,
+    /// At most 128 printable ASCII characters; views of a key with the same id count
+    /// once within 24 h. Filled with a UUID when absent.
+    pub event_id: Option<String>,
+    /// RFC 3339; default now; at most 5 minutes in the future.
+    pub occurred_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /api/views` answer.
+#[derive(Serialize, ToSchema)]
+pub struct ViewAccepted {
+    pub success: bool,
+    /// The key's count including this view (null if the count could not be read).
+    pub count: Option<i64>,
+}
+
+/// `GET /api/views` answer.
+#[derive(Serialize, ToSchema)]
+pub struct CountResponse {
+    pub count: i64,
+}
+
+/// Why one element of a batch was not accepted.
+#[derive(Serialize, ToSchema)]
+pub struct Rejection {
+    /// Position in the array (or among the non-blank NDJSON lines), from 0.
+    pub index: usize,
+    pub error: ErrorDetail,
+}
+
+/// `POST /api/views/batch` answer.
+#[derive(Serialize, ToSchema)]
+pub struct BatchAccepted {
+    pub success: bool,
+    /// Views published and acknowledged by the broker.
+    pub accepted: usize,
+    pub rejected: Vec<Rejection>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DayCount {
+    #[schema(value_type = String, format = Date, example = "2026-11-20")]
+    pub day: NaiveDate,
+    pub count: i64,
+}
+
+/// `GET /api/views/daily` answer: one entry per UTC day, ascending, zero-filled.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DailyResponse {
+    pub content_id: String,
+    pub content_type: String,
+    pub days: Vec<DayCount>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopItem {
+    pub content_id: String,
+    pub count: i64,
+}
+
+/// `GET /api/views/top` answer: count descending, ties by `contentId` ascending.
+#[derive(Serialize, ToSchema)]
+pub struct TopResponse {
+    pub items: Vec<TopItem>,
+}
+
+/// `POST /api/views/flush` answer.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlushResponse {
+    pub success: bool,
+    pub job_id: Uuid,
+    /// Rows written by the flushes that answered (absent with `?wait=false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flushed: Option<i64>,
+}
+
+/// `GET /api/jobs/{id}` answer.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobResponse {
+    pub id: Uuid,
+    /// `flush` or `backfill`.
+    pub kind: String,
+    /// `queued`, `running`, `completed` or `failed`.
+    pub status: String,
+    #[schema(value_type = Object)]
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The error inside every error body.
+#[derive(Serialize, ToSchema, Clone)]
+pub struct ErrorDetail {
+    /// Stable, snake_case.
+    #[schema(example = "missing_field")]
+    pub code: String,
+    /// For a person.
+    pub message: String,
+    /// The input field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Every error: `{"success":false,"error":{..}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub success: bool,
+    pub error: ErrorDetail,
+}
+
+/// `/healthz` and `/readyz` answer.
+#[derive(Serialize, ToSchema)]
+pub struct HealthBody {
+    /// `ok` or `unavailable`.
+    pub status: String,
+    /// Dependencies not answering (and `shutting down`).
+    pub failing: Vec<String>,
+}

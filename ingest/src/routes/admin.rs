@@ -1,0 +1,188 @@
+//! Admin endpoints: `POST /api/views/flush` and `GET /api/jobs/{id}`, behind the
+//! bearer token.
+
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::{header, request::Parts, StatusCode};
+use axum::Json;
+use sea_orm::EntityTrait;
+use uuid::Uuid;
+
+use viewpipe_schema::entities::prelude::Job;
+use viewpipe_schema::FieldError;
+use viewpipe_store::jobs;
+
+use crate::api::{ErrorBody, FlushResponse, JobResponse};
+use crate::error::ApiError;
+use crate::extract::RawQuery;
+use crate::AppState;
+
+/// How long `POST /api/views/flush` waits for every partition to answer.
+pub const FLUSH_WAIT: Duration = Duration::from_secs(30);
+
+/// Proof that the request carried the admin token.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(token) = &state.admin_token else {
+            return Err(ApiError::AdminDisabled);
+        };
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// Compares without returning early, so the time taken does not tell how much of a
+/// guess was right (it does depend on the lengths).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+/// Flush every aggregator.
+///
+/// Asks every running aggregator of the group to flush everything it has counted and
+/// waits up to 30 s: after a 200, Postgres alone holds every count the aggregators
+/// had consumed when the request arrived. With `?wait=false` it answers 202 at once;
+/// follow the job at `GET /api/jobs/{id}`.
+#[utoipa::path(
+    post,
+    path = "/api/views/flush",
+    tag = "admin",
+    params(("wait" = Option<bool>, Query, description = "false: answer 202 without waiting")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every partition flushed", body = FlushResponse),
+        (status = 202, description = "Job queued (wait=false)", body = FlushResponse),
+        (status = 400, description = "Invalid wait parameter", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token, or ADMIN_TOKEN unset", body = ErrorBody),
+        (status = 503, description = "Not every partition answered within 30 s, or Postgres is down", body = ErrorBody),
+    )
+)]
+pub async fn post_flush(
+    _admin: Admin,
+    State(state): State<AppState>,
+    query: RawQuery,
+) -> Result<(StatusCode, Json<FlushResponse>), ApiError> {
+    let wait = match query.get("wait") {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => {
+            return Err(FieldError::new("wait", "invalid_value", "must be true or false").into())
+        }
+    };
+    let store_down = |e: sea_orm::DbErr| {
+        tracing::warn!(error = %e, "flush job failed in Postgres");
+        ApiError::StoreUnavailable
+    };
+    let (id, seq) = jobs::request_flush(&state.db, &state.scope.group)
+        .await
+        .map_err(store_down)?;
+    tracing::info!(job = %id, "flush requested");
+    if !wait {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(FlushResponse {
+                success: true,
+                job_id: id,
+                flushed: None,
+            }),
+        ));
+    }
+    let done = jobs::wait_for_flush(&state.db, &state.scope, id, seq, FLUSH_WAIT)
+        .await
+        .map_err(store_down)?;
+    if done.status != "completed" {
+        return Err(ApiError::FlushIncomplete(format!(
+            "flush job {id} {}: {}",
+            done.status,
+            done.error.unwrap_or_default()
+        )));
+    }
+    let flushed = done
+        .result
+        .as_ref()
+        .and_then(|r| r.get("flushed"))
+        .and_then(serde_json::Value::as_i64);
+    Ok((
+        StatusCode::OK,
+        Json(FlushResponse {
+            success: true,
+            job_id: id,
+            flushed: Some(flushed.unwrap_or(0)),
+        }),
+    ))
+}
+
+/// A job's state.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}",
+    tag = "admin",
+    params(("id" = Uuid, Path, description = "The job id a flush or backfill returned")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = JobResponse),
+        (status = 400, description = "Not a job id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token, or ADMIN_TOKEN unset", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+    )
+)]
+pub async fn get_job(
+    _admin: Admin,
+    State(state): State<AppState>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<JobResponse>, ApiError> {
+    let id = id
+        .ok()
+        .and_then(|Path(id)| Uuid::parse_str(&id).ok())
+        .ok_or_else(|| FieldError::new("id", "invalid_value", "must be a job id (a UUID)"))?;
+    let job = Job::find_by_id(id)
+        .one(&state.db)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "job read failed");
+            ApiError::StoreUnavailable
+        })?
+        .ok_or(ApiError::NoSuchJob)?;
+    Ok(Json(JobResponse {
+        id: job.id,
+        kind: job.kind,
+        status: job.status,
+        result: job.result,
+        error: job.error,
+        created_at: job.created_at,
+        finished_at: job.finished_at,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cres"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cret2"));
+        assert!(!constant_time_eq(b"", b"s3cret"));
+    }
+}

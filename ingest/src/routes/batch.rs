@@ -1,0 +1,163 @@
+//! `POST /api/views/batch`: many views in one request, each validated on its own.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, StatusCode};
+use axum::Json;
+use chrono::Utc;
+use serde_json::Value;
+
+use viewpipe_schema::{FieldError, ViewInput};
+
+use crate::api::{BatchAccepted, ErrorBody, ErrorDetail, Rejection, ViewRequest};
+use crate::error::ApiError;
+use crate::extract::is_json;
+use crate::metrics as m;
+use crate::routes::views::{broker_available, publish};
+use crate::AppState;
+
+/// Most views in one batch.
+pub const MAX_EVENTS: usize = 1000;
+/// Most bytes a batch body may have.
+pub const MAX_BODY: usize = 10 * 1024 * 1024;
+
+/// The elements of a batch body: parsed JSON, or why an NDJSON line did not parse.
+pub struct BatchBody(Vec<Result<Value, String>>);
+
+impl<S: Send + Sync> FromRequest<S> for BatchBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+        let ndjson = content_type
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-ndjson"));
+        if !ndjson && !is_json(content_type.as_ref()) {
+            return Err(ApiError::NotJson);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge("10 MiB")
+            } else {
+                ApiError::BadJson(e.body_text())
+            }
+        })?;
+        let items = if ndjson {
+            bytes
+                .split(|b| *b == b'\n')
+                .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+                .map(|line| {
+                    serde_json::from_slice(line).map_err(|e| format!("line is not valid JSON: {e}"))
+                })
+                .collect()
+        } else {
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(Value::Array(items)) => items.into_iter().map(Ok).collect(),
+                Ok(_) => {
+                    return Err(FieldError::new(
+                        "body",
+                        "invalid_type",
+                        "expected a JSON array of views (or NDJSON with Content-Type: application/x-ndjson)",
+                    )
+                    .into())
+                }
+                Err(e) => return Err(ApiError::BadJson(e.to_string())),
+            }
+        };
+        Ok(BatchBody(items))
+    }
+}
+
+fn rejection(index: usize, code: &str, message: String, field: Option<&str>) -> Rejection {
+    Rejection {
+        index,
+        error: ErrorDetail {
+            code: code.to_owned(),
+            message,
+            field: field.map(str::to_owned),
+        },
+    }
+}
+
+/// Count many views.
+///
+/// A JSON array of up to 1000 views, or NDJSON (`Content-Type: application/x-ndjson`).
+/// Valid views are published and acknowledged by the broker before the answer;
+/// invalid ones (and any the broker did not acknowledge) are listed by index.
+#[utoipa::path(
+    post,
+    path = "/api/views/batch",
+    tag = "views",
+    request_body(content = Vec<ViewRequest>, description = "JSON array, or NDJSON with Content-Type: application/x-ndjson"),
+    responses(
+        (status = 202, description = "Valid views acknowledged; the rest listed", body = BatchAccepted),
+        (status = 400, description = "Not an array, empty, or over 1000 views", body = ErrorBody),
+        (status = 413, description = "Body over 10 MiB", body = ErrorBody),
+        (status = 415, description = "Body is neither JSON nor NDJSON", body = ErrorBody),
+        (status = 503, description = "Broker unavailable; no view was accepted", body = ErrorBody),
+    )
+)]
+pub async fn post_batch(
+    State(state): State<AppState>,
+    BatchBody(items): BatchBody,
+) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
+    if items.is_empty() {
+        return Err(FieldError::new("body", "empty_batch", "the batch holds no views").into());
+    }
+    if items.len() > MAX_EVENTS {
+        return Err(FieldError::new(
+            "body",
+            "too_many_events",
+            format!(
+                "a batch holds at most {MAX_EVENTS} views; this one has {}",
+                items.len()
+            ),
+        )
+        .into());
+    }
+    broker_available(&state)?;
+    let now = Utc::now();
+    let mut rejected = Vec::new();
+    let mut valid = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let parsed = item
+            .map_err(|message| rejection(index, "invalid_json", message, None))
+            .and_then(|value| {
+                ViewInput::from_json(&value, &state.namespaces, now)
+                    .map_err(|e| rejection(index, e.code, e.to_string(), Some(e.field)))
+            });
+        match parsed {
+            Ok(input) => valid.push((index, input.key(), input.into_event(now))),
+            Err(r) => rejected.push(r),
+        }
+    }
+    metrics::counter!(m::EVENTS, "result" => "rejected").increment(rejected.len() as u64);
+    let outcomes = futures::future::join_all(
+        valid
+            .iter()
+            .map(|(_, key, event)| publish(&state, key, event)),
+    )
+    .await;
+    let mut accepted = 0;
+    for ((index, _, _), outcome) in valid.iter().zip(outcomes) {
+        match outcome {
+            Ok(()) => accepted += 1,
+            Err(e) => rejected.push(rejection(*index, e.code(), e.to_string(), None)),
+        }
+    }
+    metrics::counter!(m::EVENTS, "result" => "accepted").increment(accepted as u64);
+    if accepted == 0 && !valid.is_empty() {
+        return Err(ApiError::BrokerUnavailable);
+    }
+    rejected.sort_by_key(|r| r.index);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(BatchAccepted {
+            success: true,
+            accepted,
+            rejected,
+        }),
+    ))
+}
