@@ -55,5 +55,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     metrics::counter!(REBALANCES).absolute(0);
     metrics::counter!(REDIS_RESTORES).absolute(0);
     metrics::gauge!(PENDING_KEYS).set(0.0);
+    // 0 until the first flush; the histogram is listed (empty) from the start.
+    metrics::gauge!(LAST_FLUSH).set(0.0);
+    let _ = metrics::histogram!(FLUSH_DURATION);
     Ok(handle)
 }

@@ -8,7 +8,11 @@ pub fn base_config(brokers: &str) -> ClientConfig {
     config
         .set("bootstrap.servers", brokers)
         .set("log_level", "4")
-        .set("socket.keepalive.enable", "true");
+        .set("socket.keepalive.enable", "true")
+        // Reconnect within a second of a broker coming back (librdkafka's default
+        // backoff grows to 10 s).
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "1000");
     config
 }
 

@@ -310,8 +310,8 @@ pub async fn snapshot(
     key: &str,
     days: Option<(NaiveDate, NaiveDate)>,
 ) -> Result<Snapshot, DbErr> {
-    // An empty range (from after to) reads no daily rows.
-    let (from, to) = days.unwrap_or((NaiveDate::MAX, NaiveDate::MIN));
+    // Without a range the bounds are NULL, and `BETWEEN` matches no row.
+    let (from, to) = (days.map(|d| d.0), days.map(|d| d.1));
     let row = db
         .query_one(stmt(
             "SELECT COALESCE((SELECT total FROM view_counter_total WHERE key = $1), 0)::int8,
@@ -359,7 +359,7 @@ pub async fn top(
              FROM view_counter_daily
              WHERE day BETWEEN $2 AND $3 AND starts_with(key, $1 || ':')
              GROUP BY key
-             ORDER BY n DESC, id COLLATE \"C\" ASC
+             ORDER BY n DESC, key COLLATE \"C\" ASC
              LIMIT $4",
             vec![
                 namespace.into(),

@@ -1,0 +1,585 @@
+//! Every endpoint's success path against the real stack: batches (JSON and NDJSON),
+//! daily series and top content, the admin flush job, CORS, the OpenAPI document,
+//! metrics, and the broker going away and coming back.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, Utc};
+use serde_json::{json, Value};
+
+use viewpipe_tests::chaos::metric;
+use viewpipe_tests::{Service, Stack};
+
+const TOKEN: &str = "t0ken-for-tests";
+
+async fn get_json(http: &reqwest::Client, url: String) -> (u16, Value) {
+    let r = http.get(url).send().await.expect("GET");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn count(http: &reqwest::Client, ingest: &Service, id: &str) -> i64 {
+    let (_, body) = get_json(
+        http,
+        ingest.url(&format!("/api/views?contentType=resource&contentId={id}")),
+    )
+    .await;
+    body["count"].as_i64().unwrap_or(-1)
+}
+
+async fn wait_count(http: &reqwest::Client, ingest: &Service, id: &str, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(http, ingest, id).await != want {
+        assert!(Instant::now() < deadline, "{id} never reached {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn days_ago(n: i64) -> NaiveDate {
+    Utc::now().date_naive() - chrono::Duration::days(n)
+}
+
+fn at(days_back: i64) -> String {
+    (Utc::now() - chrono::Duration::days(days_back) - chrono::Duration::minutes(1)).to_rfc3339()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_daily_series_top_and_a_flush_job() {
+    let stack = Stack::start().await.expect("stack");
+    // No periodic flush for a minute: what Postgres gets, the flush job puts there.
+    let aggregator = stack
+        .spawn_aggregator(&[("FLUSH_INTERVAL_MS", "60000")])
+        .await
+        .expect("aggregator");
+    let ingest = stack
+        .spawn_ingest(&[("ADMIN_TOKEN", TOKEN)])
+        .await
+        .expect("ingest");
+    let http = reqwest::Client::new();
+
+    // A JSON batch: 6 valid views over 3 days of key "b1", two invalid entries.
+    let mut items: Vec<Value> = (0..6)
+        .map(|i| json!({"contentId": "b1", "contentType": "resource", "occurredAt": at(i % 3)}))
+        .collect();
+    items.insert(1, json!({"contentId": "bad id", "contentType": "resource"}));
+    items.insert(4, json!("not an object"));
+    let r = http
+        .post(ingest.url("/api/views/batch"))
+        .json(&items)
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(r.status().as_u16(), 202);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["accepted"], 6, "{body}");
+    let rejected: Vec<(i64, String)> = body["rejected"]
+        .as_array()
+        .expect("rejected")
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_i64().unwrap_or(-1),
+                r["error"]["code"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![(1, "invalid_value".into()), (4, "invalid_type".into())]
+    );
+
+    // NDJSON: 3 views of "b2" (one with a blank line around it), one broken line.
+    let ndjson = format!(
+        "{}\n\n{}\n{{broken\n{}\n",
+        json!({"contentId": "b2", "contentType": "resource"}),
+        json!({"contentId": "b2", "contentType": "resource", "eventId": "n1"}),
+        json!({"contentId": "b2", "contentType": "resource", "occurredAt": at(1)}),
+    );
+    let r = http
+        .post(ingest.url("/api/views/batch"))
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson)
+        .send()
+        .await
+        .expect("ndjson");
+    assert_eq!(r.status().as_u16(), 202);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(
+        (
+            body["accepted"].as_i64(),
+            body["rejected"][0]["index"].as_i64()
+        ),
+        (Some(3), Some(2)),
+        "{body}"
+    );
+    assert_eq!(body["rejected"][0]["error"]["code"], "invalid_json");
+
+    // Pending counts (nothing flushed yet) show in GET and in the daily series.
+    wait_count(&http, &ingest, "b1", 6).await;
+    wait_count(&http, &ingest, "b2", 3).await;
+    let flushed = stack
+        .rows("SELECT key, total FROM view_counter_total")
+        .await
+        .expect("rows");
+    assert!(flushed.is_empty(), "nothing flushed yet: {flushed:?}");
+    let (status, daily) = get_json(
+        &http,
+        ingest.url("/api/views/daily?contentType=resource&contentId=b1&days=4"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let series: Vec<(String, i64)> = daily["days"]
+        .as_array()
+        .expect("days")
+        .iter()
+        .map(|d| {
+            (
+                d["day"].as_str().unwrap_or("").to_owned(),
+                d["count"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    let want: Vec<(String, i64)> = [(3, 0), (2, 2), (1, 2), (0, 2)]
+        .iter()
+        .map(|(n, c)| (days_ago(*n).to_string(), *c))
+        .collect();
+    assert_eq!(
+        series, want,
+        "zero-filled, ascending, ending today, pending included"
+    );
+    assert_eq!(
+        (daily["contentId"].as_str(), daily["contentType"].as_str()),
+        (Some("b1"), Some("resource"))
+    );
+    let (_, ranged) = get_json(
+        &http,
+        ingest.url(&format!(
+            "/api/views/daily?contentType=resource&contentId=b2&from={}&to={}",
+            days_ago(1),
+            days_ago(1)
+        )),
+    )
+    .await;
+    assert_eq!(
+        ranged["days"],
+        json!([{"day": days_ago(1).to_string(), "count": 1}])
+    );
+    let (_, default_days) = get_json(
+        &http,
+        ingest.url("/api/views/daily?contentType=resource&contentId=never"),
+    )
+    .await;
+    assert_eq!(default_days["days"].as_array().map(Vec::len), Some(30));
+
+    // The flush job: 202 with wait=false, seen queued or running, then completed.
+    let r = http
+        .post(ingest.url("/api/views/flush?wait=false"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("flush");
+    assert_eq!(r.status().as_u16(), 202);
+    let job_id = r.json::<Value>().await.expect("json")["jobId"]
+        .as_str()
+        .expect("jobId")
+        .to_owned();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http
+            .get(ingest.url(&format!("/api/jobs/{job_id}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("job");
+        assert_eq!(r.status().as_u16(), 200);
+        let job: Value = r.json().await.expect("json");
+        let status = job["status"].as_str().unwrap_or_default().to_owned();
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if status == "completed" {
+            assert_eq!(job["kind"], "flush");
+            assert!(
+                job["finishedAt"].is_string() && job["createdAt"].is_string(),
+                "{job}"
+            );
+            assert!(
+                job["result"]["flushed"].as_i64().is_some_and(|n| n >= 2),
+                "{job}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "job stuck: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        matches!(seen[0].as_str(), "queued" | "running"),
+        "statuses seen: {seen:?}"
+    );
+    // Postgres alone now holds the counts.
+    let rows = stack
+        .rows("SELECT key, total FROM view_counter_total ORDER BY key")
+        .await
+        .expect("rows");
+    assert_eq!(
+        rows,
+        vec![("resource:b1".into(), 6), ("resource:b2".into(), 3)]
+    );
+
+    // More views, then a waiting flush: 200 and the rows it wrote.
+    for id in ["t-c", "t-a", "t-b", "t-a", "t-b", "t-b", "t-c", "t-d"] {
+        let r = http
+            .post(ingest.url("/api/views"))
+            .json(&json!({"contentId": id, "contentType": "resource"}))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    wait_count(&http, &ingest, "t-d", 1).await;
+    wait_count(&http, &ingest, "t-b", 3).await;
+    let r = http
+        .post(ingest.url("/api/views/flush"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("flush");
+    assert_eq!(r.status().as_u16(), 200);
+    let done: Value = r.json().await.expect("json");
+    assert_eq!(done["success"], true);
+    assert!(
+        done["flushed"].as_i64().is_some_and(|n| n >= 8),
+        "total and daily rows of 4 keys: {done}"
+    );
+    let in_pg = stack
+        .rows(
+            "SELECT key, total FROM view_counter_total WHERE key LIKE 'resource:t-%' ORDER BY key",
+        )
+        .await
+        .expect("rows");
+    assert_eq!(
+        in_pg,
+        vec![
+            ("resource:t-a".into(), 2),
+            ("resource:t-b".into(), 3),
+            ("resource:t-c".into(), 2),
+            ("resource:t-d".into(), 1)
+        ]
+    );
+
+    // Top over today: count descending, ties by contentId; limit.
+    let (status, top) = get_json(
+        &http,
+        ingest.url("/api/views/top?contentType=resource&limit=4"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let items: Vec<(String, i64)> = top["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            (
+                i["contentId"].as_str().unwrap_or("").to_owned(),
+                i["count"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    let want: Vec<(String, i64)> = [("t-b", 3), ("b1", 2), ("b2", 2), ("t-a", 2)]
+        .iter()
+        .map(|(id, n)| ((*id).to_owned(), *n))
+        .collect();
+    assert_eq!(items, want);
+    let (_, range) = get_json(
+        &http,
+        ingest.url(&format!(
+            "/api/views/top?contentType=resource&from={}&to={}",
+            days_ago(2),
+            days_ago(0)
+        )),
+    )
+    .await;
+    assert_eq!(range["items"][0], json!({"contentId": "b1", "count": 6}));
+    let (_, empty) = get_json(&http, ingest.url("/api/views/top?contentType=course")).await;
+    assert_eq!(empty, json!({"items": []}));
+
+    let counted = metric(
+        &aggregator,
+        "viewpipe_aggregator_events_total{result=\"counted\"}",
+    )
+    .await;
+    assert_eq!(counted, 17.0);
+    println!("API: batch 6+3 accepted with 3 rejections by index; daily zero-filled with pending counts; flush job statuses {seen:?}; top ordered with ties by id");
+    stack.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_broker_posts_get_503_quickly_and_both_recover() {
+    let stack = Stack::start().await.expect("stack");
+    let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
+    let http = reqwest::Client::new();
+    let post = || {
+        http.post(ingest.url("/api/views"))
+            .json(&json!({"contentId": "outage", "contentType": "resource"}))
+            .send()
+    };
+    assert_eq!(post().await.expect("post").status().as_u16(), 202);
+
+    stack.broker.down().expect("down");
+    let down_at = Instant::now();
+    // The first post races the readiness probe's noticing.
+    let first = {
+        let (http, url) = (http.clone(), ingest.url("/api/views"));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = http
+                .post(url)
+                .json(&json!({"contentId": "outage", "contentType": "resource"}))
+                .send()
+                .await
+                .expect("post while down");
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, retry_after, body, started.elapsed())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let readyz_after = loop {
+        let r = http
+            .get(ingest.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        if r.status().as_u16() == 503 {
+            let body: Value = r.json().await.expect("json");
+            assert!(
+                body["failing"]
+                    .as_array()
+                    .is_some_and(|f| f.contains(&json!("kafka"))),
+                "{body}"
+            );
+            break down_at.elapsed();
+        }
+        assert!(Instant::now() < deadline, "readyz never went 503");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Once the probe knows, a post is refused at once.
+    let started = Instant::now();
+    let r = post().await.expect("post");
+    let fast = started.elapsed();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(fast < Duration::from_secs(1), "{fast:?}");
+    let (status, retry_after, body, took) = first.await.expect("first post");
+    assert_eq!((status, retry_after.as_deref()), (503, Some("1")), "{body}");
+    assert_eq!(body["error"]["code"], "broker_unavailable");
+    assert!(took < Duration::from_secs(12), "503 took {took:?}");
+
+    stack.broker.up().expect("up");
+    let up_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = http
+            .get(ingest.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16();
+        let posted = post().await.expect("post").status().as_u16();
+        if ready == 200 && posted == 202 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery: readyz {ready}, post {posted}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "broker down: first POST 503 after {:.1} s (publish timeout), /readyz 503 {:.1} s after the outage began, then POST 503 in {} ms; /readyz 200 and POST 202 again {:.1} s after the broker came back, no restart",
+        took.as_secs_f64(),
+        readyz_after.as_secs_f64(),
+        fast.as_millis(),
+        up_at.elapsed().as_secs_f64()
+    );
+    stack.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_openapi_and_cors() {
+    let stack = Stack::start().await.expect("stack");
+    let aggregator = stack.spawn_aggregator(&[]).await.expect("aggregator");
+    let ingest = stack
+        .spawn_ingest(&[("CORS_ORIGINS", "https://app.example, https://other.example")])
+        .await
+        .expect("ingest");
+    let plain = stack.spawn_ingest(&[]).await.expect("ingest without CORS");
+    let http = reqwest::Client::new();
+    let r = http
+        .post(ingest.url("/api/views"))
+        .json(&json!({"contentId": "m", "contentType": "resource"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 202);
+    let r = http
+        .get(ingest.url("/api/views/nope/../x"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 404);
+
+    // Metrics: every contract name, routes by template only.
+    let text = |s: &Service| {
+        let url = s.url("/metrics");
+        async move {
+            reqwest::get(url)
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    let ingest_metrics = text(&ingest).await;
+    for name in [
+        "viewpipe_ingest_requests_total",
+        "viewpipe_ingest_request_duration_seconds",
+        "viewpipe_ingest_events_total{result=\"accepted\"}",
+        "viewpipe_ingest_events_total{result=\"rejected\"}",
+        "viewpipe_ingest_publish_duration_seconds",
+    ] {
+        assert!(
+            ingest_metrics.contains(name),
+            "ingest /metrics lacks {name}"
+        );
+    }
+    assert!(ingest_metrics.contains("route=\"/api/views\""));
+    assert!(
+        !ingest_metrics.contains("nope"),
+        "raw paths must not become labels"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&aggregator, "viewpipe_aggregator_consumer_lag").await == 0.0
+        && !text(&aggregator)
+            .await
+            .contains("viewpipe_aggregator_consumer_lag{")
+    {
+        assert!(Instant::now() < deadline, "no consumer lag reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let aggregator_metrics = text(&aggregator).await;
+    for name in [
+        "viewpipe_aggregator_events_total{result=\"counted\"}",
+        "viewpipe_aggregator_events_total{result=\"duplicate\"}",
+        "viewpipe_aggregator_events_total{result=\"invalid\"}",
+        "viewpipe_aggregator_flush_duration_seconds",
+        "viewpipe_aggregator_flushed_rows_total",
+        "viewpipe_aggregator_pending_keys",
+        "viewpipe_aggregator_consumer_lag{topic=\"views\",partition=\"",
+        "viewpipe_aggregator_rebalances_total",
+        "viewpipe_aggregator_last_flush_timestamp_seconds",
+    ] {
+        assert!(
+            aggregator_metrics.contains(name),
+            "aggregator /metrics lacks {name}"
+        );
+    }
+
+    // OpenAPI: every route, and every described path answers.
+    let (status, doc) = get_json(&http, ingest.url("/openapi.json")).await;
+    assert_eq!(status, 200);
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{}",
+        doc["openapi"]
+    );
+    let described: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .into_iter()
+                .flat_map(|o| o.keys().cloned())
+                .map(move |m| (path.clone(), m))
+        })
+        .collect();
+    let routes: BTreeSet<(String, String)> = [
+        ("/api/views", "get"),
+        ("/api/views", "post"),
+        ("/api/views/batch", "post"),
+        ("/api/views/daily", "get"),
+        ("/api/views/top", "get"),
+        ("/api/views/flush", "post"),
+        ("/api/jobs/{id}", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ]
+    .iter()
+    .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))
+    .collect();
+    assert_eq!(described, routes, "OpenAPI paths");
+    for (path, method) in &described {
+        let url = ingest.url(&path.replace("{id}", "0b8f8a52-7d1c-4d6e-9d64-8f5b1e2c3a4d"));
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let status = http
+            .request(method, url)
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16();
+        assert!(
+            status != 404 && status != 405,
+            "{path} is described but answers {status}"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+
+    // CORS: a listed origin gets its preflight answered; others and the default get nothing.
+    let preflight = |s: &Service, origin: &str| {
+        http.request(reqwest::Method::OPTIONS, s.url("/api/views"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let allowed = |r: &reqwest::Response| {
+        r.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let r = preflight(&ingest, "https://app.example")
+        .await
+        .expect("preflight");
+    assert_eq!(allowed(&r).as_deref(), Some("https://app.example"));
+    let r = preflight(&ingest, "https://evil.example")
+        .await
+        .expect("preflight");
+    assert_eq!(allowed(&r), None);
+    let r = preflight(&plain, "https://app.example")
+        .await
+        .expect("preflight");
+    assert_eq!(allowed(&r), None);
+    let r = http
+        .get(ingest.url("/api/views?contentType=resource&contentId=m"))
+        .header("origin", "https://other.example")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(allowed(&r).as_deref(), Some("https://other.example"));
+    println!("metrics: all {} contract names on both services; OpenAPI: {} operations, each answering; CORS: listed origins only", 14, described.len());
+    stack.cleanup().await.expect("cleanup");
+}
