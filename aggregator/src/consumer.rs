@@ -87,7 +87,23 @@ pub struct AggregatorContext {
     pub shared: Arc<Shared>,
 }
 
-impl ClientContext for AggregatorContext {}
+impl ClientContext for AggregatorContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`) carry each assigned
+    /// partition's lag as the consumer sees it; no extra broker requests needed.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.shared.scope.topic) else {
+            return;
+        };
+        let owned: Vec<i32> = self.shared.core().partitions.keys().copied().collect();
+        for (partition, stats) in &topic.partitions {
+            if *partition < 0 || !owned.contains(partition) || stats.consumer_lag < 0 {
+                continue;
+            }
+            metrics::gauge!(m::CONSUMER_LAG, "topic" => topic.topic.clone(), "partition" => partition.to_string())
+                .set(stats.consumer_lag as f64);
+        }
+    }
+}
 
 impl ConsumerContext for AggregatorContext {
     fn rebalance(

@@ -167,6 +167,7 @@ pub async fn run(
         .set("session.timeout.ms", session.to_string())
         .set("heartbeat.interval.ms", (session / 10).max(100).to_string())
         .set("max.poll.interval.ms", "300000")
+        .set("statistics.interval.ms", "5000")
         .create_with_context(AggregatorContext {
             shared: shared.clone(),
         })

@@ -1,6 +1,5 @@
 //! Work the consumer loop does between batches: noticing when taken-over partitions
-//! have caught up, keeping Redis' live marks (and restoring lost pending counts),
-//! and reporting consumer lag.
+//! have caught up, and keeping Redis' live marks (restoring lost pending counts).
 
 use std::time::{Duration, Instant};
 
@@ -13,8 +12,7 @@ use crate::consumer::{AggregatorContext, Shared};
 use crate::metrics as m;
 use crate::state::Core;
 
-/// How often log ends are looked up (one broker request per partition) and lag is
-/// reported.
+/// How often log ends unknown at a takeover are looked up again.
 const SLOW_EVERY: Duration = Duration::from_secs(2);
 
 /// When the slower upkeep last ran.
@@ -34,7 +32,7 @@ impl Clock {
 }
 
 /// Clears `catch_up_to` of partitions that reached it; every few seconds, looks up log
-/// ends that were unknown at the takeover and reports the consumer lag.
+/// ends that were unknown at the takeover.
 pub fn catch_up(
     consumer: &BaseConsumer<AggregatorContext>,
     shared: &Shared,
@@ -67,19 +65,10 @@ pub fn catch_up(
     for (&partition, state) in core.partitions.iter_mut() {
         if state.catch_up_to == Some(i64::MAX) {
             if let Ok((_, high)) =
-                consumer.fetch_watermarks(topic, partition, Duration::from_millis(500))
+                consumer.fetch_watermarks(topic, partition, Duration::from_secs(1))
             {
                 state.catch_up_to = Some(high);
                 state.note_position(None);
-            }
-        }
-        if let Ok((_, high)) =
-            consumer.fetch_watermarks(topic, partition, Duration::from_millis(200))
-        {
-            let position = state.consumed_to.unwrap_or(0);
-            if high >= 0 {
-                metrics::gauge!(m::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
-                    .set((high - position).max(0) as f64);
             }
         }
     }
