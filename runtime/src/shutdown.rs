@@ -41,8 +41,10 @@ impl Shutdown {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
-            tracing::info!("shutdown signal received");
+            // Trigger first: nothing (not even a failing log write) may stand
+            // between the signal and the shutdown.
             this.trigger();
+            tracing::info!("shutdown signal received");
         });
     }
 }

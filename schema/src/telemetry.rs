@@ -10,6 +10,9 @@ pub fn init(log_format: &str) {
     let builder = fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
+        // A closed stderr (its reader gone) must not turn into a panic in
+        // whatever task happens to log next.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     // A second init (as in tests) keeps the first subscriber; that is fine.
     let _ = if log_format == "json" {
