@@ -12,7 +12,11 @@ pub fn base_config(brokers: &str) -> ClientConfig {
         // Reconnect within a second of a broker coming back (librdkafka's default
         // backoff grows to 10 s).
         .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "1000");
+        .set("reconnect.backoff.max.ms", "1000")
+        // A connection that accepts requests but never answers them (seen with the
+        // mock broker reconnecting while still down) is given up after 10 s rather
+        // than librdkafka's 60 s; our publishes time out after 10 s anyway.
+        .set("socket.timeout.ms", "10000");
     config
 }
 
