@@ -47,6 +47,12 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A store failed while answering: logs why (the client only learns "retry").
+    pub fn store(what: &str, error: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %error, "{what} failed");
+        ApiError::StoreUnavailable
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Invalid(_) | ApiError::BadJson(_) => StatusCode::BAD_REQUEST,

@@ -124,6 +124,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let common = &settings.common;
+    let cors = cors(&settings.cors_origins)?;
     let prometheus = metrics::install()?;
     let db = db::connect(&common.database_url, 16).await?;
     db::ensure_schema_current(&db).await?;
@@ -181,7 +182,7 @@ pub async fn run(
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
         .layer(axum::middleware::from_fn(metrics::track));
-    if let Some(cors) = cors(&settings.cors_origins)? {
+    if let Some(cors) = cors {
         app = app.layer(cors);
     }
 

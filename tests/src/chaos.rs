@@ -244,6 +244,18 @@ pub async fn assert_exact(
         .map(|((id, day), n)| (format!("resource:{id}@{day}"), *n))
         .collect();
     assert_eq!(daily, want_daily, "view_counter_daily");
+    let mismatched = stack
+        .rows(
+            "SELECT t.key, (t.total - COALESCE(SUM(d.count), 0))::int8 FROM view_counter_total t
+             LEFT JOIN view_counter_daily d ON d.key = t.key
+             GROUP BY t.key, t.total HAVING t.total <> COALESCE(SUM(d.count), 0)",
+        )
+        .await
+        .expect("sum check");
+    assert!(
+        mismatched.is_empty(),
+        "total != sum(daily) for {mismatched:?}"
+    );
     let http = reqwest::Client::new();
     for (key, want) in &totals {
         let id = key.trim_start_matches("resource:");
@@ -258,6 +270,14 @@ pub async fn assert_exact(
             .expect("json");
         assert_eq!(body["count"].as_i64(), Some(*want), "GET count of {key}");
     }
+}
+
+/// [`metric`] summed over several services.
+pub async fn metric_sum(services: &[Service], series: &str) -> f64 {
+    futures::future::join_all(services.iter().map(|s| metric(s, series)))
+        .await
+        .into_iter()
+        .sum()
 }
 
 /// Sums a counter or gauge from a service's `/metrics` (all label sets matching

@@ -170,28 +170,29 @@ impl Stack {
                 self.id
             ))
             .await?;
-        let client = redis::Client::open(redis_url())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.redis_prefix))
-            .query_async(&mut conn)
-            .await?;
+        let (mut conn, keys) = self.redis_keys().await?;
         for chunk in keys.chunks(500) {
             let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await?;
         }
         Ok(())
     }
 
-    /// Deletes every Redis key of this stack's deployment in one atomic step, as a
-    /// Redis restart without persistence would (FLUSHALL would also wipe the keys of
-    /// tests running beside this one). Returns how many keys were deleted.
-    pub async fn wipe_redis(&self) -> anyhow::Result<usize> {
+    /// A Redis connection and every key under this stack's prefix.
+    async fn redis_keys(&self) -> anyhow::Result<(redis::aio::MultiplexedConnection, Vec<String>)> {
         let client = redis::Client::open(redis_url())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}:*", self.redis_prefix))
             .query_async(&mut conn)
             .await?;
+        Ok((conn, keys))
+    }
+
+    /// Deletes every Redis key of this stack's deployment in one atomic step, as a
+    /// Redis restart without persistence would (FLUSHALL would also wipe the keys of
+    /// tests running beside this one). Returns how many keys were deleted.
+    pub async fn wipe_redis(&self) -> anyhow::Result<usize> {
+        let (mut conn, keys) = self.redis_keys().await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         for chunk in keys.chunks(1000) {

@@ -174,13 +174,7 @@ async fn three_aggregators_with_one_killed_and_one_added_count_exactly() {
     aggs.extend(aggregators(&stack, 1, &[]).await);
     run.end(&stack, &ingest, "3 aggregators, one killed, one added")
         .await;
-    let rebalances: f64 = futures::future::join_all(
-        aggs.iter()
-            .map(|a| chaos::metric(a, "viewpipe_aggregator_rebalances_total")),
-    )
-    .await
-    .into_iter()
-    .sum();
+    let rebalances = chaos::metric_sum(&aggs, "viewpipe_aggregator_rebalances_total").await;
     assert!(rebalances >= 3.0, "rebalances seen: {rebalances}");
     stack.cleanup().await.expect("cleanup");
 }
@@ -205,13 +199,7 @@ async fn redis_losing_every_key_twice_is_recovered_exactly() {
         wiped.push(stack.wipe_redis().await.expect("wipe"));
     }
     run.end(&stack, &ingest, "Redis keys deleted twice").await;
-    let restores: f64 = futures::future::join_all(
-        aggs.iter()
-            .map(|a| chaos::metric(a, "viewpipe_aggregator_redis_restores_total")),
-    )
-    .await
-    .into_iter()
-    .sum();
+    let restores = chaos::metric_sum(&aggs, "viewpipe_aggregator_redis_restores_total").await;
     println!("Redis keys deleted twice: {wiped:?} keys deleted; {restores} partition restores");
     assert!(
         restores >= 2.0,
@@ -320,13 +308,11 @@ async fn manual_flushes_in_a_tight_loop_beside_periodic_ones_count_exactly() {
     // in Postgres by the time it answers.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let counted: f64 = futures::future::join_all(
-            aggs.iter()
-                .map(|a| chaos::metric(a, "viewpipe_aggregator_events_total{result=\"counted\"}")),
+        let counted = chaos::metric_sum(
+            &aggs,
+            "viewpipe_aggregator_events_total{result=\"counted\"}",
         )
-        .await
-        .into_iter()
-        .sum();
+        .await;
         if counted as usize >= load.events || Instant::now() > deadline {
             break;
         }

@@ -7,6 +7,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use viewpipe_tests::chaos;
 use viewpipe_tests::{Service, Stack};
 
 const KEYS: usize = 25;
@@ -43,79 +44,6 @@ async fn post(http: &reqwest::Client, ingest: &Service, id: &str, at: DateTime<U
     }
 }
 
-async fn get_count(http: &reqwest::Client, ingest: &Service, id: &str) -> i64 {
-    let url = ingest.url(&format!("/api/views?contentType=resource&contentId={id}"));
-    let body: Value = http
-        .get(url)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("json");
-    body["count"].as_i64().expect("count")
-}
-
-/// Checks every total, daily row and GET against what was accepted.
-async fn assert_exact(
-    stack: &Stack,
-    http: &reqwest::Client,
-    ingest: &Service,
-    expected: &BTreeMap<(String, NaiveDate), i64>,
-) {
-    let sent: i64 = expected.values().sum();
-    stack
-        .wait_flushed_total(sent, Duration::from_secs(60))
-        .await
-        .expect("all views flushed");
-
-    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
-    for ((id, _), n) in expected {
-        *totals.entry(format!("resource:{id}")).or_default() += n;
-    }
-    let rows: BTreeMap<String, i64> = stack
-        .rows("SELECT key, total FROM view_counter_total")
-        .await
-        .expect("totals")
-        .into_iter()
-        .collect();
-    assert_eq!(rows, totals, "view_counter_total");
-
-    let daily: BTreeMap<String, i64> = stack
-        .rows("SELECT key || '@' || day::text, count FROM view_counter_daily")
-        .await
-        .expect("daily")
-        .into_iter()
-        .collect();
-    let want_daily: BTreeMap<String, i64> = expected
-        .iter()
-        .map(|((id, day), n)| (format!("resource:{id}@{day}"), *n))
-        .collect();
-    assert_eq!(daily, want_daily, "view_counter_daily");
-
-    let mismatched = stack
-        .rows(
-            "SELECT t.key, (t.total - COALESCE(SUM(d.count), 0))::int8 FROM view_counter_total t
-             LEFT JOIN view_counter_daily d ON d.key = t.key
-             GROUP BY t.key, t.total HAVING t.total <> COALESCE(SUM(d.count), 0)",
-        )
-        .await
-        .expect("sum check");
-    assert!(
-        mismatched.is_empty(),
-        "total != sum(daily) for {mismatched:?}"
-    );
-
-    for (key, want) in &totals {
-        let id = key.trim_start_matches("resource:");
-        assert_eq!(
-            get_count(http, ingest, id).await,
-            *want,
-            "GET count of {key}"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_views_over_keys_and_days_are_counted_exactly() {
     const VIEWS: usize = 2000;
@@ -142,7 +70,7 @@ async fn concurrent_views_over_keys_and_days_are_counted_exactly() {
     assert!(statuses.iter().all(|s| *s == 202), "every POST answers 202");
 
     let expected = expected_of(0..VIEWS, now);
-    assert_exact(&stack, &http, &ingest, &expected).await;
+    chaos::assert_exact(&stack, &ingest, &expected, Duration::from_secs(60)).await;
     println!(
         "{VIEWS} views over {KEYS} keys and {DAYS} days: every total, daily row and GET exact"
     );
@@ -202,7 +130,7 @@ async fn aggregator_stopped_with_sigterm_mid_stream_loses_and_repeats_nothing() 
     let accepted = sender.await.expect("sender");
     assert_eq!(accepted.len(), VIEWS, "the ingest accepted every view");
     let expected = expected_of(accepted.iter().copied(), now);
-    assert_exact(&stack, &http, &ingest, &expected).await;
+    chaos::assert_exact(&stack, &ingest, &expected, Duration::from_secs(60)).await;
     println!("{VIEWS} views with a SIGTERM and restart of the aggregator mid-stream: exact");
     stack.cleanup().await.expect("cleanup");
 }
@@ -421,7 +349,7 @@ async fn a_recreated_topic_is_counted_from_its_beginning() {
         assert_eq!(post(&http, &ingest, &id, at).await, 202);
     }
     let expected = expected_of(0..40, now);
-    assert_exact(&stack, &http, &ingest, &expected).await;
+    chaos::assert_exact(&stack, &ingest, &expected, Duration::from_secs(60)).await;
     println!("40 views on a log that restarted below the stored positions: exact");
     stack.cleanup().await.expect("cleanup");
 }

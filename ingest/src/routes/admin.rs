@@ -89,10 +89,7 @@ pub async fn post_flush(
             return Err(FieldError::new("wait", "invalid_value", "must be true or false").into())
         }
     };
-    let store_down = |e: sea_orm::DbErr| {
-        tracing::warn!(error = %e, "flush job failed in Postgres");
-        ApiError::StoreUnavailable
-    };
+    let store_down = |e| ApiError::store("flush job", e);
     let (id, seq) = jobs::request_flush(&state.db, &state.scope.group)
         .await
         .map_err(store_down)?;
@@ -158,10 +155,7 @@ pub async fn get_job(
     let job = Job::find_by_id(id)
         .one(&state.db)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "job read failed");
-            ApiError::StoreUnavailable
-        })?
+        .map_err(|e| ApiError::store("job read", e))?
         .ok_or(ApiError::NoSuchJob)?;
     Ok(Json(JobResponse {
         id: job.id,

@@ -10,7 +10,7 @@ use crate::api::{DailyResponse, DayCount, ErrorBody, TopItem, TopResponse};
 use crate::error::ApiError;
 use crate::extract::RawQuery;
 use crate::routes::params;
-use crate::routes::views::key_from_query;
+use crate::routes::views::{check_namespace, key_from_query};
 use crate::AppState;
 
 /// A key's views per UTC day.
@@ -40,10 +40,11 @@ pub async fn get_daily(
 ) -> Result<Json<DailyResponse>, ApiError> {
     let key = key_from_query(&state, &query)?;
     let (from, to) = params::range(&query, 30)?;
-    let days = state.reader.daily(&key, from, to).await.map_err(|e| {
-        tracing::warn!(error = %e, "daily read failed");
-        ApiError::StoreUnavailable
-    })?;
+    let days = state
+        .reader
+        .daily(&key, from, to)
+        .await
+        .map_err(|e| ApiError::store("daily read", e))?;
     Ok(Json(DailyResponse {
         content_id: key.content_id().to_owned(),
         content_type: key.content_type().to_owned(),
@@ -82,17 +83,7 @@ pub async fn get_top(
     let namespace = query
         .get("contentType")
         .ok_or_else(|| FieldError::new("contentType", "missing_field", "is required"))?;
-    if !state.namespaces.allows(namespace) {
-        return Err(FieldError::new(
-            "contentType",
-            "unknown_namespace",
-            format!(
-                "not an allowed content type (allowed: {})",
-                state.namespaces.describe()
-            ),
-        )
-        .into());
-    }
+    check_namespace(&state, namespace)?;
     if query.get("days").is_some() {
         return Err(FieldError::new(
             "days",
@@ -105,10 +96,7 @@ pub async fn get_top(
     let limit = params::int(&query, "limit", 1, 100, 10)?;
     let rows = postgres::top(&state.db, namespace, from, to, limit as u32)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "top read failed");
-            ApiError::StoreUnavailable
-        })?;
+        .map_err(|e| ApiError::store("top read", e))?;
     Ok(Json(TopResponse {
         items: rows
             .into_iter()

@@ -141,11 +141,28 @@ pub async fn get_views(
     query: RawQuery,
 ) -> Result<Json<CountResponse>, ApiError> {
     let key = key_from_query(&state, &query)?;
-    let count = state.reader.total(&key).await.map_err(|e| {
-        tracing::warn!(error = %e, "count read failed");
-        ApiError::StoreUnavailable
-    })?;
+    let count = state
+        .reader
+        .total(&key)
+        .await
+        .map_err(|e| ApiError::store("count read", e))?;
     Ok(Json(CountResponse { count }))
+}
+
+/// Refuses a `contentType` outside `NAMESPACES`.
+pub fn check_namespace(state: &AppState, namespace: &str) -> Result<(), ApiError> {
+    if state.namespaces.allows(namespace) {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        "contentType",
+        "unknown_namespace",
+        format!(
+            "not an allowed content type (allowed: {})",
+            state.namespaces.describe()
+        ),
+    )
+    .into())
 }
 
 /// Reads and validates `contentId` and `contentType` from a query string.
@@ -155,17 +172,7 @@ pub fn key_from_query(state: &AppState, query: &RawQuery) -> Result<ContentKey, 
         .get("contentType")
         .ok_or_else(|| missing("contentType"))?;
     let id = query.get("contentId").ok_or_else(|| missing("contentId"))?;
-    if !state.namespaces.allows(ns) {
-        return Err(FieldError {
-            field: "contentType",
-            code: "unknown_namespace",
-            message: format!(
-                "not an allowed content type (allowed: {})",
-                state.namespaces.describe()
-            ),
-        }
-        .into());
-    }
+    check_namespace(state, ns)?;
     if !is_valid_content_id(id) {
         return Err(FieldError {
             field: "contentId",
