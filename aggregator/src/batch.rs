@@ -1,214 +1,221 @@
-//! Turning a polled batch into counts: parse, send the unusable to the DLQ, apply
-//! the rest to Redis, and add what counted to the partitions' pending deltas.
+//! A polled batch: each message is parsed as it arrives (borrowing from librdkafka's
+//! buffer) and summed per partition and key, so that nothing is allocated per event
+//! and Redis gets one write per key and partition, not one per event.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::collections::BTreeMap;
 
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use chrono::NaiveDate;
 
-use viewpipe_schema::{ContentKey, ViewEvent};
-use viewpipe_store::pending::Applied;
-use viewpipe_store::{KeyDelta, KeyMessages, Message};
+use viewpipe_schema::{EventRef, Namespaces};
+use viewpipe_store::Counts;
 
-use crate::consumer::Shared;
-use crate::metrics as m;
-use crate::state::Core;
+use crate::partition::Partition;
 
-/// A polled message, copied out of librdkafka's buffer.
-pub struct Raw {
-    pub partition: i32,
+/// The messages of one partition in a batch.
+#[derive(Debug, Default)]
+pub struct PartBatch {
+    /// The claim they were polled under. A re-claim starts the partition's batch over.
+    pub epoch: i64,
+    /// Offsets below this are re-deliveries (Kafka after a seek, or a rebalance that
+    /// re-assigned the partition while its messages were being gathered): each offset
+    /// is taken once, in order.
+    next: i64,
+    /// The last offset taken.
+    pub last: Option<i64>,
+    /// Views at offsets Redis does not hold yet: they go to Redis and to memory.
+    pub fresh: Counts,
+    /// Views at offsets Redis already holds (a predecessor counted them): memory only.
+    pub replayed: Counts,
+    /// Views carrying a client-chosen id: counted once their id is found new.
+    pub with_ids: Vec<IdEvent>,
+    /// Messages that are not valid events, for the DLQ.
+    pub invalid: Vec<Invalid>,
+}
+
+/// A view with a client-chosen `eventId`.
+#[derive(Debug)]
+pub struct IdEvent {
+    pub offset: i64,
+    pub key: String,
+    pub event_id: String,
+    pub day: NaiveDate,
+    pub path: Option<String>,
+    /// At an offset Redis already holds.
+    pub replayed: bool,
+}
+
+/// A message that is not a valid event, copied for the DLQ.
+#[derive(Debug)]
+pub struct Invalid {
     pub offset: i64,
     pub payload: Option<Vec<u8>>,
     pub key: Option<Vec<u8>>,
+    pub reason: String,
 }
 
-/// Processes one batch. On a Redis or DLQ failure that outlasts the retries (only at
-/// shutdown), the affected partition's consumed position is not advanced, so its
-/// messages are consumed again by whoever owns it next.
-pub fn process(shared: &Shared, core: &mut Core, batch: Vec<Raw>) {
-    let mut by_partition: BTreeMap<i32, Vec<Raw>> = BTreeMap::new();
-    for raw in batch {
-        by_partition.entry(raw.partition).or_default().push(raw);
-    }
-    for (partition, mut raws) in by_partition {
-        let Some(state) = core.partitions.get_mut(&partition) else {
-            continue; // revoked since it was polled
-        };
-        raws.retain(|r| !state.is_flushed(r.offset));
-        raws.sort_by_key(|r| r.offset);
-        let Some(last) = raws.last().map(|r| r.offset) else {
-            continue;
-        };
-        let (gen, epoch) = (state.gen, state.epoch);
-        let (events, invalid) = parse(shared, raws);
-        if !send_to_dlq(shared, partition, &invalid) {
-            continue;
+impl PartBatch {
+    fn new(state: &Partition) -> Self {
+        Self {
+            epoch: state.epoch,
+            next: state.consumed_to.unwrap_or(0),
+            ..Self::default()
         }
-        let grouped = match apply(shared, partition, gen, epoch, events) {
-            Ok(grouped) => grouped,
-            Err(Skip::Shutdown) => continue,
-            Err(Skip::Stale) => {
-                tracing::warn!(
-                    partition,
-                    "a newer owner has written this partition in Redis; dropping it (its owner counts it)"
-                );
-                core.partitions.remove(&partition);
-                continue;
-            }
-        };
-        let (mut counted, mut duplicates) = (0u64, 0u64);
-        for (key, events, flags) in grouped {
-            for (event, counts) in events.iter().zip(flags) {
-                if !counts {
-                    duplicates += 1;
-                    continue;
-                }
-                counted += 1;
-                let delta = state
-                    .pending
-                    .entry(key.as_str().to_owned())
-                    .or_insert_with(|| KeyDelta {
-                        namespace: key.content_type().to_owned(),
-                        entity_id: key.content_id().to_owned(),
-                        ..KeyDelta::default()
-                    });
-                delta.total += 1;
-                *delta.days.entry(event.day()).or_default() += 1;
-                if event.path.is_some() {
-                    delta.path.clone_from(&event.path);
-                }
-            }
-        }
-        state.consumed_to = Some(last + 1);
-        metrics::counter!(m::EVENTS, "result" => "counted").increment(counted);
-        metrics::counter!(m::EVENTS, "result" => "duplicate").increment(duplicates);
-        metrics::counter!(m::EVENTS, "result" => "invalid").increment(invalid.len() as u64);
     }
 }
 
-type Grouped = Vec<(ContentKey, Vec<ViewEvent>, Vec<bool>)>;
-/// Parsed events with their offsets, and unusable messages with the reason.
-type Parsed = (Vec<(i64, ViewEvent)>, Vec<(Raw, String)>);
+/// Messages polled and not yet processed, by partition.
+#[derive(Debug, Default)]
+pub struct Batch {
+    parts: BTreeMap<i32, PartBatch>,
+    messages: usize,
+    key: String,
+}
 
-fn parse(shared: &Shared, raws: Vec<Raw>) -> Parsed {
-    let mut events = Vec::with_capacity(raws.len());
-    let mut invalid = Vec::new();
-    for raw in raws {
-        let parsed = match &raw.payload {
-            Some(payload) => ViewEvent::from_slice(payload, &shared.namespaces)
-                .map_err(|e| format!("{}: {e}", e.code())),
+impl Batch {
+    /// Takes one polled message of `partition` (whose state is `state`). Returns false
+    /// when it was dropped as a re-delivery.
+    pub fn add(
+        &mut self,
+        partition: i32,
+        state: &Partition,
+        offset: i64,
+        payload: Option<&[u8]>,
+        key: Option<&[u8]>,
+        namespaces: &Namespaces,
+    ) -> bool {
+        let part = self
+            .parts
+            .entry(partition)
+            .or_insert_with(|| PartBatch::new(state));
+        if part.epoch != state.epoch {
+            *part = PartBatch::new(state);
+        }
+        if offset < part.next {
+            return false;
+        }
+        part.next = offset + 1;
+        part.last = Some(offset);
+        self.messages += 1;
+        let replayed = state.replay_to.is_some_and(|x| offset <= x);
+        let parsed = match payload {
+            Some(bytes) => EventRef::parse(bytes, namespaces).map_err(|e| format!("{}: {e}", e.code())),
             None => Err("invalid_json: empty message".to_owned()),
         };
         match parsed {
-            Ok(event) => events.push((raw.offset, event)),
-            Err(reason) => invalid.push((raw, reason)),
-        }
-    }
-    (events, invalid)
-}
-
-/// Why a partition's batch was not counted.
-enum Skip {
-    /// Redis stayed unreachable until shutdown.
-    Shutdown,
-    /// Redis refused the write: another aggregator owns the partition now.
-    Stale,
-}
-
-/// Applies the events to Redis (or, in database-only mode, counts them all) and
-/// returns them grouped by key with a counted flag each.
-fn apply(
-    shared: &Shared,
-    partition: i32,
-    gen: i64,
-    epoch: i64,
-    events: Vec<(i64, ViewEvent)>,
-) -> Result<Grouped, Skip> {
-    let mut index: HashMap<ContentKey, usize> = HashMap::new();
-    let mut batch: Vec<KeyMessages> = Vec::new();
-    let mut grouped_events: Vec<Vec<ViewEvent>> = Vec::new();
-    for (offset, event) in events {
-        let key = event.key();
-        let slot = *index.entry(key.clone()).or_insert_with(|| {
-            batch.push(KeyMessages {
-                key,
-                messages: Vec::new(),
-            });
-            grouped_events.push(Vec::new());
-            batch.len() - 1
-        });
-        batch[slot].messages.push(Message {
-            offset,
-            day: event.day(),
-            event_id: event.event_id.clone(),
-        });
-        grouped_events[slot].push(event);
-    }
-    let flags = match &shared.pending {
-        None => batch
-            .iter()
-            .map(|km| vec![true; km.messages.len()])
-            .collect(),
-        Some(store) => {
-            let mut wait = Duration::from_millis(50);
-            loop {
-                match shared
-                    .rt
-                    .block_on(store.apply(partition, gen, epoch, &batch))
-                {
-                    Ok(Applied::Flags(flags)) => break flags,
-                    Ok(Applied::Stale) => return Err(Skip::Stale),
-                    Err(e) if !shared.shutdown.is_triggered() => {
-                        tracing::warn!(error = %e, "Redis apply failed; retrying");
-                        std::thread::sleep(wait);
-                        wait = (wait * 2).min(Duration::from_secs(2));
-                    }
-                    Err(_) => return Err(Skip::Shutdown),
+            Ok(event) => {
+                self.key.clear();
+                self.key.push_str(&event.content_type);
+                self.key.push(':');
+                self.key.push_str(&event.content_id);
+                if let Some(id) = &event.event_id {
+                    part.with_ids.push(IdEvent {
+                        offset,
+                        key: self.key.clone(),
+                        event_id: id.to_string(),
+                        day: event.day(),
+                        path: event.path.as_deref().map(str::to_owned),
+                        replayed,
+                    });
+                } else {
+                    let counts = if replayed { &mut part.replayed } else { &mut part.fresh };
+                    counts.add(&self.key, event.day(), event.path.as_deref());
                 }
             }
+            Err(reason) => part.invalid.push(Invalid {
+                offset,
+                payload: payload.map(<[u8]>::to_vec),
+                key: key.map(<[u8]>::to_vec),
+                reason,
+            }),
         }
-    };
-    Ok(batch
-        .into_iter()
-        .zip(grouped_events)
-        .zip(flags)
-        .map(|((km, events), flags)| (km.key, events, flags))
-        .collect())
+        true
+    }
+
+    /// Messages taken since the last [`Batch::take`].
+    pub fn len(&self) -> usize {
+        self.messages
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+
+    /// Hands the batch over, leaving this one empty.
+    pub fn take(&mut self) -> BTreeMap<i32, PartBatch> {
+        self.messages = 0;
+        std::mem::take(&mut self.parts)
+    }
+
+    /// Forgets everything gathered (the partitions were revoked).
+    pub fn clear(&mut self) {
+        self.take();
+    }
 }
 
-/// Copies unusable messages to the DLQ with an `error` header and waits for the
-/// broker's acknowledgement, so none is skipped before it is safely parked.
-fn send_to_dlq(shared: &Shared, partition: i32, invalid: &[(Raw, String)]) -> bool {
-    if invalid.is_empty() {
-        return true;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use viewpipe_store::Claim;
+
+    fn state(next_offset: Option<i64>, epoch: i64, redis_at: i64) -> Partition {
+        Partition::from_claim(
+            &Claim {
+                partition: 0,
+                next_offset,
+                flushed_gen: 0,
+                epoch,
+            },
+            redis_at,
+        )
     }
-    let mut wait = Duration::from_millis(100);
-    loop {
-        let sends = invalid.iter().map(|(raw, reason)| {
-            tracing::warn!(partition, offset = raw.offset, reason = %reason, "message sent to the DLQ");
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "error", value: Some(reason.as_bytes()) })
-                .insert(Header { key: "source_partition", value: Some(partition.to_string().as_bytes()) })
-                .insert(Header { key: "source_offset", value: Some(raw.offset.to_string().as_bytes()) });
-            let mut record = FutureRecord::<Vec<u8>, Vec<u8>>::to(&shared.dlq_topic).headers(headers);
-            if let Some(p) = &raw.payload {
-                record = record.payload(p);
-            }
-            if let Some(k) = &raw.key {
-                record = record.key(k);
-            }
-            shared.dlq.send(record, Duration::from_secs(5))
-        });
-        let results = shared.rt.block_on(futures::future::join_all(sends));
-        if results.iter().all(Result::is_ok) {
-            return true;
+
+    fn event(id: &str, event_id: Option<&str>) -> Vec<u8> {
+        let event_id = event_id.map_or(String::new(), |e| format!(",\"eventId\":\"{e}\""));
+        format!(r#"{{"v":1,"contentType":"resource","contentId":"{id}","occurredAt":"2026-11-20T10:00:00Z"{event_id}}}"#)
+            .into_bytes()
+    }
+
+    fn ns() -> Namespaces {
+        "resource".parse().expect("namespaces")
+    }
+
+    #[test]
+    fn each_offset_is_taken_once_even_when_polled_again_after_a_rebalance() {
+        let mut batch = Batch::default();
+        let owner = state(Some(100), 3, -1);
+        for offset in 100..110 {
+            assert!(batch.add(0, &owner, offset, Some(&event("a", None)), None, &ns()));
         }
-        if shared.shutdown.is_triggered() {
-            return false;
+        // The partition is revoked and assigned again at the same position before the
+        // batch was processed; the consumer fetches 100.. once more.
+        for offset in 100..112 {
+            batch.add(0, &owner, offset, Some(&event("a", None)), None, &ns());
         }
-        tracing::warn!("DLQ publish failed; retrying");
-        std::thread::sleep(wait);
-        wait = (wait * 2).min(Duration::from_secs(2));
+        assert_eq!(batch.len(), 12);
+        let parts = batch.take();
+        assert_eq!(parts[&0].fresh.views(), 12);
+        assert_eq!(parts[&0].last, Some(111));
+    }
+
+    #[test]
+    fn a_new_claim_starts_the_partition_over_and_replayed_offsets_stay_in_memory() {
+        let mut batch = Batch::default();
+        batch.add(0, &state(Some(0), 1, -1), 0, Some(&event("a", None)), None, &ns());
+        // Claimed again (epoch 2) at offset 0, with Redis holding up to offset 1.
+        let again = state(Some(0), 2, 1);
+        for offset in 0..4 {
+            batch.add(0, &again, offset, Some(&event("a", None)), None, &ns());
+        }
+        batch.add(0, &again, 4, Some(&event("a", Some("e1"))), None, &ns());
+        batch.add(0, &again, 5, Some(b"not json"), Some(b"k"), &ns());
+        batch.add(0, &again, 6, None, None, &ns());
+        let parts = batch.take();
+        let part = &parts[&0];
+        assert_eq!((part.replayed.views(), part.fresh.views()), (2, 2));
+        assert_eq!(part.with_ids.len(), 1);
+        assert_eq!(part.with_ids[0].key, "resource:a");
+        assert_eq!(part.invalid.len(), 2);
+        assert!(part.invalid[0].reason.starts_with("invalid_json"), "{}", part.invalid[0].reason);
+        assert!(batch.is_empty());
     }
 }

@@ -1,21 +1,23 @@
 //! The aggregator: a Kafka consumer group member that counts view events in Redis
 //! and flushes them to Postgres exactly once. See [`flush`] for the protocol.
 
+pub mod aggregator;
 pub mod batch;
 pub mod consumer;
+pub mod dlq;
 pub mod flush;
 pub mod metrics;
+pub mod partition;
+pub mod pending;
+pub mod retry;
 pub mod settings;
-pub mod state;
-pub mod upkeep;
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::FutureProducer;
 use sea_orm_migration::MigratorTrait;
 use tokio::net::TcpListener;
 
@@ -27,7 +29,10 @@ use viewpipe_schema::settings::SecretUrl;
 use viewpipe_store::pending::{Layout, PendingStore};
 use viewpipe_store::{jobs, Scope};
 
-use crate::consumer::{AggregatorContext, LoopSettings, Shared};
+use crate::aggregator::{Aggregator, Parts, Tuning};
+use crate::consumer::AggregatorContext;
+use crate::dlq::Dlq;
+use crate::pending::Pending;
 use crate::settings::{FlushArgs, Settings};
 
 /// How often each aggregator looks for flush requests.
@@ -81,14 +86,19 @@ pub async fn request_flush(args: &FlushArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Keeps `shared.requested_flush` at the group's newest open flush request.
-fn spawn_flush_request_watch(shared: Arc<Shared>) {
+/// Keeps `requested` at the group's newest open flush request.
+fn spawn_flush_request_watch(
+    db: sea_orm::DatabaseConnection,
+    group: String,
+    requested: Arc<AtomicI64>,
+    shutdown: Shutdown,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(FLUSH_REQUEST_POLL);
-        while !shared.shutdown.is_triggered() {
+        while !shutdown.is_triggered() {
             tick.tick().await;
-            match jobs::newest_flush_request(&shared.db, &shared.scope.group).await {
-                Ok(seq) => shared.requested_flush.store(seq, Ordering::Relaxed),
+            match jobs::newest_flush_request(&db, &group).await {
+                Ok(seq) => requested.store(seq, Ordering::Relaxed),
                 Err(e) => tracing::debug!(error = %e, "cannot read flush requests"),
             }
         }
@@ -119,8 +129,15 @@ pub async fn run(
         }
     };
     check_kafka(&common.kafka_brokers).await?;
-    let layout = Layout::new(&common.redis_prefix).map_err(anyhow::Error::msg)?;
-    let pending = redis.clone().map(|conn| PendingStore::new(conn, layout));
+    let scope = Scope {
+        group: common.consumer_group.clone(),
+        topic: common.views_topic.clone(),
+    };
+    let layout = Layout::new(&common.redis_prefix, &scope.group, &scope.topic).map_err(anyhow::Error::msg)?;
+    let pending = match redis.clone() {
+        Some(conn) => Pending::Redis(PendingStore::new(conn, layout)),
+        None => Pending::DatabaseOnly,
+    };
 
     let health = Health::new();
     Probes {
@@ -137,28 +154,30 @@ pub async fn run(
             .await
     });
 
-    let dlq: FutureProducer = kafka::producer_config(&common.kafka_brokers)
-        .create()
-        .context("cannot create the DLQ producer")?;
-    let shared = Arc::new(Shared {
+    let dlq = Dlq {
+        producer: kafka::producer_config(&common.kafka_brokers)
+            .create()
+            .context("cannot create the DLQ producer")?,
+        topic: common.dlq_topic.clone(),
+    };
+    let requested_flush = Arc::new(AtomicI64::new(0));
+    spawn_flush_request_watch(db.clone(), scope.group.clone(), requested_flush.clone(), shutdown.clone());
+    let session = settings.kafka_session_timeout_ms;
+    let aggregator = Arc::new(Aggregator::new(Parts {
         rt: tokio::runtime::Handle::current(),
         db,
-        scope: Scope {
-            group: common.consumer_group.clone(),
-            topic: common.views_topic.clone(),
-        },
+        scope,
         pending,
         dlq,
-        dlq_topic: common.dlq_topic.clone(),
         namespaces: common.namespaces.clone(),
-        core: Mutex::new(state::Core::default()),
         shutdown: shutdown.clone(),
-        requested_flush: AtomicI64::new(0),
-        revoke_deadline: Duration::from_millis(u64::from(settings.kafka_session_timeout_ms) / 3)
-            .max(Duration::from_millis(500)),
-    });
-    spawn_flush_request_watch(shared.clone());
-    let session = settings.kafka_session_timeout_ms;
+        requested_flush,
+        tuning: Tuning {
+            flush_interval: Duration::from_millis(settings.flush_interval_ms),
+            flush_max_pending: usize::try_from(settings.flush_max_pending).unwrap_or(usize::MAX),
+            revoke_deadline: Duration::from_millis(u64::from(session) / 3).max(Duration::from_millis(500)),
+        },
+    }));
     let consumer: BaseConsumer<AggregatorContext> = kafka::base_config(&common.kafka_brokers)
         .set("group.id", &common.consumer_group)
         .set("enable.auto.commit", "false")
@@ -168,9 +187,7 @@ pub async fn run(
         .set("heartbeat.interval.ms", (session / 10).max(100).to_string())
         .set("max.poll.interval.ms", "300000")
         .set("statistics.interval.ms", "5000")
-        .create_with_context(AggregatorContext {
-            shared: shared.clone(),
-        })
+        .create_with_context(AggregatorContext { aggregator })
         .context("cannot create the Kafka consumer")?;
     consumer
         .subscribe(&[&common.views_topic])
@@ -183,14 +200,10 @@ pub async fn run(
         "aggregator started"
     );
 
-    let loop_settings = LoopSettings {
-        flush_interval: Duration::from_millis(settings.flush_interval_ms),
-        flush_max_pending: usize::try_from(settings.flush_max_pending).unwrap_or(usize::MAX),
-    };
-    let loop_health = health.clone();
+    let (loop_health, loop_shutdown) = (health.clone(), shutdown.clone());
     let consumer_thread = std::thread::Builder::new()
         .name("consumer".into())
-        .spawn(move || consumer::run_loop(consumer, loop_settings, loop_health))?;
+        .spawn(move || consumer::run_loop(consumer, loop_health, loop_shutdown))?;
 
     shutdown.wait().await;
     health.stopping();

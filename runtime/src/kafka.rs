@@ -28,6 +28,8 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "2")
+        // View events are small JSON documents that compress several times over.
+        .set("compression.type", "lz4")
         .set("message.timeout.ms", "10000")
         .set("queue.buffering.max.messages", "100000");
     config

@@ -4,6 +4,8 @@
 //! Validation works on a parsed `serde_json::Value` rather than a derived struct so
 //! that every refusal names the field and says what was wrong with it.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -115,15 +117,14 @@ impl ViewInput {
         })
     }
 
-    /// Turns the input into the event the ingest publishes, filling `eventId` and
-    /// `occurredAt` when the client left them out.
+    /// Turns the input into the event the ingest publishes, filling `occurredAt`
+    /// when the client left it out. An `eventId` is kept only when the client chose
+    /// one: an id nobody can send again protects nothing and would cost memory per
+    /// event wherever ids are remembered.
     pub fn into_event(self, received_at: DateTime<Utc>) -> ViewEvent {
         ViewEvent {
             v: EVENT_VERSION,
-            event_id: Some(
-                self.event_id
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            ),
+            event_id: self.event_id,
             occurred_at: self.occurred_at.unwrap_or(received_at),
             content_type: self.content_type,
             content_id: self.content_id,
@@ -143,8 +144,9 @@ impl ViewInput {
 #[serde(rename_all = "camelCase")]
 pub struct ViewEvent {
     pub v: u64,
-    /// Filled by the ingest; a direct producer may leave it out, and such events are
-    /// then not de-duplicated.
+    /// The client's idempotency key, if it chose one (omitted otherwise; messages of
+    /// older ingests carry one the ingest made up, which still parse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
     pub content_type: String,
     pub content_id: String,
@@ -208,7 +210,8 @@ impl ViewEvent {
     }
 }
 
-/// Field-by-field readers over a JSON object; `null` counts as absent.
+/// Field-by-field readers over a JSON object; `null` counts as absent. The checks
+/// themselves are the `check_*` functions, shared with [`EventRef::parse`].
 struct Fields<'a>(&'a Map<String, Value>);
 
 impl Fields<'_> {
@@ -228,96 +231,198 @@ impl Fields<'_> {
         }
     }
 
-    fn required(&self, name: &'static str) -> Result<&str, FieldError> {
-        self.string(name)?
-            .ok_or_else(|| FieldError::new(name, "missing_field", "is required"))
-    }
-
     fn content_type(&self, namespaces: &Namespaces) -> Result<String, FieldError> {
-        let ns = self.required("contentType")?;
-        if !namespaces.allows(ns) {
-            return Err(FieldError::new(
-                "contentType",
-                "unknown_namespace",
-                format!(
-                    "{:?} is not an allowed content type (allowed: {})",
-                    truncate(ns),
-                    namespaces.describe()
-                ),
-            ));
-        }
-        Ok(ns.to_owned())
+        check_content_type(self.string("contentType")?, namespaces).map(str::to_owned)
     }
 
     fn content_id(&self) -> Result<String, FieldError> {
-        let id = self.required("contentId")?;
-        if !is_valid_content_id(id) {
-            let message = if id.len() > crate::key::MAX_CONTENT_ID_LEN {
-                format!("is {} bytes long; at most 128 are allowed", id.len())
-            } else {
-                "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ : -".to_owned()
-            };
-            return Err(FieldError::new("contentId", "invalid_value", message));
-        }
-        Ok(id.to_owned())
+        check_content_id(self.string("contentId")?).map(str::to_owned)
     }
 
     fn path(&self) -> Result<Option<String>, FieldError> {
-        let Some(path) = self.string("path")? else {
-            return Ok(None);
-        };
-        if path.chars().count() > MAX_PATH_CHARS {
-            return Err(FieldError::new(
-                "path",
-                "too_long",
-                format!("must be at most {MAX_PATH_CHARS} characters"),
-            ));
-        }
-        if path.chars().any(char::is_control) {
-            return Err(FieldError::new(
-                "path",
-                "invalid_value",
-                "must not contain control characters",
-            ));
-        }
-        Ok(Some(path.to_owned()))
+        Ok(check_path(self.string("path")?)?.map(str::to_owned))
     }
 
-    /// `sessionId` and `eventId`: 1..=128 printable ASCII characters.
     fn token(&self, name: &'static str) -> Result<Option<String>, FieldError> {
-        let Some(token) = self.string(name)? else {
-            return Ok(None);
-        };
-        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-            return Err(FieldError::new(
-                name,
-                "invalid_value",
-                format!("must be 1 to {MAX_TOKEN_LEN} characters long"),
-            ));
-        }
-        if !token.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
-            return Err(FieldError::new(
-                name,
-                "invalid_value",
-                "must be printable ASCII characters only",
-            ));
-        }
-        Ok(Some(token.to_owned()))
+        Ok(check_token(name, self.string(name)?)?.map(str::to_owned))
     }
 
     fn timestamp(&self, name: &'static str) -> Result<Option<DateTime<Utc>>, FieldError> {
-        let Some(text) = self.string(name)? else {
-            return Ok(None);
+        check_timestamp(name, self.string(name)?)
+    }
+}
+
+fn required<'s>(name: &'static str, value: Option<&'s str>) -> Result<&'s str, FieldError> {
+    value.ok_or_else(|| FieldError::new(name, "missing_field", "is required"))
+}
+
+/// `contentType`: required, and allowed by `NAMESPACES`.
+fn check_content_type<'s>(value: Option<&'s str>, namespaces: &Namespaces) -> Result<&'s str, FieldError> {
+    let ns = required("contentType", value)?;
+    if !namespaces.allows(ns) {
+        return Err(FieldError::new(
+            "contentType",
+            "unknown_namespace",
+            format!(
+                "{:?} is not an allowed content type (allowed: {})",
+                truncate(ns),
+                namespaces.describe()
+            ),
+        ));
+    }
+    Ok(ns)
+}
+
+/// `contentId`: required, 1..=128 characters of `[A-Za-z0-9._~:-]`.
+fn check_content_id(value: Option<&str>) -> Result<&str, FieldError> {
+    let id = required("contentId", value)?;
+    if !is_valid_content_id(id) {
+        let message = if id.len() > crate::key::MAX_CONTENT_ID_LEN {
+            format!("is {} bytes long; at most 128 are allowed", id.len())
+        } else {
+            "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ : -".to_owned()
         };
-        DateTime::parse_from_rfc3339(text)
-            .map(|at| Some(at.with_timezone(&Utc)))
-            .map_err(|_| {
-                FieldError::new(
-                    name,
-                    "invalid_value",
-                    "must be an RFC 3339 timestamp such as 2026-11-21T10:00:00Z",
-                )
-            })
+        return Err(FieldError::new("contentId", "invalid_value", message));
+    }
+    Ok(id)
+}
+
+/// `path`: at most 2048 characters, no control characters.
+fn check_path(value: Option<&str>) -> Result<Option<&str>, FieldError> {
+    let Some(path) = value else {
+        return Ok(None);
+    };
+    if path.chars().count() > MAX_PATH_CHARS {
+        return Err(FieldError::new(
+            "path",
+            "too_long",
+            format!("must be at most {MAX_PATH_CHARS} characters"),
+        ));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "path",
+            "invalid_value",
+            "must not contain control characters",
+        ));
+    }
+    Ok(Some(path))
+}
+
+/// `sessionId` and `eventId`: 1..=128 printable ASCII characters.
+fn check_token<'s>(name: &'static str, value: Option<&'s str>) -> Result<Option<&'s str>, FieldError> {
+    let Some(token) = value else {
+        return Ok(None);
+    };
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(FieldError::new(
+            name,
+            "invalid_value",
+            format!("must be 1 to {MAX_TOKEN_LEN} characters long"),
+        ));
+    }
+    if !token.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err(FieldError::new(
+            name,
+            "invalid_value",
+            "must be printable ASCII characters only",
+        ));
+    }
+    Ok(Some(token))
+}
+
+/// An RFC 3339 timestamp.
+fn check_timestamp(name: &'static str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, FieldError> {
+    let Some(text) = value else {
+        return Ok(None);
+    };
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| Some(at.with_timezone(&Utc)))
+        .map_err(|_| {
+            FieldError::new(
+                name,
+                "invalid_value",
+                "must be an RFC 3339 timestamp such as 2026-11-21T10:00:00Z",
+            )
+        })
+}
+
+/// A valid event read from Kafka, borrowing its strings from the message where the
+/// JSON allows (no escapes): what the aggregator needs to count it, without an
+/// allocation per event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub content_type: Cow<'a, str>,
+    pub content_id: Cow<'a, str>,
+    pub path: Option<Cow<'a, str>>,
+    pub event_id: Option<Cow<'a, str>>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// The event JSON as serde reads it without copying. Only a shape check: the values
+/// are validated by the same functions as [`ViewEvent::from_slice`] uses.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    v: u64,
+    #[serde(borrow, rename = "eventId")]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "contentType")]
+    content_type: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "contentId")]
+    content_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    path: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "sessionId")]
+    session_id: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "occurredAt")]
+    occurred_at: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "receivedAt")]
+    received_at: Option<Cow<'a, str>>,
+}
+
+impl<'a> EventRef<'a> {
+    /// Parses and validates a message value read from Kafka. It accepts exactly what
+    /// [`ViewEvent::from_slice`] accepts, with the same values: the common shape is read
+    /// without copies, and anything else (an invalid event, duplicate fields, numbers
+    /// written oddly) is decided by `ViewEvent::from_slice` itself, whose error names
+    /// the field.
+    pub fn parse(bytes: &'a [u8], namespaces: &Namespaces) -> Result<Self, EventError> {
+        if let Some(event) = Self::fast(bytes, namespaces) {
+            return Ok(event);
+        }
+        ViewEvent::from_slice(bytes, namespaces).map(|e| EventRef {
+            content_type: Cow::Owned(e.content_type),
+            content_id: Cow::Owned(e.content_id),
+            path: e.path.map(Cow::Owned),
+            event_id: e.event_id.map(Cow::Owned),
+            occurred_at: e.occurred_at,
+        })
+    }
+
+    fn fast(bytes: &'a [u8], namespaces: &Namespaces) -> Option<Self> {
+        let wire: Wire<'a> = serde_json::from_slice(bytes).ok()?;
+        if wire.v != EVENT_VERSION {
+            return None;
+        }
+        check_content_type(wire.content_type.as_deref(), namespaces).ok()?;
+        check_content_id(wire.content_id.as_deref()).ok()?;
+        check_path(wire.path.as_deref()).ok()?;
+        check_token("sessionId", wire.session_id.as_deref()).ok()?;
+        check_token("eventId", wire.event_id.as_deref()).ok()?;
+        check_timestamp("receivedAt", wire.received_at.as_deref()).ok()?;
+        let occurred_at = check_timestamp("occurredAt", wire.occurred_at.as_deref()).ok()??;
+        Some(EventRef {
+            content_type: wire.content_type?,
+            content_id: wire.content_id?,
+            path: wire.path,
+            event_id: wire.event_id,
+            occurred_at,
+        })
+    }
+
+    /// The UTC day the view counts towards.
+    pub fn day(&self) -> NaiveDate {
+        self.occurred_at.date_naive()
     }
 }
 
@@ -372,13 +477,53 @@ mod tests {
     }
 
     #[test]
-    fn fills_event_id_and_occurred_at() {
+    fn fills_occurred_at_and_invents_no_event_id() {
         let body = json!({"contentId":"a","contentType":"course"});
         let event = ViewInput::from_json(&body, &ns(), now())
             .expect("valid")
             .into_event(now());
         assert_eq!(event.occurred_at, now());
-        assert_eq!(event.event_id.map(|e| e.len()), Some(36));
+        assert_eq!(event.event_id, None);
+        let wire: Value = serde_json::from_slice(&event.to_json()).expect("json");
+        assert!(wire.get("eventId").is_none(), "{wire}");
+    }
+
+    #[test]
+    fn the_borrowing_parser_agrees_with_the_owning_one() {
+        let cases: &[&str] = &[
+            r#"{"v":1,"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z"}"#,
+            r#"{"v":1,"eventId":"e\"1","contentType":"resource","contentId":"a","path":"/r/\u00e9","sessionId":null,"occurredAt":"2026-11-21T23:59:59+02:00","receivedAt":"2026-11-21T10:00:00.123Z","extra":[1]}"#,
+            r#"{"v":1,"contentType":"resource","contentId":"a","contentId":"b","occurredAt":"2026-11-21T10:00:00Z"}"#,
+            r#"{"v":1.0,"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z"}"#,
+            r#"{"v":2,"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z"}"#,
+            r#"{"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z"}"#,
+            r#"{"v":1,"contentType":"video","contentId":"a","occurredAt":"2026-11-21T10:00:00Z"}"#,
+            r#"{"v":1,"contentType":"resource","contentId":"a b","occurredAt":"2026-11-21T10:00:00Z"}"#,
+            r#"{"v":1,"contentType":"resource","contentId":"a","occurredAt":"yesterday"}"#,
+            r#"{"v":1,"contentType":"resource","contentId":"a"}"#,
+            r#"{"v":1,"contentType":"resource","contentId":"a","eventId":"","occurredAt":"2026-11-21T10:00:00Z"}"#,
+            r#"{"v":1,"contentType":"resource","contentId":"a","path":5,"occurredAt":"2026-11-21T10:00:00Z"}"#,
+            r#"[1]"#,
+            r#"not json"#,
+        ];
+        for case in cases {
+            let owned = ViewEvent::from_slice(case.as_bytes(), &ns());
+            let borrowed = EventRef::parse(case.as_bytes(), &ns());
+            match (owned, borrowed) {
+                (Ok(o), Ok(b)) => {
+                    assert_eq!(
+                        (o.content_type.as_str(), o.content_id.as_str(), o.path.as_deref(), o.event_id.as_deref(), o.occurred_at),
+                        (&*b.content_type, &*b.content_id, b.path.as_deref(), b.event_id.as_deref(), b.occurred_at),
+                        "{case}"
+                    );
+                }
+                (Err(o), Err(b)) => assert_eq!(o, b, "{case}"),
+                (o, b) => panic!("{case}: owned {o:?}, borrowed {b:?}"),
+            }
+        }
+        let plain = cases[0].as_bytes();
+        let event = EventRef::parse(plain, &ns()).expect("valid");
+        assert!(matches!(event.content_id, Cow::Borrowed(_)), "no copy for plain strings");
     }
 
     #[test]

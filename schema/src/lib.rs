@@ -13,5 +13,5 @@ pub mod migration;
 pub mod settings;
 pub mod telemetry;
 
-pub use event::{EventError, FieldError, ViewEvent, ViewInput};
+pub use event::{EventError, EventRef, FieldError, ViewEvent, ViewInput};
 pub use key::{ContentKey, Namespaces};

@@ -1,7 +1,8 @@
 //! How viewpipe keeps counts, shared by the aggregator (writes) and the ingest (reads).
 //!
-//! - [`pending`]: the Redis side, counts consumed but not yet in Postgres, applied
-//!   idempotently per partition offset and tagged with a flush generation.
+//! - [`counts`]: counts held in memory, per batch and per partition generation.
+//! - [`pending`]: the Redis side, counts consumed but not yet in Postgres, kept per
+//!   partition and flush generation and applied as a compare-and-set on the offset.
 //! - [`postgres`]: the Postgres side, claiming partitions, the fenced flush that
 //!   writes counts and offsets in one transaction, and the read queries.
 //! - [`read`]: reads that merge both without counting anything twice.
@@ -10,10 +11,12 @@
 //! The protocol that makes these exact is described in `docs/exactly-once.md` and in
 //! the aggregator's `flush` module.
 
+pub mod counts;
 pub mod jobs;
 pub mod pending;
 pub mod postgres;
 pub mod read;
 
-pub use pending::{KeyMessages, Message, PendingStore};
-pub use postgres::{Claim, FlushError, FlushOutcome, KeyDelta, PartitionCommit, Scope};
+pub use counts::{Counts, KeyCounts};
+pub use pending::PendingStore;
+pub use postgres::{Claim, FlushError, FlushOutcome, PartitionCommit, Scope};

@@ -1,200 +1,266 @@
-//! Pending counts in Redis.
+//! Pending counts in Redis: what the aggregators have consumed and Postgres does not
+//! hold yet, kept per partition and flush generation.
 //!
-//! One hash per content key, `{prefix}:c:{<key>}` (the braces make it a Redis Cluster
-//! hash tag, so a key's hash and its de-duplication keys share a slot), with fields:
-//! - `t:<partition>:<gen>`: views of the key consumed from that partition in that
-//!   flush generation;
-//! - `d:<partition>:<gen>:<YYYY-MM-DD>`: the same split by UTC day;
-//! - `o:<partition>`: the highest offset of that partition applied to this key in
-//!   the current generation;
-//! - `g:<partition>`: the current (newest) generation of that partition;
-//! - `e:<partition>`: the newest owner epoch that wrote that partition.
+//! # Layout
+//! Every key of partition `p` carries the hash tag `{<scope>.<p>}`, so one partition's
+//! keys share a Redis Cluster slot and each script below touches one slot. `<scope>`
+//! is a short hash of the consumer group and topic, so two deployments sharing a prefix
+//! cannot meet.
+//! - `{prefix}:{s.p}:m`, the partition's meta hash: `epoch`, the newest owner epoch
+//!   that wrote it; `gen`, the newest generation written; `live`, the epoch of the owner
+//!   that vouches Redis holds all of the partition's pending counts (see "Loss").
+//! - `{prefix}:{s.p}:g0` and `:g1`: the counts of the partition's even and odd
+//!   generations. At most two generations of a partition are unflushed at once (one
+//!   being flushed, the next being written) and they differ in parity, so two hashes
+//!   suffice and a reader can name every key it reads. Fields: `@g` the generation,
+//!   `@o` the highest offset applied, `t:<key>` views of the key, `d:<key>:<day>` views
+//!   of the key on that UTC day.
+//! - `{prefix}:{<key>}:<scope>:e:<eventId>`: a client-chosen idempotency key, holding
+//!   `<partition>:<offset>` of the first message that carried it, for 24 h. Events
+//!   without a client id leave nothing here.
 //!
-//! Applying a batch is idempotent: a message at or below `o:<partition>` was applied
-//! in this generation before (by this aggregator or a crashed predecessor) and adds
-//! nothing, whatever the batch boundaries were. Fields of generations below the
-//! writer's own are already in Postgres; the script drops them as it goes, and
-//! readers ignore them anyway.
+//! A pending key therefore costs two hash fields per generation (its total and one per
+//! day), whatever its traffic; a remembered id costs one small string key.
 //!
-//! Fencing: a writer with an older epoch or generation than the hash has seen for the
-//! partition is refused (`Applied::Stale`), so an aggregator that lost a partition
-//! cannot move `o:` past offsets its successor still has to count.
+//! # Applying a batch
+//! One script call per partition and batch adds the batch's pre-aggregated counts. It
+//! is a compare-and-set on `@o`: the writer says which offset it believes Redis holds
+//! (`prev`) and the batch's last offset; the script adds only if `@o` equals `prev`,
+//! then sets `@o` to the last offset. Any other `@o` is answered, never guessed at:
+//! at or past the batch's end the batch is in already (a retry after a lost reply),
+//! and below it Redis lost data or holds part of the batch (the writer then rewrites
+//! the generation from memory, [`PendingStore::restore`]). So a batch is never added
+//! twice, whatever the batch boundaries, retries or crashes.
 //!
-//! De-duplication: `{prefix}:e:{<key>}:<eventId>` holds `<partition>:<offset>` of the
-//! first message seen with that id, for 24 h. A later message with the same id is a
-//! duplicate; a replay of the first message finds its own tag and still counts.
+//! # Fencing
+//! A writer with an older epoch or generation than the meta hash has seen is refused
+//! ([`Applied::Stale`]). A new owner fences first ([`PendingStore::take_over`]): it
+//! raises `epoch`, folds a generation its predecessor had started beyond the one
+//! Postgres expects next into that one (readers see the same sum either way), and
+//! learns how far Redis got, which is how far it must re-count before it may flush.
 //!
-//! Loss: `{prefix}:live` maps each partition to the epoch of the owner that vouches
-//! for its pending counts being complete in Redis. Losing Redis' data loses the mark;
-//! readers wait for it and the owner restores its counts from memory before setting
-//! it again (`PendingStore::restore`).
-
-use std::collections::HashMap;
+//! # Loss
+//! Losing Redis' data loses the `live` marks with the counts. Readers wait for a mark
+//! on every partition Postgres knows of; the owner notices the loss on its next write
+//! or check, rewrites the counts from memory and marks the partition live again.
 
 use chrono::NaiveDate;
 use redis::aio::ConnectionManager;
 
-use viewpipe_schema::ContentKey;
-
-use crate::postgres::KeyDelta;
-
-/// How long an eventId is remembered (contract guarantee 3).
+/// How long a client-chosen eventId is remembered (contract guarantee 3).
 pub const DEDUPE_TTL_SECS: u64 = 24 * 60 * 60;
-/// A key's hash outlives its last write by this long; all its pending fields are
-/// flushed within seconds, so expiry only ever drops data Postgres already has.
+/// A generation hash outlives its last write by this long. Generations are flushed
+/// and deleted within seconds; expiry only ever drops leftovers Postgres already has.
 pub const HASH_TTL_SECS: u64 = 7 * 24 * 60 * 60;
+/// Most field/value pairs one restore script call writes, so that a restore of a
+/// large generation does not hold Redis for long.
+const RESTORE_CHUNK: usize = 5000;
 
-/// Shared by both scripts: refuses a writer older than the hash's newest for the
-/// partition (returns false), and on a newer generation drops the partition's older
-/// fields, which Postgres already holds.
-const PRELUDE_LUA: &str = r#"
-local function admit(h, p, gen, epoch)
-  local stored_epoch = tonumber(redis.call('HGET', h, 'e:' .. p) or '0')
-  local last_gen = tonumber(redis.call('HGET', h, 'g:' .. p) or '0')
-  if epoch < stored_epoch or gen < last_gen then return false end
-  if epoch > stored_epoch then redis.call('HSET', h, 'e:' .. p, epoch) end
-  if last_gen < gen then
-    local prefix_t = 't:' .. p .. ':'
-    local prefix_d = 'd:' .. p .. ':'
-    for _, f in ipairs(redis.call('HKEYS', h)) do
-      local head = string.sub(f, 1, #prefix_t)
-      if head == prefix_t or head == prefix_d then
-        local g = tonumber(string.match(string.sub(f, #prefix_t + 1), '^(%d+)'))
-        if g and g < gen then redis.call('HDEL', h, f) end
-      end
-    end
-    redis.call('HDEL', h, 'o:' .. p)
-    redis.call('HSET', h, 'g:' .. p, gen)
-  end
-  return true
+/// Shared by the scripts: the fence. Returns the stored epoch and gen, or nil when
+/// the writer is older than either.
+const FENCE_LUA: &str = r#"
+local function fence(meta, epoch, gen)
+  local m = redis.call('HMGET', meta, 'epoch', 'gen')
+  local e, g = tonumber(m[1]) or 0, tonumber(m[2]) or 0
+  if epoch < e or gen < g then return nil end
+  return e, g
+end
+local function raise(meta, epoch, gen, e, g, live)
+  if epoch > e then redis.call('HSET', meta, 'epoch', epoch) end
+  if gen > g then redis.call('HSET', meta, 'gen', gen) end
+  if live == '1' then redis.call('HSET', meta, 'live', epoch) end
 end
 "#;
 
-/// KEYS: the count hash, then one de-duplication key per message with an eventId.
-/// ARGV: partition, gen, epoch, dedupe TTL, hash TTL, then per message its offset,
-/// day and whether it has an eventId. Returns a flag per message, or `{-1}` when the
-/// writer is stale.
+/// KEYS: meta, the generation's hash. ARGV: epoch, gen, prev, last, live, ttl, then
+/// field and increment pairs. Returns {1, marked} when applied, {-1} when stale,
+/// {-2, applied offset} when `@o` is not `prev`. `live` asks for the live mark; it is
+/// set only where the meta hash already knew our epoch (a meta hash lost with the
+/// counts must be restored first), and `marked` says whether the mark is ours.
 const APPLY_LUA: &str = r#"
-local h = KEYS[1]
-local p = ARGV[1]
-local gen_text = ARGV[2]
-if not admit(h, p, tonumber(gen_text), tonumber(ARGV[3])) then return {-1} end
-local applied = tonumber(redis.call('HGET', h, 'o:' .. p) or '-1')
-local out = {}
-local added = 0
-local days = {}
-local top, top_text = applied, nil
-local ki = 2
-local n = (#ARGV - 5) / 3
-for i = 0, n - 1 do
-  local off_text = ARGV[6 + 3 * i]
-  local off = tonumber(off_text)
-  local counted = 1
-  if ARGV[8 + 3 * i] == '1' then
-    local ek = KEYS[ki]
-    ki = ki + 1
-    local tag = p .. ':' .. off_text
-    local prev = redis.call('GET', ek)
-    if not prev then
-      redis.call('SET', ek, tag, 'EX', ARGV[4])
-    elseif prev ~= tag then
-      counted = 0
-    end
-  end
-  if counted == 1 and off > applied then
-    added = added + 1
-    local day = ARGV[7 + 3 * i]
-    days[day] = (days[day] or 0) + 1
-  end
-  if off > top then
-    top = off
-    top_text = off_text
-  end
-  out[i + 1] = counted
+local meta, h = KEYS[1], KEYS[2]
+local epoch, gen = tonumber(ARGV[1]), tonumber(ARGV[2])
+local e, g = fence(meta, epoch, gen)
+if not e then return {-1} end
+local hg = tonumber(redis.call('HGET', h, '@g') or '-1')
+if hg > gen then return {-1} end
+local applied = -1
+if hg == gen then
+  applied = tonumber(redis.call('HGET', h, '@o') or '-1')
+elseif hg >= 0 then
+  redis.call('DEL', h)
 end
-if added > 0 then
-  redis.call('HINCRBY', h, 't:' .. p .. ':' .. gen_text, added)
-  for day, c in pairs(days) do
-    redis.call('HINCRBY', h, 'd:' .. p .. ':' .. gen_text .. ':' .. day, c)
-  end
-end
-if top_text then redis.call('HSET', h, 'o:' .. p, top_text) end
-redis.call('EXPIRE', h, ARGV[5])
-return out
+if applied ~= tonumber(ARGV[3]) then return {-2, applied} end
+for i = 7, #ARGV, 2 do redis.call('HINCRBY', h, ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', h, '@g', gen, '@o', ARGV[4])
+redis.call('EXPIRE', h, ARGV[6])
+local live = '0'
+if ARGV[5] == '1' and e == epoch then live = '1' end
+raise(meta, epoch, gen, e, g, live)
+if tonumber(redis.call('HGET', meta, 'live')) == epoch then return {1, 1} end
+return {1, 0}
 "#;
 
-/// Rewrites one key's pending counts of a partition as absolute values, after Redis
-/// lost them. KEYS: the count hash. ARGV: partition, gen, epoch, last applied
-/// offset, hash TTL, total, then day and count pairs. Returns 1, or -1 when stale.
+/// Rewrites a generation as absolute values, in chunks. KEYS: meta, the generation's
+/// hash. ARGV: epoch, gen, first chunk (1/0), last chunk (1/0), last offset, live,
+/// ttl, then field and value pairs. The first chunk clears the hash and takes the
+/// live mark away; the last sets `@o` (and the mark). Returns 1, or -1 when stale.
 const RESTORE_LUA: &str = r#"
-local h = KEYS[1]
-local p = ARGV[1]
-local gen_text = ARGV[2]
-if not admit(h, p, tonumber(gen_text), tonumber(ARGV[3])) then return -1 end
-redis.call('HSET', h, 'o:' .. p, ARGV[4], 't:' .. p .. ':' .. gen_text, ARGV[6])
-for i = 7, #ARGV - 1, 2 do
-  redis.call('HSET', h, 'd:' .. p .. ':' .. gen_text .. ':' .. ARGV[i], ARGV[i + 1])
+local meta, h = KEYS[1], KEYS[2]
+local epoch, gen = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- Only the epoch fences a restore: the owner may rewrite its sealed generation
+-- after it started the next one.
+local m = redis.call('HMGET', meta, 'epoch', 'gen')
+local e, g = tonumber(m[1]) or 0, tonumber(m[2]) or 0
+if epoch < e then return -1 end
+if ARGV[3] == '1' then
+  redis.call('DEL', h)
+  redis.call('HDEL', meta, 'live')
+  redis.call('HSET', h, '@g', gen)
 end
-redis.call('EXPIRE', h, ARGV[5])
+for i = 8, #ARGV, 2 do redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', h, ARGV[7])
+if ARGV[4] == '1' then
+  redis.call('HSET', h, '@o', ARGV[5])
+  raise(meta, epoch, gen, e, g, ARGV[6])
+else
+  raise(meta, epoch, gen, e, g, '0')
+end
 return 1
 "#;
 
-/// One consumed message of a key, as the apply script needs it.
-#[derive(Clone, Debug)]
-pub struct Message {
-    pub offset: i64,
-    pub day: NaiveDate,
-    pub event_id: Option<String>,
-}
+/// A new owner's fence. KEYS: meta, hash of gen's parity, hash of the other parity.
+/// ARGV: epoch, gen (the generation Postgres expects next). Folds a generation gen+1
+/// into gen, drops flushed leftovers, raises the epoch. Returns {1, applied offset of
+/// gen or -1}, {-1} when a newer owner fenced already, or {-3, stored gen} when Redis
+/// is ahead of Postgres by more than one generation.
+const TAKE_OVER_LUA: &str = r#"
+local meta, h, other = KEYS[1], KEYS[2], KEYS[3]
+local epoch, gen = tonumber(ARGV[1]), tonumber(ARGV[2])
+local m = redis.call('HMGET', meta, 'epoch', 'gen')
+local e, g = tonumber(m[1]) or 0, tonumber(m[2]) or 0
+if epoch < e then return {-1} end
+if g > gen + 1 then return {-3, g} end
+local hg = tonumber(redis.call('HGET', h, '@g') or '-1')
+local og = tonumber(redis.call('HGET', other, '@g') or '-1')
+if hg ~= gen and hg >= 0 then redis.call('DEL', h); hg = -1 end
+if og == gen + 1 then
+  if hg == gen then
+    local fields = redis.call('HGETALL', other)
+    for i = 1, #fields, 2 do
+      local f = fields[i]
+      if f == '@o' then redis.call('HSET', h, '@o', fields[i + 1])
+      elseif f ~= '@g' then redis.call('HINCRBY', h, f, fields[i + 1]) end
+    end
+  end
+  redis.call('DEL', other)
+elseif og >= 0 then
+  redis.call('DEL', other)
+end
+redis.call('HSET', meta, 'epoch', epoch, 'gen', gen)
+local applied = -1
+if redis.call('HGET', h, '@g') then applied = tonumber(redis.call('HGET', h, '@o') or '-1') end
+return {1, applied}
+"#;
 
-/// The messages of one key in one batch of one partition, in offset order.
-#[derive(Clone, Debug)]
-pub struct KeyMessages {
-    pub key: ContentKey,
-    pub messages: Vec<Message>,
-}
-
-/// The Redis key layout of one deployment.
+/// The Redis key layout of one deployment and scope.
 #[derive(Clone, Debug)]
 pub struct Layout {
     prefix: String,
+    scope: String,
 }
 
 impl Layout {
-    /// `prefix` must not contain `{` or `}`: the key's own braces are the hash tag.
-    pub fn new(prefix: &str) -> Result<Self, String> {
+    /// `prefix` must not contain `{` or `}`: the braces mark the hash tags.
+    /// `group` and `topic` are the consumer group and topic the counts come from.
+    pub fn new(prefix: &str, group: &str, topic: &str) -> Result<Self, String> {
         if prefix.contains(['{', '}']) {
             return Err(format!("REDIS_PREFIX {prefix:?} must not contain braces"));
         }
         Ok(Self {
             prefix: prefix.to_owned(),
+            scope: format!("{:08x}", fnv1a(&[group.as_bytes(), b"\n", topic.as_bytes()]) as u32),
         })
     }
 
-    pub fn counts(&self, key: &str) -> String {
-        format!("{}:c:{{{}}}", self.prefix, key)
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn meta(&self, partition: i32) -> String {
+        format!("{}:{{{}.{partition}}}:m", self.prefix, self.scope)
+    }
+
+    /// The hash holding generation `gen` of `partition` (one per parity).
+    pub fn gen(&self, partition: i32, gen: i64) -> String {
+        format!("{}:{{{}.{partition}}}:g{}", self.prefix, self.scope, gen.rem_euclid(2))
     }
 
     pub fn dedupe(&self, key: &str, event_id: &str) -> String {
-        format!("{}:e:{{{}}}:{}", self.prefix, key, event_id)
-    }
-
-    /// Hash of partition -> epoch: partitions whose pending counts Redis holds
-    /// completely. Redis losing its data loses this hash too, which is how readers
-    /// and aggregators notice (see `docs/exactly-once.md`).
-    pub fn live(&self) -> String {
-        format!("{}:live", self.prefix)
+        format!("{}:{{{key}}}:{}:e:{event_id}", self.prefix, self.scope)
     }
 }
 
-/// What applying a batch of one partition found.
-#[derive(Debug, PartialEq, Eq)]
+/// 64-bit FNV-1a: a stable, dependency-free hash for naming.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The field of a key's total.
+pub fn total_field(key: &str) -> String {
+    format!("t:{key}")
+}
+
+/// The field of a key's views on `day`.
+pub fn day_field(key: &str, day: NaiveDate) -> String {
+    format!("d:{key}:{}", day.format("%Y-%m-%d"))
+}
+
+/// One partition's batch, pre-aggregated.
+#[derive(Clone, Debug)]
+pub struct PartitionBatch {
+    pub partition: i32,
+    pub epoch: i64,
+    pub gen: i64,
+    /// The offset the writer believes Redis holds for this generation (-1: none).
+    pub prev: i64,
+    /// The batch's last offset.
+    pub last: i64,
+    /// Mark the partition live (the writer is caught up and vouches for it).
+    pub live: bool,
+    /// `(field, increment)`: see [`total_field`] and [`day_field`].
+    pub increments: Vec<(String, i64)>,
+}
+
+/// What applying one partition's batch found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
-    /// Per key and per message: counts (`true`) or repeats an earlier eventId.
-    Flags(Vec<Vec<bool>>),
-    /// A newer owner (epoch) or a later generation has written this partition: the
-    /// writer lost it and must stop counting it.
+    /// Added; Redis now holds the generation up to the batch's last offset. `live`:
+    /// the partition is marked live under the writer's epoch.
+    Added { live: bool },
+    /// Redis holds the generation up to this offset, which is not `prev`: at or past
+    /// the batch's end the batch is in already; below it the writer must restore.
+    At(i64),
+    /// A newer owner or a later generation has written this partition: the writer
+    /// lost it and must stop counting it.
     Stale,
+}
+
+/// What a new owner learns when it fences a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TakeOver {
+    /// Redis holds the generation up to this offset (-1: nothing).
+    Applied(i64),
+    /// A newer owner fenced the partition already.
+    Stale,
+    /// Redis has written a generation more than one past what Postgres expects:
+    /// Postgres went back in time (see `docs/exactly-once.md`).
+    Ahead(i64),
 }
 
 /// The Redis side of the counts.
@@ -204,6 +270,7 @@ pub struct PendingStore {
     layout: Layout,
     apply_script: redis::Script,
     restore_script: redis::Script,
+    take_over_script: redis::Script,
 }
 
 impl PendingStore {
@@ -211,8 +278,9 @@ impl PendingStore {
         Self {
             conn,
             layout,
-            apply_script: redis::Script::new(&format!("{PRELUDE_LUA}{APPLY_LUA}")),
-            restore_script: redis::Script::new(&format!("{PRELUDE_LUA}{RESTORE_LUA}")),
+            apply_script: redis::Script::new(&format!("{FENCE_LUA}{APPLY_LUA}")),
+            restore_script: redis::Script::new(&format!("{FENCE_LUA}{RESTORE_LUA}")),
+            take_over_script: redis::Script::new(TAKE_OVER_LUA),
         }
     }
 
@@ -224,180 +292,221 @@ impl PendingStore {
         self.conn.clone()
     }
 
-    /// Applies one batch of one partition in a single pipeline (one script call per
-    /// key).
-    pub async fn apply(
-        &self,
-        partition: i32,
-        gen: i64,
-        epoch: i64,
-        batch: &[KeyMessages],
-    ) -> redis::RedisResult<Applied> {
-        if batch.is_empty() {
-            return Ok(Applied::Flags(Vec::new()));
+    /// Applies each partition's batch (one script call each, one round trip).
+    pub async fn apply(&self, batches: &[PartitionBatch]) -> redis::RedisResult<Vec<Applied>> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
         }
-        let pipe = self.apply_pipeline(partition, gen, epoch, batch);
-        let flags: Vec<Vec<i64>> = self.query_scripts(&pipe).await?;
-        if flags.iter().any(|f| f.first() == Some(&-1)) {
-            return Ok(Applied::Stale);
+        let mut pipe = redis::pipe();
+        for b in batches {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(self.apply_script.get_hash())
+                .arg(2)
+                .arg(self.layout.meta(b.partition))
+                .arg(self.layout.gen(b.partition, b.gen))
+                .arg(b.epoch)
+                .arg(b.gen)
+                .arg(b.prev)
+                .arg(b.last)
+                .arg(if b.live { "1" } else { "0" })
+                .arg(HASH_TTL_SECS);
+            for (field, n) in &b.increments {
+                cmd.arg(field.as_str()).arg(*n);
+            }
         }
-        Ok(Applied::Flags(
-            flags
-                .into_iter()
-                .map(|key_flags| key_flags.into_iter().map(|f| f == 1).collect())
-                .collect(),
-        ))
+        let answers: Vec<Vec<i64>> = self.query_scripts(&pipe).await?;
+        Ok(answers
+            .into_iter()
+            .map(|a| match a.as_slice() {
+                [1, marked, ..] => Applied::Added { live: *marked == 1 },
+                [-2, at, ..] => Applied::At(*at),
+                _ => Applied::Stale,
+            })
+            .collect())
     }
 
-    /// Runs a pipeline of script calls. Both scripts are idempotent, so after Redis
-    /// lost its script cache (a restart) the whole pipeline is simply sent again.
-    async fn query_scripts<T: redis::FromRedisValue>(
+    /// Fences `partition` for a new owner with `epoch`, which writes generation `gen`.
+    pub async fn take_over(&self, partition: i32, epoch: i64, gen: i64) -> redis::RedisResult<TakeOver> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVALSHA")
+            .arg(self.take_over_script.get_hash())
+            .arg(3)
+            .arg(self.layout.meta(partition))
+            .arg(self.layout.gen(partition, gen))
+            .arg(self.layout.gen(partition, gen + 1))
+            .arg(epoch)
+            .arg(gen);
+        let (answer,): (Vec<i64>,) = self.query_scripts(&pipe).await?;
+        Ok(match answer.as_slice() {
+            [1, applied, ..] => TakeOver::Applied(*applied),
+            [-3, ahead, ..] => TakeOver::Ahead(*ahead),
+            _ => TakeOver::Stale,
+        })
+    }
+
+    /// Rewrites generation `gen` of `partition` as exactly `fields` (absolute values),
+    /// applied up to `last`, and marks the partition live if `live`. Readers wait
+    /// while it runs: the first chunk takes the live mark away.
+    pub async fn restore(
         &self,
-        pipe: &redis::Pipeline,
-    ) -> redis::RedisResult<T> {
+        partition: i32,
+        epoch: i64,
+        gen: i64,
+        last: i64,
+        live: bool,
+        fields: &[(String, i64)],
+    ) -> redis::RedisResult<Applied> {
+        let mut pipe = redis::pipe();
+        let chunks: Vec<&[(String, i64)]> = if fields.is_empty() {
+            vec![&[]]
+        } else {
+            fields.chunks(RESTORE_CHUNK).collect()
+        };
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(self.restore_script.get_hash())
+                .arg(2)
+                .arg(self.layout.meta(partition))
+                .arg(self.layout.gen(partition, gen))
+                .arg(epoch)
+                .arg(gen)
+                .arg(if i == 0 { "1" } else { "0" })
+                .arg(if i + 1 == n { "1" } else { "0" })
+                .arg(last)
+                .arg(if live { "1" } else { "0" })
+                .arg(HASH_TTL_SECS);
+            for (field, value) in chunk {
+                cmd.arg(field.as_str()).arg(*value);
+            }
+        }
+        let answers: Vec<i64> = self.query_scripts(&pipe).await?;
+        Ok(if answers.contains(&-1) {
+            Applied::Stale
+        } else {
+            Applied::Added { live }
+        })
+    }
+
+    /// Deletes a flushed generation's hash (if it still holds that generation).
+    pub async fn drop_generation(&self, partition: i32, gen: i64) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let script = redis::Script::new(
+            "if redis.call('HGET', KEYS[1], '@g') == ARGV[1] then redis.call('UNLINK', KEYS[1]) end",
+        );
+        script
+            .key(self.layout.gen(partition, gen))
+            .arg(gen)
+            .invoke_async(&mut conn)
+            .await
+    }
+
+    /// The epoch each partition is marked live under (`None`: not marked, so Redis
+    /// may have lost its pending counts).
+    pub async fn live_epochs(&self, partitions: &[i32]) -> redis::RedisResult<Vec<Option<i64>>> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for p in partitions {
+            pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn).await
+    }
+
+    /// For each `(key, eventId, partition, offset)`: true when this message is the
+    /// first with that id for the key within 24 h (or is that first message again).
+    pub async fn first_sightings(&self, ids: &[(&str, &str, i32, i64)]) -> redis::RedisResult<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        let tags: Vec<String> = ids.iter().map(|(_, _, p, o)| format!("{p}:{o}")).collect();
+        for ((key, id, _, _), tag) in ids.iter().zip(&tags) {
+            pipe.cmd("SET")
+                .arg(self.layout.dedupe(key, id))
+                .arg(tag.as_str())
+                .arg("NX")
+                .arg("GET")
+                .arg("EX")
+                .arg(DEDUPE_TTL_SECS);
+        }
+        let mut conn = self.conn.clone();
+        let previous: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        Ok(previous
+            .into_iter()
+            .zip(&tags)
+            .map(|(prev, tag)| prev.is_none_or(|p| &p == tag))
+            .collect())
+    }
+
+    /// Runs a pipeline of script calls. The scripts are safe to run twice (the apply is
+    /// a compare-and-set, the others are idempotent), so after Redis lost its script
+    /// cache (a restart) the whole pipeline is sent again.
+    async fn query_scripts<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
         let mut conn = self.conn.clone();
         match pipe.query_async(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.apply_script
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await?;
-                self.restore_script
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await?;
+                for script in [&self.apply_script, &self.restore_script, &self.take_over_script] {
+                    script.prepare_invoke().load_async(&mut conn).await?;
+                }
                 pipe.query_async(&mut conn).await
             }
             other => other,
         }
     }
-
-    fn apply_pipeline(
-        &self,
-        partition: i32,
-        gen: i64,
-        epoch: i64,
-        batch: &[KeyMessages],
-    ) -> redis::Pipeline {
-        let mut pipe = redis::pipe();
-        let mut day_text = String::with_capacity(10);
-        for km in batch {
-            let key = km.key.as_str();
-            let ids = km.messages.iter().filter(|m| m.event_id.is_some()).count();
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(self.apply_script.get_hash())
-                .arg(1 + ids)
-                .arg(self.layout.counts(key));
-            for id in km.messages.iter().filter_map(|m| m.event_id.as_deref()) {
-                cmd.arg(self.layout.dedupe(key, id));
-            }
-            cmd.arg(partition)
-                .arg(gen)
-                .arg(epoch)
-                .arg(DEDUPE_TTL_SECS)
-                .arg(HASH_TTL_SECS);
-            for m in &km.messages {
-                day_text.clear();
-                use std::fmt::Write;
-                let _ = write!(day_text, "{}", m.day.format("%Y-%m-%d"));
-                cmd.arg(m.offset)
-                    .arg(day_text.as_str())
-                    .arg(if m.event_id.is_some() { "1" } else { "0" });
-            }
-        }
-        pipe
-    }
-
-    /// Rewrites a partition's in-memory pending counts into Redis as absolute values
-    /// (after Redis lost them), then marks the partition live under `epoch`.
-    /// `last_offset` is the partition's last consumed offset. Returns `Applied::Stale`
-    /// when a newer owner has written one of the keys.
-    pub async fn restore(
-        &self,
-        partition: i32,
-        gen: i64,
-        epoch: i64,
-        last_offset: i64,
-        pending: &HashMap<String, KeyDelta>,
-    ) -> redis::RedisResult<Applied> {
-        if !pending.is_empty() {
-            let mut pipe = redis::pipe();
-            for (key, delta) in pending {
-                let cmd = pipe
-                    .cmd("EVALSHA")
-                    .arg(self.restore_script.get_hash())
-                    .arg(1)
-                    .arg(self.layout.counts(key))
-                    .arg(partition)
-                    .arg(gen)
-                    .arg(epoch)
-                    .arg(last_offset)
-                    .arg(HASH_TTL_SECS)
-                    .arg(delta.total);
-                for (day, n) in &delta.days {
-                    cmd.arg(day.format("%Y-%m-%d").to_string()).arg(*n);
-                }
-            }
-            let answers: Vec<i64> = self.query_scripts(&pipe).await?;
-            if answers.contains(&-1) {
-                return Ok(Applied::Stale);
-            }
-        }
-        let mut conn = self.conn.clone();
-        let () = redis::cmd("HSET")
-            .arg(self.layout.live())
-            .arg(partition)
-            .arg(epoch)
-            .query_async(&mut conn)
-            .await?;
-        Ok(Applied::Flags(Vec::new()))
-    }
-
-    /// The epoch each partition was last marked live under (`None`: not marked, so
-    /// Redis may have lost its pending counts).
-    pub async fn live_epochs(&self, partitions: &[i32]) -> redis::RedisResult<Vec<Option<i64>>> {
-        if partitions.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.conn.clone();
-        redis::cmd("HMGET")
-            .arg(self.layout.live())
-            .arg(partitions)
-            .query_async(&mut conn)
-            .await
-    }
 }
 
-/// Pending counts of one key as read from its hash.
+/// What Redis holds for one key in one partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PendingFields {
-    /// `(partition, gen, count)` of every `t:` field.
-    pub totals: Vec<(i32, i64, i64)>,
-    /// `(partition, gen, day, count)` of every `d:` field.
-    pub days: Vec<(i32, i64, NaiveDate, i64)>,
+pub struct PartitionView {
+    pub partition: i32,
+    /// The epoch the partition is marked live under; `None` when not marked.
+    pub live: Option<i64>,
+    /// `(generation, total, counts of the asked days)` of each generation hash.
+    pub gens: Vec<(i64, i64, Vec<i64>)>,
 }
 
-impl PendingFields {
-    /// Parses an `HGETALL` answer; fields of an unknown shape are ignored.
-    pub fn parse(fields: Vec<(String, i64)>) -> Self {
-        let mut out = Self::default();
-        for (name, value) in fields {
-            let mut parts = name.splitn(4, ':');
-            let kind = parts.next();
-            let partition = parts.next().and_then(|p| p.parse().ok());
-            let gen = parts.next().and_then(|g| g.parse().ok());
-            match (kind, partition, gen, parts.next()) {
-                (Some("t"), Some(p), Some(g), None) => out.totals.push((p, g, value)),
-                (Some("d"), Some(p), Some(g), Some(day)) => {
-                    if let Ok(day) = NaiveDate::parse_from_str(day, "%Y-%m-%d") {
-                        out.days.push((p, g, day, value));
-                    }
-                }
-                _ => {}
+impl PendingStore {
+    /// Reads what every listed partition holds for `key` (and its `days`), in one
+    /// atomic step.
+    pub async fn read(
+        &self,
+        key: &str,
+        days: &[NaiveDate],
+        partitions: &[i32],
+    ) -> redis::RedisResult<Vec<PartitionView>> {
+        let mut fields = vec!["@g".to_owned(), total_field(key)];
+        fields.extend(days.iter().map(|d| day_field(key, *d)));
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for p in partitions {
+            pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
+            for parity in 0..2 {
+                pipe.cmd("HMGET").arg(self.layout.gen(*p, parity)).arg(&fields);
             }
         }
-        out
+        let mut conn = self.conn.clone();
+        let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let mut out = Vec::with_capacity(partitions.len());
+        let mut it = raw.into_iter();
+        for p in partitions {
+            let live: Option<i64> = redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
+            let mut view = PartitionView { partition: *p, live, gens: Vec::new() };
+            for _ in 0..2 {
+                let values: Vec<Option<i64>> = redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
+                if let Some(Some(gen)) = values.first() {
+                    let total = values.get(1).copied().flatten().unwrap_or(0);
+                    let day_counts = values.iter().skip(2).map(|v| v.unwrap_or(0)).collect();
+                    view.gens.push((*gen, total, day_counts));
+                }
+            }
+            out.push(view);
+        }
+        Ok(out)
     }
 }
 
@@ -406,27 +515,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn layout_uses_the_key_as_hash_tag() {
-        let layout = Layout::new("vp").expect("valid prefix");
-        assert_eq!(layout.counts("resource:a"), "vp:c:{resource:a}");
-        assert_eq!(
-            layout.dedupe("resource:a", "e{1}"),
-            "vp:e:{resource:a}:e{1}"
-        );
-        assert!(Layout::new("v{p").is_err());
-    }
-
-    #[test]
-    fn parses_pending_fields() {
-        let day = NaiveDate::from_ymd_opt(2026, 11, 21).expect("date");
-        let parsed = PendingFields::parse(vec![
-            ("t:3:7".into(), 5),
-            ("d:3:7:2026-11-21".into(), 5),
-            ("o:3".into(), 99),
-            ("g:3".into(), 7),
-            ("t:x:1".into(), 1),
-        ]);
-        assert_eq!(parsed.totals, vec![(3, 7, 5)]);
-        assert_eq!(parsed.days, vec![(3, 7, day, 5)]);
+    fn a_partitions_keys_share_one_hash_tag_and_the_scope_separates_deployments() {
+        let layout = Layout::new("vp", "group", "views").expect("valid prefix");
+        let meta = layout.meta(3);
+        let tag = |k: &str| k[k.find('{').unwrap_or(0)..=k.find('}').unwrap_or(0)].to_owned();
+        assert_eq!(tag(&meta), tag(&layout.gen(3, 7)));
+        assert_eq!(tag(&meta), tag(&layout.gen(3, 8)));
+        assert_ne!(layout.gen(3, 7), layout.gen(3, 8));
+        assert_eq!(layout.gen(3, 7), layout.gen(3, 9));
+        assert_eq!(tag(&layout.dedupe("resource:a", "e{1}")), "{resource:a}");
+        let other = Layout::new("vp", "other-group", "views").expect("valid prefix");
+        assert_ne!(other.meta(3), meta);
+        assert!(Layout::new("v{p", "g", "t").is_err());
     }
 }

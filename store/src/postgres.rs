@@ -19,6 +19,8 @@ use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
 };
 
+use crate::counts::{Counts, KeyCounts};
+
 /// Which consumer group and topic the partition rows belong to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scope {
@@ -37,38 +39,18 @@ pub struct Claim {
     pub epoch: i64,
 }
 
-/// Views to add to one key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeyDelta {
-    pub namespace: String,
-    pub entity_id: String,
-    pub path: Option<String>,
-    pub total: i64,
-    pub days: BTreeMap<NaiveDate, i64>,
-}
-
-impl KeyDelta {
-    /// Adds another delta of the same key (e.g. from another partition).
-    pub fn merge(&mut self, other: &KeyDelta) {
-        self.total += other.total;
-        for (day, n) in &other.days {
-            *self.days.entry(*day).or_default() += n;
-        }
-        if other.path.is_some() {
-            self.path.clone_from(&other.path);
-        }
-    }
-}
-
 /// A partition's new position, written with the counts it covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionCommit {
     pub partition: i32,
     pub epoch: i64,
-    /// The new resume point; -1 keeps the current one (nothing consumed yet).
+    /// The new resume point.
     pub next_offset: i64,
     /// The generation this flush seals; it becomes `flushed_gen`.
     pub gen: i64,
+    /// False for a commit that only answers a flush request: it seals nothing, and
+    /// `next_offset` and `gen` repeat the partition's flushed position.
+    pub seals: bool,
     /// The newest flush request (`jobs.seq`) this flush answers; 0 for none.
     pub flush_seq: i64,
 }
@@ -77,6 +59,9 @@ pub struct PartitionCommit {
 pub struct FlushOutcome {
     pub total_rows: u64,
     pub daily_rows: u64,
+    /// This very flush had committed before (its reply was lost); nothing was
+    /// written again.
+    pub already_committed: bool,
 }
 
 impl FlushOutcome {
@@ -90,6 +75,10 @@ pub enum FlushError {
     /// These partitions now belong to a newer epoch; nothing was written.
     #[error("partitions {0:?} were taken over by another aggregator")]
     Fenced(Vec<i32>),
+    /// Postgres holds a position the flush neither builds on nor wrote: it went back
+    /// (or forward) under the aggregator. Nothing was written.
+    #[error("partition {partition}: Postgres has flushed generation {found}; this flush seals {gen}")]
+    Diverged { partition: i32, gen: i64, found: i64 },
     #[error("Postgres: {0}")]
     Db(#[from] DbErr),
 }
@@ -130,11 +119,16 @@ pub async fn claim(
     })
 }
 
-/// Writes `deltas` and the partitions' new positions in one transaction.
+/// Writes `counts` (one per flushed partition; a key may appear in several) and the
+/// partitions' new positions in one transaction.
+///
+/// Each sealing commit builds on generation `gen - 1` being flushed. A flush sent
+/// again after its reply was lost finds its own generation and offset written, and
+/// writes nothing the second time ([`FlushOutcome::already_committed`]).
 pub async fn flush(
     db: &DatabaseConnection,
     scope: &Scope,
-    deltas: &BTreeMap<String, KeyDelta>,
+    counts: &[&Counts],
     commits: &[PartitionCommit],
 ) -> Result<FlushOutcome, FlushError> {
     let txn = db.begin().await?;
@@ -144,7 +138,7 @@ pub async fn flush(
     let partitions: Vec<i32> = commits.iter().map(|c| c.partition).collect();
     let rows = txn
         .query_all(stmt(
-            "SELECT partition, epoch FROM aggregator_partitions
+            "SELECT partition, epoch, flushed_gen, next_offset FROM aggregator_partitions
              WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3)
              ORDER BY partition FOR UPDATE",
             vec![
@@ -154,55 +148,79 @@ pub async fn flush(
             ],
         ))
         .await?;
-    let mut current = BTreeMap::new();
+    let mut current: BTreeMap<i32, (i64, i64, i64)> = BTreeMap::new();
     for row in rows {
         current.insert(
             row.try_get_by_index::<i32>(0)?,
-            row.try_get_by_index::<i64>(1)?,
+            (
+                row.try_get_by_index::<i64>(1)?,
+                row.try_get_by_index::<i64>(2)?,
+                row.try_get_by_index::<i64>(3)?,
+            ),
         );
     }
     let fenced: Vec<i32> = commits
         .iter()
-        .filter(|c| current.get(&c.partition) != Some(&c.epoch))
+        .filter(|c| current.get(&c.partition).map(|r| r.0) != Some(c.epoch))
         .map(|c| c.partition)
         .collect();
     if !fenced.is_empty() {
         txn.rollback().await?;
         return Err(FlushError::Fenced(fenced));
     }
+    let (mut fresh, mut repeated) = (0, 0);
+    for c in commits.iter().filter(|c| c.seals) {
+        let (_, found, next) = current[&c.partition];
+        if found == c.gen - 1 {
+            fresh += 1;
+        } else if found == c.gen && next == c.next_offset {
+            repeated += 1;
+        } else {
+            txn.rollback().await?;
+            return Err(FlushError::Diverged {
+                partition: c.partition,
+                gen: c.gen,
+                found,
+            });
+        }
+    }
+    if repeated > 0 {
+        txn.rollback().await?;
+        if fresh > 0 {
+            // A flush commits all its partitions or none: half of it cannot be in.
+            let c = commits.iter().find(|c| c.seals).map_or(0, |c| c.partition);
+            return Err(FlushError::Diverged {
+                partition: c,
+                gen: 0,
+                found: current[&c].1,
+            });
+        }
+        return Ok(FlushOutcome {
+            already_committed: true,
+            ..FlushOutcome::default()
+        });
+    }
 
-    let outcome = add_counts(&txn, deltas).await?;
+    let outcome = add_counts(&txn, counts).await?;
 
     if !commits.is_empty() {
         txn.execute(stmt(
             "UPDATE aggregator_partitions AS a
-             SET next_offset = CASE WHEN u.next_offset >= 0 THEN u.next_offset
-                                    ELSE a.next_offset END,
-                 flushed_gen = u.gen,
+             SET next_offset = CASE WHEN u.seals THEN u.next_offset ELSE a.next_offset END,
+                 flushed_gen = CASE WHEN u.seals THEN u.gen ELSE a.flushed_gen END,
                  flush_seq = GREATEST(a.flush_seq, u.flush_seq),
                  updated_at = now()
-             FROM unnest($3::int4[], $4::int8[], $5::int8[], $6::int8[])
-                  AS u(partition, next_offset, gen, flush_seq)
+             FROM unnest($3::int4[], $4::int8[], $5::int8[], $6::int8[], $7::bool[])
+                  AS u(partition, next_offset, gen, flush_seq, seals)
              WHERE a.consumer_group = $1 AND a.topic = $2 AND a.partition = u.partition",
             vec![
                 scope.group.clone().into(),
                 scope.topic.clone().into(),
-                commits
-                    .iter()
-                    .map(|c| c.partition)
-                    .collect::<Vec<i32>>()
-                    .into(),
-                commits
-                    .iter()
-                    .map(|c| c.next_offset)
-                    .collect::<Vec<i64>>()
-                    .into(),
+                commits.iter().map(|c| c.partition).collect::<Vec<i32>>().into(),
+                commits.iter().map(|c| c.next_offset).collect::<Vec<i64>>().into(),
                 commits.iter().map(|c| c.gen).collect::<Vec<i64>>().into(),
-                commits
-                    .iter()
-                    .map(|c| c.flush_seq)
-                    .collect::<Vec<i64>>()
-                    .into(),
+                commits.iter().map(|c| c.flush_seq).collect::<Vec<i64>>().into(),
+                commits.iter().map(|c| c.seals).collect::<Vec<bool>>().into(),
             ],
         ))
         .await?;
@@ -215,15 +233,50 @@ pub async fn flush(
     Ok(outcome)
 }
 
-/// Adds deltas to the total and daily rows (zero counts skipped), in key order.
+/// Adds counts to the total and daily rows (zero counts skipped), in key order so
+/// that concurrent flushers cannot deadlock. A key counted by several partitions is
+/// summed first: one upsert may not touch a row twice.
 pub async fn add_counts(
     txn: &impl ConnectionTrait,
-    deltas: &BTreeMap<String, KeyDelta>,
+    counts: &[&Counts],
 ) -> Result<FlushOutcome, DbErr> {
-    let live = || deltas.iter().filter(|(_, d)| d.total != 0);
+    let mut keys: Vec<(&str, &KeyCounts)> = counts.iter().flat_map(|c| c.iter()).collect();
+    keys.sort_unstable_by_key(|(k, _)| *k);
+    let mut merged: Vec<(&str, std::borrow::Cow<'_, KeyCounts>)> = Vec::with_capacity(keys.len());
+    for (key, c) in keys {
+        match merged.last_mut() {
+            Some((last, sum)) if *last == key => sum.to_mut().merge(c),
+            _ => merged.push((key, std::borrow::Cow::Borrowed(c))),
+        }
+    }
+    merged.retain(|(_, c)| c.total() != 0);
     let mut outcome = FlushOutcome::default();
-    if live().next().is_none() {
+    if merged.is_empty() {
         return Ok(outcome);
+    }
+    let n = merged.len();
+    let (mut key_col, mut ns_col, mut id_col, mut path_col, mut total_col) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut day_key, mut day_col, mut count_col) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, c) in &merged {
+        let (ns, id) = key.split_once(':').unwrap_or((key, ""));
+        key_col.push((*key).to_owned());
+        ns_col.push(ns.to_owned());
+        id_col.push(id.to_owned());
+        path_col.push(c.path().unwrap_or_default().to_owned());
+        total_col.push(c.total());
+        let mut days: Vec<&(NaiveDate, i64)> = c.days().iter().filter(|(_, n)| *n != 0).collect();
+        days.sort_unstable();
+        for (day, count) in days {
+            day_key.push((*key).to_owned());
+            day_col.push(*day);
+            count_col.push(*count);
+        }
     }
     let res = txn
         .execute(stmt(
@@ -237,36 +290,15 @@ pub async fn add_counts(
                  path = COALESCE(EXCLUDED.path, t.path),
                  updated_at = EXCLUDED.updated_at",
             vec![
-                live()
-                    .map(|(k, _)| k.clone())
-                    .collect::<Vec<String>>()
-                    .into(),
-                live()
-                    .map(|(_, d)| d.namespace.clone())
-                    .collect::<Vec<String>>()
-                    .into(),
-                live()
-                    .map(|(_, d)| d.entity_id.clone())
-                    .collect::<Vec<String>>()
-                    .into(),
-                live()
-                    .map(|(_, d)| d.path.clone().unwrap_or_default())
-                    .collect::<Vec<String>>()
-                    .into(),
-                live().map(|(_, d)| d.total).collect::<Vec<i64>>().into(),
+                key_col.into(),
+                ns_col.into(),
+                id_col.into(),
+                path_col.into(),
+                total_col.into(),
             ],
         ))
         .await?;
     outcome.total_rows = res.rows_affected();
-
-    let days = || {
-        live().flat_map(|(k, d)| {
-            d.days
-                .iter()
-                .filter(|(_, n)| **n != 0)
-                .map(move |(day, n)| (k, *day, *n))
-        })
-    };
     let res = txn
         .execute(stmt(
             "INSERT INTO view_counter_daily AS d (key, day, count, created_at, updated_at)
@@ -274,17 +306,7 @@ pub async fn add_counts(
              FROM unnest($1::text[], $2::date[], $3::int8[]) AS u(key, day, count)
              ON CONFLICT (key, day) DO UPDATE
              SET count = d.count + EXCLUDED.count, updated_at = EXCLUDED.updated_at",
-            vec![
-                days()
-                    .map(|(k, _, _)| k.clone())
-                    .collect::<Vec<String>>()
-                    .into(),
-                days()
-                    .map(|(_, day, _)| day)
-                    .collect::<Vec<NaiveDate>>()
-                    .into(),
-                days().map(|(_, _, n)| n).collect::<Vec<i64>>().into(),
-            ],
+            vec![day_key.into(), day_col.into(), count_col.into()],
         ))
         .await?;
     outcome.daily_rows = res.rows_affected();

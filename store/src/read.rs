@@ -12,7 +12,8 @@
 //! for its owner to restore it, and answers [`ReadError::Recovering`] after
 //! [`RECOVERY_WAIT`] rather than a count that went down.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
@@ -21,7 +22,7 @@ use sea_orm::DatabaseConnection;
 
 use viewpipe_schema::ContentKey;
 
-use crate::pending::{PendingFields, PendingStore};
+use crate::pending::{PartitionView, PendingStore};
 use crate::postgres::{self, Scope, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +45,35 @@ pub struct Reader {
     db: DatabaseConnection,
     scope: Scope,
     pending: Option<PendingStore>,
+    /// The partitions Postgres knew of at the last read: the ones whose Redis state a
+    /// read fetches. A read that finds more in Postgres reads again.
+    partitions: Arc<Mutex<Vec<i32>>>,
+}
+
+/// Pending counts read from Redis, and the Postgres snapshot taken after them.
+struct Merged {
+    views: Vec<PartitionView>,
+    snap: Snapshot,
+}
+
+impl Merged {
+    /// The pending `(total, day counts)` of every generation Postgres has not flushed.
+    fn unflushed(&self) -> impl Iterator<Item = &(i64, i64, Vec<i64>)> {
+        self.views.iter().flat_map(move |v| {
+            let flushed = flushed_gen(&self.snap.gens, v.partition);
+            v.gens.iter().filter(move |(gen, _, _)| *gen > flushed)
+        })
+    }
 }
 
 impl Reader {
     pub fn new(db: DatabaseConnection, scope: Scope, pending: Option<PendingStore>) -> Self {
-        Self { db, scope, pending }
+        Self {
+            db,
+            scope,
+            pending,
+            partitions: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     /// Every view of `key` the aggregators have consumed.
@@ -58,8 +83,8 @@ impl Reader {
 
     /// Like [`Reader::total`], waiting at most `wait` for lost counts to be restored.
     pub async fn total_within(&self, key: &ContentKey, wait: Duration) -> Result<i64, ReadError> {
-        let (fields, snap) = self.merged(key, None, wait).await?;
-        Ok(snap.total + unflushed(&fields.totals, &snap.gens))
+        let merged = self.merged(key, None, wait).await?;
+        Ok(merged.snap.total + merged.unflushed().map(|(_, total, _)| total).sum::<i64>())
     }
 
     /// The key's views per UTC day over `from..=to`, ascending, zero-filled, pending
@@ -70,50 +95,62 @@ impl Reader {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<(NaiveDate, i64)>, ReadError> {
-        let (fields, snap) = self.merged(key, Some((from, to)), RECOVERY_WAIT).await?;
+        let merged = self.merged(key, Some((from, to)), RECOVERY_WAIT).await?;
         let mut days: BTreeMap<NaiveDate, i64> = from
             .iter_days()
             .take_while(|d| *d <= to)
             .map(|d| (d, 0))
             .collect();
-        for (day, n) in &snap.days {
+        for (day, n) in &merged.snap.days {
             if let Some(slot) = days.get_mut(day) {
                 *slot += n;
             }
         }
-        for (p, gen, day, n) in &fields.days {
-            if *gen > flushed_gen(&snap.gens, *p) {
-                if let Some(slot) = days.get_mut(day) {
-                    *slot += n;
-                }
+        for (_, _, counts) in merged.unflushed() {
+            for (slot, n) in days.values_mut().zip(counts) {
+                *slot += n;
             }
         }
         Ok(days.into_iter().collect())
     }
 
-    /// The key's pending fields and the Postgres snapshot taken after them, once every
-    /// partition Postgres knows of is marked live (or `wait` passed).
+    /// The key's pending counts and the Postgres snapshot taken after them, once every
+    /// partition Postgres knows of was read and is marked live (or `wait` passed).
     async fn merged(
         &self,
         key: &ContentKey,
         days: Option<(NaiveDate, NaiveDate)>,
         wait: Duration,
-    ) -> Result<(PendingFields, Snapshot), ReadError> {
+    ) -> Result<Merged, ReadError> {
+        let day_list: Vec<NaiveDate> = match days {
+            Some((from, to)) => from.iter_days().take_while(|d| *d <= to).collect(),
+            None => Vec::new(),
+        };
         let deadline = Instant::now() + wait;
         loop {
-            let (live, fields) = self.pending_fields(key).await?;
-            let snap = postgres::snapshot(&self.db, &self.scope, key.as_str(), days).await?;
-            let unmarked: Vec<i32> = match &live {
-                Some(live) => snap
-                    .gens
-                    .iter()
-                    .map(|(p, _)| *p)
-                    .filter(|p| !live.contains_key(p))
-                    .collect(),
+            let known = self.known_partitions();
+            let views = match &self.pending {
+                Some(pending) => pending.read(key.as_str(), &day_list, &known).await?,
                 None => Vec::new(),
             };
+            let snap = postgres::snapshot(&self.db, &self.scope, key.as_str(), days).await?;
+            if snap.gens.iter().any(|(p, _)| !known.contains(p)) {
+                // A partition we did not read: read again, knowing it.
+                *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) =
+                    snap.gens.iter().map(|(p, _)| *p).collect();
+                if self.pending.is_some() {
+                    continue;
+                }
+            }
+            let unmarked: Vec<i32> = views
+                .iter()
+                .filter(|v| v.live.is_none())
+                .map(|v| v.partition)
+                .filter(|p| snap.gens.iter().any(|(q, _)| q == p))
+                .collect();
+            let merged = Merged { views, snap };
             if unmarked.is_empty() {
-                return Ok((fields, snap));
+                return Ok(merged);
             }
             if Instant::now() >= deadline {
                 return Err(ReadError::Recovering(unmarked));
@@ -122,35 +159,12 @@ impl Reader {
         }
     }
 
-    /// The live marks (`None` in database-only mode) and the key's pending fields,
-    /// read atomically.
-    async fn pending_fields(
-        &self,
-        key: &ContentKey,
-    ) -> Result<(Option<HashMap<i32, i64>>, PendingFields), ReadError> {
-        let Some(pending) = &self.pending else {
-            return Ok((None, PendingFields::default()));
-        };
-        let mut conn = pending.connection();
-        let (live, fields): (HashMap<i32, i64>, Vec<(String, i64)>) = redis::pipe()
-            .atomic()
-            .cmd("HGETALL")
-            .arg(pending.layout().live())
-            .cmd("HGETALL")
-            .arg(pending.layout().counts(key.as_str()))
-            .query_async(&mut conn)
-            .await?;
-        Ok((Some(live), PendingFields::parse(fields)))
+    fn known_partitions(&self) -> Vec<i32> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
-}
-
-/// Sums pending `(partition, gen, count)` entries that Postgres has not flushed.
-pub fn unflushed(totals: &[(i32, i64, i64)], flushed_gens: &[(i32, i64)]) -> i64 {
-    totals
-        .iter()
-        .filter(|(p, g, _)| *g > flushed_gen(flushed_gens, *p))
-        .map(|(_, _, n)| n)
-        .sum()
 }
 
 /// A partition's `flushed_gen` (0 when Postgres has no row for it).
@@ -159,17 +173,4 @@ fn flushed_gen(flushed_gens: &[(i32, i64)], partition: i32) -> i64 {
         .iter()
         .find(|(p, _)| *p == partition)
         .map_or(0, |(_, g)| *g)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_unflushed_generations_count() {
-        let totals = [(0, 1, 10), (0, 2, 3), (1, 5, 7), (2, 1, 4)];
-        let gens = [(0, 1), (1, 5)];
-        // partition 0 gen 1 and partition 1 gen 5 are flushed; partition 2 has no row.
-        assert_eq!(unflushed(&totals, &gens), 3 + 4);
-    }
 }

@@ -38,17 +38,20 @@ pub fn free_addr() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/<test> -> target/debug/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build --workspace --bins` (deploy/local/test does)",
-        path.display()
-    );
-    path
+/// A binary of this workspace built beside the running one: tests run from
+/// `target/<profile>/deps/`, the benchmark from `target/<profile>/`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("target dir");
+    let path = [dir.join(name), dir.join("..").join(name)]
+        .into_iter()
+        .find(|p| p.exists());
+    path.unwrap_or_else(|| {
+        panic!(
+            "{name} not built next to {}: run `cargo build --workspace --bins` (deploy/local/test does)",
+            dir.display()
+        )
+    })
 }
 
 pub struct Stack {
@@ -62,10 +65,15 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::with_partitions(PARTITIONS).await
+    }
+
+    /// A stack whose topics have `partitions` partitions.
+    pub async fn with_partitions(partitions: i32) -> anyhow::Result<Self> {
         let id = format!("{:08x}", rand::random::<u32>());
         let broker = DevBroker::start("127.0.0.1:0".parse()?).await?;
         for topic in ["views", "views.replay", "views.dlq"] {
-            broker.create_topic(topic, PARTITIONS)?;
+            broker.create_topic(topic, partitions)?;
         }
         let admin = Database::connect(admin_url())
             .await
@@ -177,15 +185,28 @@ impl Stack {
         Ok(())
     }
 
-    /// A Redis connection and every key under this stack's prefix.
-    async fn redis_keys(&self) -> anyhow::Result<(redis::aio::MultiplexedConnection, Vec<String>)> {
+    /// A Redis connection and every key under this stack's prefix (SCAN, so a large
+    /// shared keyspace is never blocked on).
+    pub async fn redis_keys(&self) -> anyhow::Result<(redis::aio::MultiplexedConnection, Vec<String>)> {
         let client = redis::Client::open(redis_url())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.redis_prefix))
-            .query_async(&mut conn)
-            .await?;
-        Ok((conn, keys))
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.redis_prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok((conn, keys));
+            }
+            cursor = next;
+        }
     }
 
     /// Deletes every Redis key of this stack's deployment in one atomic step, as a

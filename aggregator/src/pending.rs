@@ -1,0 +1,73 @@
+//! Where pending counts go between flushes: Redis, or nowhere (database-only mode).
+
+use viewpipe_store::pending::{Applied, PartitionBatch, PendingStore, TakeOver};
+
+/// The aggregator's pending store.
+#[derive(Clone)]
+pub enum Pending {
+    Redis(PendingStore),
+    /// `REDIS_URL=none`: counts live in memory until the flush after each batch.
+    DatabaseOnly,
+}
+
+impl Pending {
+    pub fn is_redis(&self) -> bool {
+        matches!(self, Pending::Redis(_))
+    }
+
+    /// Fences a partition for its new owner; returns how far Redis holds the
+    /// generation the owner continues (-1 for nothing).
+    pub async fn take_over(&self, partition: i32, epoch: i64, gen: i64) -> redis::RedisResult<TakeOver> {
+        match self {
+            Pending::Redis(store) => store.take_over(partition, epoch, gen).await,
+            Pending::DatabaseOnly => Ok(TakeOver::Applied(-1)),
+        }
+    }
+
+    /// First sightings of client-chosen ids (see `PendingStore::first_sightings`).
+    /// Database-only mode remembers no ids: every event counts.
+    pub async fn first_sightings(&self, ids: &[(&str, &str, i32, i64)]) -> redis::RedisResult<Vec<bool>> {
+        match self {
+            Pending::Redis(store) => store.first_sightings(ids).await,
+            Pending::DatabaseOnly => Ok(vec![true; ids.len()]),
+        }
+    }
+
+    pub async fn apply(&self, batches: &[PartitionBatch]) -> redis::RedisResult<Vec<Applied>> {
+        match self {
+            Pending::Redis(store) => store.apply(batches).await,
+            Pending::DatabaseOnly => Ok(vec![Applied::Added { live: true }; batches.len()]),
+        }
+    }
+
+    pub async fn restore(
+        &self,
+        partition: i32,
+        epoch: i64,
+        gen: i64,
+        last: i64,
+        live: bool,
+        fields: &[(String, i64)],
+    ) -> redis::RedisResult<Applied> {
+        match self {
+            Pending::Redis(store) => store.restore(partition, epoch, gen, last, live, fields).await,
+            Pending::DatabaseOnly => Ok(Applied::Added { live: true }),
+        }
+    }
+
+    /// Drops a flushed generation from Redis (best effort: it also expires).
+    pub async fn drop_generation(&self, partition: i32, gen: i64) {
+        if let Pending::Redis(store) = self {
+            if let Err(e) = store.drop_generation(partition, gen).await {
+                tracing::debug!(partition, gen, error = %e, "cannot drop a flushed generation (it expires)");
+            }
+        }
+    }
+
+    pub async fn live_epochs(&self, partitions: &[i32]) -> redis::RedisResult<Vec<Option<i64>>> {
+        match self {
+            Pending::Redis(store) => store.live_epochs(partitions).await,
+            Pending::DatabaseOnly => Ok(vec![None; partitions.len()]),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Counts held in memory: what one batch, or one partition generation, adds to each
+//! key. A key's total is the sum of its days, so `total = Σ daily` holds by
+//! construction.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+
+use crate::pending::{day_field, total_field};
+
+/// What a batch or generation adds to one key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    /// Views per UTC day; a handful of entries at most, in arrival order.
+    days: Vec<(NaiveDate, i64)>,
+    /// The latest path seen, if any.
+    path: Option<Box<str>>,
+}
+
+impl KeyCounts {
+    pub fn add(&mut self, day: NaiveDate, n: i64) {
+        match self.days.iter_mut().find(|(d, _)| *d == day) {
+            Some((_, count)) => *count += n,
+            None => self.days.push((day, n)),
+        }
+    }
+
+    /// Remembers `path` as the latest, copying it only when it changed.
+    pub fn set_path(&mut self, path: &str) {
+        if self.path.as_deref() != Some(path) {
+            self.path = Some(path.into());
+        }
+    }
+
+    pub fn total(&self) -> i64 {
+        self.days.iter().map(|(_, n)| n).sum()
+    }
+
+    pub fn days(&self) -> &[(NaiveDate, i64)] {
+        &self.days
+    }
+
+    pub fn path(&self) -> Option<&str> {
+        self.path.as_deref()
+    }
+
+    /// Adds `other` (later views of the same key) to this.
+    pub fn merge(&mut self, other: &KeyCounts) {
+        for (day, n) in &other.days {
+            self.add(*day, *n);
+        }
+        if let Some(path) = &other.path {
+            self.set_path(path);
+        }
+    }
+}
+
+/// Counts by key (`"{contentType}:{contentId}"`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    keys: HashMap<Box<str>, KeyCounts>,
+}
+
+impl Counts {
+    /// The counts of `key`, created empty on first use (the key is copied only then).
+    pub fn entry(&mut self, key: &str) -> &mut KeyCounts {
+        if !self.keys.contains_key(key) {
+            self.keys.insert(key.into(), KeyCounts::default());
+        }
+        self.keys.get_mut(key).expect("inserted above")
+    }
+
+    /// Adds one view.
+    pub fn add(&mut self, key: &str, day: NaiveDate, path: Option<&str>) {
+        let counts = self.entry(key);
+        counts.add(day, 1);
+        if let Some(path) = path {
+            counts.set_path(path);
+        }
+    }
+
+    /// Moves `other`'s counts into this.
+    pub fn absorb(&mut self, other: Counts) {
+        if self.keys.is_empty() {
+            *self = other;
+            return;
+        }
+        for (key, counts) in other.keys {
+            match self.keys.get_mut(&key) {
+                Some(mine) => mine.merge(&counts),
+                None => {
+                    self.keys.insert(key, counts);
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn views(&self) -> i64 {
+        self.keys.values().map(KeyCounts::total).sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &KeyCounts)> {
+        self.keys.iter().map(|(k, c)| (&**k, c))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&KeyCounts> {
+        self.keys.get(key)
+    }
+
+    /// The Redis fields these counts make: each key's total and each of its days.
+    pub fn fields(&self) -> Vec<(String, i64)> {
+        let mut out = Vec::with_capacity(self.keys.len() * 2);
+        for (key, counts) in &self.keys {
+            out.push((total_field(key), counts.total()));
+            for (day, n) in &counts.days {
+                out.push((day_field(key, *day), *n));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, d).expect("date")
+    }
+
+    #[test]
+    fn totals_are_the_sum_of_days_and_absorbing_adds_up() {
+        let mut a = Counts::default();
+        a.add("resource:x", day(20), Some("/a"));
+        a.add("resource:x", day(21), None);
+        let mut b = Counts::default();
+        b.add("resource:x", day(21), Some("/b"));
+        b.add("resource:y", day(21), None);
+        a.absorb(b);
+        let x = a.get("resource:x").expect("x");
+        assert_eq!(x.total(), 3);
+        assert_eq!(x.days(), &[(day(20), 1), (day(21), 2)]);
+        assert_eq!(x.path(), Some("/b"));
+        assert_eq!(a.views(), 4);
+        let mut fields = a.fields();
+        fields.sort();
+        assert_eq!(
+            fields,
+            vec![
+                ("d:resource:x:2026-11-20".to_owned(), 1),
+                ("d:resource:x:2026-11-21".to_owned(), 2),
+                ("d:resource:y:2026-11-21".to_owned(), 1),
+                ("t:resource:x".to_owned(), 3),
+                ("t:resource:y".to_owned(), 1),
+            ]
+        );
+    }
+}

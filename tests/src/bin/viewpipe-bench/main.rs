@@ -1,0 +1,259 @@
+//! `viewpipe-bench`: how fast viewpipe runs on this machine, as ratios to what the
+//! broker itself does in the same run.
+//!
+//! Each workload gets a fresh stack (its own in-process dev broker, Postgres
+//! database and Redis prefix, as in the tests), is produced into `views` with the
+//! ingest's producer settings (raw produce), read back with the aggregator's
+//! consumer settings (raw consume), then counted by a release `aggregator` with the
+//! contract's default flush settings. Both consume rates run from the moment the
+//! group assigned the partitions to the last event, so fetching counts and start-up
+//! and the group join do not. `deploy/local/bench` builds and runs it.
+
+mod measure;
+mod raw;
+mod workload;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Parser;
+
+use viewpipe_tests::Stack;
+
+use crate::measure::{percentile_ms, AggregatorRun};
+use crate::workload::{Keys, Workload};
+
+#[derive(Parser, Debug)]
+#[command(about = "Measures viewpipe against the raw speed of its broker, in one run")]
+struct Args {
+    /// Events in each aggregator workload.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Keys of the Zipf workloads.
+    #[arg(long, default_value_t = 100_000)]
+    zipf_keys: usize,
+    /// Keys of the uniform workload.
+    #[arg(long, default_value_t = 1_000_000)]
+    uniform_keys: usize,
+    /// Events of the Redis memory runs (flushing off, everything stays pending).
+    #[arg(long, default_value_t = 200_000)]
+    memory_events: usize,
+    /// Seconds of each HTTP load and of the freshness probe.
+    #[arg(long, default_value_t = 10)]
+    http_seconds: u64,
+    /// Partitions of the views topic. The dev broker keeps about 5 MiB per partition
+    /// (compressed) and silently drops older batches; 16 hold 1M events of the
+    /// workloads here, hot Zipf keys included.
+    #[arg(long, default_value_t = 16)]
+    partitions: i32,
+    /// Concurrent connections of the single-view POST load.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Which parts to run (comma-separated): zipf, zipf-ids, dbonly, uniform, memory,
+    /// http, freshness, upsert.
+    #[arg(long, value_delimiter = ',', default_value = "zipf,zipf-ids,dbonly,uniform,memory,http,freshness,upsert")]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, part: &str) -> bool {
+        self.only.iter().any(|p| p == part)
+    }
+
+    fn zipf(&self, events: usize, id_share: f64, seed: u64) -> Workload {
+        Workload {
+            keys: Keys::Zipf { n: self.zipf_keys, s: 1.1 },
+            events,
+            id_share,
+            days: 3,
+            seed,
+        }
+    }
+}
+
+/// One row of the result table.
+struct Row {
+    what: String,
+    value: String,
+    ratio: String,
+}
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+}
+
+impl Table {
+    fn add(&mut self, what: impl Into<String>, value: impl Into<String>, ratio: impl Into<String>) {
+        let row = Row { what: what.into(), value: value.into(), ratio: ratio.into() };
+        eprintln!("[bench] {}: {} {}", row.what, row.value, row.ratio);
+        self.rows.push(row);
+    }
+
+    fn print(&self) {
+        println!("| measure | value | ratio |");
+        println!("|---|---|---|");
+        for r in &self.rows {
+            println!("| {} | {} | {} |", r.what, r.value, r.ratio);
+        }
+    }
+}
+
+fn rate(r: f64) -> String {
+    if r >= 10_000.0 {
+        format!("{:.0}k/s", r / 1000.0)
+    } else {
+        format!("{r:.0}/s")
+    }
+}
+
+fn ratio(r: f64, raw: f64) -> String {
+    format!("{:.2}x raw", r / raw)
+}
+
+/// A fresh stack with `workload` in its `views` topic; returns the stack and the raw
+/// produce and consume rates.
+async fn loaded(workload: &Workload, partitions: i32) -> anyhow::Result<(Stack, raw::Produced, f64)> {
+    let stack = Stack::with_partitions(partitions).await?;
+    let brokers = stack.broker.addr().to_string();
+    eprintln!("[bench] producing {} events ({}, {:.0}% with client ids)", workload.events, workload.keys.describe(), workload.id_share * 100.0);
+    let (b, w) = (brokers.clone(), workload.clone());
+    let produced = tokio::task::spawn_blocking(move || raw::produce(&b, "views", &w, None)).await??;
+    let events = workload.events;
+    let consumed = tokio::task::spawn_blocking(move || raw::consume(&brokers, "views", events)).await??;
+    Ok((stack, produced, consumed))
+}
+
+/// Counts a workload with an aggregator, and reports it against the raw rates.
+async fn aggregate(
+    args: &Args,
+    table: &mut Table,
+    name: &str,
+    workload: &Workload,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(Stack, AggregatorRun, f64, f64)> {
+    let (stack, produced, raw_consume) = loaded(workload, args.partitions).await?;
+    table.add(format!("raw produce, {name}"), rate(produced.rate), "");
+    table.add(format!("raw consume, {name}"), rate(raw_consume), "");
+    eprintln!("[bench] counting {name} with an aggregator");
+    let run = measure::aggregator_run(&stack, extra, workload.events, Some(workload.events as i64 - 0)).await?;
+    table.add(format!("aggregator counted, {name}"), rate(run.counted_rate), ratio(run.counted_rate, raw_consume));
+    if let Some(durable) = run.durable_rate {
+        table.add(format!("aggregator in Postgres, {name}"), rate(durable), ratio(durable, raw_consume));
+    }
+    table.add(format!("aggregator peak RSS, {name}"), format!("{:.0} MiB", run.peak_rss_mib), format!("{} distinct keys", produced.distinct_keys));
+    Ok((stack, run, raw_consume, produced.rate))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut table = Table::default();
+    eprintln!("[bench] machine: {} cores; {}", std::thread::available_parallelism().map_or(0, |n| n.get()), memory_total());
+
+    // The Zipf workload also hosts the HTTP and freshness measurements.
+    let mut zipf_run = None;
+    if args.runs("zipf") || args.runs("http") || args.runs("freshness") {
+        let w = args.zipf(args.events, 0.0, 1);
+        zipf_run = Some(aggregate(&args, &mut table, "Zipf, Redis", &w, &[]).await?);
+    }
+    if args.runs("zipf-ids") {
+        let w = args.zipf(args.events, 1.0, 2);
+        let (stack, _, _, _) = aggregate(&args, &mut table, "Zipf, every event a client id, Redis", &w, &[]).await?;
+        stack.cleanup().await?;
+    }
+    if args.runs("dbonly") {
+        let w = args.zipf(args.events, 0.0, 3);
+        let (stack, _, _, _) = aggregate(&args, &mut table, "Zipf, database-only", &w, &[("REDIS_URL", "none")]).await?;
+        stack.cleanup().await?;
+    }
+    if args.runs("uniform") {
+        let w = Workload { keys: Keys::Uniform { n: args.uniform_keys }, events: args.events, id_share: 0.0, days: 3, seed: 4 };
+        let (stack, run, _, _) = aggregate(&args, &mut table, "uniform, Redis", &w, &[]).await?;
+        drop(run);
+        if args.runs("upsert") {
+            let baseline = measure::upsert_baseline(&stack, 5).await?;
+            table.add("per-event upsert baseline (8 connections)", rate(baseline), "");
+        }
+        stack.cleanup().await?;
+    }
+    if args.runs("memory") {
+        memory(&args, &mut table).await?;
+    }
+    if let Some((stack, run, raw_consume, raw_produce)) = zipf_run {
+        let ingest = stack.spawn_ingest(&[]).await?;
+        if args.runs("http") {
+            eprintln!("[bench] POST /api/views with {} connections for {} s", args.connections, args.http_seconds);
+            let post = measure::post_load(&ingest, args.connections, args.http_seconds).await?;
+            table.add(format!("POST /api/views, {} connections", args.connections), format!("{} (p50 {:.1} ms, p99 {:.1} ms, {} failed)", rate(post.rate), post.p50_ms, post.p99_ms, post.failed), "");
+            eprintln!("[bench] POST /api/views/batch (1000 per request, 4 clients) for {} s", args.http_seconds);
+            let batch = measure::batch_load(&ingest, 4, args.http_seconds).await?;
+            table.add("POST /api/views/batch events", rate(batch), format!("{:.2}x raw produce", batch / raw_produce));
+        }
+        if args.runs("freshness") {
+            let pace = run.counted_rate / 2.0;
+            eprintln!("[bench] freshness while producing at {} (half the aggregator's Zipf rate)", rate(pace));
+            let events = (pace * args.http_seconds as f64) as usize;
+            let w = Workload { events, ..args.zipf(events, 0.0, 5) };
+            let busy = Arc::new(AtomicBool::new(true));
+            let brokers = stack.broker.addr().to_string();
+            let flag = busy.clone();
+            let producer = tokio::task::spawn_blocking(move || {
+                let out = raw::produce(&brokers, "views", &w, Some(pace));
+                flag.store(false, Ordering::Relaxed);
+                out
+            });
+            let seen = measure::freshness(&ingest, busy).await?;
+            producer.await??;
+            table.add(
+                format!("freshness at {} load", rate(pace)),
+                format!("p50 {:.0} ms, p99 {:.0} ms ({} probes)", percentile_ms(&seen, 0.5), percentile_ms(&seen, 0.99), seen.len()),
+                format!("{:.2}x raw consume load", pace / raw_consume),
+            );
+        }
+        drop(ingest);
+        drop(run);
+        stack.cleanup().await?;
+    }
+    table.print();
+    Ok(())
+}
+
+/// Redis bytes per pending key without client ids, and per remembered id with 10%.
+async fn memory(args: &Args, table: &mut Table) -> anyhow::Result<()> {
+    let off = [("FLUSH_INTERVAL_MS", "3600000"), ("FLUSH_MAX_PENDING", "100000000")];
+    let mut per_key = 0.0;
+    for (share, seed) in [(0.0, 6), (0.1, 6)] {
+        let w = args.zipf(args.memory_events, share, seed);
+        let (stack, produced, _) = loaded(&w, args.partitions).await?;
+        let before = measure::redis_used_memory().await?;
+        let run = measure::aggregator_run(&stack, &off, w.events, None).await?;
+        let used = (measure::redis_used_memory().await? - before) as f64;
+        let keys = measure::redis_keys(&stack).await?;
+        if share == 0.0 {
+            per_key = used / produced.distinct_keys as f64;
+            table.add(
+                format!("Redis per pending key, {} events without ids", w.events),
+                format!("{per_key:.0} bytes"),
+                format!("{} Redis keys for {} pending keys", keys, produced.distinct_keys),
+            );
+        } else {
+            let per_id = (used - per_key * produced.distinct_keys as f64) / produced.with_ids as f64;
+            table.add(
+                format!("Redis per remembered id, {:.0}% client ids", share * 100.0),
+                format!("{per_id:.0} bytes"),
+                format!("{} Redis keys for {} ids", keys, produced.with_ids),
+            );
+        }
+        drop(run);
+        stack.cleanup().await?;
+    }
+    Ok(())
+}
+
+fn memory_total() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_owned))
+        .unwrap_or_default()
+}

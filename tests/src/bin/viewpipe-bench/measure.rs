@@ -1,0 +1,280 @@
+//! Measurements against running services: the aggregator's counting rate, the
+//! ingest under load, freshness, and the per-event upsert baseline.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sea_orm::{ConnectionTrait, Database, Statement};
+use serde_json::{json, Value};
+
+use viewpipe_tests::chaos::metric;
+use viewpipe_tests::{redis_url, Service, Stack};
+
+use crate::workload::Generator;
+
+/// What one aggregator run showed.
+pub struct AggregatorRun {
+    /// Events counted (visible to reads) per second, from the group's assignment
+    /// (seen as the first rebalance in its metrics) to the last event.
+    pub counted_rate: f64,
+    /// Events in Postgres per second, from the assignment to the last flush.
+    pub durable_rate: Option<f64>,
+    pub peak_rss_mib: f64,
+    /// Held so the aggregator keeps running until the run is dropped.
+    pub _aggregator: Service,
+}
+
+/// Starts an aggregator on `stack` and waits until it has consumed `events`
+/// (counted, duplicate or invalid); with `flushed`, also until Postgres' grand total
+/// reaches it.
+pub async fn aggregator_run(
+    stack: &Stack,
+    extra: &[(&str, &str)],
+    events: usize,
+    flushed: Option<i64>,
+) -> anyhow::Result<AggregatorRun> {
+    let aggregator = stack.spawn_aggregator(extra).await?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut first: Option<Instant> = None;
+    let mut last_report = Instant::now();
+    loop {
+        let consumed = metric(&aggregator, "viewpipe_aggregator_events_total").await as usize;
+        if first.is_none() && metric(&aggregator, "viewpipe_aggregator_rebalances_total").await > 0.0 {
+            first = Some(Instant::now());
+        }
+        if consumed >= events {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the aggregator consumed {consumed} of {events} events in 900 s");
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            eprintln!("  … {consumed} of {events} counted");
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = first.unwrap_or_else(Instant::now);
+    let counted_rate = events as f64 / first.elapsed().as_secs_f64().max(1e-9);
+    let durable_rate = match flushed {
+        Some(total) => {
+            stack.wait_flushed_total(total, Duration::from_secs(900)).await?;
+            Some(events as f64 / first.elapsed().as_secs_f64().max(1e-9))
+        }
+        None => None,
+    };
+    let peak_rss_mib = peak_rss_kib(&aggregator)? as f64 / 1024.0;
+    Ok(AggregatorRun {
+        counted_rate,
+        durable_rate,
+        peak_rss_mib,
+        _aggregator: aggregator,
+    })
+}
+
+/// The process's peak resident set (`VmHWM`), in KiB.
+fn peak_rss_kib(service: &Service) -> anyhow::Result<u64> {
+    let pid = service.child.id().context("aggregator exited")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/PID/status")
+}
+
+/// Redis' `used_memory`, in bytes.
+pub async fn redis_used_memory() -> anyhow::Result<i64> {
+    let client = redis::Client::open(redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no used_memory in INFO")
+}
+
+/// How many Redis keys the stack's deployment has.
+pub async fn redis_keys(stack: &Stack) -> anyhow::Result<usize> {
+    Ok(stack.redis_keys().await?.1.len())
+}
+
+/// Request rate and latency of `POST /api/views`.
+pub struct PostLoad {
+    pub rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub failed: usize,
+}
+
+/// `connections` clients post single views back to back for `seconds`.
+pub async fn post_load(ingest: &Service, connections: usize, seconds: u64) -> anyhow::Result<PostLoad> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let url = ingest.url("/api/views");
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let failed = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            let (http, url, failed) = (http.clone(), url.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut n = 0usize;
+                while Instant::now() < until {
+                    let id = Generator::content_id((c * 7919 + n * 104_729) % 100_000);
+                    n += 1;
+                    let body = json!({"contentId": id, "contentType": "resource", "path": "/r/x"});
+                    let sent = Instant::now();
+                    match http.post(&url).json(&body).send().await {
+                        Ok(r) if r.status() == 202 => latencies.push(sent.elapsed()),
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    Ok(PostLoad {
+        rate: latencies.len() as f64 / elapsed,
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p99_ms: percentile_ms(&latencies, 0.99),
+        failed: failed.load(Ordering::Relaxed),
+    })
+}
+
+pub fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Events per second accepted by `POST /api/views/batch` (arrays of 1000), from
+/// `clients` clients for `seconds`.
+pub async fn batch_load(ingest: &Service, clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let url = ingest.url("/api/views/batch");
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (http, url) = (http.clone(), url.clone());
+            let body: Vec<Value> = (0..1000)
+                .map(|i| {
+                    json!({"contentId": Generator::content_id(c * 1000 + i), "contentType": "resource", "path": "/r/x"})
+                })
+                .collect();
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            tokio::spawn(async move {
+                let mut accepted = 0u64;
+                while Instant::now() < until {
+                    let response = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    if let Ok(r) = response {
+                        if let Ok(v) = r.json::<Value>().await {
+                            accepted += v["accepted"].as_u64().unwrap_or(0);
+                        }
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for task in tasks {
+        accepted += task.await?;
+    }
+    Ok(accepted as f64 / started.elapsed().as_secs_f64())
+}
+
+/// 202-to-visible latencies: one probe view at a time through the ingest, each
+/// followed by GETs every 5 ms until it shows, while `busy` is set.
+pub async fn freshness(ingest: &Service, busy: Arc<AtomicBool>) -> anyhow::Result<Vec<Duration>> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let mut seen = Vec::new();
+    let run = rand::random::<u32>();
+    let mut n = 0;
+    while busy.load(Ordering::Relaxed) {
+        n += 1;
+        let id = format!("probe-{run:08x}-{n}");
+        let response = http
+            .post(ingest.url("/api/views"))
+            .json(&json!({"contentId": id, "contentType": "resource"}))
+            .send()
+            .await?;
+        if response.status() != 202 {
+            bail!("probe view answered {}", response.status());
+        }
+        let acked = Instant::now();
+        let url = ingest.url(&format!("/api/views?contentType=resource&contentId={id}"));
+        loop {
+            let count = http.get(&url).send().await?.json::<Value>().await?["count"]
+                .as_i64()
+                .unwrap_or(0);
+            if count >= 1 {
+                seen.push(acked.elapsed());
+                break;
+            }
+            if acked.elapsed() > Duration::from_secs(30) {
+                bail!("probe view {id} not visible after 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seen.sort();
+    Ok(seen)
+}
+
+/// Single-row upserts per second, one statement per event from 8 connections: what
+/// writing each view straight to Postgres would achieve on this machine.
+pub async fn upsert_baseline(stack: &Stack, seconds: u64) -> anyhow::Result<f64> {
+    let db = Database::connect(&stack.db_url).await?;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|c| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    let key = format!("resource:upsert-{c}-{}", n % 100_000);
+                    db.execute(Statement::from_sql_and_values(
+                        sea_orm::DbBackend::Postgres,
+                        "INSERT INTO view_counter_total AS t
+                             (key, namespace, entity_id, path, total, created_at, updated_at)
+                         VALUES ($1, 'resource', $1, NULL, 1, now(), now())
+                         ON CONFLICT (key) DO UPDATE SET total = t.total + 1, updated_at = now()",
+                        vec![key.into()],
+                    ))
+                    .await?;
+                    n += 1;
+                }
+                anyhow::Ok(n)
+            })
+        })
+        .collect();
+    let mut rows = 0;
+    for task in tasks {
+        rows += task.await??;
+    }
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
