@@ -62,6 +62,8 @@ pub struct Aggregator {
 struct State {
     partitions: BTreeMap<i32, Partition>,
     batch: Batch,
+    /// The previous batch while Redis applies it (overlapping the next poll).
+    applying: Option<Applying>,
     /// The flush in flight, or waiting to be retried.
     flush: Option<InFlight>,
     next_flush: Instant,
@@ -69,6 +71,14 @@ struct State {
 }
 
 type FlushTask = JoinHandle<Result<FlushOutcome, FlushError>>;
+
+/// A batch sent to Redis, counted in memory once Redis answered.
+struct Applying {
+    task: JoinHandle<redis::RedisResult<Vec<Applied>>>,
+    batches: Vec<PartitionBatch>,
+    parts: Vec<(i32, PartBatch)>,
+    duplicates: u64,
+}
 
 struct InFlight {
     unit: FlushUnit,
@@ -107,6 +117,7 @@ impl Aggregator {
             state: Mutex::new(State {
                 partitions: BTreeMap::new(),
                 batch: Batch::default(),
+                applying: None,
                 flush: None,
                 next_flush,
                 next_live_check: Instant::now(),
@@ -178,6 +189,7 @@ impl Aggregator {
         claims: Vec<(Claim, i64, bool)>,
     ) {
         let mut state = self.state();
+        self.land(&mut state);
         state.batch.clear();
         for (claim, redis_at, recreated) in &claims {
             // Postgres is the authoritative position; without one, nothing of this
@@ -209,6 +221,7 @@ impl Aggregator {
         let mut state = self.state();
         state.partitions.clear();
         state.batch.clear();
+        state.applying = None;
         state.flush = None;
         metrics::gauge!(m::PENDING_KEYS).set(0.0);
         drop(state);
@@ -233,9 +246,12 @@ impl Aggregator {
     }
 
     /// Counts the gathered batch: parks invalid messages in the DLQ, decides
-    /// client-chosen ids, applies the sums to Redis and adds them to memory.
+    /// client-chosen ids, and sends the sums to Redis without waiting; the previous
+    /// batch, whose Redis answer is in by now, is counted in memory first. So Redis
+    /// works on one batch while the next is polled.
     pub fn process(&self) {
         let mut state = self.state();
+        self.land(&mut state);
         let parts = state.batch.take();
         if parts.is_empty() {
             return;
@@ -259,7 +275,7 @@ impl Aggregator {
             .filter_map(|(partition, part)| {
                 let p = state.partitions.get(partition)?;
                 let last = part.last?;
-                (!part.fresh.is_empty() && !p.needs_restore && p.caught_up_after(last)).then(|| PartitionBatch {
+                (!part.fresh.is_empty() && !p.needs_restore).then(|| PartitionBatch {
                     partition: *partition,
                     epoch: p.epoch,
                     gen: p.gen,
@@ -270,18 +286,48 @@ impl Aggregator {
                 })
             })
             .collect();
-        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let Some(applied) = retry("applying a batch to Redis", backoff, Until::Stopped(&stopped), || {
-            self.rt.block_on(self.pending.apply(&batches))
-        }) else {
+        let pending = self.pending.clone();
+        let sent = batches.clone();
+        state.applying = Some(Applying {
+            task: self.rt.spawn(async move { pending.apply(&sent).await }),
+            batches,
+            parts: ready,
+            duplicates,
+        });
+    }
+
+    /// Waits for the batch Redis is applying, records its answers and counts the
+    /// batch in memory. A Redis error is retried (the apply is a compare-and-set, so a
+    /// batch that got in before the error is not added twice).
+    fn land(&self, state: &mut State) {
+        let Some(applying) = state.applying.take() else {
             return;
+        };
+        let stopped = || self.stopped();
+        let first = self
+            .rt
+            .block_on(applying.task)
+            .unwrap_or_else(|e| Err(redis::RedisError::from(std::io::Error::other(e.to_string()))));
+        let batches = &applying.batches;
+        let applied = match first {
+            Ok(applied) => Some(applied),
+            Err(e) => {
+                tracing::warn!(error = %e, "applying a batch to Redis failed; retrying");
+                let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+                retry("applying a batch to Redis", backoff, Until::Stopped(&stopped), || {
+                    self.rt.block_on(self.pending.apply(batches))
+                })
+            }
+        };
+        let Some(applied) = applied else {
+            return; // shutting down: the batch is consumed again by the next owner
         };
         for (b, outcome) in batches.iter().zip(applied) {
             self.note_applied(&mut state.partitions, b, outcome);
         }
         let (mut counted, mut invalid) = (0, 0);
-        for (partition, part) in ready {
-            let Some(p) = state.partitions.get_mut(&partition) else {
+        for (partition, part) in applying.parts {
+            let Some(p) = state.partitions.get_mut(&partition).filter(|p| p.epoch == part.epoch) else {
                 continue;
             };
             let Some(last) = part.last else {
@@ -294,7 +340,7 @@ impl Aggregator {
             p.consumed(last);
         }
         metrics::counter!(m::EVENTS, "result" => "counted").increment(counted as u64);
-        metrics::counter!(m::EVENTS, "result" => "duplicate").increment(duplicates);
+        metrics::counter!(m::EVENTS, "result" => "duplicate").increment(applying.duplicates);
         metrics::counter!(m::EVENTS, "result" => "invalid").increment(invalid);
         let pending: usize = state.partitions.values().map(Partition::pending_keys).sum();
         metrics::gauge!(m::PENDING_KEYS).set(pending as f64);
@@ -337,7 +383,7 @@ impl Aggregator {
 
     /// Records what Redis answered to one partition's batch.
     fn note_applied(&self, partitions: &mut BTreeMap<i32, Partition>, b: &PartitionBatch, outcome: Applied) {
-        let Some(p) = partitions.get_mut(&b.partition) else {
+        let Some(p) = partitions.get_mut(&b.partition).filter(|p| p.epoch == b.epoch) else {
             return;
         };
         match outcome {
@@ -401,6 +447,9 @@ impl Aggregator {
             return;
         }
         state.next_flush = Instant::now() + self.tuning.flush_interval;
+        // Sealing moves counting to the next generation: the batch Redis is applying
+        // to this one must be counted in it first.
+        self.land(&mut state);
         let unit = flush::seal(&mut state.partitions, requested);
         if !unit.is_empty() {
             state.flush = Some(self.start_flush(unit));
@@ -505,6 +554,7 @@ impl Aggregator {
     /// commits the offsets.
     fn flush_all<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, deadline: Instant, mode: CommitMode) {
         let mut state = self.state();
+        self.land(&mut state);
         let mut offsets = TopicPartitionList::new();
         loop {
             if state.flush.is_none() {
@@ -572,10 +622,12 @@ impl Aggregator {
             .filter(|(_, p)| p.caught_up() && (p.needs_restore || !p.marked_live))
             .map(|(n, _)| *n)
             .collect();
+        if in_flight || restorable.is_empty() {
+            return;
+        }
+        // A restore writes memory as it is: the batch Redis is applying goes in first.
+        self.land(&mut state);
         for partition in restorable {
-            if in_flight {
-                break;
-            }
             self.restore(&mut state.partitions, partition);
         }
     }
@@ -616,6 +668,7 @@ impl Aggregator {
     /// The final flush at shutdown, then the offsets commit.
     pub fn finish<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, within: Duration) {
         self.process();
+        self.land(&mut self.state());
         self.flush_all(consumer, Instant::now() + within, CommitMode::Sync);
         let mut state = self.state();
         state.partitions.clear();
@@ -623,10 +676,3 @@ impl Aggregator {
     }
 }
 
-impl Partition {
-    /// True when, after consuming up to `last`, memory holds everything Redis holds,
-    /// so the batch's fresh counts may be applied there.
-    fn caught_up_after(&self, last: i64) -> bool {
-        self.replay_to.is_none_or(|x| last > x)
-    }
-}

@@ -178,15 +178,9 @@ pub async fn run(
             revoke_deadline: Duration::from_millis(u64::from(session) / 3).max(Duration::from_millis(500)),
         },
     }));
-    let consumer: BaseConsumer<AggregatorContext> = kafka::base_config(&common.kafka_brokers)
-        .set("group.id", &common.consumer_group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", session.to_string())
-        .set("heartbeat.interval.ms", (session / 10).max(100).to_string())
-        .set("max.poll.interval.ms", "300000")
-        .set("statistics.interval.ms", "5000")
+    let consumer: BaseConsumer<AggregatorContext> =
+        kafka::consumer_config(&common.kafka_brokers, &common.consumer_group, session)
+            .set("statistics.interval.ms", "5000")
         .create_with_context(AggregatorContext { aggregator })
         .context("cannot create the Kafka consumer")?;
     consumer

@@ -34,3 +34,24 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
         .set("queue.buffering.max.messages", "100000");
     config
 }
+
+/// A group consumer as the aggregator runs it: offsets committed only by hand, after
+/// Postgres holds them; starting from the log's beginning when the group has no
+/// position. The benchmark's raw consumer uses the same settings.
+pub fn consumer_config(brokers: &str, group: &str, session_timeout_ms: u32) -> ClientConfig {
+    let mut config = base_config(brokers);
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", session_timeout_ms.to_string())
+        .set("heartbeat.interval.ms", (session_timeout_ms / 10).max(100).to_string())
+        .set("max.poll.interval.ms", "300000")
+        // librdkafka pauses a partition's fetching for `fetch.queue.backoff.ms` (1 s by
+        // default) whenever its local queue is over the thresholds; a consumer that
+        // drains in batches then starves for most of every second. Measured with
+        // `deploy/local/bench`: 117k/s with the default, 233k/s with 20 ms.
+        .set("fetch.queue.backoff.ms", "20");
+    config
+}

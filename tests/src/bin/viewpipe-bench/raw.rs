@@ -135,12 +135,8 @@ impl ConsumerContext for Assigned {
 /// group assigned the partitions to the last message (fetching included, joining
 /// the group not).
 pub fn consume(brokers: &str, topic: &str, expected: usize) -> anyhow::Result<f64> {
-    let consumer: BaseConsumer<Assigned> = kafka::base_config(brokers)
-        .set("group.id", format!("bench-raw-{:08x}", rand::random::<u32>()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
+    let group = format!("bench-raw-{:08x}", rand::random::<u32>());
+    let consumer: BaseConsumer<Assigned> = kafka::consumer_config(brokers, &group, 6000)
         .create_with_context(Assigned::default())
         .context("bench consumer")?;
     consumer.subscribe(&[topic])?;
