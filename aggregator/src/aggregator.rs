@@ -3,7 +3,7 @@
 //! follow is described in [`crate::flush`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,9 @@ pub struct Aggregator {
     /// by a background task.
     requested_flush: Arc<AtomicI64>,
     tuning: Tuning,
+    /// Bumped by every assignment and revocation, so the loop can tell messages
+    /// polled before a rebalance from those after it.
+    rebalances: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -75,7 +78,9 @@ type FlushTask = JoinHandle<Result<FlushOutcome, FlushError>>;
 /// A batch sent to Redis, counted in memory once Redis answered.
 struct Applying {
     task: JoinHandle<redis::RedisResult<Vec<Applied>>>,
-    batches: Vec<PartitionBatch>,
+    /// What was sent: each partition's fresh counts.
+    batches: Arc<Vec<PartitionBatch>>,
+    /// The rest of the batch (counts Redis holds already, ids, invalid messages).
     parts: Vec<(i32, PartBatch)>,
     duplicates: u64,
 }
@@ -114,6 +119,7 @@ impl Aggregator {
             shutdown: parts.shutdown,
             requested_flush: parts.requested_flush,
             tuning: parts.tuning,
+            rebalances: AtomicU64::new(0),
             state: Mutex::new(State {
                 partitions: BTreeMap::new(),
                 batch: Batch::default(),
@@ -188,6 +194,7 @@ impl Aggregator {
         tpl: &mut TopicPartitionList,
         claims: Vec<(Claim, i64, bool)>,
     ) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
         let mut state = self.state();
         self.land(&mut state);
         state.batch.clear();
@@ -215,6 +222,7 @@ impl Aggregator {
     /// Flushes everything owned within the revoke deadline, commits, and lets the
     /// partitions go. What could not be flushed is re-counted by the next owner.
     pub fn revoke<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
         let deadline = Instant::now() + self.tuning.revoke_deadline;
         let owned = self.owned();
         self.flush_all(consumer, deadline, CommitMode::Sync);
@@ -230,19 +238,26 @@ impl Aggregator {
         }
     }
 
+    /// Assignments and revocations so far.
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::SeqCst)
+    }
+
     /// Takes one polled message into the batch (dropped when its partition is not
     /// owned or it is a re-delivery).
     pub fn add(&self, partition: i32, offset: i64, payload: Option<&[u8]>, key: Option<&[u8]>) {
-        let mut state = self.state();
-        let State { partitions, batch, .. } = &mut *state;
-        if let Some(owner) = partitions.get(&partition) {
-            batch.add(partition, owner, offset, payload, key, &self.namespaces);
-        }
+        self.add_all(std::iter::once((partition, offset, payload, key)));
     }
 
-    /// Messages gathered and not yet processed.
-    pub fn batch_len(&self) -> usize {
-        self.state().batch.len()
+    /// [`Aggregator::add`] for several messages, under one lock.
+    pub fn add_all<'m>(&self, messages: impl Iterator<Item = (i32, i64, Option<&'m [u8]>, Option<&'m [u8]>)>) {
+        let mut state = self.state();
+        let State { partitions, batch, .. } = &mut *state;
+        for (partition, offset, payload, key) in messages {
+            if let Some(owner) = partitions.get(&partition) {
+                batch.add(partition, owner, offset, payload, key, &self.namespaces);
+            }
+        }
     }
 
     /// Counts the gathered batch: parks invalid messages in the DLQ, decides
@@ -270,24 +285,26 @@ impl Aggregator {
         let Some(duplicates) = self.decide_ids(&mut ready) else {
             return;
         };
-        let batches: Vec<PartitionBatch> = ready
-            .iter()
-            .filter_map(|(partition, part)| {
-                let p = state.partitions.get(partition)?;
-                let last = part.last?;
-                (!part.fresh.is_empty() && !p.needs_restore).then(|| PartitionBatch {
-                    partition: *partition,
-                    epoch: p.epoch,
-                    gen: p.gen,
-                    prev: p.redis_at,
-                    last,
-                    live: true,
-                    increments: part.fresh.fields(),
-                })
-            })
-            .collect();
-        let pending = self.pending.clone();
-        let sent = batches.clone();
+        let mut batches = Vec::with_capacity(ready.len());
+        for (partition, part) in &mut ready {
+            let (Some(p), Some(last)) = (state.partitions.get(partition), part.last) else {
+                continue;
+            };
+            if part.fresh.is_empty() || p.needs_restore {
+                continue; // nothing for Redis, or memory is rewritten there soon
+            }
+            batches.push(PartitionBatch {
+                partition: *partition,
+                epoch: p.epoch,
+                gen: p.gen,
+                prev: p.redis_at,
+                last,
+                live: true,
+                counts: Arc::new(std::mem::take(&mut part.fresh)),
+            });
+        }
+        let batches = Arc::new(batches);
+        let (pending, sent) = (self.pending.clone(), batches.clone());
         state.applying = Some(Applying {
             task: self.rt.spawn(async move { pending.apply(&sent).await }),
             batches,
@@ -308,24 +325,31 @@ impl Aggregator {
             .rt
             .block_on(applying.task)
             .unwrap_or_else(|e| Err(redis::RedisError::from(std::io::Error::other(e.to_string()))));
-        let batches = &applying.batches;
+        let batches: Vec<PartitionBatch> =
+            Arc::try_unwrap(applying.batches).unwrap_or_else(|shared| (*shared).clone());
         let applied = match first {
             Ok(applied) => Some(applied),
             Err(e) => {
                 tracing::warn!(error = %e, "applying a batch to Redis failed; retrying");
                 let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
                 retry("applying a batch to Redis", backoff, Until::Stopped(&stopped), || {
-                    self.rt.block_on(self.pending.apply(batches))
+                    self.rt.block_on(self.pending.apply(&batches))
                 })
             }
         };
         let Some(applied) = applied else {
             return; // shutting down: the batch is consumed again by the next owner
         };
-        for (b, outcome) in batches.iter().zip(applied) {
-            self.note_applied(&mut state.partitions, b, outcome);
+        let mut counted = 0;
+        for (b, outcome) in batches.into_iter().zip(applied) {
+            self.note_applied(&mut state.partitions, &b, outcome);
+            if let Some(p) = state.partitions.get_mut(&b.partition).filter(|p| p.epoch == b.epoch) {
+                let fresh = Arc::try_unwrap(b.counts).unwrap_or_else(|shared| (*shared).clone());
+                counted += fresh.views();
+                p.current.absorb(fresh);
+            }
         }
-        let (mut counted, mut invalid) = (0, 0);
+        let mut invalid = 0;
         for (partition, part) in applying.parts {
             let Some(p) = state.partitions.get_mut(&partition).filter(|p| p.epoch == part.epoch) else {
                 continue;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::Message as _;
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 
@@ -21,6 +21,8 @@ use crate::metrics as m;
 
 /// Most messages taken into one batch.
 const MAX_BATCH: usize = 20_000;
+/// Messages polled before they are handed to the aggregator in one go.
+const BURST: usize = 256;
 /// Longest wait to fill a batch.
 const BATCH_WAIT: Duration = Duration::from_millis(50);
 /// How long the final flush at shutdown keeps retrying a failing Postgres.
@@ -120,17 +122,38 @@ fn check_log_end(consumer: &BaseConsumer<AggregatorContext>, topic: &str, claim:
 /// Polls, counts and flushes until shutdown; then flushes, commits and leaves.
 pub fn run_loop(consumer: BaseConsumer<AggregatorContext>, health: Health, shutdown: Shutdown) {
     let aggregator = consumer.context().aggregator.clone();
+    let mut burst: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BURST);
     while !shutdown.is_triggered() {
         health.beat();
         let until = Instant::now() + BATCH_WAIT;
-        while aggregator.batch_len() < MAX_BATCH {
+        let mut gathered = 0;
+        let mut rebalances = aggregator.rebalances();
+        while gathered < MAX_BATCH {
             let left = until.saturating_duration_since(Instant::now());
-            match consumer.poll(left) {
-                Some(Ok(msg)) => aggregator.add(msg.partition(), msg.offset(), msg.payload(), msg.key()),
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                None => {}
+            // Wait only for the first message of a burst; take the rest as queued.
+            while burst.len() < BURST {
+                let wait = if burst.is_empty() { left } else { Duration::ZERO };
+                match consumer.poll(wait) {
+                    Some(Ok(msg)) => {
+                        // A rebalance runs inside `poll`: whatever was polled before
+                        // it belongs to an assignment that is gone.
+                        let now = aggregator.rebalances();
+                        if now != rebalances {
+                            burst.clear();
+                            rebalances = now;
+                        }
+                        burst.push(msg);
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                    None => break,
+                }
             }
-            if left.is_zero() {
+            gathered += burst.len();
+            if aggregator.rebalances() == rebalances {
+                aggregator.add_all(burst.iter().map(|m| (m.partition(), m.offset(), m.payload(), m.key())));
+            }
+            burst.clear();
+            if left.is_zero() || Instant::now() >= until {
                 break;
             }
         }

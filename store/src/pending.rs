@@ -44,8 +44,12 @@
 //! on every partition Postgres knows of; the owner notices the loss on its next write
 //! or check, rewrites the counts from memory and marks the partition live again.
 
+use std::sync::Arc;
+
 use chrono::NaiveDate;
 use redis::aio::ConnectionManager;
+
+use crate::counts::Counts;
 
 /// How long a client-chosen eventId is remembered (contract guarantee 3).
 pub const DEDUPE_TTL_SECS: u64 = 24 * 60 * 60;
@@ -211,14 +215,14 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// The field of a key's total.
+/// The field of a key's total (the same as `Counts::for_each_field` writes).
 pub fn total_field(key: &str) -> String {
     format!("t:{key}")
 }
 
-/// The field of a key's views on `day`.
+/// The field of a key's views on `day` (the same as `Counts::for_each_field` writes).
 pub fn day_field(key: &str, day: NaiveDate) -> String {
-    format!("d:{key}:{}", day.format("%Y-%m-%d"))
+    format!("d:{key}:{day}")
 }
 
 /// One partition's batch, pre-aggregated.
@@ -233,8 +237,8 @@ pub struct PartitionBatch {
     pub last: i64,
     /// Mark the partition live (the writer is caught up and vouches for it).
     pub live: bool,
-    /// `(field, increment)`: see [`total_field`] and [`day_field`].
-    pub increments: Vec<(String, i64)>,
+    /// What the batch adds.
+    pub counts: Arc<Counts>,
 }
 
 /// What applying one partition's batch found.
@@ -311,9 +315,9 @@ impl PendingStore {
                 .arg(b.last)
                 .arg(if b.live { "1" } else { "0" })
                 .arg(HASH_TTL_SECS);
-            for (field, n) in &b.increments {
-                cmd.arg(field.as_str()).arg(*n);
-            }
+            b.counts.for_each_field(|field, n| {
+                cmd.arg(field).arg(n);
+            });
         }
         let answers: Vec<Vec<i64>> = self.query_scripts(&pipe).await?;
         Ok(answers
