@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 mod m20261121_000001_counters;
 mod m20261121_000002_aggregator_partitions;
 mod m20261121_000003_jobs;
+mod m20261121_000004_fillfactor;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_counters::Migration),
             Box::new(m20261121_000002_aggregator_partitions::Migration),
             Box::new(m20261121_000003_jobs::Migration),
+            Box::new(m20261121_000004_fillfactor::Migration),
         ]
     }
 }
