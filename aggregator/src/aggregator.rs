@@ -28,6 +28,10 @@ use crate::retry::{retry, Backoff, Until};
 
 /// How often the live marks of idle partitions are checked.
 const LIVE_CHECK_EVERY: Duration = Duration::from_millis(200);
+/// Past this many unflushed keys the loop stops polling until the flush in flight
+/// lands: memory stays bounded (about 200 MiB of counts) when Postgres is slower than
+/// the log.
+const PENDING_CAP: usize = 1_000_000;
 
 /// The knobs of counting and flushing.
 #[derive(Clone, Debug)]
@@ -236,6 +240,12 @@ impl Aggregator {
         if !owned.is_empty() {
             tracing::info!(partitions = ?owned, "partitions revoked");
         }
+    }
+
+    /// True while so many keys wait for Postgres that polling should pause.
+    pub fn must_wait(&self) -> bool {
+        let state = self.state();
+        state.flush.is_some() && state.partitions.values().map(Partition::pending_keys).sum::<usize>() >= PENDING_CAP
     }
 
     /// Assignments and revocations so far.

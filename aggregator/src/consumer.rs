@@ -125,6 +125,11 @@ pub fn run_loop(consumer: BaseConsumer<AggregatorContext>, health: Health, shutd
     let mut burst: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BURST);
     while !shutdown.is_triggered() {
         health.beat();
+        if aggregator.must_wait() {
+            std::thread::sleep(Duration::from_millis(5));
+            aggregator.drive_flush(&consumer);
+            continue;
+        }
         let until = Instant::now() + BATCH_WAIT;
         let mut gathered = 0;
         let mut rebalances = aggregator.rebalances();

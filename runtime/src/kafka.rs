@@ -52,6 +52,10 @@ pub fn consumer_config(brokers: &str, group: &str, session_timeout_ms: u32) -> C
         // default) whenever its local queue is over the thresholds; a consumer that
         // drains in batches then starves for most of every second. Measured with
         // `deploy/local/bench`: 117k/s with the default, 233k/s with 20 ms.
-        .set("fetch.queue.backoff.ms", "20");
+        .set("fetch.queue.backoff.ms", "20")
+        // Prefetch a few batches' worth, not whole partitions: librdkafka's defaults
+        // (100k messages per partition, 64 MiB) made up most of the aggregator's memory.
+        .set("queued.min.messages", "20000")
+        .set("queued.max.messages.kbytes", "16384");
     config
 }

@@ -7,20 +7,45 @@ use std::fmt::Write;
 
 use chrono::NaiveDate;
 
-/// What a batch or generation adds to one key.
+/// What a batch or generation adds to one key. Small on purpose: an aggregator may
+/// hold a million of these between flushes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyCounts {
-    /// Views per UTC day; a handful of entries at most, in arrival order.
-    days: Vec<(NaiveDate, i64)>,
+    days: Days,
     /// The latest path seen, if any.
     path: Option<Box<str>>,
 }
 
+/// Views per UTC day, in arrival order. Nearly every key gets views of one day only
+/// between two flushes, so that day is kept inline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Days {
+    #[default]
+    None,
+    One([(NaiveDate, i64); 1]),
+    Many(Vec<(NaiveDate, i64)>),
+}
+
+impl Days {
+    fn as_slice(&self) -> &[(NaiveDate, i64)] {
+        match self {
+            Days::None => &[],
+            Days::One(one) => one,
+            Days::Many(many) => many,
+        }
+    }
+}
+
 impl KeyCounts {
     pub fn add(&mut self, day: NaiveDate, n: i64) {
-        match self.days.iter_mut().find(|(d, _)| *d == day) {
-            Some((_, count)) => *count += n,
-            None => self.days.push((day, n)),
+        match &mut self.days {
+            Days::None => self.days = Days::One([(day, n)]),
+            Days::One([(d, count)]) if *d == day => *count += n,
+            Days::One([first]) => self.days = Days::Many(vec![*first, (day, n)]),
+            Days::Many(many) => match many.iter_mut().find(|(d, _)| *d == day) {
+                Some((_, count)) => *count += n,
+                None => many.push((day, n)),
+            },
         }
     }
 
@@ -32,11 +57,11 @@ impl KeyCounts {
     }
 
     pub fn total(&self) -> i64 {
-        self.days.iter().map(|(_, n)| n).sum()
+        self.days().iter().map(|(_, n)| n).sum()
     }
 
     pub fn days(&self) -> &[(NaiveDate, i64)] {
-        &self.days
+        self.days.as_slice()
     }
 
     pub fn path(&self) -> Option<&str> {
@@ -45,7 +70,7 @@ impl KeyCounts {
 
     /// Adds `other` (later views of the same key) to this.
     pub fn merge(&mut self, other: &KeyCounts) {
-        for (day, n) in &other.days {
+        for (day, n) in other.days() {
             self.add(*day, *n);
         }
         if let Some(path) = &other.path {
@@ -135,7 +160,7 @@ impl Counts {
             name.push_str("t:");
             name.push_str(key);
             f(&name, counts.total());
-            for (day, n) in &counts.days {
+            for (day, n) in counts.days() {
                 name.clear();
                 let _ = write!(name, "d:{key}:{day}");
                 f(&name, *n);
@@ -157,6 +182,20 @@ mod tests {
 
     fn day(d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, d).expect("date")
+    }
+
+    #[test]
+    fn one_day_is_kept_inline_and_more_spill() {
+        let mut c = KeyCounts::default();
+        c.add(day(20), 1);
+        c.add(day(20), 2);
+        assert_eq!(c.days(), &[(day(20), 3)]);
+        c.add(day(21), 1);
+        c.add(day(22), 1);
+        c.add(day(21), 1);
+        assert_eq!(c.days(), &[(day(20), 3), (day(21), 2), (day(22), 1)]);
+        assert_eq!(c.total(), 6);
+        assert!(std::mem::size_of::<KeyCounts>() <= 40, "{}", std::mem::size_of::<KeyCounts>());
     }
 
     #[test]

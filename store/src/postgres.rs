@@ -233,6 +233,10 @@ pub async fn flush(
     Ok(outcome)
 }
 
+/// Keys per upsert statement: bounds the memory a flush of a large generation takes
+/// while it is encoded.
+const UPSERT_CHUNK: usize = 20_000;
+
 /// Adds counts to the total and daily rows (zero counts skipped), in key order so
 /// that concurrent flushers cannot deadlock. A key counted by several partitions is
 /// summed first: one upsert may not touch a row twice.
@@ -251,9 +255,19 @@ pub async fn add_counts(
     }
     merged.retain(|(_, c)| c.total() != 0);
     let mut outcome = FlushOutcome::default();
-    if merged.is_empty() {
-        return Ok(outcome);
+    for chunk in merged.chunks(UPSERT_CHUNK) {
+        let (total_rows, daily_rows) = upsert(txn, chunk).await?;
+        outcome.total_rows += total_rows;
+        outcome.daily_rows += daily_rows;
     }
+    Ok(outcome)
+}
+
+/// One multi-row upsert into each counter table.
+async fn upsert(
+    txn: &impl ConnectionTrait,
+    merged: &[(&str, std::borrow::Cow<'_, KeyCounts>)],
+) -> Result<(u64, u64), DbErr> {
     let n = merged.len();
     let (mut key_col, mut ns_col, mut id_col, mut path_col, mut total_col) = (
         Vec::with_capacity(n),
@@ -263,7 +277,7 @@ pub async fn add_counts(
         Vec::with_capacity(n),
     );
     let (mut day_key, mut day_col, mut count_col) = (Vec::new(), Vec::new(), Vec::new());
-    for (key, c) in &merged {
+    for (key, c) in merged {
         let (ns, id) = key.split_once(':').unwrap_or((key, ""));
         key_col.push((*key).to_owned());
         ns_col.push(ns.to_owned());
@@ -298,7 +312,7 @@ pub async fn add_counts(
             ],
         ))
         .await?;
-    outcome.total_rows = res.rows_affected();
+    let total_rows = res.rows_affected();
     let res = txn
         .execute(stmt(
             "INSERT INTO view_counter_daily AS d (key, day, count, created_at, updated_at)
@@ -309,8 +323,7 @@ pub async fn add_counts(
             vec![day_key.into(), day_col.into(), count_col.into()],
         ))
         .await?;
-    outcome.daily_rows = res.rows_affected();
-    Ok(outcome)
+    Ok((total_rows, res.rows_affected()))
 }
 
 /// What Postgres holds for one key, and every partition's `flushed_gen`, read in one
