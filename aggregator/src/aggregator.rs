@@ -163,17 +163,34 @@ impl Aggregator {
     pub fn claim(&self, partition: i32) -> Option<(Claim, i64)> {
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let stopped = || self.stopped();
-        let claim = retry("claiming a partition in Postgres", backoff, Until::Stopped(&stopped), || {
-            self.rt.block_on(postgres::claim(&self.db, &self.scope, partition))
-        })?;
-        let taken = retry("fencing a partition in Redis", backoff, Until::Stopped(&stopped), || {
-            self.rt
-                .block_on(self.pending.take_over(partition, claim.epoch, claim.flushed_gen + 1))
-        })?;
+        let claim = retry(
+            "claiming a partition in Postgres",
+            backoff,
+            Until::Stopped(&stopped),
+            || {
+                self.rt
+                    .block_on(postgres::claim(&self.db, &self.scope, partition))
+            },
+        )?;
+        let taken = retry(
+            "fencing a partition in Redis",
+            backoff,
+            Until::Stopped(&stopped),
+            || {
+                self.rt.block_on(self.pending.take_over(
+                    partition,
+                    claim.epoch,
+                    claim.flushed_gen + 1,
+                ))
+            },
+        )?;
         let redis_at = match taken {
             TakeOver::Applied(at) => at,
             TakeOver::Stale => {
-                tracing::warn!(partition, "a newer owner fenced this partition in Redis already");
+                tracing::warn!(
+                    partition,
+                    "a newer owner fenced this partition in Redis already"
+                );
                 return None;
             }
             TakeOver::Ahead(gen) => {
@@ -245,7 +262,13 @@ impl Aggregator {
     /// True while so many keys wait for Postgres that polling should pause.
     pub fn must_wait(&self) -> bool {
         let state = self.state();
-        state.flush.is_some() && state.partitions.values().map(Partition::pending_keys).sum::<usize>() >= PENDING_CAP
+        state.flush.is_some()
+            && state
+                .partitions
+                .values()
+                .map(Partition::pending_keys)
+                .sum::<usize>()
+                >= PENDING_CAP
     }
 
     /// Assignments and revocations so far.
@@ -260,9 +283,14 @@ impl Aggregator {
     }
 
     /// [`Aggregator::add`] for several messages, under one lock.
-    pub fn add_all<'m>(&self, messages: impl Iterator<Item = (i32, i64, Option<&'m [u8]>, Option<&'m [u8]>)>) {
+    pub fn add_all<'m>(
+        &self,
+        messages: impl Iterator<Item = (i32, i64, Option<&'m [u8]>, Option<&'m [u8]>)>,
+    ) {
         let mut state = self.state();
-        let State { partitions, batch, .. } = &mut *state;
+        let State {
+            partitions, batch, ..
+        } = &mut *state;
         for (partition, offset, payload, key) in messages {
             if let Some(owner) = partitions.get(&partition) {
                 batch.add(partition, owner, offset, payload, key, &self.namespaces);
@@ -331,10 +359,11 @@ impl Aggregator {
             return;
         };
         let stopped = || self.stopped();
-        let first = self
-            .rt
-            .block_on(applying.task)
-            .unwrap_or_else(|e| Err(redis::RedisError::from(std::io::Error::other(e.to_string()))));
+        let first = self.rt.block_on(applying.task).unwrap_or_else(|e| {
+            Err(redis::RedisError::from(std::io::Error::other(
+                e.to_string(),
+            )))
+        });
         let batches: Vec<PartitionBatch> =
             Arc::try_unwrap(applying.batches).unwrap_or_else(|shared| (*shared).clone());
         let applied = match first {
@@ -342,9 +371,12 @@ impl Aggregator {
             Err(e) => {
                 tracing::warn!(error = %e, "applying a batch to Redis failed; retrying");
                 let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-                retry("applying a batch to Redis", backoff, Until::Stopped(&stopped), || {
-                    self.rt.block_on(self.pending.apply(&batches))
-                })
+                retry(
+                    "applying a batch to Redis",
+                    backoff,
+                    Until::Stopped(&stopped),
+                    || self.rt.block_on(self.pending.apply(&batches)),
+                )
             }
         };
         let Some(applied) = applied else {
@@ -353,7 +385,11 @@ impl Aggregator {
         let mut counted = 0;
         for (b, outcome) in batches.into_iter().zip(applied) {
             self.note_applied(&mut state.partitions, &b, outcome);
-            if let Some(p) = state.partitions.get_mut(&b.partition).filter(|p| p.epoch == b.epoch) {
+            if let Some(p) = state
+                .partitions
+                .get_mut(&b.partition)
+                .filter(|p| p.epoch == b.epoch)
+            {
                 let fresh = Arc::try_unwrap(b.counts).unwrap_or_else(|shared| (*shared).clone());
                 counted += fresh.views();
                 p.current.absorb(fresh);
@@ -361,7 +397,11 @@ impl Aggregator {
         }
         let mut invalid = 0;
         for (partition, part) in applying.parts {
-            let Some(p) = state.partitions.get_mut(&partition).filter(|p| p.epoch == part.epoch) else {
+            let Some(p) = state
+                .partitions
+                .get_mut(&partition)
+                .filter(|p| p.epoch == part.epoch)
+            else {
                 continue;
             };
             let Some(last) = part.last else {
@@ -396,9 +436,12 @@ impl Aggregator {
         }
         let stopped = || self.stopped();
         let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let firsts = retry("checking eventIds in Redis", backoff, Until::Stopped(&stopped), || {
-            self.rt.block_on(self.pending.first_sightings(&ids))
-        })?;
+        let firsts = retry(
+            "checking eventIds in Redis",
+            backoff,
+            Until::Stopped(&stopped),
+            || self.rt.block_on(self.pending.first_sightings(&ids)),
+        )?;
         drop(ids);
         let mut firsts = firsts.into_iter();
         let mut duplicates = 0;
@@ -408,7 +451,11 @@ impl Aggregator {
                     duplicates += 1;
                     continue;
                 }
-                let counts = if e.replayed { &mut part.replayed } else { &mut part.fresh };
+                let counts = if e.replayed {
+                    &mut part.replayed
+                } else {
+                    &mut part.fresh
+                };
                 counts.add(&e.key, e.day, e.path.as_deref());
             }
         }
@@ -416,8 +463,16 @@ impl Aggregator {
     }
 
     /// Records what Redis answered to one partition's batch.
-    fn note_applied(&self, partitions: &mut BTreeMap<i32, Partition>, b: &PartitionBatch, outcome: Applied) {
-        let Some(p) = partitions.get_mut(&b.partition).filter(|p| p.epoch == b.epoch) else {
+    fn note_applied(
+        &self,
+        partitions: &mut BTreeMap<i32, Partition>,
+        b: &PartitionBatch,
+        outcome: Applied,
+    ) {
+        let Some(p) = partitions
+            .get_mut(&b.partition)
+            .filter(|p| p.epoch == b.epoch)
+        else {
             return;
         };
         match outcome {
@@ -454,7 +509,11 @@ impl Aggregator {
     /// Redis lost (part of) a partition's pending counts: rewrite them from memory.
     fn lost(&self, partition: i32, p: &mut Partition) {
         if p.marked_live {
-            tracing::warn!(partition, keys = p.pending_keys(), "Redis lost this partition's pending counts; restoring them from memory");
+            tracing::warn!(
+                partition,
+                keys = p.pending_keys(),
+                "Redis lost this partition's pending counts; restoring them from memory"
+            );
             metrics::counter!(m::REDIS_RESTORES).increment(1);
         }
         p.marked_live = false;
@@ -504,7 +563,11 @@ impl Aggregator {
     fn spawn_flush(&self, unit: &FlushUnit) -> FlushTask {
         let (db, scope, unit) = (self.db.clone(), self.scope.clone(), unit.clone());
         self.rt.spawn(async move {
-            let counts: Vec<&Counts> = unit.parts.iter().filter_map(|p| p.counts.as_deref()).collect();
+            let counts: Vec<&Counts> = unit
+                .parts
+                .iter()
+                .filter_map(|p| p.counts.as_deref())
+                .collect();
             let commits: Vec<_> = unit.parts.iter().map(|p| p.commit.clone()).collect();
             postgres::flush(&db, &scope, &counts, &commits).await
         })
@@ -513,7 +576,11 @@ impl Aggregator {
     /// Handles the flush in flight if it finished (or, with `wait_until`, once it
     /// finishes before then); returns the Kafka offsets to commit after a successful
     /// one. Retries a failed flush as it was once its backoff passed.
-    fn finish_flush(&self, state: &mut State, wait_until: Option<Instant>) -> Option<Option<TopicPartitionList>> {
+    fn finish_flush(
+        &self,
+        state: &mut State,
+        wait_until: Option<Instant>,
+    ) -> Option<Option<TopicPartitionList>> {
         let flight = state.flush.as_mut()?;
         let Some(task) = flight.task.as_mut() else {
             if Instant::now() >= flight.retry_at {
@@ -537,8 +604,11 @@ impl Aggregator {
             }
         };
         flight.task = None;
-        let result = result
-            .unwrap_or_else(|e| Err(FlushError::Db(sea_orm::DbErr::Custom(format!("flush task: {e}")))));
+        let result = result.unwrap_or_else(|e| {
+            Err(FlushError::Db(sea_orm::DbErr::Custom(format!(
+                "flush task: {e}"
+            ))))
+        });
         match result {
             Ok(outcome) => {
                 let flight = state.flush.take()?;
@@ -546,16 +616,26 @@ impl Aggregator {
                     tracing::info!("the flush had committed already (its reply was lost); nothing written twice");
                 }
                 flush::flushed(&mut state.partitions, &flight.unit);
-                metrics::histogram!(m::FLUSH_DURATION).record(flight.started.elapsed().as_secs_f64());
+                metrics::histogram!(m::FLUSH_DURATION)
+                    .record(flight.started.elapsed().as_secs_f64());
                 metrics::counter!(m::FLUSHED_ROWS).increment(outcome.rows());
                 metrics::gauge!(m::LAST_FLUSH).set(chrono::Utc::now().timestamp() as f64);
                 let mut offsets = TopicPartitionList::new();
                 for c in flight.unit.sealing() {
-                    let _ = offsets.add_partition_offset(&self.scope.topic, c.partition, Offset::Offset(c.next_offset));
+                    let _ = offsets.add_partition_offset(
+                        &self.scope.topic,
+                        c.partition,
+                        Offset::Offset(c.next_offset),
+                    );
                     let (pending, partition, gen) = (self.pending.clone(), c.partition, c.gen);
-                    self.rt.spawn(async move { pending.drop_generation(partition, gen).await });
+                    self.rt
+                        .spawn(async move { pending.drop_generation(partition, gen).await });
                 }
-                tracing::debug!(partitions = flight.unit.parts.len(), rows = outcome.rows(), "flushed");
+                tracing::debug!(
+                    partitions = flight.unit.parts.len(),
+                    rows = outcome.rows(),
+                    "flushed"
+                );
                 Some(Some(offsets))
             }
             Err(FlushError::Fenced(fenced)) => {
@@ -586,7 +666,12 @@ impl Aggregator {
 
     /// Flushes everything (the flush in flight first), retrying until `deadline`, and
     /// commits the offsets.
-    fn flush_all<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, deadline: Instant, mode: CommitMode) {
+    fn flush_all<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        deadline: Instant,
+        mode: CommitMode,
+    ) {
         let mut state = self.state();
         self.land(&mut state);
         let mut offsets = TopicPartitionList::new();
@@ -610,7 +695,9 @@ impl Aggregator {
                 }
             }
             if Instant::now() >= deadline {
-                tracing::warn!("could not flush everything in time; the next owner re-counts the rest");
+                tracing::warn!(
+                    "could not flush everything in time; the next owner re-counts the rest"
+                );
                 break;
             }
         }
@@ -639,7 +726,10 @@ impl Aggregator {
                             continue;
                         };
                         if mark.is_some_and(|e| e > p.epoch) {
-                            tracing::warn!(partition, "a newer owner marked this partition; dropping it");
+                            tracing::warn!(
+                                partition,
+                                "a newer owner marked this partition; dropping it"
+                            );
                             state.partitions.remove(&partition);
                         } else if mark != Some(p.epoch) && p.marked_live {
                             self.lost(partition, p);
@@ -673,17 +763,26 @@ impl Aggregator {
         };
         let mut writes = Vec::new();
         if let Some(sealed) = &p.sealed {
-            writes.push((sealed.gen, sealed.next_offset - 1, false, sealed.counts.fields()));
+            writes.push((
+                sealed.gen,
+                sealed.next_offset - 1,
+                false,
+                sealed.counts.fields(),
+            ));
         }
         let last = p.consumed_to.map_or(-1, |c| c - 1);
         writes.push((p.gen, last, true, p.current.fields()));
         for (gen, last, live, fields) in writes {
-            let done = self
-                .rt
-                .block_on(self.pending.restore(partition, p.epoch, gen, last, live, &fields));
+            let done = self.rt.block_on(
+                self.pending
+                    .restore(partition, p.epoch, gen, last, live, &fields),
+            );
             match done {
                 Ok(Applied::Stale) => {
-                    tracing::warn!(partition, "a newer owner wrote this partition in Redis; dropping it");
+                    tracing::warn!(
+                        partition,
+                        "a newer owner wrote this partition in Redis; dropping it"
+                    );
                     partitions.remove(&partition);
                     return;
                 }
@@ -709,4 +808,3 @@ impl Aggregator {
         state.batch.clear();
     }
 }
-

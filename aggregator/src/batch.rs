@@ -98,7 +98,9 @@ impl Batch {
         self.messages += 1;
         let replayed = state.replay_to.is_some_and(|x| offset <= x);
         let parsed = match payload {
-            Some(bytes) => EventRef::parse(bytes, namespaces).map_err(|e| format!("{}: {e}", e.code())),
+            Some(bytes) => {
+                EventRef::parse(bytes, namespaces).map_err(|e| format!("{}: {e}", e.code()))
+            }
             None => Err("invalid_json: empty message".to_owned()),
         };
         match parsed {
@@ -117,7 +119,11 @@ impl Batch {
                         replayed,
                     });
                 } else {
-                    let counts = if replayed { &mut part.replayed } else { &mut part.fresh };
+                    let counts = if replayed {
+                        &mut part.replayed
+                    } else {
+                        &mut part.fresh
+                    };
                     counts.add(&self.key, event.day(), event.path.as_deref());
                 }
             }
@@ -200,7 +206,14 @@ mod tests {
     #[test]
     fn a_new_claim_starts_the_partition_over_and_replayed_offsets_stay_in_memory() {
         let mut batch = Batch::default();
-        batch.add(0, &state(Some(0), 1, -1), 0, Some(&event("a", None)), None, &ns());
+        batch.add(
+            0,
+            &state(Some(0), 1, -1),
+            0,
+            Some(&event("a", None)),
+            None,
+            &ns(),
+        );
         // Claimed again (epoch 2) at offset 0, with Redis holding up to offset 1.
         let again = state(Some(0), 2, 1);
         for offset in 0..4 {
@@ -215,7 +228,11 @@ mod tests {
         assert_eq!(part.with_ids.len(), 1);
         assert_eq!(part.with_ids[0].key, "resource:a");
         assert_eq!(part.invalid.len(), 2);
-        assert!(part.invalid[0].reason.starts_with("invalid_json"), "{}", part.invalid[0].reason);
+        assert!(
+            part.invalid[0].reason.starts_with("invalid_json"),
+            "{}",
+            part.invalid[0].reason
+        );
         assert!(batch.is_empty());
     }
 }

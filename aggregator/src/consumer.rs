@@ -52,7 +52,12 @@ impl ClientContext for AggregatorContext {
 }
 
 impl ConsumerContext for AggregatorContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         metrics::counter!(m::REBALANCES).increment(1);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
@@ -61,7 +66,8 @@ impl ConsumerContext for AggregatorContext {
                     .iter()
                     .filter_map(|e| self.aggregator.claim(e.partition()))
                     .map(|(mut claim, redis_at)| {
-                        let recreated = check_log_end(consumer, self.aggregator.topic(), &mut claim);
+                        let recreated =
+                            check_log_end(consumer, self.aggregator.topic(), &mut claim);
                         (claim, redis_at, recreated)
                     })
                     .collect();
@@ -96,7 +102,11 @@ impl AggregatorContext {
 /// truncated (a restarted in-memory dev broker does this; so does deleting and
 /// recreating a topic). Its messages are new events: count it from its beginning
 /// rather than skip them. Returns true when that was done.
-fn check_log_end(consumer: &BaseConsumer<AggregatorContext>, topic: &str, claim: &mut Claim) -> bool {
+fn check_log_end(
+    consumer: &BaseConsumer<AggregatorContext>,
+    topic: &str,
+    claim: &mut Claim,
+) -> bool {
     let Some(next) = claim.next_offset else {
         return false;
     };
@@ -137,7 +147,11 @@ pub fn run_loop(consumer: BaseConsumer<AggregatorContext>, health: Health, shutd
             let left = until.saturating_duration_since(Instant::now());
             // Wait only for the first message of a burst; take the rest as queued.
             while burst.len() < BURST {
-                let wait = if burst.is_empty() { left } else { Duration::ZERO };
+                let wait = if burst.is_empty() {
+                    left
+                } else {
+                    Duration::ZERO
+                };
                 match consumer.poll(wait) {
                     Some(Ok(msg)) => {
                         // A rebalance runs inside `poll`: whatever was polled before
@@ -155,7 +169,11 @@ pub fn run_loop(consumer: BaseConsumer<AggregatorContext>, health: Health, shutd
             }
             gathered += burst.len();
             if aggregator.rebalances() == rebalances {
-                aggregator.add_all(burst.iter().map(|m| (m.partition(), m.offset(), m.payload(), m.key())));
+                aggregator.add_all(
+                    burst
+                        .iter()
+                        .map(|m| (m.partition(), m.offset(), m.payload(), m.key())),
+                );
             }
             burst.clear();
             if left.is_zero() || Instant::now() >= until {

@@ -20,7 +20,13 @@ impl Dlq {
     /// `source_partition` and `source_offset` headers, and waits for the broker's
     /// acknowledgement, so none is skipped before it is safely parked. Retries until
     /// `stopped`; returns false if it gave up.
-    pub fn park(&self, rt: &Handle, partition: i32, invalid: &[Invalid], stopped: &dyn Fn() -> bool) -> bool {
+    pub fn park(
+        &self,
+        rt: &Handle,
+        partition: i32,
+        invalid: &[Invalid],
+        stopped: &dyn Fn() -> bool,
+    ) -> bool {
         if invalid.is_empty() {
             return true;
         }
@@ -31,9 +37,18 @@ impl Dlq {
         retry("DLQ publish", backoff, Until::Stopped(stopped), || {
             let sends = invalid.iter().map(|m| {
                 let headers = OwnedHeaders::new()
-                    .insert(Header { key: "error", value: Some(m.reason.as_bytes()) })
-                    .insert(Header { key: "source_partition", value: Some(partition.to_string().as_bytes()) })
-                    .insert(Header { key: "source_offset", value: Some(m.offset.to_string().as_bytes()) });
+                    .insert(Header {
+                        key: "error",
+                        value: Some(m.reason.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "source_partition",
+                        value: Some(partition.to_string().as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "source_offset",
+                        value: Some(m.offset.to_string().as_bytes()),
+                    });
                 let mut record = FutureRecord::<Vec<u8>, Vec<u8>>::to(&self.topic).headers(headers);
                 if let Some(p) = &m.payload {
                     record = record.payload(p);

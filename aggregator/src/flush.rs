@@ -190,7 +190,9 @@ mod tests {
     #[test]
     fn only_caught_up_partitions_with_something_to_say_are_flushed() {
         let mut partitions: BTreeMap<i32, Partition> =
-            [partition(0, 15), partition(1, 10), partition(2, 30)].into_iter().collect();
+            [partition(0, 15), partition(1, 10), partition(2, 30)]
+                .into_iter()
+                .collect();
         if let Some(p) = partitions.get_mut(&2) {
             p.replay_to = Some(40); // a predecessor counted up to 40 in Redis
         }
@@ -198,16 +200,30 @@ mod tests {
         let summary: Vec<(i32, i64, i64, bool)> = unit
             .parts
             .iter()
-            .map(|p| (p.commit.partition, p.commit.next_offset, p.commit.gen, p.commit.seals))
+            .map(|p| {
+                (
+                    p.commit.partition,
+                    p.commit.next_offset,
+                    p.commit.gen,
+                    p.commit.seals,
+                )
+            })
             .collect();
         assert_eq!(summary, vec![(0, 15, 3, true)]);
         assert_eq!(unit.parts[0].counts.as_ref().map(|c| c.views()), Some(5));
-        assert_eq!(partitions[&0].gen, 4, "counting moved on to the next generation");
+        assert_eq!(
+            partitions[&0].gen, 4,
+            "counting moved on to the next generation"
+        );
         assert!(partitions[&0].current.is_empty());
         // While the flush is in flight nothing else is sealed; a flush request is
         // answered by idle partitions without sealing.
         let request = seal(&mut partitions, 5);
-        let summary: Vec<(i32, bool)> = request.parts.iter().map(|p| (p.commit.partition, p.commit.seals)).collect();
+        let summary: Vec<(i32, bool)> = request
+            .parts
+            .iter()
+            .map(|p| (p.commit.partition, p.commit.seals))
+            .collect();
         assert_eq!(summary, vec![(1, false)]);
 
         flushed(&mut partitions, &unit);
@@ -215,6 +231,9 @@ mod tests {
         assert!(partitions[&0].sealed.is_none());
         assert!(!partitions[&0].has_progress());
         flushed(&mut partitions, &request);
-        assert!(answers_pending(&partitions, 5), "partition 0 has not answered request 5");
+        assert!(
+            answers_pending(&partitions, 5),
+            "partition 0 has not answered request 5"
+        );
     }
 }

@@ -133,7 +133,8 @@ pub async fn run(
         group: common.consumer_group.clone(),
         topic: common.views_topic.clone(),
     };
-    let layout = Layout::new(&common.redis_prefix, &scope.group, &scope.topic).map_err(anyhow::Error::msg)?;
+    let layout = Layout::new(&common.redis_prefix, &scope.group, &scope.topic)
+        .map_err(anyhow::Error::msg)?;
     let pending = match redis.clone() {
         Some(conn) => Pending::Redis(PendingStore::new(conn, layout)),
         None => Pending::DatabaseOnly,
@@ -161,7 +162,12 @@ pub async fn run(
         topic: common.dlq_topic.clone(),
     };
     let requested_flush = Arc::new(AtomicI64::new(0));
-    spawn_flush_request_watch(db.clone(), scope.group.clone(), requested_flush.clone(), shutdown.clone());
+    spawn_flush_request_watch(
+        db.clone(),
+        scope.group.clone(),
+        requested_flush.clone(),
+        shutdown.clone(),
+    );
     let session = settings.kafka_session_timeout_ms;
     let aggregator = Arc::new(Aggregator::new(Parts {
         rt: tokio::runtime::Handle::current(),
@@ -175,14 +181,15 @@ pub async fn run(
         tuning: Tuning {
             flush_interval: Duration::from_millis(settings.flush_interval_ms),
             flush_max_pending: usize::try_from(settings.flush_max_pending).unwrap_or(usize::MAX),
-            revoke_deadline: Duration::from_millis(u64::from(session) / 3).max(Duration::from_millis(500)),
+            revoke_deadline: Duration::from_millis(u64::from(session) / 3)
+                .max(Duration::from_millis(500)),
         },
     }));
     let consumer: BaseConsumer<AggregatorContext> =
         kafka::consumer_config(&common.kafka_brokers, &common.consumer_group, session)
             .set("statistics.interval.ms", "5000")
-        .create_with_context(AggregatorContext { aggregator })
-        .context("cannot create the Kafka consumer")?;
+            .create_with_context(AggregatorContext { aggregator })
+            .context("cannot create the Kafka consumer")?;
     consumer
         .subscribe(&[&common.views_topic])
         .with_context(|| format!("cannot subscribe to {}", common.views_topic))?;

@@ -114,7 +114,10 @@ mod tests {
     #[test]
     fn a_claim_starts_the_next_generation_at_the_postgres_position() {
         let p = claimed(Some(10), -1);
-        assert_eq!((p.gen, p.flushed_to, p.consumed_to), (5, Some(10), Some(10)));
+        assert_eq!(
+            (p.gen, p.flushed_to, p.consumed_to),
+            (5, Some(10), Some(10))
+        );
         assert!(!p.has_progress());
         assert!(p.caught_up());
     }

@@ -17,7 +17,12 @@ impl Pending {
 
     /// Fences a partition for its new owner; returns how far Redis holds the
     /// generation the owner continues (-1 for nothing).
-    pub async fn take_over(&self, partition: i32, epoch: i64, gen: i64) -> redis::RedisResult<TakeOver> {
+    pub async fn take_over(
+        &self,
+        partition: i32,
+        epoch: i64,
+        gen: i64,
+    ) -> redis::RedisResult<TakeOver> {
         match self {
             Pending::Redis(store) => store.take_over(partition, epoch, gen).await,
             Pending::DatabaseOnly => Ok(TakeOver::Applied(-1)),
@@ -26,7 +31,10 @@ impl Pending {
 
     /// First sightings of client-chosen ids (see `PendingStore::first_sightings`).
     /// Database-only mode remembers no ids: every event counts.
-    pub async fn first_sightings(&self, ids: &[(&str, &str, i32, i64)]) -> redis::RedisResult<Vec<bool>> {
+    pub async fn first_sightings(
+        &self,
+        ids: &[(&str, &str, i32, i64)],
+    ) -> redis::RedisResult<Vec<bool>> {
         match self {
             Pending::Redis(store) => store.first_sightings(ids).await,
             Pending::DatabaseOnly => Ok(vec![true; ids.len()]),
@@ -50,7 +58,11 @@ impl Pending {
         fields: &[(String, i64)],
     ) -> redis::RedisResult<Applied> {
         match self {
-            Pending::Redis(store) => store.restore(partition, epoch, gen, last, live, fields).await,
+            Pending::Redis(store) => {
+                store
+                    .restore(partition, epoch, gen, last, live, fields)
+                    .await
+            }
             Pending::DatabaseOnly => Ok(Applied::Added { live: true }),
         }
     }

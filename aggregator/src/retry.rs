@@ -76,7 +76,11 @@ mod tests {
         let fast = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
         let got = retry("test", fast, Until::Stopped(&|| false), || {
             tries.set(tries.get() + 1);
-            if tries.get() < 3 { Err("not yet") } else { Ok(tries.get()) }
+            if tries.get() < 3 {
+                Err("not yet")
+            } else {
+                Ok(tries.get())
+            }
         });
         assert_eq!(got, Some(3));
 

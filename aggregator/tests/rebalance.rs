@@ -77,10 +77,11 @@ fn assign(agg: &Aggregator, consumer: &BaseConsumer) {
 async fn a_revoke_and_reassign_inside_one_batch_counts_every_offset_once() {
     let stack = Stack::start().await.expect("stack");
     let agg = aggregator(&stack).await;
-    let consumer: BaseConsumer = viewpipe_runtime::kafka::base_config(&stack.broker.addr().to_string())
-        .set("group.id", &stack.group)
-        .create()
-        .expect("consumer");
+    let consumer: BaseConsumer =
+        viewpipe_runtime::kafka::base_config(&stack.broker.addr().to_string())
+            .set("group.id", &stack.group)
+            .create()
+            .expect("consumer");
     let a = agg.clone();
     tokio::task::spawn_blocking(move || {
         assign(&a, &consumer);
@@ -115,17 +116,30 @@ async fn a_revoke_and_reassign_inside_one_batch_counts_every_offset_once() {
     .await
     .expect("join");
     let key = viewpipe_schema::ContentKey::new("resource", "fast");
-    let reader = viewpipe_store::read::Reader::new(stack.db.clone(), agg_scope(&stack), Some(store(&stack).await));
-    assert_eq!(reader.total(&key).await.expect("read"), 15, "pending in Redis, read before any flush");
+    let reader = viewpipe_store::read::Reader::new(
+        stack.db.clone(),
+        agg_scope(&stack),
+        Some(store(&stack).await),
+    );
+    assert_eq!(
+        reader.total(&key).await.expect("read"),
+        15,
+        "pending in Redis, read before any flush"
+    );
     let a = agg.clone();
-    let consumer: BaseConsumer = viewpipe_runtime::kafka::base_config(&stack.broker.addr().to_string())
-        .set("group.id", &stack.group)
-        .create()
-        .expect("consumer");
+    let consumer: BaseConsumer =
+        viewpipe_runtime::kafka::base_config(&stack.broker.addr().to_string())
+            .set("group.id", &stack.group)
+            .create()
+            .expect("consumer");
     tokio::task::spawn_blocking(move || a.finish(&consumer, Duration::from_secs(10)))
         .await
         .expect("join");
-    assert_eq!(reader.total(&key).await.expect("read"), 15, "after the flush");
+    assert_eq!(
+        reader.total(&key).await.expect("read"),
+        15,
+        "after the flush"
+    );
     let rows = stack
         .rows("SELECT key, total FROM view_counter_total")
         .await

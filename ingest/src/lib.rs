@@ -133,8 +133,12 @@ pub async fn run(
         None => None,
     };
     check_kafka(&common.kafka_brokers).await?;
-    let layout = Layout::new(&common.redis_prefix, &common.consumer_group, &common.views_topic)
-        .map_err(anyhow::Error::msg)?;
+    let layout = Layout::new(
+        &common.redis_prefix,
+        &common.consumer_group,
+        &common.views_topic,
+    )
+    .map_err(anyhow::Error::msg)?;
     let producer: FutureProducer = kafka::producer_config(&common.kafka_brokers)
         .create()
         .context("cannot create the Kafka producer")?;

@@ -46,7 +46,10 @@ pub fn consumer_config(brokers: &str, group: &str, session_timeout_ms: u32) -> C
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", session_timeout_ms.to_string())
-        .set("heartbeat.interval.ms", (session_timeout_ms / 10).max(100).to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (session_timeout_ms / 10).max(100).to_string(),
+        )
         .set("max.poll.interval.ms", "300000")
         // librdkafka pauses a partition's fetching for `fetch.queue.backoff.ms` (1 s by
         // default) whenever its local queue is over the thresholds; a consumer that

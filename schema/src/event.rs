@@ -257,7 +257,10 @@ fn required<'s>(name: &'static str, value: Option<&'s str>) -> Result<&'s str, F
 }
 
 /// `contentType`: required, and allowed by `NAMESPACES`.
-fn check_content_type<'s>(value: Option<&'s str>, namespaces: &Namespaces) -> Result<&'s str, FieldError> {
+fn check_content_type<'s>(
+    value: Option<&'s str>,
+    namespaces: &Namespaces,
+) -> Result<&'s str, FieldError> {
     let ns = required("contentType", value)?;
     if !namespaces.allows(ns) {
         return Err(FieldError::new(
@@ -310,7 +313,10 @@ fn check_path(value: Option<&str>) -> Result<Option<&str>, FieldError> {
 }
 
 /// `sessionId` and `eventId`: 1..=128 printable ASCII characters.
-fn check_token<'s>(name: &'static str, value: Option<&'s str>) -> Result<Option<&'s str>, FieldError> {
+fn check_token<'s>(
+    name: &'static str,
+    value: Option<&'s str>,
+) -> Result<Option<&'s str>, FieldError> {
     let Some(token) = value else {
         return Ok(None);
     };
@@ -332,7 +338,10 @@ fn check_token<'s>(name: &'static str, value: Option<&'s str>) -> Result<Option<
 }
 
 /// An RFC 3339 timestamp.
-fn check_timestamp(name: &'static str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, FieldError> {
+fn check_timestamp(
+    name: &'static str,
+    value: Option<&str>,
+) -> Result<Option<DateTime<Utc>>, FieldError> {
     let Some(text) = value else {
         return Ok(None);
     };
@@ -512,8 +521,20 @@ mod tests {
             match (owned, borrowed) {
                 (Ok(o), Ok(b)) => {
                     assert_eq!(
-                        (o.content_type.as_str(), o.content_id.as_str(), o.path.as_deref(), o.event_id.as_deref(), o.occurred_at),
-                        (&*b.content_type, &*b.content_id, b.path.as_deref(), b.event_id.as_deref(), b.occurred_at),
+                        (
+                            o.content_type.as_str(),
+                            o.content_id.as_str(),
+                            o.path.as_deref(),
+                            o.event_id.as_deref(),
+                            o.occurred_at
+                        ),
+                        (
+                            &*b.content_type,
+                            &*b.content_id,
+                            b.path.as_deref(),
+                            b.event_id.as_deref(),
+                            b.occurred_at
+                        ),
                         "{case}"
                     );
                 }
@@ -523,7 +544,10 @@ mod tests {
         }
         let plain = cases[0].as_bytes();
         let event = EventRef::parse(plain, &ns()).expect("valid");
-        assert!(matches!(event.content_id, Cow::Borrowed(_)), "no copy for plain strings");
+        assert!(
+            matches!(event.content_id, Cow::Borrowed(_)),
+            "no copy for plain strings"
+        );
     }
 
     #[test]

@@ -195,7 +195,11 @@ mod tests {
         c.add(day(21), 1);
         assert_eq!(c.days(), &[(day(20), 3), (day(21), 2), (day(22), 1)]);
         assert_eq!(c.total(), 6);
-        assert!(std::mem::size_of::<KeyCounts>() <= 40, "{}", std::mem::size_of::<KeyCounts>());
+        assert!(
+            std::mem::size_of::<KeyCounts>() <= 40,
+            "{}",
+            std::mem::size_of::<KeyCounts>()
+        );
     }
 
     #[test]

@@ -183,7 +183,10 @@ impl Layout {
         }
         Ok(Self {
             prefix: prefix.to_owned(),
-            scope: format!("{:08x}", fnv1a(&[group.as_bytes(), b"\n", topic.as_bytes()]) as u32),
+            scope: format!(
+                "{:08x}",
+                fnv1a(&[group.as_bytes(), b"\n", topic.as_bytes()]) as u32
+            ),
         })
     }
 
@@ -197,7 +200,12 @@ impl Layout {
 
     /// The hash holding generation `gen` of `partition` (one per parity).
     pub fn gen(&self, partition: i32, gen: i64) -> String {
-        format!("{}:{{{}.{partition}}}:g{}", self.prefix, self.scope, gen.rem_euclid(2))
+        format!(
+            "{}:{{{}.{partition}}}:g{}",
+            self.prefix,
+            self.scope,
+            gen.rem_euclid(2)
+        )
     }
 
     pub fn dedupe(&self, key: &str, event_id: &str) -> String {
@@ -331,7 +339,12 @@ impl PendingStore {
     }
 
     /// Fences `partition` for a new owner with `epoch`, which writes generation `gen`.
-    pub async fn take_over(&self, partition: i32, epoch: i64, gen: i64) -> redis::RedisResult<TakeOver> {
+    pub async fn take_over(
+        &self,
+        partition: i32,
+        epoch: i64,
+        gen: i64,
+    ) -> redis::RedisResult<TakeOver> {
         let mut pipe = redis::pipe();
         pipe.cmd("EVALSHA")
             .arg(self.take_over_script.get_hash())
@@ -423,7 +436,10 @@ impl PendingStore {
 
     /// For each `(key, eventId, partition, offset)`: true when this message is the
     /// first with that id for the key within 24 h (or is that first message again).
-    pub async fn first_sightings(&self, ids: &[(&str, &str, i32, i64)]) -> redis::RedisResult<Vec<bool>> {
+    pub async fn first_sightings(
+        &self,
+        ids: &[(&str, &str, i32, i64)],
+    ) -> redis::RedisResult<Vec<bool>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -450,11 +466,18 @@ impl PendingStore {
     /// Runs a pipeline of script calls. The scripts are safe to run twice (the apply is
     /// a compare-and-set, the others are idempotent), so after Redis lost its script
     /// cache (a restart) the whole pipeline is sent again.
-    async fn query_scripts<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
+    async fn query_scripts<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
         let mut conn = self.conn.clone();
         match pipe.query_async(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                for script in [&self.apply_script, &self.restore_script, &self.take_over_script] {
+                for script in [
+                    &self.apply_script,
+                    &self.restore_script,
+                    &self.take_over_script,
+                ] {
                     script.prepare_invoke().load_async(&mut conn).await?;
                 }
                 pipe.query_async(&mut conn).await
@@ -490,7 +513,9 @@ impl PendingStore {
         for p in partitions {
             pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
             for parity in 0..2 {
-                pipe.cmd("HMGET").arg(self.layout.gen(*p, parity)).arg(&fields);
+                pipe.cmd("HMGET")
+                    .arg(self.layout.gen(*p, parity))
+                    .arg(&fields);
             }
         }
         let mut conn = self.conn.clone();
@@ -498,10 +523,16 @@ impl PendingStore {
         let mut out = Vec::with_capacity(partitions.len());
         let mut it = raw.into_iter();
         for p in partitions {
-            let live: Option<i64> = redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
-            let mut view = PartitionView { partition: *p, live, gens: Vec::new() };
+            let live: Option<i64> =
+                redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
+            let mut view = PartitionView {
+                partition: *p,
+                live,
+                gens: Vec::new(),
+            };
             for _ in 0..2 {
-                let values: Vec<Option<i64>> = redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
+                let values: Vec<Option<i64>> =
+                    redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
                 if let Some(Some(gen)) = values.first() {
                     let total = values.get(1).copied().flatten().unwrap_or(0);
                     let day_counts = values.iter().skip(2).map(|v| v.unwrap_or(0)).collect();

@@ -77,8 +77,14 @@ pub enum FlushError {
     Fenced(Vec<i32>),
     /// Postgres holds a position the flush neither builds on nor wrote: it went back
     /// (or forward) under the aggregator. Nothing was written.
-    #[error("partition {partition}: Postgres has flushed generation {found}; this flush seals {gen}")]
-    Diverged { partition: i32, gen: i64, found: i64 },
+    #[error(
+        "partition {partition}: Postgres has flushed generation {found}; this flush seals {gen}"
+    )]
+    Diverged {
+        partition: i32,
+        gen: i64,
+        found: i64,
+    },
     #[error("Postgres: {0}")]
     Db(#[from] DbErr),
 }
@@ -216,11 +222,27 @@ pub async fn flush(
             vec![
                 scope.group.clone().into(),
                 scope.topic.clone().into(),
-                commits.iter().map(|c| c.partition).collect::<Vec<i32>>().into(),
-                commits.iter().map(|c| c.next_offset).collect::<Vec<i64>>().into(),
+                commits
+                    .iter()
+                    .map(|c| c.partition)
+                    .collect::<Vec<i32>>()
+                    .into(),
+                commits
+                    .iter()
+                    .map(|c| c.next_offset)
+                    .collect::<Vec<i64>>()
+                    .into(),
                 commits.iter().map(|c| c.gen).collect::<Vec<i64>>().into(),
-                commits.iter().map(|c| c.flush_seq).collect::<Vec<i64>>().into(),
-                commits.iter().map(|c| c.seals).collect::<Vec<bool>>().into(),
+                commits
+                    .iter()
+                    .map(|c| c.flush_seq)
+                    .collect::<Vec<i64>>()
+                    .into(),
+                commits
+                    .iter()
+                    .map(|c| c.seals)
+                    .collect::<Vec<bool>>()
+                    .into(),
             ],
         ))
         .await?;

@@ -187,7 +187,9 @@ impl Stack {
 
     /// A Redis connection and every key under this stack's prefix (SCAN, so a large
     /// shared keyspace is never blocked on).
-    pub async fn redis_keys(&self) -> anyhow::Result<(redis::aio::MultiplexedConnection, Vec<String>)> {
+    pub async fn redis_keys(
+        &self,
+    ) -> anyhow::Result<(redis::aio::MultiplexedConnection, Vec<String>)> {
         let client = redis::Client::open(redis_url())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         let mut keys = Vec::new();

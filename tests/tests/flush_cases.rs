@@ -4,16 +4,16 @@
 //! increments during a flush are not lost, sequential and concurrent flushes add up,
 //! zero counts are skipped, and flushed counts leave the pending state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 
 use viewpipe_schema::ContentKey;
-use viewpipe_store::pending::{Layout, PendingFields, PendingStore};
-use viewpipe_store::postgres::{self, KeyDelta, PartitionCommit, Scope};
+use viewpipe_store::pending::{Layout, PartitionBatch, PendingStore};
+use viewpipe_store::postgres::{self, PartitionCommit, Scope};
 use viewpipe_store::read::Reader;
-use viewpipe_store::{KeyMessages, Message};
+use viewpipe_store::Counts;
 use viewpipe_tests::{redis_url, Stack};
 
 fn day() -> NaiveDate {
@@ -41,11 +41,13 @@ impl Case {
             .get_connection_manager()
             .await
             .expect("redis");
-        let store = PendingStore::new(conn, Layout::new(&stack.redis_prefix).expect("prefix"));
+        let layout = Layout::new(&stack.redis_prefix, &scope.group, &scope.topic).expect("prefix");
+        let store = PendingStore::new(conn, layout);
         for p in 0..3 {
             postgres::claim(&stack.db, &scope, p).await.expect("claim");
+            store.take_over(p, 1, 1).await.expect("fence");
             store
-                .restore(p, 1, 1, -1, &HashMap::new())
+                .restore(p, 1, 1, -1, true, &[])
                 .await
                 .expect("mark live");
         }
@@ -59,40 +61,32 @@ impl Case {
         }
     }
 
-    /// Counts `offsets` of partition `p` in generation `gen` into Redis.
+    /// Counts `offsets` of partition `p` into Redis, as the first batch of generation
+    /// `gen`.
     async fn count(&self, p: i32, gen: i64, offsets: std::ops::Range<i64>) {
-        let messages = offsets
-            .map(|offset| Message {
-                offset,
-                day: day(),
-                event_id: None,
-            })
-            .collect();
-        self.store
-            .apply(
-                p,
-                gen,
-                1,
-                &[KeyMessages {
-                    key: self.key.clone(),
-                    messages,
-                }],
-            )
-            .await
-            .expect("apply");
+        let batch = PartitionBatch {
+            partition: p,
+            epoch: 1,
+            gen,
+            prev: -1,
+            last: offsets.end - 1,
+            live: true,
+            counts: Arc::new(self.counts(offsets.end - offsets.start)),
+        };
+        self.store.apply(&[batch]).await.expect("apply");
     }
 
-    fn deltas(&self, total: i64) -> BTreeMap<String, KeyDelta> {
-        [(self.key.as_str().to_owned(), delta(total))]
-            .into_iter()
-            .collect()
+    fn counts(&self, total: i64) -> Counts {
+        let mut c = Counts::default();
+        c.entry(self.key.as_str()).add(day(), total);
+        c
     }
 
     async fn flush(&self, p: i32, gen: i64, next_offset: i64, total: i64) {
         postgres::flush(
             &self.stack.db,
             &self.scope,
-            &self.deltas(total),
+            &[&self.counts(total)],
             &[commit(p, gen, next_offset)],
         )
         .await
@@ -111,22 +105,13 @@ impl Case {
     }
 }
 
-fn delta(total: i64) -> KeyDelta {
-    KeyDelta {
-        namespace: "resource".into(),
-        entity_id: "123".into(),
-        path: None,
-        total,
-        days: [(day(), total)].into_iter().collect(),
-    }
-}
-
 fn commit(partition: i32, gen: i64, next_offset: i64) -> PartitionCommit {
     PartitionCommit {
         partition,
         epoch: 1,
         next_offset,
         gen,
+        seals: true,
         flush_seq: 0,
     }
 }
@@ -147,9 +132,9 @@ async fn views_counted_while_a_flush_is_in_progress_are_not_lost() {
         .await
         .expect("lock");
     let flushing = {
-        let (db, scope, deltas) = (case.stack.db.clone(), case.scope.clone(), case.deltas(10));
+        let (db, scope, counts) = (case.stack.db.clone(), case.scope.clone(), case.counts(10));
         tokio::spawn(
-            async move { postgres::flush(&db, &scope, &deltas, &[commit(0, 1, 10)]).await },
+            async move { postgres::flush(&db, &scope, &[&counts], &[commit(0, 1, 10)]).await },
         )
     };
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -195,11 +180,12 @@ async fn concurrent_flushes_add_up() {
     // Two partitions' owners flush the same key at the same time, ten rounds.
     for round in 0..10 {
         let gen = round + 1;
-        let (deltas, to) = (case.deltas(10), (round + 1) * 10);
+        let (counts, to) = (case.counts(10), (round + 1) * 10);
         let (commit_a, commit_b) = ([commit(1, gen, to)], [commit(2, gen, to)]);
+        let both = [&counts];
         let (a, b) = tokio::join!(
-            postgres::flush(&case.stack.db, &case.scope, &deltas, &commit_a),
-            postgres::flush(&case.stack.db, &case.scope, &deltas, &commit_b),
+            postgres::flush(&case.stack.db, &case.scope, &both, &commit_a),
+            postgres::flush(&case.stack.db, &case.scope, &both, &commit_b),
         );
         a.expect("flush a");
         b.expect("flush b");
@@ -214,20 +200,12 @@ async fn concurrent_flushes_add_up() {
 #[tokio::test]
 async fn zero_counts_are_skipped() {
     let case = Case::new().await;
-    let mut deltas = case.deltas(4);
-    deltas.insert(
-        "resource:zero".into(),
-        KeyDelta {
-            namespace: "resource".into(),
-            entity_id: "zero".into(),
-            total: 0,
-            ..KeyDelta::default()
-        },
-    );
-    if let Some(d) = deltas.get_mut("resource:123") {
-        d.days.insert(day().pred_opt().expect("day"), 0);
-    }
-    let outcome = postgres::flush(&case.stack.db, &case.scope, &deltas, &[commit(0, 1, 4)])
+    let mut counts = case.counts(4);
+    counts.entry("resource:zero");
+    counts
+        .entry("resource:123")
+        .add(day().pred_opt().expect("day"), 0);
+    let outcome = postgres::flush(&case.stack.db, &case.scope, &[&counts], &[commit(0, 1, 4)])
         .await
         .expect("flush");
     assert_eq!((outcome.total_rows, outcome.daily_rows), (1, 1));
@@ -249,20 +227,22 @@ async fn flushed_counts_leave_the_pending_state() {
     case.flush(0, 1, 10, 10).await;
     // Redis still holds generation 1, but it is flushed: counted once, via Postgres.
     assert_eq!(case.read().await, 10);
-    // The next write of the partition drops the flushed generation's fields.
     case.count(0, 2, 10..12).await;
+    assert_eq!(case.read().await, 12);
+    case.flush(0, 2, 12, 2).await;
+    // Generation 3 shares generation 1's hash: its first write drops what was left.
+    case.count(0, 3, 12..13).await;
     let mut conn = case.store.connection();
-    let raw: Vec<(String, i64)> = redis::cmd("HGETALL")
-        .arg(case.store.layout().counts(case.key.as_str()))
+    let left: Vec<(String, i64)> = redis::cmd("HGETALL")
+        .arg(case.store.layout().gen(0, 3))
         .query_async(&mut conn)
         .await
         .expect("hgetall");
-    let fields = PendingFields::parse(raw);
-    assert_eq!(
-        fields.totals,
-        vec![(0, 2, 2)],
-        "only the unflushed generation is left"
-    );
-    assert_eq!(case.read().await, 12);
+    let total = left
+        .iter()
+        .find(|(f, _)| f == "t:resource:123")
+        .map(|(_, n)| *n);
+    assert_eq!(total, Some(1), "only generation 3 is left there: {left:?}");
+    assert_eq!(case.read().await, 13);
     case.stack.cleanup().await.expect("cleanup");
 }

@@ -1,114 +1,238 @@
-//! The store's building blocks against real Redis and Postgres: the idempotent
-//! apply that crash recovery relies on, and the epoch fence of the flush.
+//! The store's building blocks against real Redis and Postgres: the compare-and-set
+//! apply that crash recovery and retries rely on, fencing and take-overs in Redis,
+//! restoring after a loss, client ids, and the fenced, repeat-safe Postgres flush.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 
-use viewpipe_schema::ContentKey;
-use viewpipe_store::pending::{Applied, Layout, PendingFields, PendingStore};
-use viewpipe_store::postgres::{self, FlushError, KeyDelta, PartitionCommit, Scope};
-use viewpipe_store::{KeyMessages, Message};
+use viewpipe_store::pending::{Applied, Layout, PartitionBatch, PendingStore, TakeOver};
+use viewpipe_store::postgres::{self, FlushError, PartitionCommit, Scope};
+use viewpipe_store::Counts;
 use viewpipe_tests::{redis_url, Stack};
+
+const KEY: &str = "resource:stored";
 
 fn day() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 11, 20).expect("date")
 }
 
-fn messages(key: &ContentKey, offsets: std::ops::Range<i64>, ids: bool) -> KeyMessages {
-    KeyMessages {
-        key: key.clone(),
-        messages: offsets
-            .map(|offset| Message {
-                offset,
-                day: day(),
-                event_id: ids.then(|| format!("e{offset}")),
-            })
-            .collect(),
+fn counts(n: i64) -> Counts {
+    let mut c = Counts::default();
+    c.entry(KEY).add(day(), n);
+    c
+}
+
+fn batch(epoch: i64, gen: i64, prev: i64, last: i64, n: i64) -> PartitionBatch {
+    PartitionBatch {
+        partition: 3,
+        epoch,
+        gen,
+        prev,
+        last,
+        live: true,
+        counts: Arc::new(counts(n)),
     }
 }
 
-async fn store(prefix: &str) -> (PendingStore, redis::aio::ConnectionManager) {
+async fn store(stack: &Stack) -> PendingStore {
     let client = redis::Client::open(redis_url()).expect("redis url");
     let conn = client.get_connection_manager().await.expect("redis");
-    (
-        PendingStore::new(conn.clone(), Layout::new(prefix).expect("prefix")),
+    PendingStore::new(
         conn,
+        Layout::new(&stack.redis_prefix, &stack.group, "views").expect("prefix"),
     )
 }
 
-async fn fields(
-    conn: &mut redis::aio::ConnectionManager,
-    layout: &Layout,
-    key: &ContentKey,
-) -> PendingFields {
-    let raw: Vec<(String, i64)> = redis::cmd("HGETALL")
-        .arg(layout.counts(key.as_str()))
-        .query_async(conn)
+async fn apply(store: &PendingStore, b: PartitionBatch) -> Applied {
+    store.apply(&[b]).await.expect("apply").remove(0)
+}
+
+/// The fields of the hash holding `gen` of partition 3.
+async fn fields(store: &PendingStore, gen: i64) -> BTreeMap<String, i64> {
+    let mut conn = store.connection();
+    redis::cmd("HGETALL")
+        .arg(store.layout().gen(3, gen))
+        .query_async(&mut conn)
         .await
-        .expect("hgetall");
-    PendingFields::parse(raw)
+        .expect("hgetall")
+}
+
+fn total_of(fields: &BTreeMap<String, i64>) -> i64 {
+    fields.get(&format!("t:{KEY}")).copied().unwrap_or(0)
 }
 
 #[tokio::test]
-async fn replays_with_other_batch_boundaries_add_nothing_twice() {
+async fn a_batch_is_added_once_however_often_it_is_sent() {
     let stack = Stack::start().await.expect("stack");
-    let (store, mut conn) = store(&stack.redis_prefix).await;
-    let key = ContentKey::new("resource", "replayed");
-
-    // A first owner applies offsets 0..10, then crashes before flushing.
-    let flags = store
-        .apply(3, 1, 1, &[messages(&key, 0..10, true)])
-        .await
-        .expect("apply");
-    assert_eq!(flags, Applied::Flags(vec![vec![true; 10]]));
-    // The next owner re-consumes from 0 in differently cut batches: 0..4, 4..15.
-    let a = store
-        .apply(3, 1, 1, &[messages(&key, 0..4, true)])
-        .await
-        .expect("replay a");
-    let b = store
-        .apply(3, 1, 1, &[messages(&key, 4..15, true)])
-        .await
-        .expect("replay b");
-    let (Applied::Flags(a), Applied::Flags(b)) = (a, b) else {
-        panic!("the owner's own epoch was refused");
-    };
-    assert!(
-        a[0].iter().chain(&b[0]).all(|counted| *counted),
-        "replayed messages still count"
-    );
-    let f = fields(&mut conn, store.layout(), &key).await;
+    let store = store(&stack).await;
     assert_eq!(
-        f.totals,
-        vec![(3, 1, 15)],
-        "15 distinct offsets, each applied once"
+        store.take_over(3, 1, 1).await.expect("fence"),
+        TakeOver::Applied(-1)
     );
-    assert_eq!(f.days, vec![(3, 1, day(), 15)]);
+    assert_eq!(
+        apply(&store, batch(1, 1, -1, 9, 10)).await,
+        Applied::Added { live: true }
+    );
+    // The reply was lost and the batch is sent again: it is in already.
+    assert_eq!(apply(&store, batch(1, 1, -1, 9, 10)).await, Applied::At(9));
+    assert_eq!(
+        apply(&store, batch(1, 1, 9, 14, 5)).await,
+        Applied::Added { live: true }
+    );
+    assert_eq!(apply(&store, batch(1, 1, 9, 14, 5)).await, Applied::At(14));
+    // A writer that believes Redis holds less or more than it does is told where it is.
+    assert_eq!(apply(&store, batch(1, 1, 3, 20, 17)).await, Applied::At(14));
+    let f = fields(&store, 1).await;
+    assert_eq!(total_of(&f), 15, "15 offsets, each added once: {f:?}");
+    assert_eq!(f.get(&format!("d:{KEY}:2026-11-20")), Some(&15));
+    assert_eq!((f.get("@g"), f.get("@o")), (Some(&1), Some(&14)));
+    println!("a batch sent twice, another twice, a third on a wrong base: 15 of 15 counted once");
+    stack.cleanup().await.expect("cleanup");
+}
 
-    // The same eventId at a new offset is a duplicate; its first message is not.
-    let mut dup = messages(&key, 15..16, false);
-    dup.messages[0].event_id = Some("e2".into());
-    let flags = store.apply(3, 1, 1, &[dup]).await.expect("duplicate");
-    assert_eq!(flags, Applied::Flags(vec![vec![false]]));
-    let f = fields(&mut conn, store.layout(), &key).await;
-    assert_eq!(f.totals, vec![(3, 1, 15)], "duplicate not counted");
+#[tokio::test]
+async fn redis_refuses_a_writer_that_lost_its_partition() {
+    let stack = Stack::start().await.expect("stack");
+    let store = store(&stack).await;
+    store.take_over(3, 1, 1).await.expect("fence");
+    apply(&store, batch(1, 1, -1, 4, 5)).await;
+    // The new owner (epoch 2) fences; Redis tells it how far the generation reaches.
+    assert_eq!(
+        store.take_over(3, 2, 1).await.expect("fence"),
+        TakeOver::Applied(4)
+    );
+    // The old owner, still running, is refused; so is a take-over older than the fence.
+    assert_eq!(apply(&store, batch(1, 1, 4, 9, 5)).await, Applied::Stale);
+    assert_eq!(
+        store.take_over(3, 1, 1).await.expect("old fence"),
+        TakeOver::Stale
+    );
+    assert_eq!(
+        apply(&store, batch(2, 1, 4, 7, 3)).await,
+        Applied::Added { live: true }
+    );
+    // Once generation 2 is written, generation 1 can no longer be.
+    apply(&store, batch(2, 2, -1, 8, 1)).await;
+    assert_eq!(apply(&store, batch(2, 1, 7, 9, 2)).await, Applied::Stale);
+    assert_eq!(total_of(&fields(&store, 1).await), 8);
+    assert_eq!(total_of(&fields(&store, 2).await), 1);
+    println!("stale epoch and stale generation writes refused by Redis");
+    stack.cleanup().await.expect("cleanup");
+}
 
-    // Writing generation 2 drops generation 1's fields (Postgres has them by then).
-    store
-        .apply(3, 2, 1, &[messages(&key, 16..18, false)])
-        .await
-        .expect("gen 2");
-    let f = fields(&mut conn, store.layout(), &key).await;
-    assert_eq!(f.totals, vec![(3, 2, 2)]);
-    println!(
-        "replay over 3 differently cut batches: 15 of 15 offsets counted once; 1 duplicate refused"
+#[tokio::test]
+async fn a_take_over_folds_the_generation_its_predecessor_started_into_the_flushed_one() {
+    let stack = Stack::start().await.expect("stack");
+    let store = store(&stack).await;
+    // The old owner counted generation 1 (offsets 0..10), sealed it, and counted
+    // generation 2 (10..15) before it died; the flush of generation 1 never committed.
+    store.take_over(3, 1, 1).await.expect("fence");
+    apply(&store, batch(1, 1, -1, 9, 10)).await;
+    apply(&store, batch(1, 2, -1, 14, 5)).await;
+    // The new owner continues generation 1 from Postgres' position: Redis folds
+    // generation 2 into it (readers see the same 15) and says it reaches offset 14.
+    assert_eq!(
+        store.take_over(3, 2, 1).await.expect("fence"),
+        TakeOver::Applied(14)
+    );
+    let g1 = fields(&store, 1).await;
+    assert_eq!((total_of(&g1), g1.get("@o")), (15, Some(&14)));
+    assert!(
+        fields(&store, 2).await.is_empty(),
+        "generation 2 folded away"
+    );
+    // Redis ahead of Postgres by more than a generation means Postgres went back.
+    apply(&store, batch(2, 2, -1, 20, 1)).await;
+    apply(&store, batch(2, 3, -1, 21, 1)).await;
+    assert_eq!(
+        store.take_over(3, 3, 1).await.expect("fence"),
+        TakeOver::Ahead(3)
     );
     stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
-async fn a_flush_under_an_old_epoch_writes_nothing() {
+async fn restore_rewrites_lost_counts_from_memory() {
+    let stack = Stack::start().await.expect("stack");
+    let store = store(&stack).await;
+    store.take_over(3, 1, 1).await.expect("fence");
+    assert_eq!(
+        apply(&store, batch(1, 1, -1, 9, 10)).await,
+        Applied::Added { live: true }
+    );
+    assert_eq!(
+        store.live_epochs(&[3, 4]).await.expect("marks"),
+        vec![Some(1), None]
+    );
+    // Redis loses everything; the next batch finds nothing where it expected offset 9.
+    stack.wipe_redis().await.expect("wipe");
+    assert_eq!(apply(&store, batch(1, 1, 9, 11, 2)).await, Applied::At(-1));
+    assert_eq!(store.live_epochs(&[3]).await.expect("marks"), vec![None]);
+    // The owner's memory holds all 12; restoring writes them as they are and marks
+    // the partition live again.
+    let memory = counts(12).fields();
+    assert_eq!(
+        store
+            .restore(3, 1, 1, 11, true, &memory)
+            .await
+            .expect("restore"),
+        Applied::Added { live: true }
+    );
+    let f = fields(&store, 1).await;
+    assert_eq!((total_of(&f), f.get("@o")), (12, Some(&11)));
+    assert_eq!(store.live_epochs(&[3]).await.expect("marks"), vec![Some(1)]);
+    // Restoring twice changes nothing; the next batch builds on it.
+    store
+        .restore(3, 1, 1, 11, true, &memory)
+        .await
+        .expect("again");
+    assert_eq!(
+        apply(&store, batch(1, 1, 11, 12, 1)).await,
+        Applied::Added { live: true }
+    );
+    assert_eq!(total_of(&fields(&store, 1).await), 13);
+    // A newer owner's counts are not overwritten by an old one's memory.
+    store.take_over(3, 2, 1).await.expect("fence");
+    assert_eq!(
+        store
+            .restore(3, 1, 1, 11, true, &memory)
+            .await
+            .expect("stale"),
+        Applied::Stale
+    );
+    println!("restore after loss: 12 of 12 views back, idempotent, fenced");
+    stack.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn client_ids_count_once_and_a_replay_of_the_first_still_counts() {
+    let stack = Stack::start().await.expect("stack");
+    let store = store(&stack).await;
+    let seen = store
+        .first_sightings(&[
+            (KEY, "e1", 0, 5),
+            (KEY, "e2", 0, 6),
+            (KEY, "e1", 1, 9),
+            ("resource:other", "e1", 1, 10),
+        ])
+        .await
+        .expect("ids");
+    assert_eq!(seen, vec![true, true, false, true]);
+    // The message that first carried e1 is consumed again after a crash: it counts.
+    let again = store
+        .first_sightings(&[(KEY, "e1", 0, 5)])
+        .await
+        .expect("replay");
+    assert_eq!(again, vec![true]);
+    let (_, keys) = stack.redis_keys().await.expect("keys");
+    assert_eq!(keys.len(), 3, "one key per remembered id: {keys:?}");
+    stack.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn a_flush_under_an_old_epoch_writes_nothing_and_a_repeated_one_nothing_twice() {
     let stack = Stack::start().await.expect("stack");
     let scope = Scope {
         group: stack.group.clone(),
@@ -121,174 +245,49 @@ async fn a_flush_under_an_old_epoch_writes_nothing() {
         .await
         .expect("takeover");
     assert_eq!(new.epoch, old.epoch + 1);
-
-    let mut deltas = BTreeMap::new();
-    deltas.insert(
-        "resource:fenced".to_owned(),
-        KeyDelta {
-            namespace: "resource".into(),
-            entity_id: "fenced".into(),
-            path: None,
-            total: 5,
-            days: [(day(), 5)].into_iter().collect(),
-        },
-    );
+    let five = counts(5);
     let commit = |c: &viewpipe_store::Claim| PartitionCommit {
         partition: 0,
         epoch: c.epoch,
         next_offset: 5,
         gen: c.flushed_gen + 1,
+        seals: true,
         flush_seq: 0,
     };
-    let refused = postgres::flush(&stack.db, &scope, &deltas, &[commit(&old)]).await;
+    let refused = postgres::flush(&stack.db, &scope, &[&five], &[commit(&old)]).await;
     assert!(
         matches!(refused, Err(FlushError::Fenced(ref p)) if p == &vec![0]),
         "{refused:?}"
     );
-    assert!(stack
-        .rows("SELECT key, total FROM view_counter_total")
-        .await
-        .expect("rows")
-        .is_empty());
+    let rows = || stack.rows("SELECT key, total FROM view_counter_total");
+    assert!(rows().await.expect("rows").is_empty());
 
-    postgres::flush(&stack.db, &scope, &deltas, &[commit(&new)])
+    let first = postgres::flush(&stack.db, &scope, &[&five], &[commit(&new)])
         .await
         .expect("owner flush");
-    assert_eq!(
-        stack
-            .rows("SELECT key, total FROM view_counter_total")
-            .await
-            .expect("rows"),
-        vec![("resource:fenced".to_owned(), 5)]
+    assert!(!first.already_committed);
+    // The commit's reply was lost; the aggregator sends the same flush again.
+    let again = postgres::flush(&stack.db, &scope, &[&five], &[commit(&new)])
+        .await
+        .expect("repeat");
+    assert!(again.already_committed);
+    assert_eq!(rows().await.expect("rows"), vec![(KEY.to_owned(), 5)]);
+    // A flush that builds on a position Postgres does not hold is refused.
+    let skipped = PartitionCommit {
+        gen: new.flushed_gen + 3,
+        ..commit(&new)
+    };
+    let diverged = postgres::flush(&stack.db, &scope, &[&five], &[skipped]).await;
+    assert!(
+        matches!(diverged, Err(FlushError::Diverged { .. })),
+        "{diverged:?}"
     );
-    let again = postgres::claim(&stack.db, &scope, 0).await.expect("claim");
+    let after = postgres::claim(&stack.db, &scope, 0).await.expect("claim");
     assert_eq!(
-        (again.next_offset, again.flushed_gen),
+        (after.next_offset, after.flushed_gen),
         (Some(5), 1),
         "offset and generation moved with the counts"
     );
-    stack.cleanup().await.expect("cleanup");
-}
-
-#[tokio::test]
-async fn redis_refuses_a_writer_that_lost_its_partition() {
-    let stack = Stack::start().await.expect("stack");
-    let (store, mut conn) = store(&stack.redis_prefix).await;
-    let key = ContentKey::new("resource", "fenced-in-redis");
-
-    // The old owner (epoch 1) counted offsets 0..5 in generation 1 and died.
-    let old = store.apply(3, 1, 1, &[messages(&key, 0..5, false)]).await;
-    assert!(matches!(old, Ok(Applied::Flags(_))), "{old:?}");
-    // The new owner (epoch 2) re-counts them in the same generation: nothing doubles.
-    let new = store.apply(3, 1, 2, &[messages(&key, 0..8, false)]).await;
-    assert!(matches!(new, Ok(Applied::Flags(_))), "{new:?}");
-    // The old owner, still running, is refused; so is any write to an older generation.
-    let zombie = store.apply(3, 1, 1, &[messages(&key, 8..20, false)]).await;
-    assert_eq!(zombie.expect("zombie"), Applied::Stale);
-    store
-        .apply(3, 2, 2, &[messages(&key, 8..9, false)])
-        .await
-        .expect("gen 2");
-    let older_gen = store.apply(3, 1, 2, &[messages(&key, 9..10, false)]).await;
-    assert_eq!(older_gen.expect("older gen"), Applied::Stale);
-
-    let f = fields(&mut conn, store.layout(), &key).await;
-    assert_eq!(
-        f.totals,
-        vec![(3, 2, 1)],
-        "generation 1 was sealed and dropped"
-    );
-    println!("stale epoch and stale generation writes refused by Redis");
-    stack.cleanup().await.expect("cleanup");
-}
-
-#[tokio::test]
-async fn a_new_generation_counts_offsets_a_zombie_applied_to_the_old_one() {
-    let stack = Stack::start().await.expect("stack");
-    let (store, mut conn) = store(&stack.redis_prefix).await;
-    let key = ContentKey::new("resource", "ahead");
-    // A previous owner got as far as offset 9 in generation 1 before dying.
-    store
-        .apply(0, 1, 1, &[messages(&key, 0..10, true)])
-        .await
-        .expect("old owner");
-    // The new owner flushed generation 1 at offset 6 and goes on in generation 2: the
-    // offsets 6..10 must count there, although the hash has seen them.
-    let flags = store
-        .apply(0, 2, 2, &[messages(&key, 6..12, true)])
-        .await
-        .expect("new generation");
-    assert_eq!(flags, Applied::Flags(vec![vec![true; 6]]));
-    let f = fields(&mut conn, store.layout(), &key).await;
-    assert_eq!(f.totals, vec![(0, 2, 6)]);
-    stack.cleanup().await.expect("cleanup");
-}
-
-#[tokio::test]
-async fn restore_rewrites_lost_counts_from_memory() {
-    let stack = Stack::start().await.expect("stack");
-    let (store, mut conn) = store(&stack.redis_prefix).await;
-    let key = ContentKey::new("course", "restored");
-    store
-        .apply(5, 3, 1, &[messages(&key, 0..10, false)])
-        .await
-        .expect("apply");
-    // Redis loses everything; one more batch lands before the owner notices.
-    let () = redis::cmd("DEL")
-        .arg(store.layout().counts(key.as_str()))
-        .query_async(&mut conn)
-        .await
-        .expect("del");
-    store
-        .apply(5, 3, 1, &[messages(&key, 10..12, false)])
-        .await
-        .expect("after loss");
-    assert_eq!(
-        fields(&mut conn, store.layout(), &key).await.totals,
-        vec![(5, 3, 2)]
-    );
-
-    // The owner's memory holds all 12; restoring writes them as they are.
-    let memory: std::collections::HashMap<String, KeyDelta> = [(
-        key.as_str().to_owned(),
-        KeyDelta {
-            namespace: "course".into(),
-            entity_id: "restored".into(),
-            path: None,
-            total: 12,
-            days: [(day(), 12)].into_iter().collect(),
-        },
-    )]
-    .into_iter()
-    .collect();
-    let restored = store.restore(5, 3, 1, 11, &memory).await.expect("restore");
-    assert_eq!(restored, Applied::Flags(Vec::new()));
-    let f = fields(&mut conn, store.layout(), &key).await;
-    assert_eq!(f.totals, vec![(5, 3, 12)]);
-    assert_eq!(f.days, vec![(5, 3, day(), 12)]);
-    assert_eq!(
-        store.live_epochs(&[5, 6]).await.expect("marks"),
-        vec![Some(1), None]
-    );
-    // Restoring twice, or replaying an offset afterwards, changes nothing.
-    store.restore(5, 3, 1, 11, &memory).await.expect("again");
-    store
-        .apply(5, 3, 1, &[messages(&key, 11..12, false)])
-        .await
-        .expect("replay");
-    assert_eq!(
-        fields(&mut conn, store.layout(), &key).await.totals,
-        vec![(5, 3, 12)]
-    );
-    // A newer owner's counts are not overwritten by an old one's memory.
-    store
-        .apply(5, 3, 2, &[messages(&key, 12..13, false)])
-        .await
-        .expect("new owner");
-    assert_eq!(
-        store.restore(5, 3, 1, 11, &memory).await.expect("stale"),
-        Applied::Stale
-    );
-    println!("restore after loss: 12 of 12 views back, idempotent, fenced");
+    println!("old epoch refused; the same flush twice wrote 5, not 10");
     stack.cleanup().await.expect("cleanup");
 }

@@ -51,7 +51,11 @@ struct Args {
     connections: usize,
     /// Which parts to run (comma-separated): zipf, zipf-ids, dbonly, uniform, memory,
     /// http, freshness, upsert.
-    #[arg(long, value_delimiter = ',', default_value = "zipf,zipf-ids,dbonly,uniform,memory,http,freshness,upsert")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "zipf,zipf-ids,dbonly,uniform,memory,http,freshness,upsert"
+    )]
     only: Vec<String>,
 }
 
@@ -62,7 +66,10 @@ impl Args {
 
     fn zipf(&self, events: usize, id_share: f64, seed: u64) -> Workload {
         Workload {
-            keys: Keys::Zipf { n: self.zipf_keys, s: 1.1 },
+            keys: Keys::Zipf {
+                n: self.zipf_keys,
+                s: 1.1,
+            },
             events,
             id_share,
             days: 3,
@@ -85,7 +92,11 @@ struct Table {
 
 impl Table {
     fn add(&mut self, what: impl Into<String>, value: impl Into<String>, ratio: impl Into<String>) {
-        let row = Row { what: what.into(), value: value.into(), ratio: ratio.into() };
+        let row = Row {
+            what: what.into(),
+            value: value.into(),
+            ratio: ratio.into(),
+        };
         eprintln!("[bench] {}: {} {}", row.what, row.value, row.ratio);
         self.rows.push(row);
     }
@@ -113,14 +124,24 @@ fn ratio(r: f64, raw: f64) -> String {
 
 /// A fresh stack with `workload` in its `views` topic; returns the stack and the raw
 /// produce and consume rates.
-async fn loaded(workload: &Workload, partitions: i32) -> anyhow::Result<(Stack, raw::Produced, f64)> {
+async fn loaded(
+    workload: &Workload,
+    partitions: i32,
+) -> anyhow::Result<(Stack, raw::Produced, f64)> {
     let stack = Stack::with_partitions(partitions).await?;
     let brokers = stack.broker.addr().to_string();
-    eprintln!("[bench] producing {} events ({}, {:.0}% with client ids)", workload.events, workload.keys.describe(), workload.id_share * 100.0);
+    eprintln!(
+        "[bench] producing {} events ({}, {:.0}% with client ids)",
+        workload.events,
+        workload.keys.describe(),
+        workload.id_share * 100.0
+    );
     let (b, w) = (brokers.clone(), workload.clone());
-    let produced = tokio::task::spawn_blocking(move || raw::produce(&b, "views", &w, None)).await??;
+    let produced =
+        tokio::task::spawn_blocking(move || raw::produce(&b, "views", &w, None)).await??;
     let events = workload.events;
-    let consumed = tokio::task::spawn_blocking(move || raw::consume(&brokers, "views", events)).await??;
+    let consumed =
+        tokio::task::spawn_blocking(move || raw::consume(&brokers, "views", events)).await??;
     Ok((stack, produced, consumed))
 }
 
@@ -136,12 +157,30 @@ async fn aggregate(
     table.add(format!("raw produce, {name}"), rate(produced.rate), "");
     table.add(format!("raw consume, {name}"), rate(raw_consume), "");
     eprintln!("[bench] counting {name} with an aggregator");
-    let run = measure::aggregator_run(&stack, extra, workload.events, Some(workload.events as i64 - 0)).await?;
-    table.add(format!("aggregator counted, {name}"), rate(run.counted_rate), ratio(run.counted_rate, raw_consume));
+    let run = measure::aggregator_run(
+        &stack,
+        extra,
+        workload.events,
+        Some(workload.events as i64 - 0),
+    )
+    .await?;
+    table.add(
+        format!("aggregator counted, {name}"),
+        rate(run.counted_rate),
+        ratio(run.counted_rate, raw_consume),
+    );
     if let Some(durable) = run.durable_rate {
-        table.add(format!("aggregator in Postgres, {name}"), rate(durable), ratio(durable, raw_consume));
+        table.add(
+            format!("aggregator in Postgres, {name}"),
+            rate(durable),
+            ratio(durable, raw_consume),
+        );
     }
-    table.add(format!("aggregator peak RSS, {name}"), format!("{:.0} MiB", run.peak_rss_mib), format!("{} distinct keys", produced.distinct_keys));
+    table.add(
+        format!("aggregator peak RSS, {name}"),
+        format!("{:.0} MiB", run.peak_rss_mib),
+        format!("{} distinct keys", produced.distinct_keys),
+    );
     Ok((stack, run, raw_consume, produced.rate))
 }
 
@@ -149,7 +188,11 @@ async fn aggregate(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut table = Table::default();
-    eprintln!("[bench] machine: {} cores; {}", std::thread::available_parallelism().map_or(0, |n| n.get()), memory_total());
+    eprintln!(
+        "[bench] machine: {} cores; {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memory_total()
+    );
 
     // The Zipf workload also hosts the HTTP and freshness measurements.
     let mut zipf_run = None;
@@ -159,21 +202,47 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.runs("zipf-ids") {
         let w = args.zipf(args.events, 1.0, 2);
-        let (stack, _, _, _) = aggregate(&args, &mut table, "Zipf, every event a client id, Redis", &w, &[]).await?;
+        let (stack, _, _, _) = aggregate(
+            &args,
+            &mut table,
+            "Zipf, every event a client id, Redis",
+            &w,
+            &[],
+        )
+        .await?;
         stack.cleanup().await?;
     }
     if args.runs("dbonly") {
         let w = args.zipf(args.events, 0.0, 3);
-        let (stack, _, _, _) = aggregate(&args, &mut table, "Zipf, database-only", &w, &[("REDIS_URL", "none")]).await?;
+        let (stack, _, _, _) = aggregate(
+            &args,
+            &mut table,
+            "Zipf, database-only",
+            &w,
+            &[("REDIS_URL", "none")],
+        )
+        .await?;
         stack.cleanup().await?;
     }
     if args.runs("uniform") {
-        let w = Workload { keys: Keys::Uniform { n: args.uniform_keys }, events: args.events, id_share: 0.0, days: 3, seed: 4 };
+        let w = Workload {
+            keys: Keys::Uniform {
+                n: args.uniform_keys,
+            },
+            events: args.events,
+            id_share: 0.0,
+            days: 3,
+            seed: 4,
+        };
         let (stack, run, _, _) = aggregate(&args, &mut table, "uniform, Redis", &w, &[]).await?;
         drop(run);
         if args.runs("upsert") {
             let baseline = measure::upsert_baseline(&stack, 5).await?;
-            table.add("per-event upsert baseline (8 connections)", rate(baseline), "");
+            table.add(
+                "per-event upsert baseline (8 connections)",
+                rate(baseline),
+                "",
+            );
         }
         stack.cleanup().await?;
     }
@@ -183,18 +252,44 @@ async fn main() -> anyhow::Result<()> {
     if let Some((stack, run, raw_consume, raw_produce)) = zipf_run {
         let ingest = stack.spawn_ingest(&[]).await?;
         if args.runs("http") {
-            eprintln!("[bench] POST /api/views with {} connections for {} s", args.connections, args.http_seconds);
+            eprintln!(
+                "[bench] POST /api/views with {} connections for {} s",
+                args.connections, args.http_seconds
+            );
             let post = measure::post_load(&ingest, args.connections, args.http_seconds).await?;
-            table.add(format!("POST /api/views, {} connections", args.connections), format!("{} (p50 {:.1} ms, p99 {:.1} ms, {} failed)", rate(post.rate), post.p50_ms, post.p99_ms, post.failed), "");
-            eprintln!("[bench] POST /api/views/batch (1000 per request, 4 clients) for {} s", args.http_seconds);
+            table.add(
+                format!("POST /api/views, {} connections", args.connections),
+                format!(
+                    "{} (p50 {:.1} ms, p99 {:.1} ms, {} failed)",
+                    rate(post.rate),
+                    post.p50_ms,
+                    post.p99_ms,
+                    post.failed
+                ),
+                "",
+            );
+            eprintln!(
+                "[bench] POST /api/views/batch (1000 per request, 4 clients) for {} s",
+                args.http_seconds
+            );
             let batch = measure::batch_load(&ingest, 4, args.http_seconds).await?;
-            table.add("POST /api/views/batch events", rate(batch), format!("{:.2}x raw produce", batch / raw_produce));
+            table.add(
+                "POST /api/views/batch events",
+                rate(batch),
+                format!("{:.2}x raw produce", batch / raw_produce),
+            );
         }
         if args.runs("freshness") {
             let pace = run.counted_rate / 2.0;
-            eprintln!("[bench] freshness while producing at {} (half the aggregator's Zipf rate)", rate(pace));
+            eprintln!(
+                "[bench] freshness while producing at {} (half the aggregator's Zipf rate)",
+                rate(pace)
+            );
             let events = (pace * args.http_seconds as f64) as usize;
-            let w = Workload { events, ..args.zipf(events, 0.0, 5) };
+            let w = Workload {
+                events,
+                ..args.zipf(events, 0.0, 5)
+            };
             let busy = Arc::new(AtomicBool::new(true));
             let brokers = stack.broker.addr().to_string();
             let flag = busy.clone();
@@ -207,7 +302,12 @@ async fn main() -> anyhow::Result<()> {
             producer.await??;
             table.add(
                 format!("freshness at {} load", rate(pace)),
-                format!("p50 {:.0} ms, p99 {:.0} ms ({} probes)", percentile_ms(&seen, 0.5), percentile_ms(&seen, 0.99), seen.len()),
+                format!(
+                    "p50 {:.0} ms, p99 {:.0} ms ({} probes)",
+                    percentile_ms(&seen, 0.5),
+                    percentile_ms(&seen, 0.99),
+                    seen.len()
+                ),
                 format!("{:.2}x raw consume load", pace / raw_consume),
             );
         }
@@ -221,7 +321,10 @@ async fn main() -> anyhow::Result<()> {
 
 /// Redis bytes per pending key without client ids, and per remembered id with 10%.
 async fn memory(args: &Args, table: &mut Table) -> anyhow::Result<()> {
-    let off = [("FLUSH_INTERVAL_MS", "3600000"), ("FLUSH_MAX_PENDING", "100000000")];
+    let off = [
+        ("FLUSH_INTERVAL_MS", "3600000"),
+        ("FLUSH_MAX_PENDING", "100000000"),
+    ];
     let mut per_key = 0.0;
     for (share, seed) in [(0.0, 6), (0.1, 6)] {
         let w = args.zipf(args.memory_events, share, seed);
@@ -235,10 +338,14 @@ async fn memory(args: &Args, table: &mut Table) -> anyhow::Result<()> {
             table.add(
                 format!("Redis per pending key, {} events without ids", w.events),
                 format!("{per_key:.0} bytes"),
-                format!("{} Redis keys for {} pending keys", keys, produced.distinct_keys),
+                format!(
+                    "{} Redis keys for {} pending keys",
+                    keys, produced.distinct_keys
+                ),
             );
         } else {
-            let per_id = (used - per_key * produced.distinct_keys as f64) / produced.with_ids as f64;
+            let per_id =
+                (used - per_key * produced.distinct_keys as f64) / produced.with_ids as f64;
             table.add(
                 format!("Redis per remembered id, {:.0}% client ids", share * 100.0),
                 format!("{per_id:.0} bytes"),

@@ -41,7 +41,9 @@ pub async fn aggregator_run(
     let mut last_report = Instant::now();
     loop {
         let consumed = metric(&aggregator, "viewpipe_aggregator_events_total").await as usize;
-        if first.is_none() && metric(&aggregator, "viewpipe_aggregator_rebalances_total").await > 0.0 {
+        if first.is_none()
+            && metric(&aggregator, "viewpipe_aggregator_rebalances_total").await > 0.0
+        {
             first = Some(Instant::now());
         }
         if consumed >= events {
@@ -60,7 +62,9 @@ pub async fn aggregator_run(
     let counted_rate = events as f64 / first.elapsed().as_secs_f64().max(1e-9);
     let durable_rate = match flushed {
         Some(total) => {
-            stack.wait_flushed_total(total, Duration::from_secs(900)).await?;
+            stack
+                .wait_flushed_total(total, Duration::from_secs(900))
+                .await?;
             Some(events as f64 / first.elapsed().as_secs_f64().max(1e-9))
         }
         None => None,
@@ -89,7 +93,10 @@ fn peak_rss_kib(service: &Service) -> anyhow::Result<u64> {
 pub async fn redis_used_memory() -> anyhow::Result<i64> {
     let client = redis::Client::open(redis_url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await?;
     info.lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
@@ -110,7 +117,11 @@ pub struct PostLoad {
 }
 
 /// `connections` clients post single views back to back for `seconds`.
-pub async fn post_load(ingest: &Service, connections: usize, seconds: u64) -> anyhow::Result<PostLoad> {
+pub async fn post_load(
+    ingest: &Service,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<PostLoad> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .timeout(Duration::from_secs(30))
@@ -166,7 +177,9 @@ pub fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
 /// Events per second accepted by `POST /api/views/batch` (arrays of 1000), from
 /// `clients` clients for `seconds`.
 pub async fn batch_load(ingest: &Service, clients: usize, seconds: u64) -> anyhow::Result<f64> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
     let url = ingest.url("/api/views/batch");
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
@@ -208,7 +221,9 @@ pub async fn batch_load(ingest: &Service, clients: usize, seconds: u64) -> anyho
 /// 202-to-visible latencies: one probe view at a time through the ingest, each
 /// followed by GETs every 5 ms until it shows, while `busy` is set.
 pub async fn freshness(ingest: &Service, busy: Arc<AtomicBool>) -> anyhow::Result<Vec<Duration>> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let mut seen = Vec::new();
     let run = rand::random::<u32>();
     let mut n = 0;

@@ -42,15 +42,23 @@ pub struct Produced {
 
 /// Produces every event of `workload` to `topic` (idempotent, acks=all, as the ingest
 /// does), optionally paced at `rate` events/s; returns the rate achieved.
-pub fn produce(brokers: &str, topic: &str, workload: &Workload, pace: Option<f64>) -> anyhow::Result<Produced> {
+pub fn produce(
+    brokers: &str,
+    topic: &str,
+    workload: &Workload,
+    pace: Option<f64>,
+) -> anyhow::Result<Produced> {
     let context = Deliveries::default();
     let producer: ThreadedProducer<Deliveries> = kafka::producer_config(brokers)
         .set("queue.buffering.max.messages", "500000")
         .create_with_context(context.clone())
         .context("bench producer")?;
-    let mut seen = vec![false; match workload.keys {
-        crate::workload::Keys::Zipf { n, .. } | crate::workload::Keys::Uniform { n } => n,
-    }];
+    let mut seen = vec![
+        false;
+        match workload.keys {
+            crate::workload::Keys::Zipf { n, .. } | crate::workload::Keys::Uniform { n } => n,
+        }
+    ];
     let (mut distinct_keys, mut with_ids) = (0, 0);
     let started = Instant::now();
     for (i, event) in Generator::new(workload).enumerate() {
@@ -67,7 +75,9 @@ pub fn produce(brokers: &str, topic: &str, workload: &Workload, pace: Option<f64
         }
         send(&producer, topic, &event)?;
     }
-    producer.flush(Duration::from_secs(120)).context("flushing the bench producer")?;
+    producer
+        .flush(Duration::from_secs(120))
+        .context("flushing the bench producer")?;
     let failed = context.failed.load(Ordering::Relaxed);
     if failed > 0 {
         bail!("{failed} events were not acknowledged by the broker");
@@ -82,9 +92,15 @@ pub fn produce(brokers: &str, topic: &str, workload: &Workload, pace: Option<f64
 
 /// The dev broker keeps about 5 MiB per partition and drops older batches silently;
 /// a run whose log no longer starts at offset 0 would measure a partial workload.
-fn check_log_start<C: ClientContext>(client: &rdkafka::client::Client<C>, topic: &str) -> anyhow::Result<()> {
+fn check_log_start<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> anyhow::Result<()> {
     let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
     for p in 0..partitions as i32 {
         let (low, high) = client.fetch_watermarks(topic, p, Duration::from_secs(10))?;
         if low > 0 {
@@ -155,7 +171,11 @@ pub fn consume(brokers: &str, topic: &str, expected: usize) -> anyhow::Result<f6
             None => {}
         }
     }
-    let assigned = *consumer.context().at.lock().unwrap_or_else(|e| e.into_inner());
+    let assigned = *consumer
+        .context()
+        .at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let elapsed = assigned.map_or(Duration::ZERO, |a| a.elapsed());
     std::hint::black_box(bytes);
     Ok(seen as f64 / elapsed.as_secs_f64().max(1e-9))

@@ -118,11 +118,15 @@ impl Iterator for Generator {
         self.produced += 1;
         let key_index = self.key_index();
         let day = self.rng.random_range(0..self.workload.days);
-        let has_id = self.workload.id_share > 0.0 && self.rng.random::<f64>() < self.workload.id_share;
+        let has_id =
+            self.workload.id_share > 0.0 && self.rng.random::<f64>() < self.workload.id_share;
         let at = self.now - chrono::Duration::days(day) - chrono::Duration::minutes(1);
         let id = Self::content_id(key_index);
         let event_id = if has_id {
-            format!("\"eventId\":\"bench-{:08x}-{n:012x}\",", self.workload.seed as u32)
+            format!(
+                "\"eventId\":\"bench-{:08x}-{n:012x}\",",
+                self.workload.seed as u32
+            )
         } else {
             String::new()
         };
