@@ -161,7 +161,7 @@ async fn aggregate(
         &stack,
         extra,
         workload.events,
-        Some(workload.events as i64 - 0),
+        Some(workload.events as i64),
     )
     .await?;
     table.add(
