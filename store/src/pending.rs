@@ -498,6 +498,50 @@ pub struct PartitionView {
 }
 
 impl PendingStore {
+    /// Reads every listed partition's live mark and the totals of `keys` in each of
+    /// its generation hashes, in one atomic step: one `(partition view)` per
+    /// partition, whose `gens` hold `(generation, total of each key)`.
+    pub async fn read_totals(
+        &self,
+        keys: &[&str],
+        partitions: &[i32],
+    ) -> redis::RedisResult<Vec<(i32, Option<i64>, Vec<(i64, Vec<i64>)>)>> {
+        let mut fields = Vec::with_capacity(keys.len() + 1);
+        fields.push("@g".to_owned());
+        fields.extend(keys.iter().map(|k| total_field(k)));
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for p in partitions {
+            pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
+            for parity in 0..2 {
+                pipe.cmd("HMGET")
+                    .arg(self.layout.gen(*p, parity))
+                    .arg(&fields);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let mut it = raw.into_iter();
+        let mut out = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let live: Option<i64> =
+                redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
+            let mut gens = Vec::new();
+            for _ in 0..2 {
+                let values: Vec<Option<i64>> =
+                    redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
+                if let Some(Some(gen)) = values.first() {
+                    gens.push((
+                        *gen,
+                        values.iter().skip(1).map(|v| v.unwrap_or(0)).collect(),
+                    ));
+                }
+            }
+            out.push((*p, live, gens));
+        }
+        Ok(out)
+    }
+
     /// Reads what every listed partition holds for `key` (and its `days`), in one
     /// atomic step.
     pub async fn read(

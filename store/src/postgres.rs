@@ -430,3 +430,48 @@ pub async fn top(
         .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
         .collect()
 }
+
+/// The flushed totals of `keys` and every partition's `flushed_gen`, in one
+/// statement (one snapshot): what [`snapshot`] reads, for many keys at once.
+pub async fn totals_snapshot(
+    db: &impl ConnectionTrait,
+    scope: &Scope,
+    keys: &[&str],
+) -> Result<(Vec<i64>, Vec<(i32, i64)>), DbErr> {
+    let rows = db
+        .query_all(stmt(
+            "WITH g AS (
+                 SELECT array_agg(partition ORDER BY partition) AS p,
+                        array_agg(flushed_gen ORDER BY partition) AS f
+                 FROM aggregator_partitions WHERE consumer_group = $2 AND topic = $3)
+             SELECT COALESCE(t.total, 0)::int8, g.p, g.f
+             FROM unnest($1::text[]) WITH ORDINALITY AS k(key, i)
+             LEFT JOIN view_counter_total t ON t.key = k.key
+             CROSS JOIN g
+             ORDER BY k.i",
+            vec![
+                keys.iter()
+                    .map(|k| (*k).to_owned())
+                    .collect::<Vec<String>>()
+                    .into(),
+                scope.group.clone().into(),
+                scope.topic.clone().into(),
+            ],
+        ))
+        .await?;
+    let mut totals = Vec::with_capacity(rows.len());
+    let mut gens = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        totals.push(row.try_get_by_index::<i64>(0)?);
+        if i == 0 {
+            let p: Option<Vec<i32>> = row.try_get_by_index(1)?;
+            let f: Option<Vec<i64>> = row.try_get_by_index(2)?;
+            gens = p
+                .unwrap_or_default()
+                .into_iter()
+                .zip(f.unwrap_or_default())
+                .collect();
+        }
+    }
+    Ok((totals, gens))
+}

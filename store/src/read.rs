@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-
 use sea_orm::DatabaseConnection;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use viewpipe_schema::ContentKey;
 
@@ -38,6 +38,13 @@ pub enum ReadError {
 /// How long a read waits for lost pending counts to be restored.
 pub const RECOVERY_WAIT: Duration = Duration::from_secs(2);
 const RECOVERY_POLL: Duration = Duration::from_millis(20);
+/// Most total reads answered by one Redis round trip and one Postgres statement.
+const COALESCE_MAX: usize = 256;
+/// Coalesced reads in flight at once.
+const COALESCE_PARALLEL: usize = 4;
+
+/// A total read waiting to be answered with others; `None` sends it the long way.
+type TotalRequest = (ContentKey, oneshot::Sender<Option<i64>>);
 
 /// Reads counts for the HTTP API.
 #[derive(Clone)]
@@ -48,6 +55,8 @@ pub struct Reader {
     /// The partitions Postgres knew of at the last read: the ones whose Redis state a
     /// read fetches. A read that finds more in Postgres reads again.
     partitions: Arc<Mutex<Vec<i32>>>,
+    /// Total reads queue here and are answered in groups (see [`Reader::total`]).
+    totals: mpsc::UnboundedSender<TotalRequest>,
 }
 
 /// Pending counts read from Redis, and the Postgres snapshot taken after them.
@@ -67,22 +76,40 @@ impl Merged {
 }
 
 impl Reader {
+    /// A reader; must be made inside a Tokio runtime (it starts the task that
+    /// answers total reads in groups).
     pub fn new(db: DatabaseConnection, scope: Scope, pending: Option<PendingStore>) -> Self {
-        Self {
+        let (totals, requests) = mpsc::unbounded_channel();
+        let (dead_end, _) = mpsc::unbounded_channel();
+        let reader = Self {
             db,
             scope,
             pending,
             partitions: Arc::new(Mutex::new(Vec::new())),
-        }
+            totals: dead_end,
+        };
+        tokio::spawn(serve_totals(reader.clone(), requests));
+        Self { totals, ..reader }
     }
 
     /// Every view of `key` the aggregators have consumed.
+    ///
+    /// Reads that arrive together are answered together: one Redis round trip and one
+    /// Postgres statement for up to 256 keys, each read still taking Redis first and
+    /// Postgres after it. A read the group cannot answer (a partition not marked
+    /// live, an error) goes the long way on its own.
     pub async fn total(&self, key: &ContentKey) -> Result<i64, ReadError> {
         self.total_within(key, RECOVERY_WAIT).await
     }
 
     /// Like [`Reader::total`], waiting at most `wait` for lost counts to be restored.
     pub async fn total_within(&self, key: &ContentKey, wait: Duration) -> Result<i64, ReadError> {
+        let (reply, answer) = oneshot::channel();
+        if self.totals.send((key.clone(), reply)).is_ok() {
+            if let Ok(Some(total)) = answer.await {
+                return Ok(total);
+            }
+        }
         let merged = self.merged(key, None, wait).await?;
         Ok(merged.snap.total + merged.unflushed().map(|(_, total, _)| total).sum::<i64>())
     }
@@ -159,6 +186,42 @@ impl Reader {
         }
     }
 
+    /// The totals of `keys` in one atomic Redis read and one Postgres statement, or
+    /// `None` when a partition is not marked live or unknown, or a store failed.
+    async fn totals_together(&self, keys: &[&str]) -> Option<Vec<i64>> {
+        for _ in 0..2 {
+            let known = self.known_partitions();
+            let views = match &self.pending {
+                Some(pending) => pending.read_totals(keys, &known).await.ok()?,
+                None => Vec::new(),
+            };
+            let (mut totals, gens) = postgres::totals_snapshot(&self.db, &self.scope, keys)
+                .await
+                .ok()?;
+            if gens.iter().any(|(p, _)| !known.contains(p)) {
+                *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) =
+                    gens.iter().map(|(p, _)| *p).collect();
+                if self.pending.is_some() {
+                    continue;
+                }
+            }
+            for (partition, live, hashes) in &views {
+                let known_to_postgres = gens.iter().any(|(p, _)| p == partition);
+                if live.is_none() && known_to_postgres {
+                    return None;
+                }
+                let flushed = flushed_gen(&gens, *partition);
+                for (_, pending) in hashes.iter().filter(|(gen, _)| *gen > flushed) {
+                    for (total, n) in totals.iter_mut().zip(pending) {
+                        *total += n;
+                    }
+                }
+            }
+            return Some(totals);
+        }
+        None
+    }
+
     fn known_partitions(&self) -> Vec<i32> {
         self.partitions
             .lock()
@@ -173,4 +236,32 @@ fn flushed_gen(flushed_gens: &[(i32, i64)], partition: i32) -> i64 {
         .iter()
         .find(|(p, _)| *p == partition)
         .map_or(0, |(_, g)| *g)
+}
+
+/// Answers queued total reads in groups: whatever queued while the previous groups
+/// were being read forms the next one, so a lone read waits for nobody.
+async fn serve_totals(reader: Reader, mut requests: mpsc::UnboundedReceiver<TotalRequest>) {
+    let parallel = Arc::new(Semaphore::new(COALESCE_PARALLEL));
+    while let Some(first) = requests.recv().await {
+        let Ok(permit) = parallel.clone().acquire_owned().await else {
+            return;
+        };
+        let mut group = vec![first];
+        while group.len() < COALESCE_MAX {
+            match requests.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        let reader = reader.clone();
+        tokio::spawn(async move {
+            let keys: Vec<&str> = group.iter().map(|(k, _)| k.as_str()).collect();
+            let totals = reader.totals_together(&keys).await;
+            drop(keys);
+            for (i, (_, reply)) in group.into_iter().enumerate() {
+                let _ = reply.send(totals.as_ref().map(|t| t[i]));
+            }
+            drop(permit);
+        });
+    }
 }

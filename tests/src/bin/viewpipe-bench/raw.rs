@@ -67,8 +67,11 @@ pub fn produce(
             distinct_keys += 1;
         }
         with_ids += usize::from(event.has_id);
-        if let Some(rate) = pace {
+        if let Pace::Steady(rate, until) = pace {
             let due = started + Duration::from_secs_f64(i as f64 / rate);
+            if due > until {
+                break;
+            }
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
