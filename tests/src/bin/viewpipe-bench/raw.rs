@@ -40,13 +40,21 @@ pub struct Produced {
     pub with_ids: usize,
 }
 
-/// Produces every event of `workload` to `topic` (idempotent, acks=all, as the ingest
-/// does), optionally paced at `rate` events/s; returns the rate achieved.
+/// How to produce: as fast as the broker takes it, or at a steady rate for a while.
+#[derive(Clone, Copy, Debug)]
+pub enum Pace {
+    Flat,
+    /// Events per second, until the instant (events not sent by then are left out).
+    Steady(f64, Instant),
+}
+
+/// Produces the events of `workload` to `topic` (idempotent, acks=all, as the ingest
+/// does); returns the rate achieved.
 pub fn produce(
     brokers: &str,
     topic: &str,
     workload: &Workload,
-    pace: Option<f64>,
+    pace: Pace,
 ) -> anyhow::Result<Produced> {
     let context = Deliveries::default();
     let producer: ThreadedProducer<Deliveries> = kafka::producer_config(brokers)
