@@ -373,20 +373,31 @@ pub struct EventRef<'a> {
 #[derive(Deserialize)]
 struct Wire<'a> {
     v: u64,
-    #[serde(borrow, rename = "eventId")]
+    #[serde(borrow, default, rename = "eventId", deserialize_with = "borrowed")]
     event_id: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "contentType")]
+    #[serde(borrow, default, rename = "contentType", deserialize_with = "borrowed")]
     content_type: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "contentId")]
+    #[serde(borrow, default, rename = "contentId", deserialize_with = "borrowed")]
     content_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     path: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "sessionId")]
+    #[serde(borrow, default, rename = "sessionId", deserialize_with = "borrowed")]
     session_id: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "occurredAt")]
+    #[serde(borrow, default, rename = "occurredAt", deserialize_with = "borrowed")]
     occurred_at: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "receivedAt")]
+    #[serde(borrow, default, rename = "receivedAt", deserialize_with = "borrowed")]
     received_at: Option<Cow<'a, str>>,
+}
+
+/// An optional string that borrows from the input when it has no escapes. (serde
+/// borrows a `Cow<str>` only when it is a field's whole type; inside an `Option` it
+/// would copy every string.)
+fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text<'a>>::deserialize(d)?.map(|t| t.0))
 }
 
 impl<'a> EventRef<'a> {
