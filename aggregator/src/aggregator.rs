@@ -29,9 +29,9 @@ use crate::retry::{retry, Backoff, Until};
 /// How often the live marks of idle partitions are checked.
 const LIVE_CHECK_EVERY: Duration = Duration::from_millis(200);
 /// Past this many unflushed keys the loop stops polling until the flush in flight
-/// lands: memory stays bounded (about 200 MiB of counts) when Postgres is slower than
+/// lands: memory stays bounded (about 100 MiB of counts) when Postgres is slower than
 /// the log.
-const PENDING_CAP: usize = 1_000_000;
+const PENDING_CAP: usize = 500_000;
 
 /// The knobs of counting and flushing.
 #[derive(Clone, Debug)]

@@ -334,10 +334,9 @@ async fn memory(args: &Args, table: &mut Table) -> anyhow::Result<()> {
     for (share, seed) in [(0.0, 6), (0.1, 6)] {
         let w = args.zipf(args.memory_events, share, seed);
         let (stack, produced, _) = loaded(&w, args.partitions).await?;
-        let before = measure::redis_used_memory().await?;
         let run = measure::aggregator_run(&stack, &off, w.events, None).await?;
-        let used = (measure::redis_used_memory().await? - before) as f64;
-        let keys = measure::redis_keys(&stack).await?;
+        let (used, keys) = measure::redis_bytes(&stack).await?;
+        let used = used as f64;
         if share == 0.0 {
             per_key = used / produced.distinct_keys as f64;
             table.add(

@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, Database, Statement};
 use serde_json::{json, Value};
 
 use viewpipe_tests::chaos::metric;
-use viewpipe_tests::{redis_url, Service, Stack};
+use viewpipe_tests::{Service, Stack};
 
 use crate::workload::Generator;
 
@@ -89,23 +89,24 @@ fn peak_rss_kib(service: &Service) -> anyhow::Result<u64> {
         .context("no VmHWM in /proc/PID/status")
 }
 
-/// Redis' `used_memory`, in bytes.
-pub async fn redis_used_memory() -> anyhow::Result<i64> {
-    let client = redis::Client::open(redis_url())?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no used_memory in INFO")
-}
-
-/// How many Redis keys the stack's deployment has.
-pub async fn redis_keys(stack: &Stack) -> anyhow::Result<usize> {
-    Ok(stack.redis_keys().await?.1.len())
+/// The bytes Redis uses for the stack's deployment (`MEMORY USAGE` of each of its
+/// keys, so other tenants of the same Redis do not count) and how many keys it has.
+pub async fn redis_bytes(stack: &Stack) -> anyhow::Result<(i64, usize)> {
+    let (mut conn, keys) = stack.redis_keys().await?;
+    let mut bytes = 0;
+    for chunk in keys.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .arg("SAMPLES")
+                .arg(0);
+        }
+        let sizes: Vec<Option<i64>> = pipe.query_async(&mut conn).await?;
+        bytes += sizes.into_iter().flatten().sum::<i64>();
+    }
+    Ok((bytes, keys.len()))
 }
 
 /// Request rate and latency of `POST /api/views`.
