@@ -487,71 +487,48 @@ impl PendingStore {
     }
 }
 
-/// What Redis holds for one key in one partition.
+/// What one partition's generation hashes hold for the fields a read asked for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionView {
     pub partition: i32,
     /// The epoch the partition is marked live under; `None` when not marked.
     pub live: Option<i64>,
-    /// `(generation, total, counts of the asked days)` of each generation hash.
-    pub gens: Vec<(i64, i64, Vec<i64>)>,
+    /// `(generation, the asked fields' values, 0 when absent)` of each generation
+    /// hash that holds one.
+    pub gens: Vec<(i64, Vec<i64>)>,
 }
 
 impl PendingStore {
-    /// Reads every listed partition's live mark and the totals of `keys` in each of
-    /// its generation hashes, in one atomic step: one `(partition view)` per
-    /// partition, whose `gens` hold `(generation, total of each key)`.
-    pub async fn read_totals(
-        &self,
-        keys: &[&str],
-        partitions: &[i32],
-    ) -> redis::RedisResult<Vec<(i32, Option<i64>, Vec<(i64, Vec<i64>)>)>> {
-        let mut fields = Vec::with_capacity(keys.len() + 1);
-        fields.push("@g".to_owned());
-        fields.extend(keys.iter().map(|k| total_field(k)));
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for p in partitions {
-            pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
-            for parity in 0..2 {
-                pipe.cmd("HMGET")
-                    .arg(self.layout.gen(*p, parity))
-                    .arg(&fields);
-            }
-        }
-        let mut conn = self.conn.clone();
-        let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-        let mut it = raw.into_iter();
-        let mut out = Vec::with_capacity(partitions.len());
-        for p in partitions {
-            let live: Option<i64> =
-                redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
-            let mut gens = Vec::new();
-            for _ in 0..2 {
-                let values: Vec<Option<i64>> =
-                    redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
-                if let Some(Some(gen)) = values.first() {
-                    gens.push((
-                        *gen,
-                        values.iter().skip(1).map(|v| v.unwrap_or(0)).collect(),
-                    ));
-                }
-            }
-            out.push((*p, live, gens));
-        }
-        Ok(out)
-    }
-
-    /// Reads what every listed partition holds for `key` (and its `days`), in one
-    /// atomic step.
+    /// Reads what every listed partition holds for `key`: its total, then its count
+    /// on each of `days`.
     pub async fn read(
         &self,
         key: &str,
         days: &[NaiveDate],
         partitions: &[i32],
     ) -> redis::RedisResult<Vec<PartitionView>> {
-        let mut fields = vec!["@g".to_owned(), total_field(key)];
+        let mut fields = vec![total_field(key)];
         fields.extend(days.iter().map(|d| day_field(key, *d)));
+        self.read_fields(&fields, partitions).await
+    }
+
+    /// Reads what every listed partition holds for the totals of `keys`.
+    pub async fn read_totals(
+        &self,
+        keys: &[&str],
+        partitions: &[i32],
+    ) -> redis::RedisResult<Vec<PartitionView>> {
+        let fields: Vec<String> = keys.iter().map(|k| total_field(k)).collect();
+        self.read_fields(&fields, partitions).await
+    }
+
+    /// Reads every listed partition's live mark and `fields` of both its generation
+    /// hashes, in one atomic step.
+    async fn read_fields(
+        &self,
+        fields: &[String],
+        partitions: &[i32],
+    ) -> redis::RedisResult<Vec<PartitionView>> {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for p in partitions {
@@ -559,28 +536,26 @@ impl PendingStore {
             for parity in 0..2 {
                 pipe.cmd("HMGET")
                     .arg(self.layout.gen(*p, parity))
-                    .arg(&fields);
+                    .arg("@g")
+                    .arg(fields);
             }
         }
         let mut conn = self.conn.clone();
         let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-        let mut out = Vec::with_capacity(partitions.len());
         let mut it = raw.into_iter();
+        let mut next = || it.next().unwrap_or(redis::Value::Nil);
+        let mut out = Vec::with_capacity(partitions.len());
         for p in partitions {
-            let live: Option<i64> =
-                redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
             let mut view = PartitionView {
                 partition: *p,
-                live,
+                live: redis::from_redis_value(next())?,
                 gens: Vec::new(),
             };
             for _ in 0..2 {
-                let values: Vec<Option<i64>> =
-                    redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
+                let values: Vec<Option<i64>> = redis::from_redis_value(next())?;
                 if let Some(Some(gen)) = values.first() {
-                    let total = values.get(1).copied().flatten().unwrap_or(0);
-                    let day_counts = values.iter().skip(2).map(|v| v.unwrap_or(0)).collect();
-                    view.gens.push((*gen, total, day_counts));
+                    view.gens
+                        .push((*gen, values[1..].iter().map(|v| v.unwrap_or(0)).collect()));
                 }
             }
             out.push(view);

@@ -66,13 +66,25 @@ struct Merged {
 }
 
 impl Merged {
-    /// The pending `(total, day counts)` of every generation Postgres has not flushed.
-    fn unflushed(&self) -> impl Iterator<Item = &(i64, i64, Vec<i64>)> {
-        self.views.iter().flat_map(move |v| {
-            let flushed = flushed_gen(&self.snap.gens, v.partition);
-            v.gens.iter().filter(move |(gen, _, _)| *gen > flushed)
-        })
+    /// The pending values (the key's total, then its days) of every generation
+    /// Postgres has not flushed.
+    fn unflushed(&self) -> impl Iterator<Item = &[i64]> {
+        unflushed(&self.views, &self.snap.gens)
     }
+}
+
+/// The values of every generation in `views` that `flushed_gens` has not flushed.
+fn unflushed<'v>(
+    views: &'v [PartitionView],
+    flushed_gens: &'v [(i32, i64)],
+) -> impl Iterator<Item = &'v [i64]> {
+    views.iter().flat_map(move |v| {
+        let flushed = flushed_gen(flushed_gens, v.partition);
+        v.gens
+            .iter()
+            .filter(move |(gen, _)| *gen > flushed)
+            .map(|(_, values)| values.as_slice())
+    })
 }
 
 impl Reader {
@@ -111,7 +123,7 @@ impl Reader {
             }
         }
         let merged = self.merged(key, None, wait).await?;
-        Ok(merged.snap.total + merged.unflushed().map(|(_, total, _)| total).sum::<i64>())
+        Ok(merged.snap.total + merged.unflushed().map(|values| values[0]).sum::<i64>())
     }
 
     /// The key's views per UTC day over `from..=to`, ascending, zero-filled, pending
@@ -133,8 +145,8 @@ impl Reader {
                 *slot += n;
             }
         }
-        for (_, _, counts) in merged.unflushed() {
-            for (slot, n) in days.values_mut().zip(counts) {
+        for values in merged.unflushed() {
+            for (slot, n) in days.values_mut().zip(&values[1..]) {
                 *slot += n;
             }
         }
@@ -205,16 +217,15 @@ impl Reader {
                     continue;
                 }
             }
-            for (partition, live, hashes) in &views {
-                let known_to_postgres = gens.iter().any(|(p, _)| p == partition);
-                if live.is_none() && known_to_postgres {
-                    return None;
-                }
-                let flushed = flushed_gen(&gens, *partition);
-                for (_, pending) in hashes.iter().filter(|(gen, _)| *gen > flushed) {
-                    for (total, n) in totals.iter_mut().zip(pending) {
-                        *total += n;
-                    }
+            let unmarked = views
+                .iter()
+                .any(|v| v.live.is_none() && gens.iter().any(|(p, _)| *p == v.partition));
+            if unmarked {
+                return None;
+            }
+            for pending in unflushed(&views, &gens) {
+                for (total, n) in totals.iter_mut().zip(pending) {
+                    *total += n;
                 }
             }
             return Some(totals);
