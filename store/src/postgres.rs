@@ -285,67 +285,73 @@ pub async fn add_counts(
     Ok(outcome)
 }
 
-/// One multi-row upsert into each counter table.
+/// One statement upserting into both counter tables. Each key is sent once (its
+/// namespace and id are split off in SQL, its days point at it by position), and rows
+/// are written in key order.
 async fn upsert(
     txn: &impl ConnectionTrait,
     merged: &[(&str, std::borrow::Cow<'_, KeyCounts>)],
 ) -> Result<(u64, u64), DbErr> {
     let n = merged.len();
-    let (mut key_col, mut ns_col, mut id_col, mut path_col, mut total_col) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
+    let (mut keys, mut paths, mut totals) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut day_key, mut day_col, mut count_col) = (Vec::new(), Vec::new(), Vec::new());
-    for (key, c) in merged {
-        let (ns, id) = key.split_once(':').unwrap_or((key, ""));
-        key_col.push((*key).to_owned());
-        ns_col.push(ns.to_owned());
-        id_col.push(id.to_owned());
-        path_col.push(c.path().unwrap_or_default().to_owned());
-        total_col.push(c.total());
-        let mut days: Vec<&(NaiveDate, i64)> = c.days().iter().filter(|(_, n)| *n != 0).collect();
-        days.sort_unstable();
-        for (day, count) in days {
-            day_key.push((*key).to_owned());
-            day_col.push(*day);
-            count_col.push(*count);
+    let (mut day_of, mut days, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (key, c)) in merged.iter().enumerate() {
+        keys.push((*key).to_owned());
+        paths.push(c.path().unwrap_or_default().to_owned());
+        totals.push(c.total());
+        let mut key_days: Vec<&(NaiveDate, i64)> =
+            c.days().iter().filter(|(_, n)| *n != 0).collect();
+        key_days.sort_unstable();
+        for (day, count) in key_days {
+            day_of.push(i as i64 + 1);
+            days.push(*day);
+            counts.push(*count);
         }
     }
-    let res = txn
-        .execute(stmt(
-            "INSERT INTO view_counter_total AS t
-                 (key, namespace, entity_id, path, total, created_at, updated_at)
-             SELECT u.key, u.namespace, u.entity_id, NULLIF(u.path, ''), u.total, now(), now()
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])
-                  AS u(key, namespace, entity_id, path, total)
-             ON CONFLICT (key) DO UPDATE
-             SET total = t.total + EXCLUDED.total,
-                 path = COALESCE(EXCLUDED.path, t.path),
-                 updated_at = EXCLUDED.updated_at",
+    let row = txn
+        .query_one(stmt(
+            "WITH u AS (
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
+                     WITH ORDINALITY AS u(key, path, total, i)),
+             t AS (
+                 INSERT INTO view_counter_total AS t
+                     (key, namespace, entity_id, path, total, created_at, updated_at)
+                 SELECT key, split_part(key, ':', 1), substr(key, strpos(key, ':') + 1),
+                        NULLIF(path, ''), total, now(), now()
+                 FROM u ORDER BY i
+                 ON CONFLICT (key) DO UPDATE
+                 SET total = t.total + EXCLUDED.total,
+                     path = COALESCE(EXCLUDED.path, t.path),
+                     updated_at = EXCLUDED.updated_at
+                 RETURNING 1),
+             d AS (
+                 INSERT INTO view_counter_daily AS d (key, day, count, created_at, updated_at)
+                 SELECT u.key, x.day, x.count, now(), now()
+                 FROM unnest($4::int8[], $5::date[], $6::int8[]) WITH ORDINALITY AS x(i, day, count, o)
+                 JOIN u ON u.i = x.i
+                 ORDER BY x.o
+                 ON CONFLICT (key, day) DO UPDATE
+                 SET count = d.count + EXCLUDED.count, updated_at = EXCLUDED.updated_at
+                 RETURNING 1)
+             SELECT (SELECT count(*) FROM t)::int8, (SELECT count(*) FROM d)::int8",
             vec![
-                key_col.into(),
-                ns_col.into(),
-                id_col.into(),
-                path_col.into(),
-                total_col.into(),
+                keys.into(),
+                paths.into(),
+                totals.into(),
+                day_of.into(),
+                days.into(),
+                counts.into(),
             ],
         ))
-        .await?;
-    let total_rows = res.rows_affected();
-    let res = txn
-        .execute(stmt(
-            "INSERT INTO view_counter_daily AS d (key, day, count, created_at, updated_at)
-             SELECT u.key, u.day, u.count, now(), now()
-             FROM unnest($1::text[], $2::date[], $3::int8[]) AS u(key, day, count)
-             ON CONFLICT (key, day) DO UPDATE
-             SET count = d.count + EXCLUDED.count, updated_at = EXCLUDED.updated_at",
-            vec![day_key.into(), day_col.into(), count_col.into()],
-        ))
-        .await?;
-    Ok((total_rows, res.rows_affected()))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("upsert returned no row".into()))?;
+    let total_rows: i64 = row.try_get_by_index(0)?;
+    let daily_rows: i64 = row.try_get_by_index(1)?;
+    Ok((total_rows as u64, daily_rows as u64))
 }
 
 /// What Postgres holds for one key, and every partition's `flushed_gen`, read in one
