@@ -1,0 +1,227 @@
+//! Counting a batch: the DLQ, client ids, Redis (overlapping the next poll), memory.
+
+use super::*;
+
+impl Aggregator {
+    /// Counts the gathered batch: parks invalid messages in the DLQ, decides
+    /// client-chosen ids, and sends the sums to Redis without waiting; the previous
+    /// batch, whose Redis answer is in by now, is counted in memory first. So Redis
+    /// works on one batch while the next is polled.
+    pub fn process(&self) {
+        let mut state = self.state();
+        self.land(&mut state);
+        let parts = state.batch.take();
+        if parts.is_empty() {
+            return;
+        }
+        let stopped = || self.stopped();
+        let mut ready: Vec<(i32, PartBatch)> = Vec::with_capacity(parts.len());
+        for (partition, part) in parts {
+            if state.partitions.get(&partition).map(|p| p.epoch) != Some(part.epoch) {
+                continue; // revoked or re-claimed since it was polled
+            }
+            if !self.dlq.park(&self.rt, partition, &part.invalid, &stopped) {
+                continue; // shutting down; the next owner consumes it again
+            }
+            ready.push((partition, part));
+        }
+        let Some(duplicates) = self.decide_ids(&mut ready) else {
+            return;
+        };
+        let mut batches = Vec::with_capacity(ready.len());
+        for (partition, part) in &mut ready {
+            let (Some(p), Some(last)) = (state.partitions.get(partition), part.last) else {
+                continue;
+            };
+            if part.fresh.is_empty() || p.needs_restore {
+                continue; // nothing for Redis, or memory is rewritten there soon
+            }
+            batches.push(PartitionBatch {
+                partition: *partition,
+                epoch: p.epoch,
+                gen: p.gen,
+                prev: p.redis_at,
+                last,
+                live: true,
+                counts: Arc::new(std::mem::take(&mut part.fresh)),
+            });
+        }
+        let batches = Arc::new(batches);
+        let (pending, sent) = (self.pending.clone(), batches.clone());
+        state.applying = Some(Applying {
+            task: self.rt.spawn(async move { pending.apply(&sent).await }),
+            batches,
+            parts: ready,
+            duplicates,
+        });
+    }
+
+    /// Waits for the batch Redis is applying, records its answers and counts the
+    /// batch in memory. A Redis error is retried (the apply is a compare-and-set, so a
+    /// batch that got in before the error is not added twice).
+    pub(super) fn land(&self, state: &mut State) {
+        let Some(applying) = state.applying.take() else {
+            return;
+        };
+        let stopped = || self.stopped();
+        let first = self.rt.block_on(applying.task).unwrap_or_else(|e| {
+            Err(redis::RedisError::from(std::io::Error::other(
+                e.to_string(),
+            )))
+        });
+        let batches: Vec<PartitionBatch> =
+            Arc::try_unwrap(applying.batches).unwrap_or_else(|shared| (*shared).clone());
+        let applied = match first {
+            Ok(applied) => Some(applied),
+            Err(e) => {
+                tracing::warn!(error = %e, "applying a batch to Redis failed; retrying");
+                let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+                retry(
+                    "applying a batch to Redis",
+                    backoff,
+                    Until::Stopped(&stopped),
+                    || self.rt.block_on(self.pending.apply(&batches)),
+                )
+            }
+        };
+        let Some(applied) = applied else {
+            return; // shutting down: the batch is consumed again by the next owner
+        };
+        let mut counted = 0;
+        for (b, outcome) in batches.into_iter().zip(applied) {
+            self.note_applied(&mut state.partitions, &b, outcome);
+            if let Some(p) = state
+                .partitions
+                .get_mut(&b.partition)
+                .filter(|p| p.epoch == b.epoch)
+            {
+                let fresh = Arc::try_unwrap(b.counts).unwrap_or_else(|shared| (*shared).clone());
+                counted += fresh.views();
+                p.current.absorb(fresh);
+            }
+        }
+        let mut invalid = 0;
+        for (partition, part) in applying.parts {
+            let Some(p) = state
+                .partitions
+                .get_mut(&partition)
+                .filter(|p| p.epoch == part.epoch)
+            else {
+                continue;
+            };
+            let Some(last) = part.last else {
+                continue;
+            };
+            counted += part.fresh.views() + part.replayed.views();
+            invalid += part.invalid.len() as u64;
+            p.current.absorb(part.fresh);
+            p.current.absorb(part.replayed);
+            p.consumed(last);
+        }
+        metrics::counter!(m::EVENTS, "result" => "counted").increment(counted as u64);
+        metrics::counter!(m::EVENTS, "result" => "duplicate").increment(applying.duplicates);
+        metrics::counter!(m::EVENTS, "result" => "invalid").increment(invalid);
+        let pending: usize = state.partitions.values().map(Partition::pending_keys).sum();
+        metrics::gauge!(m::PENDING_KEYS).set(pending as f64);
+    }
+
+    /// Asks Redis which client-chosen ids are new and moves those events into the
+    /// counts; returns the number of duplicates, or `None` when shutting down.
+    fn decide_ids(&self, ready: &mut [(i32, PartBatch)]) -> Option<u64> {
+        let ids: Vec<(&str, &str, i32, i64)> = ready
+            .iter()
+            .flat_map(|(p, part)| {
+                part.with_ids
+                    .iter()
+                    .map(move |e| (e.key.as_str(), e.event_id.as_str(), *p, e.offset))
+            })
+            .collect();
+        if ids.is_empty() {
+            return Some(0);
+        }
+        let stopped = || self.stopped();
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let firsts = retry(
+            "checking eventIds in Redis",
+            backoff,
+            Until::Stopped(&stopped),
+            || self.rt.block_on(self.pending.first_sightings(&ids)),
+        )?;
+        drop(ids);
+        let mut firsts = firsts.into_iter();
+        let mut duplicates = 0;
+        for (_, part) in ready.iter_mut() {
+            for e in std::mem::take(&mut part.with_ids) {
+                if !firsts.next().unwrap_or(true) {
+                    duplicates += 1;
+                    continue;
+                }
+                let counts = if e.replayed {
+                    &mut part.replayed
+                } else {
+                    &mut part.fresh
+                };
+                counts.add(&e.key, e.day, e.path.as_deref());
+            }
+        }
+        Some(duplicates)
+    }
+
+    /// Records what Redis answered to one partition's batch.
+    fn note_applied(
+        &self,
+        partitions: &mut BTreeMap<i32, Partition>,
+        b: &PartitionBatch,
+        outcome: Applied,
+    ) {
+        let Some(p) = partitions
+            .get_mut(&b.partition)
+            .filter(|p| p.epoch == b.epoch)
+        else {
+            return;
+        };
+        match outcome {
+            Applied::Added { live } => {
+                p.redis_at = b.last;
+                if !live {
+                    self.lost(b.partition, p);
+                }
+                p.marked_live = live;
+            }
+            Applied::At(at) if at >= b.last => {
+                // In already: a retry after a lost reply, or someone counted further.
+                p.redis_at = at;
+                if at > b.last {
+                    p.replay_to = Some(at);
+                }
+            }
+            Applied::At(at) => {
+                tracing::warn!(
+                    partition = b.partition,
+                    redis_at = at,
+                    expected = b.prev,
+                    "Redis holds less of this partition than was written to it; restoring it from memory"
+                );
+                self.lost(b.partition, p);
+            }
+            Applied::Stale => {
+                tracing::warn!(partition = b.partition, "a newer owner wrote this partition in Redis; dropping it (its owner counts it)");
+                partitions.remove(&b.partition);
+            }
+        }
+    }
+
+    /// Redis lost (part of) a partition's pending counts: rewrite them from memory.
+    pub(super) fn lost(&self, partition: i32, p: &mut Partition) {
+        if p.marked_live {
+            tracing::warn!(
+                partition,
+                keys = p.pending_keys(),
+                "Redis lost this partition's pending counts; restoring them from memory"
+            );
+            metrics::counter!(m::REDIS_RESTORES).increment(1);
+        }
+        p.marked_live = false;
+        p.needs_restore = true;
+    }
+}

@@ -1,0 +1,319 @@
+//! The aggregator's core: the partitions it owns, its stores and clients, and the
+//! operations the consumer loop and the rebalance callbacks call. The protocol these
+//! follow is described in [`crate::flush`].
+//!
+//! - this module: the type, claiming and assigning, taking polled messages;
+//! - [`counting`]: a batch into Redis and memory;
+//! - [`flushing`]: sealing generations and flushing them in the background;
+//! - [`upkeep`]: live marks, and restoring what Redis lost.
+
+mod counting;
+mod flushing;
+mod upkeep;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::{Offset, TopicPartitionList};
+use sea_orm::DatabaseConnection;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use viewpipe_runtime::Shutdown;
+use viewpipe_schema::Namespaces;
+use viewpipe_store::pending::{Applied, PartitionBatch, TakeOver};
+use viewpipe_store::{postgres, Claim, Counts, FlushError, FlushOutcome, Scope};
+
+use crate::batch::{Batch, PartBatch};
+use crate::dlq::Dlq;
+use crate::flush::{self, FlushUnit};
+use crate::metrics as m;
+use crate::partition::Partition;
+use crate::pending::Pending;
+use crate::retry::{retry, Backoff, Until};
+
+/// How often the live marks of idle partitions are checked.
+const LIVE_CHECK_EVERY: Duration = Duration::from_millis(200);
+/// Past this many unflushed keys the loop stops polling until the flush in flight
+/// lands: memory stays bounded (about 100 MiB of counts) when Postgres is slower than
+/// the log.
+const PENDING_CAP: usize = 500_000;
+
+/// The knobs of counting and flushing.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    pub flush_interval: Duration,
+    pub flush_max_pending: usize,
+    /// Revoked partitions are flushed within this (well inside the session timeout)
+    /// or abandoned to their next owner.
+    pub revoke_deadline: Duration,
+}
+
+/// Everything an aggregator owns. The consumer thread drives it: the loop calls
+/// [`Aggregator::add`], [`Aggregator::process`], [`Aggregator::drive_flush`] and
+/// [`Aggregator::upkeep`]; librdkafka's rebalance callbacks (run inside `poll`, on the
+/// same thread) call [`Aggregator::assign`] and [`Aggregator::revoke`].
+pub struct Aggregator {
+    rt: Handle,
+    db: DatabaseConnection,
+    scope: Scope,
+    pending: Pending,
+    dlq: Dlq,
+    namespaces: Namespaces,
+    shutdown: Shutdown,
+    /// The group's newest open flush request (`jobs.seq`, 0 for none), kept current
+    /// by a background task.
+    requested_flush: Arc<AtomicI64>,
+    tuning: Tuning,
+    /// Bumped by every assignment and revocation, so the loop can tell messages
+    /// polled before a rebalance from those after it.
+    rebalances: AtomicU64,
+    state: Mutex<State>,
+}
+
+/// What changes as the aggregator runs.
+struct State {
+    partitions: BTreeMap<i32, Partition>,
+    batch: Batch,
+    /// The previous batch while Redis applies it (overlapping the next poll).
+    applying: Option<Applying>,
+    /// The flush in flight, or waiting to be retried.
+    flush: Option<InFlight>,
+    next_flush: Instant,
+    next_live_check: Instant,
+}
+
+type FlushTask = JoinHandle<Result<FlushOutcome, FlushError>>;
+
+/// A batch sent to Redis, counted in memory once Redis answered.
+struct Applying {
+    task: JoinHandle<redis::RedisResult<Vec<Applied>>>,
+    /// What was sent: each partition's fresh counts.
+    batches: Arc<Vec<PartitionBatch>>,
+    /// The rest of the batch (counts Redis holds already, ids, invalid messages).
+    parts: Vec<(i32, PartBatch)>,
+    duplicates: u64,
+}
+
+struct InFlight {
+    unit: FlushUnit,
+    task: Option<FlushTask>,
+    started: Instant,
+    retry_at: Instant,
+    backoff: Backoff,
+}
+
+/// Everything [`Aggregator::new`] needs.
+pub struct Parts {
+    pub rt: Handle,
+    pub db: DatabaseConnection,
+    pub scope: Scope,
+    pub pending: Pending,
+    pub dlq: Dlq,
+    pub namespaces: Namespaces,
+    pub shutdown: Shutdown,
+    pub requested_flush: Arc<AtomicI64>,
+    pub tuning: Tuning,
+}
+
+impl Aggregator {
+    pub fn new(parts: Parts) -> Self {
+        let next_flush = Instant::now() + parts.tuning.flush_interval;
+        Self {
+            rt: parts.rt,
+            db: parts.db,
+            scope: parts.scope,
+            pending: parts.pending,
+            dlq: parts.dlq,
+            namespaces: parts.namespaces,
+            shutdown: parts.shutdown,
+            requested_flush: parts.requested_flush,
+            tuning: parts.tuning,
+            rebalances: AtomicU64::new(0),
+            state: Mutex::new(State {
+                partitions: BTreeMap::new(),
+                batch: Batch::default(),
+                applying: None,
+                flush: None,
+                next_flush,
+                next_live_check: Instant::now(),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock aborts the process anyway; recover the data.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.scope.topic
+    }
+
+    /// The partitions owned now.
+    pub fn owned(&self) -> Vec<i32> {
+        self.state().partitions.keys().copied().collect()
+    }
+
+    fn requested(&self) -> i64 {
+        self.requested_flush.load(Ordering::Relaxed)
+    }
+
+    fn stopped(&self) -> bool {
+        self.shutdown.is_triggered()
+    }
+
+    /// Claims a partition: in Postgres (new epoch; where to resume) and, with Redis,
+    /// fences it there and learns how far its current generation reaches. Retries
+    /// until shutdown.
+    pub fn claim(&self, partition: i32) -> Option<(Claim, i64)> {
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let stopped = || self.stopped();
+        let claim = retry(
+            "claiming a partition in Postgres",
+            backoff,
+            Until::Stopped(&stopped),
+            || {
+                self.rt
+                    .block_on(postgres::claim(&self.db, &self.scope, partition))
+            },
+        )?;
+        let taken = retry(
+            "fencing a partition in Redis",
+            backoff,
+            Until::Stopped(&stopped),
+            || {
+                self.rt.block_on(self.pending.take_over(
+                    partition,
+                    claim.epoch,
+                    claim.flushed_gen + 1,
+                ))
+            },
+        )?;
+        let redis_at = match taken {
+            TakeOver::Applied(at) => at,
+            TakeOver::Stale => {
+                tracing::warn!(
+                    partition,
+                    "a newer owner fenced this partition in Redis already"
+                );
+                return None;
+            }
+            TakeOver::Ahead(gen) => {
+                tracing::error!(
+                    partition,
+                    redis_gen = gen,
+                    postgres_gen = claim.flushed_gen,
+                    "Redis holds generations Postgres never flushed: Postgres went back in time; see docs/exactly-once.md"
+                );
+                -1
+            }
+        };
+        Some((claim, redis_at))
+    }
+
+    /// Takes over the claimed partitions and points the consumer at the offsets
+    /// Postgres holds.
+    /// `claims` are `(claim, how far Redis holds its generation, log recreated)`.
+    pub fn assign<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        tpl: &mut TopicPartitionList,
+        claims: Vec<(Claim, i64, bool)>,
+    ) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
+        let mut state = self.state();
+        self.land(&mut state);
+        state.batch.clear();
+        for (claim, redis_at, recreated) in &claims {
+            // Postgres is the authoritative position; without one, nothing of this
+            // partition was ever flushed, so all of it is to be counted.
+            let start = claim.next_offset.map_or(Offset::Beginning, Offset::Offset);
+            let _ = tpl.set_partition_offset(&self.scope.topic, claim.partition, start);
+            let mut partition = Partition::from_claim(claim, *redis_at);
+            if *recreated {
+                // What Redis holds came from the old log: write memory over it.
+                partition.replay_to = None;
+                partition.needs_restore = true;
+            }
+            state.partitions.insert(claim.partition, partition);
+        }
+        drop(state);
+        let partitions: Vec<i32> = claims.iter().map(|(c, _, _)| c.partition).collect();
+        tracing::info!(partitions = ?partitions, "partitions assigned");
+        if let Err(e) = consumer.assign(tpl) {
+            tracing::error!(error = %e, "assign failed");
+        }
+    }
+
+    /// Flushes everything owned within the revoke deadline, commits, and lets the
+    /// partitions go. What could not be flushed is re-counted by the next owner.
+    pub fn revoke<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + self.tuning.revoke_deadline;
+        let owned = self.owned();
+        self.flush_all(consumer, deadline, CommitMode::Sync);
+        let mut state = self.state();
+        state.partitions.clear();
+        state.batch.clear();
+        state.applying = None;
+        state.flush = None;
+        metrics::gauge!(m::PENDING_KEYS).set(0.0);
+        drop(state);
+        if !owned.is_empty() {
+            tracing::info!(partitions = ?owned, "partitions revoked");
+        }
+    }
+
+    /// True while so many keys wait for Postgres that polling should pause.
+    pub fn must_wait(&self) -> bool {
+        let state = self.state();
+        state.flush.is_some()
+            && state
+                .partitions
+                .values()
+                .map(Partition::pending_keys)
+                .sum::<usize>()
+                >= PENDING_CAP
+    }
+
+    /// Assignments and revocations so far.
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::SeqCst)
+    }
+
+    /// Takes one polled message into the batch (dropped when its partition is not
+    /// owned or it is a re-delivery).
+    pub fn add(&self, partition: i32, offset: i64, payload: Option<&[u8]>, key: Option<&[u8]>) {
+        self.add_all(std::iter::once((partition, offset, payload, key)));
+    }
+
+    /// [`Aggregator::add`] for several messages, under one lock.
+    pub fn add_all<'m>(
+        &self,
+        messages: impl Iterator<Item = (i32, i64, Option<&'m [u8]>, Option<&'m [u8]>)>,
+    ) {
+        let mut state = self.state();
+        let State {
+            partitions, batch, ..
+        } = &mut *state;
+        for (partition, offset, payload, key) in messages {
+            if let Some(owner) = partitions.get(&partition) {
+                batch.add(partition, owner, offset, payload, key, &self.namespaces);
+            }
+        }
+    }
+
+    /// The final flush at shutdown, then the offsets commit.
+    pub fn finish<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, within: Duration) {
+        self.process();
+        self.land(&mut self.state());
+        self.flush_all(consumer, Instant::now() + within, CommitMode::Sync);
+        let mut state = self.state();
+        state.partitions.clear();
+        state.batch.clear();
+    }
+}
