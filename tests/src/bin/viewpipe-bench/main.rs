@@ -253,17 +253,31 @@ async fn main() -> anyhow::Result<()> {
                 args.connections, args.http_seconds
             );
             let post = measure::post_load(&ingest, args.connections, args.http_seconds).await?;
-            table.add(
-                format!("POST /api/views, {} connections", args.connections),
+            let row = |p: &measure::PostLoad| {
                 format!(
                     "{} (p50 {:.1} ms, p99 {:.1} ms, {} failed)",
-                    rate(post.rate),
-                    post.p50_ms,
-                    post.p99_ms,
-                    post.failed
-                ),
+                    rate(p.rate),
+                    p.p50_ms,
+                    p.p99_ms,
+                    p.failed
+                )
+            };
+            let connections = args.connections;
+            table.add(
+                format!("POST /api/views, {connections} connections"),
+                row(&post),
                 "",
             );
+            let wrk = tokio::task::block_in_place(|| {
+                measure::post_load_wrk(&ingest, connections, args.http_seconds)
+            })?;
+            if let Some(wrk) = wrk {
+                table.add(
+                    format!("POST /api/views, {connections} connections, wrk"),
+                    row(&wrk),
+                    "",
+                );
+            }
             eprintln!(
                 "[bench] POST /api/views/batch (1000 per request, 4 clients) for {} s",
                 args.http_seconds

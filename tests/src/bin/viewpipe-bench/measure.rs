@@ -167,6 +167,76 @@ pub async fn post_load(
     })
 }
 
+/// The POST load with `wrk` (when it is installed): its C event loop leaves more of
+/// the 2 cores to the ingest than the built-in client does. `None` without `wrk`.
+pub fn post_load_wrk(
+    ingest: &Service,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<Option<PostLoad>> {
+    if std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Ok(None);
+    }
+    let script = std::env::temp_dir().join(format!("viewpipe-bench-{}.lua", std::process::id()));
+    std::fs::write(
+        &script,
+        r#"wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, nil, string.format('{"contentId":"wrk-%d","contentType":"resource","path":"/r/x"}', n % 100000))
+end
+"#,
+    )?;
+    let out = std::process::Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(ingest.url("/api/views"))
+        .output()
+        .context("run wrk")?;
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| -> Option<&str> {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let ms = |v: &str| -> f64 {
+        let (number, unit) =
+            v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+        let n: f64 = number.parse().unwrap_or(f64::NAN);
+        match unit {
+            "us" => n / 1000.0,
+            "s" => n * 1000.0,
+            _ => n,
+        }
+    };
+    let rate: f64 = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .context("no Requests/sec from wrk")?;
+    let failed = field("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Some(PostLoad {
+        rate,
+        p50_ms: field("50%").map_or(f64::NAN, ms),
+        p99_ms: field("99%").map_or(f64::NAN, ms),
+        failed,
+    }))
+}
+
 pub fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
