@@ -8,9 +8,10 @@
 //!
 //! Redis losing its data would make pending counts vanish until their owner restores
 //! them. The `live` marks (see [`crate::pending`]) are read in the same atomic step as
-//! the key's hash; while any partition Postgres knows of is not marked, the read waits
-//! for its owner to restore it, and answers [`ReadError::Recovering`] after
-//! [`RECOVERY_WAIT`] rather than a count that went down.
+//! the partitions' generation hashes; while any partition Postgres knows of is not
+//! marked, the read waits for its owner to restore it, and answers
+//! [`ReadError::Recovering`] after [`RECOVERY_WAIT`] rather than a count that went
+//! down.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

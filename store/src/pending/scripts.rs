@@ -1,0 +1,109 @@
+//! The Lua scripts of the Redis layout (see the parent module). Each touches one
+//! partition's keys only, so one Redis Cluster slot.
+
+/// Shared by the scripts: the fence. Returns the stored epoch and gen, or nil when
+/// the writer is older than either.
+pub(super) const FENCE_LUA: &str = r#"
+local function fence(meta, epoch, gen)
+  local m = redis.call('HMGET', meta, 'epoch', 'gen')
+  local e, g = tonumber(m[1]) or 0, tonumber(m[2]) or 0
+  if epoch < e or gen < g then return nil end
+  return e, g
+end
+local function raise(meta, epoch, gen, e, g, live)
+  if epoch > e then redis.call('HSET', meta, 'epoch', epoch) end
+  if gen > g then redis.call('HSET', meta, 'gen', gen) end
+  if live == '1' then redis.call('HSET', meta, 'live', epoch) end
+end
+"#;
+
+/// KEYS: meta, the generation's hash. ARGV: epoch, gen, prev, last, live, ttl, then
+/// field and increment pairs. Returns {1, marked} when applied, {-1} when stale,
+/// {-2, applied offset} when `@o` is not `prev`. `live` asks for the live mark; it is
+/// set only where the meta hash already knew our epoch (a meta hash lost with the
+/// counts must be restored first), and `marked` says whether the mark is ours.
+pub(super) const APPLY_LUA: &str = r#"
+local meta, h = KEYS[1], KEYS[2]
+local epoch, gen = tonumber(ARGV[1]), tonumber(ARGV[2])
+local e, g = fence(meta, epoch, gen)
+if not e then return {-1} end
+local hg = tonumber(redis.call('HGET', h, '@g') or '-1')
+if hg > gen then return {-1} end
+local applied = -1
+if hg == gen then
+  applied = tonumber(redis.call('HGET', h, '@o') or '-1')
+elseif hg >= 0 then
+  redis.call('DEL', h)
+end
+if applied ~= tonumber(ARGV[3]) then return {-2, applied} end
+for i = 7, #ARGV, 2 do redis.call('HINCRBY', h, ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', h, '@g', gen, '@o', ARGV[4])
+redis.call('EXPIRE', h, ARGV[6])
+local live = '0'
+if ARGV[5] == '1' and e == epoch then live = '1' end
+raise(meta, epoch, gen, e, g, live)
+if tonumber(redis.call('HGET', meta, 'live')) == epoch then return {1, 1} end
+return {1, 0}
+"#;
+
+/// Rewrites a generation as absolute values, in chunks. KEYS: meta, the generation's
+/// hash. ARGV: epoch, gen, first chunk (1/0), last chunk (1/0), last offset, live,
+/// ttl, then field and value pairs. The first chunk clears the hash and takes the
+/// live mark away; the last sets `@o` (and the mark). Returns 1, or -1 when stale.
+pub(super) const RESTORE_LUA: &str = r#"
+local meta, h = KEYS[1], KEYS[2]
+local epoch, gen = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- Only the epoch fences a restore: the owner may rewrite its sealed generation
+-- after it started the next one.
+local m = redis.call('HMGET', meta, 'epoch', 'gen')
+local e, g = tonumber(m[1]) or 0, tonumber(m[2]) or 0
+if epoch < e then return -1 end
+if ARGV[3] == '1' then
+  redis.call('DEL', h)
+  redis.call('HDEL', meta, 'live')
+  redis.call('HSET', h, '@g', gen)
+end
+for i = 8, #ARGV, 2 do redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', h, ARGV[7])
+if ARGV[4] == '1' then
+  redis.call('HSET', h, '@o', ARGV[5])
+  raise(meta, epoch, gen, e, g, ARGV[6])
+else
+  raise(meta, epoch, gen, e, g, '0')
+end
+return 1
+"#;
+
+/// A new owner's fence. KEYS: meta, hash of gen's parity, hash of the other parity.
+/// ARGV: epoch, gen (the generation Postgres expects next). Folds a generation gen+1
+/// into gen, drops flushed leftovers, raises the epoch. Returns {1, applied offset of
+/// gen or -1}, {-1} when a newer owner fenced already, or {-3, stored gen} when Redis
+/// is ahead of Postgres by more than one generation.
+pub(super) const TAKE_OVER_LUA: &str = r#"
+local meta, h, other = KEYS[1], KEYS[2], KEYS[3]
+local epoch, gen = tonumber(ARGV[1]), tonumber(ARGV[2])
+local m = redis.call('HMGET', meta, 'epoch', 'gen')
+local e, g = tonumber(m[1]) or 0, tonumber(m[2]) or 0
+if epoch < e then return {-1} end
+if g > gen + 1 then return {-3, g} end
+local hg = tonumber(redis.call('HGET', h, '@g') or '-1')
+local og = tonumber(redis.call('HGET', other, '@g') or '-1')
+if hg ~= gen and hg >= 0 then redis.call('DEL', h); hg = -1 end
+if og == gen + 1 then
+  if hg == gen then
+    local fields = redis.call('HGETALL', other)
+    for i = 1, #fields, 2 do
+      local f = fields[i]
+      if f == '@o' then redis.call('HSET', h, '@o', fields[i + 1])
+      elseif f ~= '@g' then redis.call('HINCRBY', h, f, fields[i + 1]) end
+    end
+  end
+  redis.call('DEL', other)
+elseif og >= 0 then
+  redis.call('DEL', other)
+end
+redis.call('HSET', meta, 'epoch', epoch, 'gen', gen)
+local applied = -1
+if redis.call('HGET', h, '@g') then applied = tonumber(redis.call('HGET', h, '@o') or '-1') end
+return {1, applied}
+"#;
