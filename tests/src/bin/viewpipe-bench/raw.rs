@@ -77,7 +77,7 @@ pub fn produce(
         with_ids += usize::from(event.has_id);
         if let Pace::Steady(rate, until) = pace {
             let due = started + Duration::from_secs_f64(i as f64 / rate);
-            if due > until {
+            if due > until || Instant::now() > until {
                 break;
             }
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
