@@ -49,6 +49,10 @@ struct Args {
     /// Concurrent connections of the single-view POST load.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Load beside the freshness probes, as a share of the aggregator's measured Zipf
+    /// counting rate.
+    #[arg(long, default_value_t = 0.5)]
+    freshness_load: f64,
     /// Which parts to run (comma-separated): zipf, zipf-ids, dbonly, uniform, memory,
     /// http, freshness, upsert.
     #[arg(
@@ -292,13 +296,14 @@ async fn main() -> anyhow::Result<()> {
         if args.runs("freshness") {
             // On a stack of its own: the dev broker's bounded log would not hold this
             // load beside the Zipf workload.
-            let pace = run.counted_rate / 2.0;
+            let pace = run.counted_rate * args.freshness_load;
             let fresh = Stack::with_partitions(args.partitions).await?;
             let _aggregator = fresh.spawn_aggregator(&[]).await?;
             let probe_ingest = fresh.spawn_ingest(&[]).await?;
             eprintln!(
-                "[bench] freshness while producing at {} (half the aggregator's Zipf rate)",
-                rate(pace)
+                "[bench] freshness while producing at {} ({:.2}x the aggregator's Zipf rate)",
+                rate(pace),
+                args.freshness_load
             );
             let events = (pace * args.http_seconds as f64) as usize;
             let w = Workload {

@@ -289,42 +289,51 @@ pub async fn batch_load(ingest: &Service, clients: usize, seconds: u64) -> anyho
     Ok(accepted as f64 / started.elapsed().as_secs_f64())
 }
 
-/// 202-to-visible latencies: one probe view at a time through the ingest, each
-/// followed by GETs every 5 ms until it shows, while `busy` is set.
+/// 202-to-visible latencies while `busy` is set: a probe view through the ingest
+/// every 200 ms, each read back with GET every 20 ms until it shows. Probes
+/// overlap, so a slow one does not thin out the sample.
 pub async fn freshness(ingest: &Service, busy: Arc<AtomicBool>) -> anyhow::Result<Vec<Duration>> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let mut seen = Vec::new();
     let run = rand::random::<u32>();
+    let mut probes = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut n = 0;
     while busy.load(Ordering::Relaxed) {
+        tick.tick().await;
         n += 1;
         let id = format!("probe-{run:08x}-{n}");
-        let response = http
-            .post(ingest.url("/api/views"))
-            .json(&json!({"contentId": id, "contentType": "resource"}))
-            .send()
-            .await?;
-        if response.status() != 202 {
-            bail!("probe view answered {}", response.status());
-        }
-        let acked = Instant::now();
-        let url = ingest.url(&format!("/api/views?contentType=resource&contentId={id}"));
-        loop {
-            let count = http.get(&url).send().await?.json::<Value>().await?["count"]
-                .as_i64()
-                .unwrap_or(0);
-            if count >= 1 {
-                seen.push(acked.elapsed());
-                break;
+        let http = http.clone();
+        let post = ingest.url("/api/views");
+        let get = ingest.url(&format!("/api/views?contentType=resource&contentId={id}"));
+        probes.push(tokio::spawn(async move {
+            let response = http
+                .post(post)
+                .json(&json!({"contentId": id, "contentType": "resource"}))
+                .send()
+                .await?;
+            if response.status() != 202 {
+                bail!("probe view answered {}", response.status());
             }
-            if acked.elapsed() > Duration::from_secs(30) {
-                bail!("probe view {id} not visible after 30 s");
+            let acked = Instant::now();
+            loop {
+                let count = http.get(&get).send().await?.json::<Value>().await?["count"]
+                    .as_i64()
+                    .unwrap_or(0);
+                if count >= 1 {
+                    return Ok(acked.elapsed());
+                }
+                if acked.elapsed() > Duration::from_secs(30) {
+                    bail!("probe view {id} not visible after 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        }));
+    }
+    let mut seen = Vec::with_capacity(probes.len());
+    for probe in probes {
+        seen.push(probe.await??);
     }
     seen.sort();
     Ok(seen)
