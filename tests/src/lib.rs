@@ -19,6 +19,8 @@ use tokio::process::{Child, Command};
 use viewpipe_devbroker::DevBroker;
 
 pub mod chaos;
+pub mod faults;
+pub mod pgproxy;
 
 pub const PARTITIONS: i32 = 8;
 
