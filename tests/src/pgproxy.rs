@@ -112,11 +112,7 @@ async fn relay(
         let _ = tokio::io::copy(&mut from_server, &mut client_write).await;
         let _ = client_write.shutdown().await;
     });
-    loop {
-        let tag = match client_read.read_u8().await {
-            Ok(tag) => tag,
-            Err(_) => break,
-        };
+    while let Ok(tag) = client_read.read_u8().await {
         let len = client_read.read_i32().await?;
         let body = read_body(&mut client_read, len, 4).await?;
         let commit = tag == b'Q' && is_commit(&body);
