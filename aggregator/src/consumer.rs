@@ -137,6 +137,7 @@ pub fn run_loop(consumer: BaseConsumer<AggregatorContext>, health: Health, shutd
         health.beat();
         if aggregator.must_wait() {
             std::thread::sleep(Duration::from_millis(5));
+            aggregator.process();
             aggregator.drive_flush(&consumer);
             continue;
         }

@@ -105,6 +105,22 @@ fn spawn_flush_request_watch(
     });
 }
 
+/// Forgets client ids past their 24 h, a bounded batch every minute (any
+/// aggregator may; they do not step on each other).
+fn spawn_event_id_expiry(db: sea_orm::DatabaseConnection, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        while !shutdown.is_triggered() {
+            tick.tick().await;
+            match viewpipe_store::event_ids::forget_expired(&db, 50_000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(forgotten = n, "expired client ids forgotten"),
+                Err(e) => tracing::debug!(error = %e, "cannot forget expired client ids"),
+            }
+        }
+    });
+}
+
 /// Runs the aggregator until `shutdown` triggers (or the consumer loop ends).
 pub async fn run(
     settings: Settings,
@@ -168,6 +184,7 @@ pub async fn run(
         requested_flush.clone(),
         shutdown.clone(),
     );
+    spawn_event_id_expiry(db.clone(), shutdown.clone());
     let session = settings.kafka_session_timeout_ms;
     let aggregator = Arc::new(Aggregator::new(Parts {
         rt: tokio::runtime::Handle::current(),

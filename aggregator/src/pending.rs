@@ -29,18 +29,6 @@ impl Pending {
         }
     }
 
-    /// First sightings of client-chosen ids (see `PendingStore::first_sightings`).
-    /// Database-only mode remembers no ids: every event counts.
-    pub async fn first_sightings(
-        &self,
-        ids: &[(&str, &str, i32, i64)],
-    ) -> redis::RedisResult<Vec<bool>> {
-        match self {
-            Pending::Redis(store) => store.first_sightings(ids).await,
-            Pending::DatabaseOnly => Ok(vec![true; ids.len()]),
-        }
-    }
-
     pub async fn apply(&self, batches: &[PartitionBatch]) -> redis::RedisResult<Vec<Applied>> {
         match self {
             Pending::Redis(store) => store.apply(batches).await,

@@ -7,11 +7,13 @@
 //!   writes counts and offsets in one transaction, and the read queries.
 //! - [`read`]: reads that merge both without counting anything twice.
 //! - [`jobs`]: flush requests that every aggregator of a group answers.
+//! - [`event_ids`]: client-chosen `eventId`s, remembered in Postgres for 24 h.
 //!
 //! The protocol that makes these exact is described in `docs/exactly-once.md` and in
 //! the aggregator's `flush` module.
 
 pub mod counts;
+pub mod event_ids;
 pub mod jobs;
 pub mod pending;
 pub mod postgres;

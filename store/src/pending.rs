@@ -103,10 +103,6 @@ impl Layout {
             gen.rem_euclid(2)
         )
     }
-
-    pub fn dedupe(&self, key: &str, event_id: &str) -> String {
-        format!("{}:{{{key}}}:{}:e:{event_id}", self.prefix, self.scope)
-    }
 }
 
 /// 64-bit FNV-1a: a stable, dependency-free hash for naming.
@@ -330,35 +326,6 @@ impl PendingStore {
         pipe.query_async(&mut conn).await
     }
 
-    /// For each `(key, eventId, partition, offset)`: true when this message is the
-    /// first with that id for the key within 24 h (or is that first message again).
-    pub async fn first_sightings(
-        &self,
-        ids: &[(&str, &str, i32, i64)],
-    ) -> redis::RedisResult<Vec<bool>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        let tags: Vec<String> = ids.iter().map(|(_, _, p, o)| format!("{p}:{o}")).collect();
-        for ((key, id, _, _), tag) in ids.iter().zip(&tags) {
-            pipe.cmd("SET")
-                .arg(self.layout.dedupe(key, id))
-                .arg(tag.as_str())
-                .arg("NX")
-                .arg("GET")
-                .arg("EX")
-                .arg(DEDUPE_TTL_SECS);
-        }
-        let mut conn = self.conn.clone();
-        let previous: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-        Ok(previous
-            .into_iter()
-            .zip(&tags)
-            .map(|(prev, tag)| prev.is_none_or(|p| &p == tag))
-            .collect())
-    }
-
     /// Runs a pipeline of script calls. The scripts are safe to run twice (the apply is
     /// a compare-and-set, the others are idempotent), so after Redis lost its script
     /// cache (a restart) the whole pipeline is sent again.
@@ -473,7 +440,6 @@ mod tests {
         assert_eq!(tag(&meta), tag(&layout.gen(3, 8)));
         assert_ne!(layout.gen(3, 7), layout.gen(3, 8));
         assert_eq!(layout.gen(3, 7), layout.gen(3, 9));
-        assert_eq!(tag(&layout.dedupe("resource:a", "e{1}")), "{resource:a}");
         let other = Layout::new("vp", "other-group", "views").expect("valid prefix");
         assert_ne!(other.meta(3), meta);
         assert!(Layout::new("v{p", "g", "t").is_err());

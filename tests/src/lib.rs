@@ -21,6 +21,7 @@ use viewpipe_devbroker::DevBroker;
 pub mod chaos;
 pub mod faults;
 pub mod pgproxy;
+pub mod redis_server;
 
 pub const PARTITIONS: i32 = 8;
 

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 
+use sea_orm::ConnectionTrait;
+use viewpipe_store::event_ids::{self, Sighting};
 use viewpipe_store::pending::{Applied, Layout, PartitionBatch, PendingStore, TakeOver};
 use viewpipe_store::postgres::{self, FlushError, PartitionCommit, Scope};
 use viewpipe_store::Counts;
@@ -209,25 +211,56 @@ async fn restore_rewrites_lost_counts_from_memory() {
 #[tokio::test]
 async fn client_ids_count_once_and_a_replay_of_the_first_still_counts() {
     let stack = Stack::start().await.expect("stack");
-    let store = store(&stack).await;
-    let seen = store
-        .first_sightings(&[
-            (KEY, "e1", 0, 5),
-            (KEY, "e2", 0, 6),
-            (KEY, "e1", 1, 9),
-            ("resource:other", "e1", 1, 10),
-        ])
-        .await
-        .expect("ids");
+    let sighting = |key, event_id, message: &str| Sighting {
+        key,
+        event_id,
+        message: message.to_owned(),
+    };
+    let seen = event_ids::first_sightings(
+        &stack.db,
+        &[
+            sighting(KEY, "e1", "views:0:5"),
+            sighting(KEY, "e2", "views:0:6"),
+            sighting(KEY, "e1", "views:1:9"),
+            sighting("resource:other", "e1", "views:1:10"),
+        ],
+    )
+    .await
+    .expect("ids");
     assert_eq!(seen, vec![true, true, false, true]);
-    // The message that first carried e1 is consumed again after a crash: it counts.
-    let again = store
-        .first_sightings(&[(KEY, "e1", 0, 5)])
+    // The message that first carried e1 is consumed again after a crash: it counts;
+    // another message with e1 still does not.
+    let again = event_ids::first_sightings(
+        &stack.db,
+        &[
+            sighting(KEY, "e1", "views:0:5"),
+            sighting(KEY, "e1", "views:2:1"),
+        ],
+    )
+    .await
+    .expect("replay");
+    assert_eq!(again, vec![true, false]);
+    let rows = stack
+        .rows("SELECT '', count(*) FROM view_event_ids")
         .await
-        .expect("replay");
-    assert_eq!(again, vec![true]);
-    let (_, keys) = stack.redis_keys().await.expect("keys");
-    assert_eq!(keys.len(), 3, "one key per remembered id: {keys:?}");
+        .expect("rows");
+    assert_eq!(rows[0].1, 3, "one row per remembered id");
+    // Past the retention an id is free again.
+    stack
+        .db
+        .execute_unprepared("UPDATE view_event_ids SET seen_at = now() - interval '25 hours'")
+        .await
+        .expect("age the ids");
+    let later = event_ids::first_sightings(&stack.db, &[sighting(KEY, "e1", "views:3:1")])
+        .await
+        .expect("later");
+    assert_eq!(later, vec![true]);
+    assert_eq!(
+        event_ids::forget_expired(&stack.db, 100)
+            .await
+            .expect("expire"),
+        2
+    );
     stack.cleanup().await.expect("cleanup");
 }
 

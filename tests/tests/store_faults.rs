@@ -1,12 +1,15 @@
 //! Exactly-once when the stores misbehave in ways a killed process does not show:
-//! COMMIT replies lost on the way back. Each test starts the faulty part itself (a
-//! proxy in front of the shared Postgres) and never breaks the shared servers.
+//! COMMIT replies lost on the way back, Redis down for half a minute. Each test
+//! starts the faulty part itself (a proxy in front of the shared Postgres, a private
+//! `redis-server`) and never breaks the shared servers.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use viewpipe_tests::chaos::Load;
+use viewpipe_tests::chaos::{self, Load};
 use viewpipe_tests::faults::{aggregators, kill_randomly, Running};
 use viewpipe_tests::pgproxy::PgProxy;
+use viewpipe_tests::redis_server::RedisServer;
 use viewpipe_tests::Stack;
 
 /// The host and port of a `postgres://` URL.
@@ -48,5 +51,120 @@ async fn commit_replies_lost_through_kill_9s_count_exactly() {
         "Postgres proxy: {lost} of {commits} COMMIT replies lost; kill -9 at acknowledged views {kills:?}"
     );
     assert!(lost >= 5, "the proxy lost only {lost} of {commits} replies");
+    stack.cleanup().await.expect("cleanup");
+}
+
+async fn flushed_views(stack: &Stack) -> i64 {
+    stack
+        .rows("SELECT '', COALESCE(sum(total), 0)::int8 FROM view_counter_total")
+        .await
+        .expect("sum of totals")
+        .first()
+        .map_or(0, |r| r.1)
+}
+
+/// A private Redis is stopped (its keys lost) for 30 s while views keep coming:
+/// the aggregators go on flushing to Postgres from memory, stay in the group, and
+/// rewrite Redis when it is back. Every view counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_for_thirty_seconds_keeps_flushing_and_counts_exactly() {
+    let stack = Stack::start().await.expect("stack");
+    let mut redis = RedisServer::start(&[]).await.expect("redis-server");
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let aggs = aggregators(&stack, 2, &env).await;
+    let ingest = stack.spawn_ingest(&env).await.expect("ingest");
+    let load = Load {
+        events: 16_000,
+        keys: 200,
+        days: 3,
+        rate: 400.0,
+        concurrency: 32,
+    };
+    let run = Running::begin(&stack, &ingest, load);
+    run.progress.reached(load.events / 5).await;
+    let rebalances = chaos::metric_sum(&aggs, "viewpipe_aggregator_rebalances_total").await;
+    redis.stop().await.expect("stop redis");
+    let down = Instant::now();
+    let acked_then = run.progress.acked();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let early = flushed_views(&stack).await;
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let late = flushed_views(&stack).await;
+    let acked_down = run.progress.acked() - acked_then;
+    redis.resume().await.expect("start redis again");
+    let seconds_down = down.elapsed().as_secs_f64();
+    assert!(
+        late > early,
+        "Postgres kept receiving flushes while Redis was down: {early} then {late}"
+    );
+    run.end(&stack, &ingest, "Redis down for 30 s").await;
+    let after = chaos::metric_sum(&aggs, "viewpipe_aggregator_rebalances_total").await;
+    println!(
+        "Redis down {seconds_down:.1} s (keys lost): {acked_down} views acknowledged meanwhile; \
+         Postgres total went {early} -> {late} during the outage; rebalances {rebalances} -> {after}"
+    );
+    assert_eq!(
+        after, rebalances,
+        "no aggregator left or was evicted from the group while Redis was down"
+    );
+    stack.cleanup().await.expect("cleanup");
+}
+
+/// Posts `ids` views of one key, each with its own `eventId` (`e0`, `e1`, ..).
+async fn post_ids(ingest: &viewpipe_tests::Service, ids: std::ops::Range<usize>) {
+    let http = reqwest::Client::new();
+    for i in ids {
+        let body = serde_json::json!({"contentId": "dup", "contentType": "resource",
+                                      "eventId": format!("e{i}")});
+        let status = http
+            .post(ingest.url("/api/views"))
+            .json(&body)
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16());
+        assert_eq!(status, 202, "view e{i} acknowledged");
+    }
+}
+
+/// Waits for Postgres to hold `n` views, then checks that it stays there.
+async fn settles_at(stack: &Stack, n: i64) {
+    stack
+        .wait_flushed_total(n, Duration::from_secs(60))
+        .await
+        .expect("flushed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(flushed_views(stack).await, n, "no duplicate counted late");
+}
+
+/// Guarantee 3 across a Redis loss and without Redis: 100 ids posted, Redis loses
+/// every key (or there is none), the same 100 posted again with 50 new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn event_ids_count_once_across_a_redis_loss_and_in_database_only_mode() {
+    // Across a Redis restart that loses every key.
+    let stack = Stack::start().await.expect("stack");
+    let mut redis = RedisServer::start(&[]).await.expect("redis-server");
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str()), ("FLUSH_INTERVAL_MS", "200")];
+    let _agg = stack.spawn_aggregator(&env).await.expect("aggregator");
+    let ingest = stack.spawn_ingest(&env).await.expect("ingest");
+    post_ids(&ingest, 0..100).await;
+    settles_at(&stack, 100).await;
+    redis.stop().await.expect("stop");
+    redis.resume().await.expect("start again");
+    post_ids(&ingest, 0..150).await;
+    settles_at(&stack, 150).await;
+    println!("eventIds across a Redis loss: 250 posted, 150 distinct, 150 counted");
+    stack.cleanup().await.expect("cleanup");
+
+    // Database-only mode.
+    let stack = Stack::start().await.expect("stack");
+    let env = [("REDIS_URL", "none"), ("FLUSH_INTERVAL_MS", "200")];
+    let _agg = stack.spawn_aggregator(&env).await.expect("aggregator");
+    let ingest = stack.spawn_ingest(&env).await.expect("ingest");
+    post_ids(&ingest, 0..100).await;
+    post_ids(&ingest, 0..150).await;
+    settles_at(&stack, 150).await;
+    println!("eventIds in database-only mode: 250 posted, 150 distinct, 150 counted");
     stack.cleanup().await.expect("cleanup");
 }

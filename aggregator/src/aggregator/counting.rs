@@ -1,5 +1,7 @@
 //! Counting a batch: the DLQ, client ids, Redis (overlapping the next poll), memory.
 
+use viewpipe_store::event_ids::{self, Sighting};
+
 use super::*;
 
 impl Aggregator {
@@ -10,22 +12,19 @@ impl Aggregator {
     pub fn process(&self) {
         let mut state = self.state();
         self.land(&mut state);
-        let parts = state.batch.take();
-        if parts.is_empty() {
+        // A batch whose client ids Postgres could not decide is taken up again first;
+        // nothing was polled after it (see `must_wait`).
+        let mut ready = match state.undecided.take() {
+            Some(ready) => ready,
+            None => self.take_batch(&mut state),
+        };
+        if ready.is_empty() {
             return;
         }
-        let stopped = || self.stopped();
-        let mut ready: Vec<(i32, PartBatch)> = Vec::with_capacity(parts.len());
-        for (partition, part) in parts {
-            if state.partitions.get(&partition).map(|p| p.epoch) != Some(part.epoch) {
-                continue; // revoked or re-claimed since it was polled
-            }
-            if !self.dlq.park(&self.rt, partition, &part.invalid, &stopped) {
-                continue; // shutting down; the next owner consumes it again
-            }
-            ready.push((partition, part));
-        }
         let Some(duplicates) = self.decide_ids(&mut ready) else {
+            if !self.stopped() {
+                state.undecided = Some(ready);
+            }
             return;
         };
         let mut batches = Vec::with_capacity(ready.len());
@@ -56,14 +55,33 @@ impl Aggregator {
         });
     }
 
+    /// The gathered batch, without partitions revoked or re-claimed since it was
+    /// polled, its invalid messages parked in the DLQ.
+    fn take_batch(&self, state: &mut State) -> Vec<(i32, PartBatch)> {
+        let parts = state.batch.take();
+        let stopped = || self.stopped();
+        let mut ready: Vec<(i32, PartBatch)> = Vec::with_capacity(parts.len());
+        for (partition, part) in parts {
+            if state.partitions.get(&partition).map(|p| p.epoch) != Some(part.epoch) {
+                continue; // revoked or re-claimed since it was polled
+            }
+            if !self.dlq.park(&self.rt, partition, &part.invalid, &stopped) {
+                continue; // shutting down; the next owner consumes it again
+            }
+            ready.push((partition, part));
+        }
+        ready
+    }
+
     /// Waits for the batch Redis is applying, records its answers and counts the
-    /// batch in memory. A Redis error is retried (the apply is a compare-and-set, so a
-    /// batch that got in before the error is not added twice).
+    /// batch in memory. A Redis error is retried for a while (the apply is a
+    /// compare-and-set, so a batch that got in before the error is not added twice);
+    /// if Redis stays away the batch is counted in memory alone and its partitions are
+    /// rewritten into Redis once it is back. Flushing never waits for Redis.
     pub(super) fn land(&self, state: &mut State) {
         let Some(applying) = state.applying.take() else {
             return;
         };
-        let stopped = || self.stopped();
         let first = self.rt.block_on(applying.task).unwrap_or_else(|e| {
             Err(redis::RedisError::from(std::io::Error::other(
                 e.to_string(),
@@ -75,21 +93,36 @@ impl Aggregator {
             Ok(applied) => Some(applied),
             Err(e) => {
                 tracing::warn!(error = %e, "applying a batch to Redis failed; retrying");
-                let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+                let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
                 retry(
                     "applying a batch to Redis",
                     backoff,
-                    Until::Stopped(&stopped),
+                    Until::Deadline(Instant::now() + STORE_PATIENCE),
                     || self.rt.block_on(self.pending.apply(&batches)),
                 )
             }
         };
-        let Some(applied) = applied else {
+        if applied.is_none() && self.stopped() {
             return; // shutting down: the batch is consumed again by the next owner
-        };
+        }
         let mut counted = 0;
-        for (b, outcome) in batches.into_iter().zip(applied) {
-            self.note_applied(&mut state.partitions, &b, outcome);
+        let mut outcomes = applied.map(Vec::into_iter);
+        if outcomes.is_none() {
+            tracing::warn!(
+                "Redis is unavailable: counting in memory; the partitions are rewritten into Redis when it answers again"
+            );
+        }
+        for b in batches {
+            match outcomes.as_mut().and_then(Iterator::next) {
+                Some(outcome) => self.note_applied(&mut state.partitions, &b, outcome),
+                None => {
+                    if let Some(p) = state.partitions.get_mut(&b.partition) {
+                        if p.epoch == b.epoch {
+                            self.lost(b.partition, p);
+                        }
+                    }
+                }
+            }
             if let Some(p) = state
                 .partitions
                 .get_mut(&b.partition)
@@ -125,27 +158,30 @@ impl Aggregator {
         metrics::gauge!(m::PENDING_KEYS).set(pending as f64);
     }
 
-    /// Asks Redis which client-chosen ids are new and moves those events into the
-    /// counts; returns the number of duplicates, or `None` when shutting down.
+    /// Asks Postgres which client-chosen ids are new and moves those events into the
+    /// counts; returns the number of duplicates, or `None` when Postgres did not
+    /// answer in time (asking again is safe: an id remembers the message that set it).
     fn decide_ids(&self, ready: &mut [(i32, PartBatch)]) -> Option<u64> {
-        let ids: Vec<(&str, &str, i32, i64)> = ready
+        let topic = &self.scope.topic;
+        let ids: Vec<Sighting<'_>> = ready
             .iter()
             .flat_map(|(p, part)| {
-                part.with_ids
-                    .iter()
-                    .map(move |e| (e.key.as_str(), e.event_id.as_str(), *p, e.offset))
+                part.with_ids.iter().map(move |e| Sighting {
+                    key: e.key.as_str(),
+                    event_id: e.event_id.as_str(),
+                    message: format!("{topic}:{p}:{}", e.offset),
+                })
             })
             .collect();
         if ids.is_empty() {
             return Some(0);
         }
-        let stopped = || self.stopped();
-        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
         let firsts = retry(
-            "checking eventIds in Redis",
+            "checking eventIds in Postgres",
             backoff,
-            Until::Stopped(&stopped),
-            || self.rt.block_on(self.pending.first_sightings(&ids)),
+            Until::Deadline(Instant::now() + STORE_PATIENCE),
+            || self.rt.block_on(event_ids::first_sightings(&self.db, &ids)),
         )?;
         drop(ids);
         let mut firsts = firsts.into_iter();

@@ -41,6 +41,10 @@ const LIVE_CHECK_EVERY: Duration = Duration::from_millis(200);
 /// lands: memory stays bounded (about 100 MiB of counts) when Postgres is slower than
 /// the log.
 const PENDING_CAP: usize = 500_000;
+/// How long a batch waits for a store: Redis, before the batch is counted in memory
+/// alone; Postgres deciding its client ids, before it is set aside (polling paused)
+/// until Postgres answers.
+const STORE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// The knobs of counting and flushing.
 #[derive(Clone, Debug)]
@@ -80,6 +84,8 @@ struct State {
     batch: Batch,
     /// The previous batch while Redis applies it (overlapping the next poll).
     applying: Option<Applying>,
+    /// A batch whose client ids Postgres has not decided yet; polling waits for it.
+    undecided: Option<Vec<(i32, PartBatch)>>,
     /// The flush in flight, or waiting to be retried.
     flush: Option<InFlight>,
     next_flush: Instant,
@@ -137,6 +143,7 @@ impl Aggregator {
                 partitions: BTreeMap::new(),
                 batch: Batch::default(),
                 applying: None,
+                undecided: None,
                 flush: None,
                 next_flush,
                 next_live_check: Instant::now(),
@@ -228,6 +235,7 @@ impl Aggregator {
         let mut state = self.state();
         self.land(&mut state);
         state.batch.clear();
+        state.undecided = None;
         for (claim, redis_at, recreated) in &claims {
             // Postgres is the authoritative position; without one, nothing of this
             // partition was ever flushed, so all of it is to be counted.
@@ -260,6 +268,7 @@ impl Aggregator {
         state.partitions.clear();
         state.batch.clear();
         state.applying = None;
+        state.undecided = None;
         state.flush = None;
         metrics::gauge!(m::PENDING_KEYS).set(0.0);
         drop(state);
@@ -268,16 +277,18 @@ impl Aggregator {
         }
     }
 
-    /// True while so many keys wait for Postgres that polling should pause.
+    /// True while polling should pause: a batch waits for Redis to decide its client
+    /// ids, or so many keys wait for Postgres.
     pub fn must_wait(&self) -> bool {
         let state = self.state();
-        state.flush.is_some()
-            && state
+        let pending = || {
+            state
                 .partitions
                 .values()
                 .map(Partition::pending_keys)
                 .sum::<usize>()
-                >= PENDING_CAP
+        };
+        state.undecided.is_some() || (state.flush.is_some() && pending() >= PENDING_CAP)
     }
 
     /// Assignments and revocations so far.

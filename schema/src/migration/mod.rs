@@ -6,6 +6,7 @@ mod m20261121_000001_counters;
 mod m20261121_000002_aggregator_partitions;
 mod m20261121_000003_jobs;
 mod m20261121_000004_fillfactor;
+mod m20261121_000005_event_ids;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000002_aggregator_partitions::Migration),
             Box::new(m20261121_000003_jobs::Migration),
             Box::new(m20261121_000004_fillfactor::Migration),
+            Box::new(m20261121_000005_event_ids::Migration),
         ]
     }
 }
