@@ -1,5 +1,5 @@
-//! A TCP proxy in front of Postgres that loses COMMIT replies: it forwards a share of
-//! the `COMMIT`s it sees to the server and closes the client's connection before the
+//! A TCP proxy in front of Postgres that loses COMMIT replies: it forwards every n-th
+//! of the `COMMIT`s it sees to the server and closes the client's connection before the
 //! server's reply can reach it. The transaction commits; the client sees an error.
 //! Failovers, pooler restarts and network resets do the same to real deployments.
 //!
@@ -37,8 +37,8 @@ struct Stats {
 
 impl PgProxy {
     /// Listens on a free loopback port and forwards to `upstream`, losing the reply
-    /// of each COMMIT with probability `lose_share`.
-    pub async fn start(upstream: SocketAddr, lose_share: f64) -> anyhow::Result<Self> {
+    /// of every `lose_every`-th COMMIT (deterministic, so a run always has losses).
+    pub async fn start(upstream: SocketAddr, lose_every: u64) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
@@ -48,7 +48,7 @@ impl PgProxy {
                 let stats = shared.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        let _ = relay(client, server, lose_share, &stats).await;
+                        let _ = relay(client, server, lose_every, &stats).await;
                     }
                 });
             }
@@ -87,7 +87,7 @@ impl Drop for PgProxy {
 async fn relay(
     mut client: TcpStream,
     server: TcpStream,
-    lose_share: f64,
+    lose_every: u64,
     stats: &Stats,
 ) -> anyhow::Result<()> {
     let (mut from_server, mut to_server) = server.into_split();
@@ -115,11 +115,12 @@ async fn relay(
     while let Ok(tag) = client_read.read_u8().await {
         let len = client_read.read_i32().await?;
         let body = read_body(&mut client_read, len, 4).await?;
-        let commit = tag == b'Q' && is_commit(&body);
-        if commit {
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-        }
-        if commit && rand::random::<f64>() < lose_share {
+        let nth = if tag == b'Q' && is_commit(&body) {
+            stats.commits.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            0
+        };
+        if nth > 0 && nth % lose_every.max(1) == 0 {
             // Nothing more reaches the client: stop the copy back first, then let the
             // server have the COMMIT, then cut the client off.
             back.abort();

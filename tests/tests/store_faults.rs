@@ -22,13 +22,13 @@ fn server_of(url: &str) -> SocketAddr {
         .unwrap_or_else(|_| panic!("a literal host:port in the test database URL: {url}"))
 }
 
-/// The aggregators reach Postgres through a proxy that loses the reply of 30% of the
-/// COMMITs: the transaction is in, the aggregator sees a broken connection and sends
+/// The aggregators reach Postgres through a proxy that loses the reply of every third
+/// COMMIT: the transaction is in, the aggregator sees a broken connection and sends
 /// the flush again. Meanwhile aggregators are killed with -9. Every view counts once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn commit_replies_lost_through_kill_9s_count_exactly() {
     let stack = Stack::start().await.expect("stack");
-    let proxy = PgProxy::start(server_of(&stack.db_url), 0.3)
+    let proxy = PgProxy::start(server_of(&stack.db_url), 3)
         .await
         .expect("proxy");
     let proxied = proxy.url_for(&stack.db_url);
