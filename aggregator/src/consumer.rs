@@ -16,7 +16,7 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use viewpipe_runtime::{Health, Shutdown};
 use viewpipe_store::Claim;
 
-use crate::aggregator::Aggregator;
+use crate::aggregator::{Aggregator, Claimed, Hold};
 use crate::metrics as m;
 
 /// Most messages taken into one batch.
@@ -61,17 +61,20 @@ impl ConsumerContext for AggregatorContext {
         metrics::counter!(m::REBALANCES).increment(1);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let claims: Vec<(Claim, i64, bool)> = tpl
-                    .elements()
-                    .iter()
-                    .filter_map(|e| self.aggregator.claim(e.partition()))
-                    .map(|(mut claim, redis_at)| {
-                        let recreated =
-                            check_log_end(consumer, self.aggregator.topic(), &mut claim);
-                        (claim, redis_at, recreated)
-                    })
-                    .collect();
-                self.aggregator.assign(consumer, tpl, claims);
+                let mut claims: Vec<(Claim, i64, bool)> = Vec::new();
+                let mut held: Vec<(i32, Hold)> = Vec::new();
+                for e in tpl.elements() {
+                    match self.aggregator.claim(e.partition()) {
+                        Claimed::Owned(mut claim, redis_at) => {
+                            let recreated =
+                                check_log_end(consumer, self.aggregator.topic(), &mut claim);
+                            claims.push((claim, redis_at, recreated));
+                        }
+                        Claimed::Held(reason) => held.push((e.partition(), reason)),
+                        Claimed::Stopped => {}
+                    }
+                }
+                self.aggregator.assign(consumer, tpl, claims, held);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer),
             other => {
@@ -184,6 +187,7 @@ pub fn run_loop(consumer: BaseConsumer<AggregatorContext>, health: Health, shutd
         aggregator.process();
         aggregator.upkeep();
         aggregator.drive_flush(&consumer);
+        aggregator.tend_held(&consumer);
     }
     tracing::info!("stopping: final flush");
     aggregator.finish(&consumer, SHUTDOWN_FLUSH_DEADLINE);

@@ -33,7 +33,7 @@ use crate::aggregator::{Aggregator, Parts, Tuning};
 use crate::consumer::AggregatorContext;
 use crate::dlq::Dlq;
 use crate::pending::Pending;
-use crate::settings::{FlushArgs, Settings};
+use crate::settings::{FlushArgs, ResetArgs, Settings};
 
 /// How often each aggregator looks for flush requests.
 const FLUSH_REQUEST_POLL: Duration = Duration::from_millis(100);
@@ -84,6 +84,37 @@ pub async fn request_flush(args: &FlushArgs) -> anyhow::Result<()> {
             error.unwrap_or_default()
         ),
     }
+}
+
+/// `aggregator reset-pending`: deletes the deployment's pending state from Redis
+/// (`--yes`), or counts what it would delete.
+pub async fn reset_pending(args: &ResetArgs) -> anyhow::Result<()> {
+    let conn = connect_redis(&args.redis_url).await?;
+    let layout = Layout::new(&args.redis_prefix, &args.consumer_group, &args.views_topic)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let store = PendingStore::new(conn, layout);
+    let keys = store.keys().await.context("cannot list the pending keys")?;
+    if !args.yes {
+        println!(
+            "{} pending keys of group {:?}, topic {:?} under prefix {:?}; run again with --yes to delete them",
+            keys.len(),
+            args.consumer_group,
+            args.views_topic,
+            args.redis_prefix
+        );
+        return Ok(());
+    }
+    let deleted = store
+        .delete(&keys)
+        .await
+        .context("cannot delete the pending keys")?;
+    println!(
+        "deleted {deleted} pending keys of group {:?}, topic {:?}; held partitions are claimed again within {} s",
+        args.consumer_group,
+        args.views_topic,
+        aggregator::HOLD_RETRY.as_secs()
+    );
+    Ok(())
 }
 
 /// Keeps `requested` at the group's newest open flush request.
@@ -194,6 +225,7 @@ pub async fn run(
         dlq,
         namespaces: common.namespaces.clone(),
         shutdown: shutdown.clone(),
+        health: health.clone(),
         requested_flush,
         tuning: Tuning {
             flush_interval: Duration::from_millis(settings.flush_interval_ms),

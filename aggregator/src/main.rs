@@ -16,6 +16,10 @@ async fn main() {
             viewpipe_schema::telemetry::init(&args.log_format);
             aggregator::request_flush(&args).await
         }
+        Some(Command::ResetPending(args)) => {
+            viewpipe_schema::telemetry::init(&args.log_format);
+            aggregator::reset_pending(&args).await
+        }
         Some(Command::Run(settings)) => serve(*settings).await,
         None => serve(cli.run).await,
     };

@@ -12,6 +12,9 @@ pub const REBALANCES: &str = "viewpipe_aggregator_rebalances_total";
 pub const LAST_FLUSH: &str = "viewpipe_aggregator_last_flush_timestamp_seconds";
 /// Beyond the contract: times Redis was found to have lost a partition's counts.
 pub const REDIS_RESTORES: &str = "viewpipe_aggregator_redis_restores_total";
+/// Beyond the contract: partitions assigned to this aggregator that it may not write
+/// (paused): another aggregator claimed them, or Postgres went back in time.
+pub const HELD_PARTITIONS: &str = "viewpipe_aggregator_held_partitions";
 
 /// Installs the Prometheus recorder (once per process) and describes every metric.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -23,6 +26,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             ],
         )?
         .install_recorder()?;
+    describe_gauge!(
+        HELD_PARTITIONS,
+        "Assigned partitions held (paused, nothing skipped): claimed by another aggregator, or Postgres went back in time"
+    );
     describe_counter!(
         EVENTS,
         "Events consumed, by result: counted, duplicate or invalid"

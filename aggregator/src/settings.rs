@@ -29,6 +29,31 @@ pub enum Command {
     /// Ask every running aggregator of the group to flush everything it has counted
     /// to Postgres, and wait until all partitions have answered.
     Flush(FlushArgs),
+    /// Delete this deployment's pending counts from Redis (after Postgres went back
+    /// in time; see docs/exactly-once.md). Lists what it would delete unless `--yes`.
+    ResetPending(ResetArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ResetArgs {
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: SecretUrl,
+    /// Prefix of the deployment's Redis keys.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "viewpipe")]
+    pub redis_prefix: String,
+    /// The aggregators' consumer group.
+    #[arg(long, env = "CONSUMER_GROUP", default_value = "viewpipe-aggregator")]
+    pub consumer_group: String,
+    /// The topic the aggregators consume.
+    #[arg(long, env = "VIEWS_TOPIC", default_value = "views")]
+    pub views_topic: String,
+    /// Delete; without it, only count what would be deleted.
+    #[arg(long)]
+    pub yes: bool,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 #[derive(Args, Debug, Clone)]

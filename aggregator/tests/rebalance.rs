@@ -10,7 +10,7 @@ use std::time::Duration;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::TopicPartitionList;
 
-use aggregator::aggregator::{Aggregator, Parts, Tuning};
+use aggregator::aggregator::{Aggregator, Claimed, Parts, Tuning};
 use aggregator::dlq::Dlq;
 use aggregator::pending::Pending;
 use viewpipe_store::pending::{Layout, PendingStore};
@@ -56,6 +56,7 @@ async fn aggregator(stack: &Stack) -> Arc<Aggregator> {
         },
         namespaces: "resource".parse().expect("namespaces"),
         shutdown: viewpipe_runtime::Shutdown::default(),
+        health: viewpipe_runtime::Health::new(),
         requested_flush: Arc::new(AtomicI64::new(0)),
         tuning: Tuning {
             flush_interval: Duration::from_secs(3600),
@@ -67,10 +68,17 @@ async fn aggregator(stack: &Stack) -> Arc<Aggregator> {
 
 /// Claims partition 0 and assigns it, as the assign callback does.
 fn assign(agg: &Aggregator, consumer: &BaseConsumer) {
-    let claim = agg.claim(0).expect("claim");
+    let Claimed::Owned(claim, redis_at) = agg.claim(0) else {
+        panic!("partition 0 claimed");
+    };
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition("views", 0);
-    agg.assign(consumer, &mut tpl, vec![(claim.0, claim.1, false)]);
+    agg.assign(
+        consumer,
+        &mut tpl,
+        vec![(claim, redis_at, false)],
+        Vec::new(),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,8 @@
 //!
 //! Liveness: the service's main loop beats a heartbeat; `/healthz` is 200 while the
 //! last beat is recent. Readiness: a background task probes each dependency once a
-//! second; `/readyz` is 200 only while all answered and shutdown has not begun.
+//! second; `/readyz` is 200 only while all answered, the service reports no fault of
+//! its own (a store that went back in time), and shutdown has not begun.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,8 @@ struct Inner {
     ready: AtomicBool,
     stopping: AtomicBool,
     failing: std::sync::Mutex<Vec<String>>,
+    /// Conditions the service found itself, by name, with what to tell the operator.
+    faults: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// Shared health state of one process.
@@ -55,7 +58,20 @@ impl Health {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.ready.load(Ordering::Relaxed) && !self.0.stopping.load(Ordering::Relaxed)
+        self.0.ready.load(Ordering::Relaxed)
+            && !self.0.stopping.load(Ordering::Relaxed)
+            && self.0.faults.lock().map(|f| f.is_empty()).unwrap_or(true)
+    }
+
+    /// Reports (`Some(detail)`) or clears (`None`) a fault the service found itself;
+    /// `/readyz` is 503 and names it while any is reported.
+    pub fn set_fault(&self, name: &str, detail: Option<String>) {
+        if let Ok(mut faults) = self.0.faults.lock() {
+            match detail {
+                Some(detail) => faults.insert(name.to_owned(), detail),
+                None => faults.remove(name),
+            };
+        }
     }
 
     /// Readiness goes 503 first thing at shutdown.
@@ -82,6 +98,13 @@ impl Health {
 
     fn failing(&self) -> Vec<String> {
         let mut failing = self.0.failing.lock().map(|f| f.clone()).unwrap_or_default();
+        if let Ok(faults) = self.0.faults.lock() {
+            failing.extend(
+                faults
+                    .iter()
+                    .map(|(name, detail)| format!("{name}: {detail}")),
+            );
+        }
         if self.0.stopping.load(Ordering::Relaxed) {
             failing.push("shutting down".to_owned());
         }

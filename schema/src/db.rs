@@ -18,6 +18,17 @@ pub enum DbStartError {
     Version(sea_orm::DbErr),
 }
 
+/// Server-side limits on every session, so that nothing waits forever on Postgres:
+/// a statement stuck behind a stalled server, a lock held by a flush whose client
+/// vanished (a half-open connection keeps its transaction, and its `FOR UPDATE`
+/// locks, until the server gives up on it), a claim queued behind such a lock.
+/// A statement that runs into one fails and is retried like any other error.
+const SESSION_LIMITS: [(&str, &str); 3] = [
+    ("statement_timeout", "30s"),
+    ("lock_timeout", "10s"),
+    ("idle_in_transaction_session_timeout", "15s"),
+];
+
 /// Opens a pool; fails fast (a few seconds) when Postgres does not answer.
 pub async fn connect(
     url: &SecretUrl,
@@ -28,7 +39,8 @@ pub async fn connect(
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
-        .sqlx_logging(false);
+        .sqlx_logging(false)
+        .map_sqlx_postgres_opts(|pg| pg.options(SESSION_LIMITS));
     Database::connect(opts)
         .await
         .map_err(|e| DbStartError::Unreachable {

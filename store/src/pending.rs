@@ -90,6 +90,18 @@ impl Layout {
         &self.prefix
     }
 
+    /// A `SCAN` pattern matching every key of this deployment's pending state.
+    pub fn pattern(&self) -> String {
+        let mut escaped = String::with_capacity(self.prefix.len());
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                escaped.push('\\');
+            }
+            escaped.push(c);
+        }
+        format!("{escaped}:{{{}.*", self.scope)
+    }
+
     pub fn meta(&self, partition: i32) -> String {
         format!("{}:{{{}.{partition}}}:m", self.prefix, self.scope)
     }
@@ -326,6 +338,45 @@ impl PendingStore {
         pipe.query_async(&mut conn).await
     }
 
+    /// Every key of this deployment's pending state (a `SCAN`, so it does not block
+    /// Redis).
+    pub async fn keys(&self) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(self.layout.pattern())
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Deletes `keys` (as [`PendingStore::keys`] listed them); returns how many
+    /// existed.
+    pub async fn delete(&self, keys: &[String]) -> redis::RedisResult<u64> {
+        let mut conn = self.conn.clone();
+        let mut deleted = 0;
+        for chunk in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("DEL").arg(key);
+            }
+            let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+            deleted += counts.iter().sum::<u64>();
+        }
+        Ok(deleted)
+    }
+
     /// Runs a pipeline of script calls. The scripts are safe to run twice (the apply is
     /// a compare-and-set, the others are idempotent), so after Redis lost its script
     /// cache (a restart) the whole pipeline is sent again.
@@ -443,5 +494,10 @@ mod tests {
         let other = Layout::new("vp", "other-group", "views").expect("valid prefix");
         assert_ne!(other.meta(3), meta);
         assert!(Layout::new("v{p", "g", "t").is_err());
+        let pattern = Layout::new("v*p", "group", "views")
+            .expect("valid prefix")
+            .pattern();
+        assert!(pattern.starts_with("v\\*p:{"), "{pattern}");
+        assert!(pattern.ends_with(".*"), "{pattern}");
     }
 }

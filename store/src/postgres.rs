@@ -75,6 +75,11 @@ pub enum FlushError {
     /// These partitions now belong to a newer epoch; nothing was written.
     #[error("partitions {0:?} were taken over by another aggregator")]
     Fenced(Vec<i32>),
+    /// Postgres holds an older epoch for these partitions than the one the flush was
+    /// claimed under (or no row at all): it went back in time (a restore, a failover
+    /// to a lagging replica, rows deleted). Nothing was written.
+    #[error("partitions {0:?}: Postgres holds an older claim than ours; it went back in time")]
+    Behind(Vec<i32>),
     /// Postgres holds a position the flush neither builds on nor wrote: it went back
     /// (or forward) under the aggregator. Nothing was written.
     #[error(
@@ -125,6 +130,26 @@ pub async fn claim(
     })
 }
 
+/// The epoch Postgres holds for a partition (0 without a row).
+pub async fn partition_epoch(
+    db: &impl ConnectionTrait,
+    scope: &Scope,
+    partition: i32,
+) -> Result<i64, DbErr> {
+    let row = db
+        .query_one(stmt(
+            "SELECT epoch FROM aggregator_partitions
+             WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+            vec![
+                scope.group.clone().into(),
+                scope.topic.clone().into(),
+                partition.into(),
+            ],
+        ))
+        .await?;
+    row.map_or(Ok(0), |r| r.try_get_by_index(0))
+}
+
 /// Writes `counts` (one per flushed partition; a key may appear in several) and the
 /// partitions' new positions in one transaction.
 ///
@@ -165,9 +190,19 @@ pub async fn flush(
             ),
         );
     }
+    let epoch_of = |c: &PartitionCommit| current.get(&c.partition).map_or(0, |r| r.0);
+    let behind: Vec<i32> = commits
+        .iter()
+        .filter(|c| epoch_of(c) < c.epoch)
+        .map(|c| c.partition)
+        .collect();
+    if !behind.is_empty() {
+        txn.rollback().await?;
+        return Err(FlushError::Behind(behind));
+    }
     let fenced: Vec<i32> = commits
         .iter()
-        .filter(|c| current.get(&c.partition).map(|r| r.0) != Some(c.epoch))
+        .filter(|c| epoch_of(c) > c.epoch)
         .map(|c| c.partition)
         .collect();
     if !fenced.is_empty() {

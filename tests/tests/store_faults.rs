@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use sea_orm::ConnectionTrait;
+
 use viewpipe_tests::chaos::{self, Load};
 use viewpipe_tests::faults::{aggregators, kill_randomly, Running};
 use viewpipe_tests::pgproxy::PgProxy;
@@ -166,5 +168,113 @@ async fn event_ids_count_once_across_a_redis_loss_and_in_database_only_mode() {
     post_ids(&ingest, 0..150).await;
     settles_at(&stack, 150).await;
     println!("eventIds in database-only mode: 250 posted, 150 distinct, 150 counted");
+    stack.cleanup().await.expect("cleanup");
+}
+
+/// The counter, partition and id tables, as a backup would hold them.
+const RESTORED_TABLES: [&str; 4] = [
+    "view_counter_total",
+    "view_counter_daily",
+    "aggregator_partitions",
+    "view_event_ids",
+];
+
+/// Postgres is restored to an earlier backup under running aggregators: they notice
+/// (the flushes Postgres lost), hold the partitions and say so on `/readyz`; after
+/// the documented recovery (`aggregator reset-pending --yes`) they count everything
+/// past the restored positions again from the log, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restored_to_an_earlier_backup_is_reported_and_recovered_exactly() {
+    let stack = Stack::start().await.expect("stack");
+    let aggs = aggregators(&stack, 2, &[]).await;
+    let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
+    let load = Load {
+        events: 10_000,
+        keys: 200,
+        days: 3,
+        rate: 500.0,
+        concurrency: 32,
+    };
+    let run = Running::begin(&stack, &ingest, load);
+
+    // A consistent backup of the tables at 30%.
+    run.progress.reached(load.events * 3 / 10).await;
+    let mut backup = String::from("BEGIN ISOLATION LEVEL REPEATABLE READ;");
+    for t in RESTORED_TABLES {
+        backup.push_str(&format!("CREATE TABLE backup_{t} AS SELECT * FROM {t};"));
+    }
+    backup.push_str("COMMIT;");
+    stack.db.execute_unprepared(&backup).await.expect("backup");
+    let backed_up = flushed_views(&stack).await;
+
+    // Restored at 60%, as a point-in-time restore or a lagging replica would be.
+    run.progress.reached(load.events * 6 / 10).await;
+    let before_restore = flushed_views(&stack).await;
+    let mut restore = String::from("BEGIN;");
+    restore.push_str(&format!("TRUNCATE {};", RESTORED_TABLES.join(", ")));
+    for t in RESTORED_TABLES {
+        restore.push_str(&format!("INSERT INTO {t} SELECT * FROM backup_{t};"));
+    }
+    restore.push_str("COMMIT;");
+    stack
+        .db
+        .execute_unprepared(&restore)
+        .await
+        .expect("restore");
+
+    // Both aggregators notice on their next flush and report it.
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut reported = Vec::new();
+    while reported.len() < aggs.len() && Instant::now() < deadline {
+        reported.clear();
+        for agg in &aggs {
+            let answer = http.get(agg.url("/readyz")).send().await;
+            if let Ok(answer) = answer {
+                let status = answer.status().as_u16();
+                let body = answer.text().await.unwrap_or_default();
+                if status == 503 && body.contains("postgres_behind") {
+                    reported.push(body);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        reported.len(),
+        aggs.len(),
+        "every aggregator reports Postgres behind on /readyz: {reported:?}"
+    );
+    let held = chaos::metric_sum(&aggs, "viewpipe_aggregator_held_partitions").await;
+    assert!(held >= 1.0, "held partitions reported: {held}");
+
+    // The documented recovery.
+    let reset = tokio::process::Command::new(viewpipe_tests::bin("aggregator"))
+        .arg("reset-pending")
+        .arg("--yes")
+        .env("REDIS_URL", viewpipe_tests::redis_url())
+        .env("REDIS_PREFIX", &stack.redis_prefix)
+        .env("CONSUMER_GROUP", &stack.group)
+        .output()
+        .await
+        .expect("aggregator reset-pending");
+    let said = String::from_utf8_lossy(&reset.stdout).into_owned();
+    assert!(reset.status.success(), "reset-pending: {said} {:?}", reset);
+    run.end_after_rollback(&stack, &ingest, "Postgres restored to a backup")
+        .await;
+    let ready_again = http
+        .get(aggs[0].url("/readyz"))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16());
+    println!(
+        "Postgres restored from {before_restore} to {backed_up} flushed views; {held} partitions held; \
+         reset-pending: {}; /readyz afterwards {ready_again}",
+        said.trim()
+    );
+    assert_eq!(
+        ready_again, 200,
+        "ready again once the partitions are claimed"
+    );
     stack.cleanup().await.expect("cleanup");
 }

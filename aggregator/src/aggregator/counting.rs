@@ -114,7 +114,7 @@ impl Aggregator {
         }
         for b in batches {
             match outcomes.as_mut().and_then(Iterator::next) {
-                Some(outcome) => self.note_applied(&mut state.partitions, &b, outcome),
+                Some(outcome) => self.note_applied(state, &b, outcome),
                 None => {
                     if let Some(p) = state.partitions.get_mut(&b.partition) {
                         if p.epoch == b.epoch {
@@ -204,13 +204,9 @@ impl Aggregator {
     }
 
     /// Records what Redis answered to one partition's batch.
-    fn note_applied(
-        &self,
-        partitions: &mut BTreeMap<i32, Partition>,
-        b: &PartitionBatch,
-        outcome: Applied,
-    ) {
-        let Some(p) = partitions
+    fn note_applied(&self, state: &mut State, b: &PartitionBatch, outcome: Applied) {
+        let Some(p) = state
+            .partitions
             .get_mut(&b.partition)
             .filter(|p| p.epoch == b.epoch)
         else {
@@ -241,8 +237,7 @@ impl Aggregator {
                 self.lost(b.partition, p);
             }
             Applied::Stale => {
-                tracing::warn!(partition = b.partition, "a newer owner wrote this partition in Redis; dropping it (its owner counts it)");
-                partitions.remove(&b.partition);
+                self.hold(state, b.partition, Hold::Fenced);
             }
         }
     }

@@ -121,21 +121,16 @@ impl Aggregator {
                 );
                 Some(Some(offsets))
             }
-            Err(FlushError::Fenced(fenced)) => {
-                tracing::warn!(
-                    partitions = ?fenced,
-                    "partitions were taken over by another aggregator; dropping their unflushed counts (the new owner re-counts them)"
-                );
-                for p in &fenced {
-                    state.partitions.remove(p);
-                }
-                let owned: Vec<i32> = state.partitions.keys().copied().collect();
-                if let Some(flight) = state.flush.as_mut() {
-                    flight.unit.retain_partitions(|p| owned.contains(&p));
-                    if flight.unit.is_empty() {
-                        state.flush = None;
-                    }
-                }
+            Err(FlushError::Fenced(lost)) => {
+                self.drop_from_flush(state, &lost, Hold::Fenced);
+                None
+            }
+            Err(FlushError::Behind(lost)) => {
+                self.drop_from_flush(state, &lost, Hold::Behind);
+                None
+            }
+            Err(FlushError::Diverged { partition, .. }) => {
+                self.drop_from_flush(state, &[partition], Hold::Behind);
                 None
             }
             Err(e) => {
@@ -143,6 +138,22 @@ impl Aggregator {
                 flight.retry_at = Instant::now() + wait;
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "flush failed; retrying it as it was");
                 None
+            }
+        }
+    }
+
+    /// Holds partitions a flush may not write (their unflushed counts are dropped:
+    /// whoever owns them next counts them again from Postgres' position) and goes on
+    /// flushing the others.
+    fn drop_from_flush(&self, state: &mut State, lost: &[i32], reason: Hold) {
+        for p in lost {
+            self.hold(state, *p, reason);
+        }
+        let owned: Vec<i32> = state.partitions.keys().copied().collect();
+        if let Some(flight) = state.flush.as_mut() {
+            flight.unit.retain_partitions(|p| owned.contains(&p));
+            if flight.unit.is_empty() {
+                state.flush = None;
             }
         }
     }

@@ -5,11 +5,16 @@
 //! - this module: the type, claiming and assigning, taking polled messages;
 //! - [`counting`]: a batch into Redis and memory;
 //! - [`flushing`]: sealing generations and flushing them in the background;
-//! - [`upkeep`]: live marks, and restoring what Redis lost.
+//! - [`upkeep`]: live marks, and restoring what Redis lost;
+//! - [`holding`]: partitions assigned to us that we may not write.
 
 mod counting;
 mod flushing;
+mod holding;
 mod upkeep;
+
+use holding::Held;
+pub use holding::{Claimed, Hold, HOLD_RETRY};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -22,7 +27,7 @@ use sea_orm::DatabaseConnection;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use viewpipe_runtime::Shutdown;
+use viewpipe_runtime::{Health, Shutdown};
 use viewpipe_schema::Namespaces;
 use viewpipe_store::pending::{Applied, PartitionBatch, TakeOver};
 use viewpipe_store::{postgres, Claim, Counts, FlushError, FlushOutcome, Scope};
@@ -68,6 +73,7 @@ pub struct Aggregator {
     dlq: Dlq,
     namespaces: Namespaces,
     shutdown: Shutdown,
+    health: Health,
     /// The group's newest open flush request (`jobs.seq`, 0 for none), kept current
     /// by a background task.
     requested_flush: Arc<AtomicI64>,
@@ -86,6 +92,8 @@ struct State {
     applying: Option<Applying>,
     /// A batch whose client ids Postgres has not decided yet; polling waits for it.
     undecided: Option<Vec<(i32, PartBatch)>>,
+    /// Partitions assigned to us that we may not write (paused in Kafka).
+    held: BTreeMap<i32, Held>,
     /// The flush in flight, or waiting to be retried.
     flush: Option<InFlight>,
     next_flush: Instant,
@@ -121,6 +129,7 @@ pub struct Parts {
     pub dlq: Dlq,
     pub namespaces: Namespaces,
     pub shutdown: Shutdown,
+    pub health: Health,
     pub requested_flush: Arc<AtomicI64>,
     pub tuning: Tuning,
 }
@@ -136,6 +145,7 @@ impl Aggregator {
             dlq: parts.dlq,
             namespaces: parts.namespaces,
             shutdown: parts.shutdown,
+            health: parts.health,
             requested_flush: parts.requested_flush,
             tuning: parts.tuning,
             rebalances: AtomicU64::new(0),
@@ -144,6 +154,7 @@ impl Aggregator {
                 batch: Batch::default(),
                 applying: None,
                 undecided: None,
+                held: BTreeMap::new(),
                 flush: None,
                 next_flush,
                 next_live_check: Instant::now(),
@@ -175,11 +186,12 @@ impl Aggregator {
 
     /// Claims a partition: in Postgres (new epoch; where to resume) and, with Redis,
     /// fences it there and learns how far its current generation reaches. Retries
-    /// until shutdown.
-    pub fn claim(&self, partition: i32) -> Option<(Claim, i64)> {
+    /// store errors until shutdown. A partition Redis knows a newer claim or flush
+    /// of than Postgres does is not ours to write: it is held.
+    pub fn claim(&self, partition: i32) -> Claimed {
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let stopped = || self.stopped();
-        let claim = retry(
+        let Some(claim) = retry(
             "claiming a partition in Postgres",
             backoff,
             Until::Stopped(&stopped),
@@ -187,8 +199,10 @@ impl Aggregator {
                 self.rt
                     .block_on(postgres::claim(&self.db, &self.scope, partition))
             },
-        )?;
-        let taken = retry(
+        ) else {
+            return Claimed::Stopped;
+        };
+        let Some(taken) = retry(
             "fencing a partition in Redis",
             backoff,
             Until::Stopped(&stopped),
@@ -199,37 +213,44 @@ impl Aggregator {
                     claim.flushed_gen + 1,
                 ))
             },
-        )?;
-        let redis_at = match taken {
-            TakeOver::Applied(at) => at,
+        ) else {
+            return Claimed::Stopped;
+        };
+        match taken {
+            TakeOver::Applied(at) => Claimed::Owned(claim, at),
             TakeOver::Stale => {
-                tracing::warn!(
-                    partition,
-                    "a newer owner fenced this partition in Redis already"
-                );
-                return None;
+                // Redis knows a newer epoch. If Postgres' newest is still ours, nobody
+                // claimed after us: Postgres lost claims it had made.
+                let newest =
+                    self.rt
+                        .block_on(postgres::partition_epoch(&self.db, &self.scope, partition));
+                match newest {
+                    Ok(epoch) if epoch == claim.epoch => Claimed::Held(Hold::Behind),
+                    _ => Claimed::Held(Hold::Fenced),
+                }
             }
             TakeOver::Ahead(gen) => {
                 tracing::error!(
                     partition,
                     redis_gen = gen,
                     postgres_gen = claim.flushed_gen,
-                    "Redis holds generations Postgres never flushed: Postgres went back in time; see docs/exactly-once.md"
+                    "Redis holds generations Postgres never flushed"
                 );
-                -1
+                Claimed::Held(Hold::Behind)
             }
-        };
-        Some((claim, redis_at))
+        }
     }
 
     /// Takes over the claimed partitions and points the consumer at the offsets
     /// Postgres holds.
-    /// `claims` are `(claim, how far Redis holds its generation, log recreated)`.
+    /// `claims` are `(claim, how far Redis holds its generation, log recreated)`;
+    /// `held` the assigned partitions that could not be claimed.
     pub fn assign<C: ConsumerContext>(
         &self,
         consumer: &BaseConsumer<C>,
         tpl: &mut TopicPartitionList,
         claims: Vec<(Claim, i64, bool)>,
+        held: Vec<(i32, Hold)>,
     ) {
         self.rebalances.fetch_add(1, Ordering::SeqCst);
         let mut state = self.state();
@@ -255,6 +276,7 @@ impl Aggregator {
         if let Err(e) = consumer.assign(tpl) {
             tracing::error!(error = %e, "assign failed");
         }
+        self.hold_assigned(consumer, &held);
     }
 
     /// Flushes everything owned within the revoke deadline, commits, and lets the
@@ -270,6 +292,8 @@ impl Aggregator {
         state.applying = None;
         state.undecided = None;
         state.flush = None;
+        state.held.clear();
+        self.report_held(&state);
         metrics::gauge!(m::PENDING_KEYS).set(0.0);
         drop(state);
         if !owned.is_empty() {

@@ -21,11 +21,7 @@ impl Aggregator {
                             continue;
                         };
                         if mark.is_some_and(|e| e > p.epoch) {
-                            tracing::warn!(
-                                partition,
-                                "a newer owner marked this partition; dropping it"
-                            );
-                            state.partitions.remove(&partition);
+                            self.hold(&mut state, partition, Hold::Fenced);
                         } else if mark != Some(p.epoch) && p.marked_live {
                             self.lost(partition, p);
                         }
@@ -47,13 +43,13 @@ impl Aggregator {
         // A restore writes memory as it is: the batch Redis is applying goes in first.
         self.land(&mut state);
         for partition in restorable {
-            self.restore(&mut state.partitions, partition);
+            self.restore(&mut state, partition);
         }
     }
 
     /// Rewrites a partition's unflushed generations from memory and marks it live.
-    fn restore(&self, partitions: &mut BTreeMap<i32, Partition>, partition: i32) {
-        let Some(p) = partitions.get_mut(&partition) else {
+    fn restore(&self, state: &mut State, partition: i32) {
+        let Some(p) = state.partitions.get_mut(&partition) else {
             return;
         };
         let mut writes = Vec::new();
@@ -74,11 +70,7 @@ impl Aggregator {
             );
             match done {
                 Ok(Applied::Stale) => {
-                    tracing::warn!(
-                        partition,
-                        "a newer owner wrote this partition in Redis; dropping it"
-                    );
-                    partitions.remove(&partition);
+                    self.hold(state, partition, Hold::Fenced);
                     return;
                 }
                 Ok(_) => {}
