@@ -171,7 +171,7 @@ mod tests {
                 flushed_gen: 0,
                 epoch,
             },
-            redis_at,
+            Some(redis_at),
         )
     }
 

@@ -16,7 +16,7 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use viewpipe_runtime::{Health, Shutdown};
 use viewpipe_store::Claim;
 
-use crate::aggregator::{Aggregator, Claimed, Hold};
+use crate::aggregator::{Aggregator, Claimed, Hold, STORE_PATIENCE};
 use crate::metrics as m;
 
 /// Most messages taken into one batch.
@@ -61,11 +61,15 @@ impl ConsumerContext for AggregatorContext {
         metrics::counter!(m::REBALANCES).increment(1);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut claims: Vec<(Claim, i64, bool)> = Vec::new();
+                let mut claims: Vec<(Claim, Option<i64>, bool)> = Vec::new();
                 let mut held: Vec<(i32, Hold)> = Vec::new();
+                let mut patience = STORE_PATIENCE;
                 for e in tpl.elements() {
-                    match self.aggregator.claim(e.partition()) {
+                    match self.aggregator.claim(e.partition(), patience) {
                         Claimed::Owned(mut claim, redis_at) => {
+                            if redis_at.is_none() {
+                                patience = Duration::ZERO;
+                            }
                             let recreated =
                                 check_log_end(consumer, self.aggregator.topic(), &mut claim);
                             claims.push((claim, redis_at, recreated));

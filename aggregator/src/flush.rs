@@ -177,7 +177,7 @@ mod tests {
                 flushed_gen: 2,
                 epoch: 7,
             },
-            -1,
+            Some(-1),
         );
         p.consumed(consumed - 1);
         let day = NaiveDate::from_ymd_opt(2026, 11, 20).expect("date");

@@ -37,6 +37,9 @@ pub struct Partition {
     /// Set when Redis was found to have lost (part of) our pending counts: they are
     /// rewritten from memory before anything else is written.
     pub needs_restore: bool,
+    /// False while Redis has not been fenced for our epoch (it did not answer at the
+    /// claim): we count in memory only, and fence it before the restore.
+    pub fenced: bool,
     /// The newest flush request our flushes of this partition answered.
     pub flush_seq: i64,
 }
@@ -52,8 +55,11 @@ pub struct Sealed {
 
 impl Partition {
     /// A partition just claimed, whose generation Redis holds up to `redis_at` (-1:
-    /// nothing) according to the take-over.
-    pub fn from_claim(claim: &Claim, redis_at: i64) -> Self {
+    /// nothing) according to the take-over; `None` when Redis did not answer, so
+    /// that it is fenced and rewritten from memory once it does.
+    pub fn from_claim(claim: &Claim, redis_at: Option<i64>) -> Self {
+        let fenced = redis_at.is_some();
+        let redis_at = redis_at.unwrap_or(-1);
         let start = claim.next_offset.unwrap_or(0);
         Self {
             epoch: claim.epoch,
@@ -65,7 +71,8 @@ impl Partition {
             redis_at,
             replay_to: (redis_at >= start).then_some(redis_at),
             marked_live: false,
-            needs_restore: false,
+            needs_restore: !fenced,
+            fenced,
             flush_seq: 0,
         }
     }
@@ -99,7 +106,7 @@ impl Partition {
 mod tests {
     use super::*;
 
-    fn claimed(next_offset: Option<i64>, redis_at: i64) -> Partition {
+    fn claimed(next_offset: Option<i64>, redis_at: Option<i64>) -> Partition {
         Partition::from_claim(
             &Claim {
                 partition: 0,
@@ -113,7 +120,7 @@ mod tests {
 
     #[test]
     fn a_claim_starts_the_next_generation_at_the_postgres_position() {
-        let p = claimed(Some(10), -1);
+        let p = claimed(Some(10), Some(-1));
         assert_eq!(
             (p.gen, p.flushed_to, p.consumed_to),
             (5, Some(10), Some(10))
@@ -124,13 +131,19 @@ mod tests {
 
     #[test]
     fn a_takeover_replays_what_redis_holds_before_it_is_caught_up() {
-        let mut p = claimed(Some(10), 19);
+        let mut p = claimed(Some(10), Some(19));
         assert_eq!(p.replay_to, Some(19));
         p.consumed(15);
         assert!(!p.caught_up());
         p.consumed(19);
         assert!(p.caught_up());
         // Redis behind Postgres' position (a stale leftover) needs no replay.
-        assert!(claimed(Some(10), 5).caught_up());
+        assert!(claimed(Some(10), Some(5)).caught_up());
+    }
+
+    #[test]
+    fn a_claim_redis_did_not_answer_counts_in_memory_until_fenced() {
+        let p = claimed(Some(10), None);
+        assert!(!p.fenced && p.needs_restore && p.caught_up());
     }
 }

@@ -68,7 +68,7 @@ async fn aggregator(stack: &Stack) -> Arc<Aggregator> {
 
 /// Claims partition 0 and assigns it, as the assign callback does.
 fn assign(agg: &Aggregator, consumer: &BaseConsumer) {
-    let Claimed::Owned(claim, redis_at) = agg.claim(0) else {
+    let Claimed::Owned(claim, redis_at) = agg.claim(0, Duration::from_secs(1)) else {
         panic!("partition 0 claimed");
     };
     let mut tpl = TopicPartitionList::new();

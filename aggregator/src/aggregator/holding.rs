@@ -29,8 +29,9 @@ pub(super) struct Held {
 
 /// The outcome of claiming a partition.
 pub enum Claimed {
-    /// Ours: where Postgres resumes it, and how far Redis holds its generation.
-    Owned(Claim, i64),
+    /// Ours: where Postgres resumes it, and how far Redis holds its generation
+    /// (`None`: Redis did not answer; it is fenced later).
+    Owned(Claim, Option<i64>),
     Held(Hold),
     /// Shutting down.
     Stopped,
@@ -123,7 +124,7 @@ impl Aggregator {
             .map(|(p, _)| *p)
             .collect();
         for partition in due {
-            match self.claim(partition) {
+            match self.claim(partition, Duration::ZERO) {
                 Claimed::Owned(claim, redis_at) => {
                     self.rebalances.fetch_add(1, Ordering::SeqCst);
                     let start = claim.next_offset.map_or(Offset::Beginning, Offset::Offset);

@@ -49,7 +49,7 @@ const PENDING_CAP: usize = 500_000;
 /// How long a batch waits for a store: Redis, before the batch is counted in memory
 /// alone; Postgres deciding its client ids, before it is set aside (polling paused)
 /// until Postgres answers.
-const STORE_PATIENCE: Duration = Duration::from_secs(1);
+pub const STORE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// The knobs of counting and flushing.
 #[derive(Clone, Debug)]
@@ -98,6 +98,8 @@ struct State {
     flush: Option<InFlight>,
     next_flush: Instant,
     next_live_check: Instant,
+    /// No restore is tried before this (set after one failed: Redis is away).
+    next_restore: Instant,
 }
 
 type FlushTask = JoinHandle<Result<FlushOutcome, FlushError>>;
@@ -118,6 +120,16 @@ struct InFlight {
     started: Instant,
     retry_at: Instant,
     backoff: Backoff,
+}
+
+/// What fencing a partition in Redis found.
+enum Fence {
+    /// Fenced; Redis holds the generation up to this offset (-1: nothing).
+    Done(i64),
+    /// Redis did not answer in time.
+    NoAnswer,
+    /// Not ours to write.
+    Refused(Hold),
 }
 
 /// Everything [`Aggregator::new`] needs.
@@ -158,6 +170,7 @@ impl Aggregator {
                 flush: None,
                 next_flush,
                 next_live_check: Instant::now(),
+                next_restore: Instant::now(),
             }),
         }
     }
@@ -188,7 +201,10 @@ impl Aggregator {
     /// fences it there and learns how far its current generation reaches. Retries
     /// store errors until shutdown. A partition Redis knows a newer claim or flush
     /// of than Postgres does is not ours to write: it is held.
-    pub fn claim(&self, partition: i32) -> Claimed {
+    /// Redis errors are retried for `patience` (the assign callback gives the first
+    /// partition a second and the rest none once Redis did not answer: the group
+    /// waits for the callback).
+    pub fn claim(&self, partition: i32, patience: Duration) -> Claimed {
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let stopped = || self.stopped();
         let Some(claim) = retry(
@@ -202,22 +218,38 @@ impl Aggregator {
         ) else {
             return Claimed::Stopped;
         };
+        match self.fence(partition, claim.epoch, claim.flushed_gen + 1, patience) {
+            Fence::Done(at) => Claimed::Owned(claim, Some(at)),
+            Fence::NoAnswer if self.stopped() => Claimed::Stopped,
+            Fence::NoAnswer => {
+                tracing::warn!(
+                    partition,
+                    "Redis did not answer the claim: counting this partition in memory until it does"
+                );
+                Claimed::Owned(claim, None)
+            }
+            Fence::Refused(reason) => Claimed::Held(reason),
+        }
+    }
+
+    /// Fences `partition` in Redis for `epoch`, `gen` being the oldest generation
+    /// Postgres has not flushed (see `PendingStore::take_over`); retries errors for
+    /// `patience`.
+    fn fence(&self, partition: i32, epoch: i64, gen: i64, patience: Duration) -> Fence {
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
         let Some(taken) = retry(
             "fencing a partition in Redis",
             backoff,
-            Until::Stopped(&stopped),
+            Until::Deadline(Instant::now() + patience),
             || {
-                self.rt.block_on(self.pending.take_over(
-                    partition,
-                    claim.epoch,
-                    claim.flushed_gen + 1,
-                ))
+                self.rt
+                    .block_on(self.pending.take_over(partition, epoch, gen))
             },
         ) else {
-            return Claimed::Stopped;
+            return Fence::NoAnswer;
         };
         match taken {
-            TakeOver::Applied(at) => Claimed::Owned(claim, at),
+            TakeOver::Applied(at) => Fence::Done(at),
             TakeOver::Stale => {
                 // Redis knows a newer epoch. If Postgres' newest is still ours, nobody
                 // claimed after us: Postgres lost claims it had made.
@@ -225,18 +257,18 @@ impl Aggregator {
                     self.rt
                         .block_on(postgres::partition_epoch(&self.db, &self.scope, partition));
                 match newest {
-                    Ok(epoch) if epoch == claim.epoch => Claimed::Held(Hold::Behind),
-                    _ => Claimed::Held(Hold::Fenced),
+                    Ok(newest) if newest == epoch => Fence::Refused(Hold::Behind),
+                    _ => Fence::Refused(Hold::Fenced),
                 }
             }
-            TakeOver::Ahead(gen) => {
+            TakeOver::Ahead(redis_gen) => {
                 tracing::error!(
                     partition,
-                    redis_gen = gen,
-                    postgres_gen = claim.flushed_gen,
+                    redis_gen,
+                    postgres_gen = gen - 1,
                     "Redis holds generations Postgres never flushed"
                 );
-                Claimed::Held(Hold::Behind)
+                Fence::Refused(Hold::Behind)
             }
         }
     }
@@ -249,7 +281,7 @@ impl Aggregator {
         &self,
         consumer: &BaseConsumer<C>,
         tpl: &mut TopicPartitionList,
-        claims: Vec<(Claim, i64, bool)>,
+        claims: Vec<(Claim, Option<i64>, bool)>,
         held: Vec<(i32, Hold)>,
     ) {
         self.rebalances.fetch_add(1, Ordering::SeqCst);

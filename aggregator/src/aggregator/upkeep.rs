@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How long after a failed restore the next is tried.
+const RESTORE_RETRY: Duration = Duration::from_secs(1);
+
 impl Aggregator {
     /// Work between batches: checks the live marks of owned partitions, and rewrites
     /// from memory what Redis lost (once no flush is in flight, so that memory holds
@@ -37,21 +40,55 @@ impl Aggregator {
             .filter(|(_, p)| p.caught_up() && (p.needs_restore || !p.marked_live))
             .map(|(n, _)| *n)
             .collect();
-        if in_flight || restorable.is_empty() {
+        if restorable.is_empty() {
+            self.health.set_fault("redis_behind", None);
+        }
+        if in_flight || restorable.is_empty() || Instant::now() < state.next_restore {
             return;
         }
         // A restore writes memory as it is: the batch Redis is applying goes in first.
         self.land(&mut state);
+        let waiting = restorable.len();
         for partition in restorable {
-            self.restore(&mut state, partition);
+            if !self.restore(&mut state, partition) {
+                // Redis is away or full: counting goes on in memory and flushes go on;
+                // reads miss these partitions' pending counts until Redis takes them.
+                state.next_restore = Instant::now() + RESTORE_RETRY;
+                self.health.set_fault(
+                    "redis_behind",
+                    Some(format!(
+                        "{waiting} partitions counted in memory only: Redis does not take writes"
+                    )),
+                );
+                return;
+            }
         }
     }
 
     /// Rewrites a partition's unflushed generations from memory and marks it live.
-    fn restore(&self, state: &mut State, partition: i32) {
-        let Some(p) = state.partitions.get_mut(&partition) else {
-            return;
+    /// A partition Redis was not fenced for at its claim is fenced first: for the
+    /// oldest generation Postgres has not flushed, which drops whatever older
+    /// leftovers a predecessor left there.
+    /// Returns false when Redis did not answer.
+    fn restore(&self, state: &mut State, partition: i32) -> bool {
+        let Some(p) = state.partitions.get(&partition) else {
+            return true;
         };
+        if !p.fenced {
+            let oldest = p.sealed.as_ref().map_or(p.gen, |s| s.gen);
+            match self.fence(partition, p.epoch, oldest, Duration::ZERO) {
+                Fence::Done(_) => {}
+                Fence::NoAnswer => return false,
+                Fence::Refused(reason) => {
+                    self.hold(state, partition, reason);
+                    return true;
+                }
+            }
+        }
+        let Some(p) = state.partitions.get_mut(&partition) else {
+            return true;
+        };
+        p.fenced = true;
         let mut writes = Vec::new();
         if let Some(sealed) = &p.sealed {
             writes.push((
@@ -71,17 +108,18 @@ impl Aggregator {
             match done {
                 Ok(Applied::Stale) => {
                     self.hold(state, partition, Hold::Fenced);
-                    return;
+                    return true;
                 }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "cannot restore pending counts yet");
-                    return;
+                    return false;
                 }
             }
         }
         p.redis_at = last;
         p.marked_live = true;
         p.needs_restore = false;
+        true
     }
 }
