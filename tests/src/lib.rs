@@ -20,6 +20,7 @@ use viewpipe_devbroker::DevBroker;
 
 pub mod chaos;
 pub mod faults;
+pub mod pg_server;
 pub mod pgproxy;
 pub mod redis_server;
 
@@ -64,6 +65,8 @@ pub struct Stack {
     pub db: DatabaseConnection,
     pub redis_prefix: String,
     pub group: String,
+    /// The server's admin URL the test database was created with.
+    admin_url: String,
 }
 
 impl Stack {
@@ -73,12 +76,18 @@ impl Stack {
 
     /// A stack whose topics have `partitions` partitions.
     pub async fn with_partitions(partitions: i32) -> anyhow::Result<Self> {
+        Self::on_postgres(&admin_url(), partitions).await
+    }
+
+    /// A stack whose database lives on the Postgres server of `admin`.
+    pub async fn on_postgres(admin: &str, partitions: i32) -> anyhow::Result<Self> {
+        let admin_url = admin.to_owned();
         let id = format!("{:08x}", rand::random::<u32>());
         let broker = DevBroker::start("127.0.0.1:0".parse()?).await?;
         for topic in ["views", "views.replay", "views.dlq"] {
             broker.create_topic(topic, partitions)?;
         }
-        let admin = Database::connect(admin_url())
+        let admin = Database::connect(&admin_url)
             .await
             .context("connect to the admin database")?;
         let db_name = format!("vp_test_{id}");
@@ -86,7 +95,7 @@ impl Stack {
             .execute_unprepared(&format!("CREATE DATABASE {db_name}"))
             .await
             .context("create the test database")?;
-        let base = admin_url();
+        let base = admin_url.clone();
         let db_url = format!(
             "{}/{db_name}",
             base.rsplit_once('/').map_or(base.as_str(), |(b, _)| b)
@@ -100,6 +109,7 @@ impl Stack {
             broker,
             db_url,
             db,
+            admin_url,
         })
     }
 
@@ -174,7 +184,7 @@ impl Stack {
     /// Drops the database and this stack's Redis keys.
     pub async fn cleanup(self) -> anyhow::Result<()> {
         self.db.clone().close().await.ok();
-        let admin = Database::connect(admin_url()).await?;
+        let admin = Database::connect(&self.admin_url).await?;
         admin
             .execute_unprepared(&format!(
                 "DROP DATABASE IF EXISTS vp_test_{} WITH (FORCE)",
@@ -231,7 +241,7 @@ impl Stack {
     /// Terminates every Postgres connection to this stack's database (the services'
     /// pools and this harness' own), as a Postgres restart would.
     pub async fn kill_postgres_connections(&self) -> anyhow::Result<usize> {
-        let admin = Database::connect(admin_url()).await?;
+        let admin = Database::connect(&self.admin_url).await?;
         let rows = admin
             .query_all(Statement::from_string(
                 sea_orm::DbBackend::Postgres,
@@ -348,7 +358,7 @@ impl Service {
 }
 
 #[allow(unsafe_code)]
-fn signal(pid: u32, sig: i32) {
+pub(crate) fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a child we spawned; no memory is shared.
     unsafe {
         libc::kill(pid as i32, sig);

@@ -10,6 +10,7 @@ use sea_orm::ConnectionTrait;
 
 use viewpipe_tests::chaos::{self, Load};
 use viewpipe_tests::faults::{aggregators, kill_randomly, Running};
+use viewpipe_tests::pg_server::PgServer;
 use viewpipe_tests::pgproxy::PgProxy;
 use viewpipe_tests::redis_server::RedisServer;
 use viewpipe_tests::Stack;
@@ -382,6 +383,46 @@ async fn redis_out_of_memory_keeps_counting_exactly() {
     assert!(
         flushed_while_full > 0,
         "Postgres kept receiving flushes while Redis was full"
+    );
+    stack.cleanup().await.expect("cleanup");
+}
+
+/// A private Postgres stalls for 20 s (every process stopped, connections left
+/// open), then crashes and restarts, under running aggregators: they wait, time out,
+/// reconnect and go on by themselves; every view counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_stalled_for_twenty_seconds_then_restarted_counts_exactly() {
+    let pg = PgServer::start().await.expect("private postgres");
+    let stack = Stack::on_postgres(&pg.admin_url(), viewpipe_tests::PARTITIONS)
+        .await
+        .expect("stack");
+    let aggs = aggregators(&stack, 2, &[]).await;
+    let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
+    let load = Load {
+        events: 14_000,
+        keys: 200,
+        days: 3,
+        rate: 350.0,
+        concurrency: 32,
+    };
+    let run = Running::begin(&stack, &ingest, load);
+    run.progress.reached(load.events / 5).await;
+    let stalled = pg.stall(Duration::from_secs(20)).await.expect("stall");
+    pg.wait_ready(Duration::from_secs(10)).await.expect("back");
+    run.progress.reached(load.events * 7 / 10).await;
+    let down = Instant::now();
+    pg.crash().await.expect("crash");
+    pg.resume().await.expect("restart");
+    let restart_ms = down.elapsed().as_millis();
+    run.end(
+        &stack,
+        &ingest,
+        "Postgres stalled 20 s, then crashed and restarted",
+    )
+    .await;
+    let rebalances = chaos::metric_sum(&aggs, "viewpipe_aggregator_rebalances_total").await;
+    println!(
+        "private Postgres: {stalled} processes stopped for 20 s; crashed and back in {restart_ms} ms; {rebalances} rebalances"
     );
     stack.cleanup().await.expect("cleanup");
 }
