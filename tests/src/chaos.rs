@@ -54,6 +54,9 @@ pub struct Progress {
     pub retries: AtomicUsize,
     /// Per key: views sent at least once (an upper bound for any count read).
     pub sent: Vec<AtomicI64>,
+    /// Reads failing before this instant (ms since the Unix epoch) are excused: a
+    /// test declares the recovery window of each fault it causes.
+    pub excused_until_ms: AtomicI64,
 }
 
 impl Progress {
@@ -66,6 +69,17 @@ impl Progress {
 
     pub fn acked(&self) -> usize {
         self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Excuses unavailable reads from now until `window` from now (a fault and the
+    /// recovery the docs promise for it).
+    pub fn recovery_window(&self, window: Duration) {
+        let until = Utc::now().timestamp_millis() + window.as_millis() as i64;
+        self.excused_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    fn excused(&self) -> bool {
+        Utc::now().timestamp_millis() < self.excused_until_ms.load(Ordering::Relaxed)
     }
 
     /// Waits until at least `n` views were acknowledged.
@@ -134,14 +148,20 @@ pub async fn run_load(
 /// What the watching reader saw.
 #[derive(Debug, Default)]
 pub struct WatchReport {
+    /// GETs answered 200 with a count.
     pub reads: usize,
-    /// Reads answered 503 (a store recovering or unreachable): no count, no harm.
+    /// GETs that did not (503 while a store recovers, a timeout, an error).
     pub unavailable: usize,
+    /// Of those, made outside every declared recovery window.
+    pub unexcused: usize,
     /// `(key, before, after)` where a count went down.
     pub decreases: Vec<(String, i64, i64)>,
     /// `(key, count, sent)` where a count exceeded the views ever sent.
     pub overcounts: Vec<(String, i64, i64)>,
 }
+
+/// Share of GETs outside recovery windows that must succeed.
+const MIN_AVAILABILITY: f64 = 0.9;
 
 impl WatchReport {
     pub fn assert_clean(&self) {
@@ -156,14 +176,23 @@ impl WatchReport {
             "counts above the views sent: {:?}",
             &self.overcounts[..self.overcounts.len().min(10)]
         );
+        let counted = self.reads + self.unexcused;
+        let available = self.reads as f64 / counted.max(1) as f64;
+        assert!(
+            available >= MIN_AVAILABILITY,
+            "only {:.1}% of the GETs outside recovery windows succeeded ({} of {counted})",
+            available * 100.0,
+            self.reads
+        );
     }
 }
 
-/// Polls GET for the first `watched` keys until `stop`, checking that no count goes
-/// down and none exceeds the views sent for its key.
+/// Polls GET for every key of `load` until `stop` (8 at a time), checking that no
+/// count goes down and none exceeds the views sent for its key. Only 200 answers
+/// are reads; failures outside the declared recovery windows count against the
+/// availability rule of [`WatchReport::assert_clean`].
 pub async fn watch(
     load: Load,
-    watched: usize,
     ingest_url: String,
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
@@ -172,38 +201,49 @@ pub async fn watch(
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client");
-    let mut last: Vec<i64> = vec![0; watched];
+    let mut last: Vec<i64> = vec![0; load.keys];
     let mut report = WatchReport::default();
     while !stop.load(Ordering::Relaxed) {
-        for (k, seen) in last.iter_mut().enumerate() {
-            let key = load.key(k);
-            let url = format!("{ingest_url}/api/views?contentType=resource&contentId={key}");
-            let Ok(response) = http.get(url).send().await else {
+        let answers: Vec<(usize, Option<i64>, bool)> = futures::stream::iter(0..load.keys)
+            .map(|k| {
+                let (http, progress) = (&http, &progress);
+                let url = format!(
+                    "{ingest_url}/api/views?contentType=resource&contentId={}",
+                    load.key(k)
+                );
+                async move {
+                    let count = match http.get(url).send().await {
+                        Ok(r) if r.status() == 200 => r
+                            .json::<Value>()
+                            .await
+                            .ok()
+                            .and_then(|b| b["count"].as_i64()),
+                        _ => None,
+                    };
+                    (k, count, progress.excused())
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for (k, count, excused) in answers {
+            let Some(count) = count else {
                 report.unavailable += 1;
+                if !excused {
+                    report.unexcused += 1;
+                }
                 continue;
             };
             report.reads += 1;
-            if response.status() != 200 {
-                report.unavailable += 1;
-                continue;
-            }
-            let Some(count) = response
-                .json::<Value>()
-                .await
-                .ok()
-                .and_then(|b| b["count"].as_i64())
-            else {
-                report.unavailable += 1;
-                continue;
-            };
+            let key = load.key(k);
             let sent = progress.sent[k].load(Ordering::Relaxed);
-            if count < *seen {
-                report.decreases.push((key.clone(), *seen, count));
+            if count < last[k] {
+                report.decreases.push((key.clone(), last[k], count));
             }
             if count > sent {
                 report.overcounts.push((key, count, sent));
             }
-            *seen = (*seen).max(count);
+            last[k] = last[k].max(count);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 use viewpipe_tests::chaos::{self, Load};
-use viewpipe_tests::faults::{aggregators, kill_9_run, Running};
+use viewpipe_tests::faults::{aggregators, kill_9_run, Running, RECOVERY};
 use viewpipe_tests::Stack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -39,8 +39,10 @@ async fn three_aggregators_with_one_killed_and_one_added_count_exactly() {
     };
     let run = Running::begin(&stack, &ingest, load);
     run.progress.reached(load.events * 3 / 10).await;
+    run.progress.recovery_window(RECOVERY);
     aggs.swap_remove(1).kill9().await.expect("kill -9");
     run.progress.reached(load.events * 6 / 10).await;
+    run.progress.recovery_window(RECOVERY);
     aggs.extend(aggregators(&stack, 1, &[]).await);
     run.end(&stack, &ingest, "3 aggregators, one killed, one added")
         .await;
@@ -66,6 +68,7 @@ async fn redis_losing_every_key_twice_is_recovered_exactly() {
     let mut wiped = Vec::new();
     for share in [3, 6] {
         run.progress.reached(load.events * share / 10).await;
+        run.progress.recovery_window(RECOVERY);
         wiped.push(stack.wipe_redis().await.expect("wipe"));
     }
     run.end(&stack, &ingest, "Redis keys deleted twice").await;
@@ -94,6 +97,7 @@ async fn postgres_connections_killed_mid_stream_are_recovered_without_help() {
     let mut killed = Vec::new();
     for share in [2, 4, 6, 8] {
         run.progress.reached(load.events * share / 10).await;
+        run.progress.recovery_window(RECOVERY);
         killed.push(stack.kill_postgres_connections().await.expect("terminate"));
     }
     assert!(
@@ -120,6 +124,8 @@ async fn the_broker_down_for_ten_seconds_loses_and_repeats_nothing() {
     };
     let run = Running::begin(&stack, &ingest, load);
     run.progress.reached(load.events * 3 / 10).await;
+    run.progress
+        .recovery_window(RECOVERY + Duration::from_secs(10));
     stack.broker.down().expect("broker down");
     let down_at = run.progress.acked();
     tokio::time::sleep(Duration::from_secs(10)).await;
