@@ -340,6 +340,21 @@ impl Service {
     }
 
     /// Kills the process with SIGKILL (no chance to flush or leave the group).
+    /// The process' peak resident memory (`VmHWM`) in MiB, while it runs.
+    pub fn peak_rss_mib(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024)
+    }
+
     pub async fn kill9(mut self) -> anyhow::Result<()> {
         self.child.start_kill()?;
         self.child.wait().await?;

@@ -14,7 +14,14 @@ impl Aggregator {
             return;
         }
         let requested = self.requested();
-        let pending: usize = state.partitions.values().map(Partition::pending_keys).sum();
+        // Partitions still catching up cannot be flushed: their keys must not make
+        // every turn of the loop "due".
+        let pending: usize = state
+            .partitions
+            .values()
+            .filter(|p| p.caught_up())
+            .map(Partition::pending_keys)
+            .sum();
         let due = !self.pending.is_redis()
             || Instant::now() >= state.next_flush
             || pending >= self.tuning.flush_max_pending
