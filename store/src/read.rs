@@ -11,7 +11,8 @@
 //! the partitions' generation hashes; while any partition Postgres knows of is not
 //! marked, the read waits for its owner to restore it, and answers
 //! [`ReadError::Recovering`] after [`RECOVERY_WAIT`] rather than a count that went
-//! down.
+//! down. Once a read gave up, reads in the next second do not wait (nor poll
+//! Postgres while waiting): they answer `Recovering` after one look.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -58,7 +59,13 @@ pub struct Reader {
     partitions: Arc<Mutex<Vec<i32>>>,
     /// Total reads queue here and are answered in groups (see [`Reader::total`]).
     totals: mpsc::UnboundedSender<TotalRequest>,
+    /// When a read last gave up on partitions not marked live: reads soon after do
+    /// not wait again (one waiting read at a time is enough to notice the restore).
+    gave_up: Arc<Mutex<Option<Instant>>>,
 }
+
+/// After a read gave up waiting, reads within this answer at once.
+const FAIL_FAST_FOR: Duration = Duration::from_secs(1);
 
 /// Pending counts read from Redis, and the Postgres snapshot taken after them.
 struct Merged {
@@ -100,6 +107,7 @@ impl Reader {
             pending,
             partitions: Arc::new(Mutex::new(Vec::new())),
             totals: dead_end,
+            gave_up: Arc::new(Mutex::new(None)),
         };
         tokio::spawn(serve_totals(reader.clone(), requests));
         Self { totals, ..reader }
@@ -166,6 +174,11 @@ impl Reader {
             Some((from, to)) => from.iter_days().take_while(|d| *d <= to).collect(),
             None => Vec::new(),
         };
+        let gave_up = *self.gave_up.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = match gave_up {
+            Some(at) if at.elapsed() < FAIL_FAST_FOR => Duration::ZERO,
+            _ => wait,
+        };
         let deadline = Instant::now() + wait;
         loop {
             let known = self.known_partitions();
@@ -190,9 +203,11 @@ impl Reader {
                 .collect();
             let merged = Merged { views, snap };
             if unmarked.is_empty() {
+                *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 return Ok(merged);
             }
             if Instant::now() >= deadline {
+                *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 return Err(ReadError::Recovering(unmarked));
             }
             tokio::time::sleep(RECOVERY_POLL).await;

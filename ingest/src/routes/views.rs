@@ -51,21 +51,36 @@ pub async fn post_view(
     let key = input.key();
     let event = input.into_event(now);
     // The count is read while the publish is in flight; it cannot include this view.
-    // It is a courtesy: while Redis recovers from a loss it is left out rather than
-    // holding the acknowledgement back.
-    let (published, count) = tokio::join!(
-        publish(&state, &key, &event),
-        state.reader.total_within(&key, POST_COUNT_WAIT)
-    );
-    published?;
-    metrics::counter!(m::EVENTS, "result" => "accepted").increment(1);
-    let count = match count {
-        Ok(n) => Some(n + 1),
-        Err(e) => {
-            tracing::warn!(error = %e, "view accepted but its count could not be read");
-            None
+    // It is a courtesy, left out rather than holding the acknowledgement back: a
+    // store that does not answer (Redis down or recovering, Postgres stalled) costs
+    // the POST at most `POST_COUNT_WAIT`, and nothing while the readiness probe
+    // finds it down.
+    let stores_up = !state.health.is_down("redis") && !state.health.is_down("postgres");
+    let count_read = async {
+        if !stores_up {
+            return None;
+        }
+        match tokio::time::timeout(
+            POST_COUNT_WAIT,
+            state.reader.total_within(&key, POST_COUNT_WAIT),
+        )
+        .await
+        {
+            Ok(Ok(n)) => Some(n),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "view accepted but its count could not be read");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("view accepted but its count was not read in time");
+                None
+            }
         }
     };
+    let (published, count) = tokio::join!(publish(&state, &key, &event), count_read);
+    published?;
+    metrics::counter!(m::EVENTS, "result" => "accepted").increment(1);
+    let count = count.map(|n| n + 1);
     Ok((
         StatusCode::ACCEPTED,
         Json(ViewAccepted {
