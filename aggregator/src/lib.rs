@@ -237,6 +237,10 @@ pub async fn run(
     let consumer: BaseConsumer<AggregatorContext> =
         kafka::consumer_config(&common.kafka_brokers, &common.consumer_group, session)
             .set("statistics.interval.ms", "5000")
+            // Every partition starts at an explicit offset (Postgres' position). If the
+            // log no longer holds it (retention ran ahead), librdkafka must not jump to
+            // the log start and skip the rest: it reports, and the partition is held.
+            .set("auto.offset.reset", "error")
             .create_with_context(AggregatorContext { aggregator })
             .context("cannot create the Kafka consumer")?;
     consumer

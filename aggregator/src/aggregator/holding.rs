@@ -19,6 +19,9 @@ pub enum Hold {
     Fenced,
     /// Postgres holds an older state than we or Redis know was flushed.
     Behind,
+    /// The log no longer holds the partition's position: retention deleted events
+    /// before they were counted.
+    LogAhead,
 }
 
 pub(super) struct Held {
@@ -46,6 +49,10 @@ impl Aggregator {
             Hold::Fenced => tracing::warn!(
                 partition,
                 "another aggregator claimed this partition; holding it (paused) until the group moves it or it is ours again"
+            ),
+            Hold::LogAhead => tracing::error!(
+                partition,
+                "THE LOG NO LONGER HOLDS THIS PARTITION'S POSITION: retention deleted events before they were counted. Holding the partition, nothing skipped; see docs/exactly-once.md, \"The log running ahead\""
             ),
             Hold::Behind => tracing::error!(
                 partition,
@@ -77,6 +84,91 @@ impl Aggregator {
             )
         });
         self.health.set_fault("postgres_behind", detail);
+        let truncated: Vec<i32> = state
+            .held
+            .iter()
+            .filter(|(_, h)| h.reason == Hold::LogAhead)
+            .map(|(p, _)| *p)
+            .collect();
+        let detail = (!truncated.is_empty()).then(|| {
+            format!(
+                "partitions {truncated:?} held: the log starts after their position in Postgres; see docs/exactly-once.md"
+            )
+        });
+        self.health.set_fault("log_ahead", detail);
+    }
+
+    /// Points the consumer at every owned partition's position again (a seek is
+    /// refused for a partition whose fetching stopped on an error; an assignment
+    /// is not), and pauses the held ones.
+    fn reassign<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, state: &mut State) {
+        // Messages polled before this belong to the old positions.
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
+        self.land(state);
+        let topic = &self.scope.topic;
+        let mut tpl = TopicPartitionList::new();
+        for (partition, p) in &state.partitions {
+            let start = p.consumed_to.map_or(Offset::Beginning, Offset::Offset);
+            let _ = tpl.add_partition_offset(topic, *partition, start);
+        }
+        for (partition, held) in state.held.iter_mut() {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::End);
+            held.paused = false;
+        }
+        if let Err(e) = consumer.assign(&tpl) {
+            tracing::error!(error = %e, "re-assigning the partitions failed");
+        }
+        // A pause outlives the assignment: resume what is ours, pause what is held.
+        let mut owned = TopicPartitionList::new();
+        for partition in state.partitions.keys() {
+            owned.add_partition(topic, *partition);
+        }
+        if let Err(e) = consumer.resume(&owned) {
+            tracing::warn!(error = %e, "cannot resume the owned partitions");
+        }
+        self.pause_new(consumer, state);
+    }
+
+    /// After librdkafka found a position out of range: holds every owned partition
+    /// whose position is now before the start of its log.
+    pub fn check_log_start<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+        let mut state = self.state();
+        let owned: Vec<(i32, i64)> = state
+            .partitions
+            .iter()
+            .map(|(n, p)| (*n, p.consumed_to.unwrap_or(0)))
+            .collect();
+        for (partition, position) in owned {
+            if self.log_starts_after(consumer, partition, position) {
+                self.hold(&mut state, partition, Hold::LogAhead);
+            }
+        }
+        self.pause_new(consumer, &mut state);
+    }
+
+    fn log_starts_after<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        partition: i32,
+        position: i64,
+    ) -> bool {
+        match consumer.fetch_watermarks(&self.scope.topic, partition, Duration::from_secs(5)) {
+            Ok((low, _)) if low > position => {
+                tracing::error!(
+                    partition,
+                    position,
+                    log_start = low,
+                    lost = low - position,
+                    "events deleted from the log before they were counted"
+                );
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "cannot read the partition's log start");
+                false
+            }
+        }
     }
 
     /// Holds the partitions a rebalance assigned but that could not be claimed.
@@ -125,21 +217,22 @@ impl Aggregator {
             .collect();
         for partition in due {
             match self.claim(partition, Duration::ZERO) {
+                Claimed::Owned(claim, _)
+                    if claim
+                        .next_offset
+                        .is_some_and(|n| self.log_starts_after(consumer, partition, n)) =>
+                {
+                    if let Some(held) = state.held.get_mut(&partition) {
+                        held.reason = Hold::LogAhead;
+                        held.retry_at = Instant::now() + HOLD_RETRY;
+                    }
+                }
                 Claimed::Owned(claim, redis_at) => {
-                    self.rebalances.fetch_add(1, Ordering::SeqCst);
-                    let start = claim.next_offset.map_or(Offset::Beginning, Offset::Offset);
                     state.held.remove(&partition);
                     state
                         .partitions
                         .insert(partition, Partition::from_claim(&claim, redis_at));
-                    let mut tpl = TopicPartitionList::new();
-                    let _ = tpl.add_partition_offset(&self.scope.topic, partition, start);
-                    if let Err(e) = consumer.seek_partitions(tpl.clone(), Duration::from_secs(5)) {
-                        tracing::warn!(partition, error = %e, "cannot seek a claimed partition");
-                    }
-                    if let Err(e) = consumer.resume(&tpl) {
-                        tracing::warn!(partition, error = %e, "cannot resume a claimed partition");
-                    }
+                    self.reassign(consumer, &mut state);
                     tracing::info!(partition, "held partition claimed again; counting it from the position Postgres holds");
                 }
                 Claimed::Held(reason) => {

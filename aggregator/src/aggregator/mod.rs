@@ -308,6 +308,14 @@ impl Aggregator {
         if let Err(e) = consumer.assign(tpl) {
             tracing::error!(error = %e, "assign failed");
         }
+        // A pause outlives an assignment: a partition held before is ours again.
+        let mut owned = TopicPartitionList::new();
+        for partition in &partitions {
+            owned.add_partition(&self.scope.topic, *partition);
+        }
+        if let Err(e) = consumer.resume(&owned) {
+            tracing::warn!(error = %e, "cannot resume the assigned partitions");
+        }
         self.hold_assigned(consumer, &held);
     }
 
