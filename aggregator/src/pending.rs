@@ -64,10 +64,13 @@ impl Pending {
         }
     }
 
-    pub async fn live_epochs(&self, partitions: &[i32]) -> redis::RedisResult<Vec<Option<i64>>> {
+    pub async fn marks(
+        &self,
+        partitions: &[(i32, i64)],
+    ) -> redis::RedisResult<Vec<(Option<i64>, Option<i64>)>> {
         match self {
-            Pending::Redis(store) => store.live_epochs(partitions).await,
-            Pending::DatabaseOnly => Ok(vec![None; partitions.len()]),
+            Pending::Redis(store) => store.marks(partitions).await,
+            Pending::DatabaseOnly => Ok(vec![(None, None); partitions.len()]),
         }
     }
 }

@@ -267,8 +267,10 @@ impl PendingStore {
     }
 
     /// Rewrites generation `gen` of `partition` as exactly `fields` (absolute values),
-    /// applied up to `last`, and marks the partition live if `live`. Readers wait
-    /// while it runs: the first chunk takes the live mark away.
+    /// applied up to `last`, and marks the partition live if `live`. The chunks run
+    /// as one transaction (`MULTI`; the partition's keys share one slot), so nothing
+    /// (a wipe, a failover's flush) can fall between the first chunk, which empties
+    /// the hash, and the last, which marks the partition live over it.
     pub async fn restore(
         &self,
         partition: i32,
@@ -279,6 +281,7 @@ impl PendingStore {
         fields: &[(String, i64)],
     ) -> redis::RedisResult<Applied> {
         let mut pipe = redis::pipe();
+        pipe.atomic();
         let chunks: Vec<&[(String, i64)]> = if fields.is_empty() {
             vec![&[]]
         } else {
@@ -324,18 +327,41 @@ impl PendingStore {
             .await
     }
 
-    /// The epoch each partition is marked live under (`None`: not marked, so Redis
-    /// may have lost its pending counts).
-    pub async fn live_epochs(&self, partitions: &[i32]) -> redis::RedisResult<Vec<Option<i64>>> {
+    /// For each `(partition, generation)`: the epoch the partition is marked live
+    /// under (`None`: not marked, so Redis may have lost its pending counts), and the
+    /// offset Redis holds that generation applied up to (`None`: no such hash).
+    pub async fn marks(
+        &self,
+        partitions: &[(i32, i64)],
+    ) -> redis::RedisResult<Vec<(Option<i64>, Option<i64>)>> {
         if partitions.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        for p in partitions {
+        pipe.atomic();
+        for (p, gen) in partitions {
             pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
+            pipe.cmd("HMGET")
+                .arg(self.layout.gen(*p, *gen))
+                .arg("@g")
+                .arg("@o");
         }
         let mut conn = self.conn.clone();
-        pipe.query_async(&mut conn).await
+        let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let mut it = raw.into_iter();
+        let mut out = Vec::with_capacity(partitions.len());
+        for (_, gen) in partitions {
+            let live: Option<i64> =
+                redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
+            let hash: Vec<Option<i64>> =
+                redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
+            let applied = match hash.as_slice() {
+                [Some(g), Some(o)] if g == gen => Some(*o),
+                _ => None,
+            };
+            out.push((live, applied));
+        }
+        Ok(out)
     }
 
     /// Every key of this deployment's pending state (a `SCAN`, so it does not block
@@ -410,6 +436,8 @@ pub struct PartitionView {
     /// `(generation, the asked fields' values, 0 when absent)` of each generation
     /// hash that holds one.
     pub gens: Vec<(i64, Vec<i64>)>,
+    /// `(generation, the offset it is applied up to)` of each generation hash.
+    pub applied: Vec<(i64, i64)>,
 }
 
 impl PendingStore {
@@ -451,6 +479,7 @@ impl PendingStore {
                 pipe.cmd("HMGET")
                     .arg(self.layout.gen(*p, parity))
                     .arg("@g")
+                    .arg("@o")
                     .arg(fields);
             }
         }
@@ -464,12 +493,14 @@ impl PendingStore {
                 partition: *p,
                 live: redis::from_redis_value(next())?,
                 gens: Vec::new(),
+                applied: Vec::new(),
             };
             for _ in 0..2 {
                 let values: Vec<Option<i64>> = redis::from_redis_value(next())?;
-                if let Some(Some(gen)) = values.first() {
+                if let [Some(gen), applied, rest @ ..] = values.as_slice() {
+                    view.applied.push((*gen, applied.unwrap_or(-1)));
                     view.gens
-                        .push((*gen, values[1..].iter().map(|v| v.unwrap_or(0)).collect()));
+                        .push((*gen, rest.iter().map(|v| v.unwrap_or(0)).collect()));
                 }
             }
             out.push(view);

@@ -62,6 +62,24 @@ pub struct Reader {
     /// When a read last gave up on partitions not marked live: reads soon after do
     /// not wait again (one waiting read at a time is enough to notice the restore).
     gave_up: Arc<Mutex<Option<Instant>>>,
+    /// Per partition, how far an earlier read saw Redis hold it (see [`Seen`]).
+    seen: Arc<Mutex<std::collections::HashMap<i32, Seen>>>,
+}
+
+/// How far a read saw Redis hold a live partition: under the owner's `epoch`, its
+/// newest unflushed generation `gen` applied up to `offset`. Offsets only grow
+/// across a partition's generations, so while `gen` is unflushed and the owner
+/// the same, a later read finding Redis applied less far (or the generation gone)
+/// has met a Redis that went back under a surviving live mark: a lagging replica
+/// promoted, an eviction. Its counts are not used until the owner rewrote them.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    epoch: i64,
+    gen: i64,
+    offset: i64,
+    /// When the read that saw it asked Redis: only a read that asked later can
+    /// find Redis behind it (reads run concurrently).
+    asked: Instant,
 }
 
 /// After a read gave up waiting, reads within this answer at once.
@@ -108,6 +126,7 @@ impl Reader {
             partitions: Arc::new(Mutex::new(Vec::new())),
             totals: dead_end,
             gave_up: Arc::new(Mutex::new(None)),
+            seen: Arc::default(),
         };
         tokio::spawn(serve_totals(reader.clone(), requests));
         Self { totals, ..reader }
@@ -182,6 +201,7 @@ impl Reader {
         let deadline = Instant::now() + wait;
         loop {
             let known = self.known_partitions();
+            let asked = Instant::now();
             let views = match &self.pending {
                 Some(pending) => pending.read(key.as_str(), &day_list, &known).await?,
                 None => Vec::new(),
@@ -195,12 +215,13 @@ impl Reader {
                     continue;
                 }
             }
-            let unmarked: Vec<i32> = views
+            let mut unmarked: Vec<i32> = views
                 .iter()
                 .filter(|v| v.live.is_none())
                 .map(|v| v.partition)
                 .filter(|p| snap.gens.iter().any(|(q, _)| q == p))
                 .collect();
+            unmarked.extend(self.went_back(&views, &snap.gens, asked));
             let merged = Merged { views, snap };
             if unmarked.is_empty() {
                 *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -219,6 +240,7 @@ impl Reader {
     async fn totals_together(&self, keys: &[&str]) -> Option<Vec<i64>> {
         for _ in 0..2 {
             let known = self.known_partitions();
+            let asked = Instant::now();
             let views = match &self.pending {
                 Some(pending) => pending.read_totals(keys, &known).await.ok()?,
                 None => Vec::new(),
@@ -236,7 +258,7 @@ impl Reader {
             let unmarked = views
                 .iter()
                 .any(|v| v.live.is_none() && gens.iter().any(|(p, _)| *p == v.partition));
-            if unmarked {
+            if unmarked || !self.went_back(&views, &gens, asked).is_empty() {
                 return None;
             }
             for pending in unflushed(&views, &gens) {
@@ -247,6 +269,55 @@ impl Reader {
             return Some(totals);
         }
         None
+    }
+
+    /// The live partitions whose Redis state went back since an earlier read (see
+    /// [`Seen`]); records how far the others are.
+    fn went_back(
+        &self,
+        views: &[PartitionView],
+        flushed_gens: &[(i32, i64)],
+        asked: Instant,
+    ) -> Vec<i32> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut back = Vec::new();
+        for v in views {
+            let Some(epoch) = v.live else {
+                continue;
+            };
+            let flushed = flushed_gen(flushed_gens, v.partition);
+            let newest = v
+                .applied
+                .iter()
+                .filter(|(gen, _)| *gen > flushed)
+                .max()
+                .copied();
+            if let Some(before) = seen.get(&v.partition) {
+                if asked < before.asked {
+                    continue; // an older look than the one recorded
+                }
+                let behind = newest.map_or(-1, |(_, offset)| offset) < before.offset;
+                if before.epoch == epoch && before.gen > flushed && behind {
+                    back.push(v.partition);
+                    continue;
+                }
+            }
+            match newest {
+                Some((gen, offset)) => {
+                    let now = Seen {
+                        epoch,
+                        gen,
+                        offset,
+                        asked,
+                    };
+                    seen.insert(v.partition, now);
+                }
+                None => {
+                    seen.remove(&v.partition);
+                }
+            }
+        }
+        back
     }
 
     fn known_partitions(&self) -> Vec<i32> {

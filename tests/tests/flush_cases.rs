@@ -12,7 +12,7 @@ use sea_orm::{ConnectionTrait, TransactionTrait};
 use viewpipe_schema::ContentKey;
 use viewpipe_store::pending::{Layout, PartitionBatch, PendingStore};
 use viewpipe_store::postgres::{self, PartitionCommit, Scope};
-use viewpipe_store::read::Reader;
+use viewpipe_store::read::{ReadError, Reader};
 use viewpipe_store::Counts;
 use viewpipe_tests::{redis_url, Stack};
 
@@ -244,5 +244,69 @@ async fn flushed_counts_leave_the_pending_state() {
         .map(|(_, n)| *n);
     assert_eq!(total, Some(1), "only generation 3 is left there: {left:?}");
     assert_eq!(case.read().await, 13);
+    case.stack.cleanup().await.expect("cleanup");
+}
+
+/// Redis goes back under a live mark that survived (a lagging replica promoted: an
+/// older copy of the generation; an eviction: the generation gone). A reader that
+/// saw the newer counts answers "recovering" rather than fewer views, until the
+/// owner has rewritten the partition from memory.
+#[tokio::test]
+async fn reads_never_go_back_when_redis_does_under_a_surviving_mark() {
+    let case = Case::new().await;
+    case.count(0, 1, 0..3).await;
+    assert_eq!(case.read().await, 3);
+    let hash = case.store.layout().gen(0, 1);
+    let mut conn = case.store.connection();
+    let older: Vec<u8> = redis::cmd("DUMP")
+        .arg(&hash)
+        .query_async(&mut conn)
+        .await
+        .expect("dump");
+    let next = PartitionBatch {
+        partition: 0,
+        epoch: 1,
+        gen: 1,
+        prev: 2,
+        last: 9,
+        live: true,
+        counts: Arc::new(case.counts(7)),
+    };
+    case.store.apply(&[next]).await.expect("apply");
+    assert_eq!(case.read().await, 10);
+
+    // A replica that had only the first batch takes over; the live mark is there.
+    let () = redis::cmd("RESTORE")
+        .arg(&hash)
+        .arg(0)
+        .arg(older)
+        .arg("REPLACE")
+        .query_async(&mut conn)
+        .await
+        .expect("restore the older copy");
+    let lagging = case.reader.total(&case.key).await;
+    assert!(
+        matches!(lagging, Err(ReadError::Recovering(ref p)) if p == &vec![0]),
+        "a lagging replica is not read: {lagging:?}"
+    );
+    // Evicted altogether.
+    let () = redis::cmd("DEL")
+        .arg(&hash)
+        .query_async(&mut conn)
+        .await
+        .expect("evict");
+    let evicted = case.reader.total(&case.key).await;
+    assert!(
+        matches!(evicted, Err(ReadError::Recovering(_))),
+        "an evicted generation is not read: {evicted:?}"
+    );
+    // The owner rewrites it from memory (its upkeep notices the offset went back);
+    // past the second in which reads answer at once, the count is whole again.
+    case.store
+        .restore(0, 1, 1, 9, true, &case.counts(10).fields())
+        .await
+        .expect("owner restores");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(case.read().await, 10);
     case.stack.cleanup().await.expect("cleanup");
 }

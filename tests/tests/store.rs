@@ -165,13 +165,16 @@ async fn restore_rewrites_lost_counts_from_memory() {
         Applied::Added { live: true }
     );
     assert_eq!(
-        store.live_epochs(&[3, 4]).await.expect("marks"),
-        vec![Some(1), None]
+        store.marks(&[(3, 1), (4, 1)]).await.expect("marks"),
+        vec![(Some(1), Some(9)), (None, None)]
     );
     // Redis loses everything; the next batch finds nothing where it expected offset 9.
     stack.wipe_redis().await.expect("wipe");
     assert_eq!(apply(&store, batch(1, 1, 9, 11, 2)).await, Applied::At(-1));
-    assert_eq!(store.live_epochs(&[3]).await.expect("marks"), vec![None]);
+    assert_eq!(
+        store.marks(&[(3, 1)]).await.expect("marks"),
+        vec![(None, None)]
+    );
     // The owner's memory holds all 12; restoring writes them as they are and marks
     // the partition live again.
     let memory = counts(12).fields();
@@ -184,7 +187,10 @@ async fn restore_rewrites_lost_counts_from_memory() {
     );
     let f = fields(&store, 1).await;
     assert_eq!((total_of(&f), f.get("@o")), (12, Some(&11)));
-    assert_eq!(store.live_epochs(&[3]).await.expect("marks"), vec![Some(1)]);
+    assert_eq!(
+        store.marks(&[(3, 1)]).await.expect("marks"),
+        vec![(Some(1), Some(11))]
+    );
     // Restoring twice changes nothing; the next batch builds on it.
     store
         .restore(3, 1, 1, 11, true, &memory)

@@ -16,16 +16,33 @@ impl Aggregator {
         let mut state = self.state();
         if Instant::now() >= state.next_live_check {
             state.next_live_check = Instant::now() + LIVE_CHECK_EVERY;
-            let owned: Vec<i32> = state.partitions.keys().copied().collect();
-            match self.rt.block_on(self.pending.live_epochs(&owned)) {
+            // The batch Redis is applying moves the offsets read here.
+            self.land(&mut state);
+            let owned: Vec<(i32, i64)> =
+                state.partitions.iter().map(|(n, p)| (*n, p.gen)).collect();
+            match self.rt.block_on(self.pending.marks(&owned)) {
                 Ok(marks) => {
-                    for (partition, mark) in owned.into_iter().zip(marks) {
+                    for ((partition, _), (mark, applied)) in owned.into_iter().zip(marks) {
                         let Some(p) = state.partitions.get_mut(&partition) else {
                             continue;
                         };
                         if mark.is_some_and(|e| e > p.epoch) {
                             self.hold(&mut state, partition, Hold::Fenced);
                         } else if mark != Some(p.epoch) && p.marked_live {
+                            self.lost(partition, p);
+                        } else if p.marked_live
+                            && !p.needs_restore
+                            && p.redis_at >= 0
+                            && applied.is_none_or(|o| o < p.redis_at)
+                        {
+                            // The mark survived but the counts went back: a lagging
+                            // replica promoted, an eviction.
+                            tracing::warn!(
+                                partition,
+                                redis_at = ?applied,
+                                expected = p.redis_at,
+                                "Redis holds less of this partition than was written to it; restoring it from memory"
+                            );
                             self.lost(partition, p);
                         }
                     }
