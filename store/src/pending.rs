@@ -117,6 +117,30 @@ impl Layout {
     }
 }
 
+/// Every key matching `pattern`, by `SCAN` (so a large keyspace is never blocked on).
+pub async fn scan(
+    conn: &mut impl redis::aio::ConnectionLike,
+    pattern: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
 /// 64-bit FNV-1a: a stable, dependency-free hash for naming.
 fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -364,27 +388,9 @@ impl PendingStore {
         Ok(out)
     }
 
-    /// Every key of this deployment's pending state (a `SCAN`, so it does not block
-    /// Redis).
+    /// Every key of this deployment's pending state.
     pub async fn keys(&self) -> redis::RedisResult<Vec<String>> {
-        let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
-        let mut keys = Vec::new();
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(self.layout.pattern())
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            keys.extend(batch);
-            if next == 0 {
-                return Ok(keys);
-            }
-            cursor = next;
-        }
+        scan(&mut self.conn.clone(), &self.layout.pattern()).await
     }
 
     /// Deletes `keys` (as [`PendingStore::keys`] listed them); returns how many

@@ -266,12 +266,7 @@ pub async fn assert_exact(
     for ((id, _), n) in expected {
         *totals.entry(format!("resource:{id}")).or_default() += n;
     }
-    let rows: BTreeMap<String, i64> = stack
-        .rows("SELECT key, total FROM view_counter_total")
-        .await
-        .expect("totals")
-        .into_iter()
-        .collect();
+    let rows = stack.totals().await.expect("totals");
     assert_eq!(rows, totals, "view_counter_total");
     let daily: BTreeMap<String, i64> = stack
         .rows("SELECT key || '@' || day::text, count FROM view_counter_daily")

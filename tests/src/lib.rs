@@ -205,23 +205,9 @@ impl Stack {
     ) -> anyhow::Result<(redis::aio::MultiplexedConnection, Vec<String>)> {
         let client = redis::Client::open(redis_url())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.redis_prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            keys.extend(batch);
-            if next == 0 {
-                return Ok((conn, keys));
-            }
-            cursor = next;
-        }
+        let pattern = format!("{}:*", self.redis_prefix);
+        let keys = viewpipe_store::pending::scan(&mut conn, &pattern).await?;
+        Ok((conn, keys))
     }
 
     /// Deletes every Redis key of this stack's deployment in one atomic step, as a
@@ -284,14 +270,28 @@ impl Stack {
             .collect()
     }
 
+    /// Postgres' grand total: every view flushed.
+    pub async fn flushed_total(&self) -> anyhow::Result<i64> {
+        let rows = self
+            .rows("SELECT 'all', COALESCE(SUM(total), 0)::int8 FROM view_counter_total")
+            .await?;
+        Ok(rows.first().map_or(0, |r| r.1))
+    }
+
+    /// Every key's flushed total.
+    pub async fn totals(&self) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+        Ok(self
+            .rows("SELECT key, total FROM view_counter_total")
+            .await?
+            .into_iter()
+            .collect())
+    }
+
     /// Waits until Postgres' grand total reaches `expected` (and fails if it passes it).
     pub async fn wait_flushed_total(&self, expected: i64, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            let sum = self
-                .rows("SELECT 'all', COALESCE(SUM(total), 0)::int8 FROM view_counter_total")
-                .await?[0]
-                .1;
+            let sum = self.flushed_total().await?;
             if sum == expected {
                 return Ok(());
             }
@@ -340,8 +340,8 @@ impl Service {
     }
 
     /// Kills the process with SIGKILL (no chance to flush or leave the group).
-    /// The process' peak resident memory (`VmHWM`) in MiB, while it runs.
-    pub fn peak_rss_mib(&self) -> Option<u64> {
+    /// The process' peak resident memory (`VmHWM`) in KiB, while it runs.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
         let pid = self.child.id()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let kib: u64 = status
@@ -352,7 +352,7 @@ impl Service {
             .trim()
             .parse()
             .ok()?;
-        Some(kib / 1024)
+        Some(kib)
     }
 
     pub async fn kill9(mut self) -> anyhow::Result<()> {

@@ -57,15 +57,6 @@ async fn commit_replies_lost_through_kill_9s_count_exactly() {
     stack.cleanup().await.expect("cleanup");
 }
 
-async fn flushed_views(stack: &Stack) -> i64 {
-    stack
-        .rows("SELECT '', COALESCE(sum(total), 0)::int8 FROM view_counter_total")
-        .await
-        .expect("sum of totals")
-        .first()
-        .map_or(0, |r| r.1)
-}
-
 /// A private Redis is stopped (its keys lost) for 30 s while views keep coming:
 /// the aggregators go on flushing to Postgres from memory, stay in the group, and
 /// rewrite Redis when it is back. Every view counts once.
@@ -93,9 +84,9 @@ async fn redis_down_for_thirty_seconds_keeps_flushing_and_counts_exactly() {
     let down = Instant::now();
     let acked_then = run.progress.acked();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let early = flushed_views(&stack).await;
+    let early = stack.flushed_total().await.expect("flushed total");
     tokio::time::sleep(Duration::from_secs(25)).await;
-    let late = flushed_views(&stack).await;
+    let late = stack.flushed_total().await.expect("flushed total");
     let acked_down = run.progress.acked() - acked_then;
     redis.resume().await.expect("start redis again");
     let seconds_down = down.elapsed().as_secs_f64();
@@ -139,7 +130,11 @@ async fn settles_at(stack: &Stack, n: i64) {
         .await
         .expect("flushed");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(flushed_views(stack).await, n, "no duplicate counted late");
+    assert_eq!(
+        stack.flushed_total().await.expect("flushed total"),
+        n,
+        "no duplicate counted late"
+    );
 }
 
 /// Guarantee 3 across a Redis loss and without Redis: 100 ids posted, Redis loses
@@ -208,11 +203,11 @@ async fn postgres_restored_to_an_earlier_backup_is_reported_and_recovered_exactl
     }
     backup.push_str("COMMIT;");
     stack.db.execute_unprepared(&backup).await.expect("backup");
-    let backed_up = flushed_views(&stack).await;
+    let backed_up = stack.flushed_total().await.expect("flushed total");
 
     // Restored at 60%, as a point-in-time restore or a lagging replica would be.
     run.progress.reached(load.events * 6 / 10).await;
-    let before_restore = flushed_views(&stack).await;
+    let before_restore = stack.flushed_total().await.expect("flushed total");
     let mut restore = String::from("BEGIN;");
     restore.push_str(&format!("TRUNCATE {};", RESTORED_TABLES.join(", ")));
     for t in RESTORED_TABLES {
@@ -356,7 +351,7 @@ async fn redis_out_of_memory_keeps_counting_exactly() {
         "an aggregator says Redis does not take writes: {said:?}"
     );
     run.progress.reached(load.events).await;
-    let flushed_while_full = flushed_views(&stack).await;
+    let flushed_while_full = stack.flushed_total().await.expect("flushed total");
     // The operator frees memory; the aggregators rewrite Redis from memory.
     for i in 0..ballast {
         let _: redis::RedisResult<()> = redis::cmd("DEL")

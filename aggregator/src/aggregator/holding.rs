@@ -72,30 +72,29 @@ impl Aggregator {
 
     pub(super) fn report_held(&self, state: &State) {
         metrics::gauge!(m::HELD_PARTITIONS).set(state.held.len() as f64);
-        let behind: Vec<i32> = state
-            .held
-            .iter()
-            .filter(|(_, h)| h.reason == Hold::Behind)
-            .map(|(p, _)| *p)
-            .collect();
-        let detail = (!behind.is_empty()).then(|| {
-            format!(
-                "partitions {behind:?} held: Postgres holds less than was flushed; see docs/exactly-once.md"
-            )
-        });
-        self.health.set_fault("postgres_behind", detail);
-        let truncated: Vec<i32> = state
-            .held
-            .iter()
-            .filter(|(_, h)| h.reason == Hold::LogAhead)
-            .map(|(p, _)| *p)
-            .collect();
-        let detail = (!truncated.is_empty()).then(|| {
-            format!(
-                "partitions {truncated:?} held: the log starts after their position in Postgres; see docs/exactly-once.md"
-            )
-        });
-        self.health.set_fault("log_ahead", detail);
+        let faults = [
+            (
+                Hold::Behind,
+                "postgres_behind",
+                "Postgres holds less than was flushed",
+            ),
+            (
+                Hold::LogAhead,
+                "log_ahead",
+                "the log starts after their position in Postgres",
+            ),
+        ];
+        for (reason, fault, what) in faults {
+            let held: Vec<i32> = state
+                .held
+                .iter()
+                .filter(|(_, h)| h.reason == reason)
+                .map(|(p, _)| *p)
+                .collect();
+            let detail = (!held.is_empty())
+                .then(|| format!("partitions {held:?} held: {what}; see docs/exactly-once.md"));
+            self.health.set_fault(fault, detail);
+        }
     }
 
     /// Points the consumer at every owned partition's position again (a seek is

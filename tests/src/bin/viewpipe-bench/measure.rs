@@ -69,24 +69,16 @@ pub async fn aggregator_run(
         }
         None => None,
     };
-    let peak_rss_mib = peak_rss_kib(&aggregator)? as f64 / 1024.0;
+    let peak_rss_mib = aggregator
+        .peak_rss_kib()
+        .context("no VmHWM for the aggregator (exited?)")? as f64
+        / 1024.0;
     Ok(AggregatorRun {
         counted_rate,
         durable_rate,
         peak_rss_mib,
         _aggregator: aggregator,
     })
-}
-
-/// The process's peak resident set (`VmHWM`), in KiB.
-fn peak_rss_kib(service: &Service) -> anyhow::Result<u64> {
-    let pid = service.child.id().context("aggregator exited")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/PID/status")
 }
 
 /// The bytes Redis uses for the stack's deployment (`MEMORY USAGE` of each of its
