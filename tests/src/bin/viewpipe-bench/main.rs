@@ -367,12 +367,31 @@ async fn memory(args: &Args, table: &mut Table) -> anyhow::Result<()> {
                 ),
             );
         } else {
+            // Client ids are remembered in Postgres (`view_event_ids`); Redis should
+            // not grow with them.
             let per_id =
                 (used - per_key * produced.distinct_keys as f64) / produced.with_ids as f64;
             table.add(
                 format!("Redis per remembered id, {:.0}% client ids", share * 100.0),
                 format!("{per_id:.0} bytes"),
                 format!("{} Redis keys for {} ids", keys, produced.with_ids),
+            );
+            let ids = stack
+                .rows(
+                    "SELECT pg_total_relation_size('view_event_ids')::text, count(*)
+                     FROM view_event_ids",
+                )
+                .await?;
+            let (bytes, rows) = ids.first().map_or((0, 1), |(b, n)| {
+                (b.parse::<i64>().unwrap_or(0), (*n).max(1))
+            });
+            table.add(
+                format!(
+                    "Postgres per remembered id, {:.0}% client ids",
+                    share * 100.0
+                ),
+                format!("{} bytes", bytes / rows),
+                format!("view_event_ids with its index, {rows} rows"),
             );
         }
         drop(run);
