@@ -9,7 +9,32 @@ use chrono::NaiveDate;
 use viewpipe_schema::{EventRef, Namespaces};
 use viewpipe_store::Counts;
 
+use crate::log_check;
 use crate::partition::Partition;
+
+/// One polled message, borrowed from librdkafka's buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Polled<'m> {
+    pub partition: i32,
+    pub offset: i64,
+    /// Its timestamp (ms), part of its mark.
+    pub timestamp: Option<i64>,
+    pub payload: Option<&'m [u8]>,
+    pub key: Option<&'m [u8]>,
+}
+
+impl<'m> Polled<'m> {
+    /// A message without key or timestamp.
+    pub fn new(partition: i32, offset: i64, payload: Option<&'m [u8]>) -> Self {
+        Self {
+            partition,
+            offset,
+            timestamp: None,
+            payload,
+            key: None,
+        }
+    }
+}
 
 /// The messages of one partition in a batch.
 #[derive(Debug, Default)]
@@ -20,8 +45,11 @@ pub struct PartBatch {
     /// re-assigned the partition while its messages were being gathered): each offset
     /// is taken once, in order.
     next: i64,
-    /// The last offset taken.
+    /// The last offset taken, and its mark (see [`log_check`]).
     pub last: Option<i64>,
+    pub last_mark: i64,
+    /// The first message taken: `(offset, mark)`.
+    pub first: Option<(i64, i64)>,
     /// Views at offsets Redis does not hold yet: they go to Redis and to memory.
     pub fresh: Counts,
     /// Views at offsets Redis already holds (a predecessor counted them): memory only.
@@ -74,15 +102,14 @@ pub struct Batch {
 impl Batch {
     /// Takes one polled message of `partition` (whose state is `state`). Returns false
     /// when it was dropped as a re-delivery.
-    pub fn add(
-        &mut self,
-        partition: i32,
-        state: &Partition,
-        offset: i64,
-        payload: Option<&[u8]>,
-        key: Option<&[u8]>,
-        namespaces: &Namespaces,
-    ) -> bool {
+    pub fn add(&mut self, m: &Polled<'_>, state: &Partition, namespaces: &Namespaces) -> bool {
+        let Polled {
+            partition,
+            offset,
+            payload,
+            key,
+            ..
+        } = *m;
         let part = self
             .parts
             .entry(partition)
@@ -95,6 +122,8 @@ impl Batch {
         }
         part.next = offset + 1;
         part.last = Some(offset);
+        part.last_mark = log_check::mark(m.timestamp, key, payload);
+        part.first.get_or_insert((offset, part.last_mark));
         self.messages += 1;
         let replayed = state.replay_to.is_some_and(|x| offset <= x);
         let parsed = match payload {
@@ -166,10 +195,9 @@ mod tests {
     fn state(next_offset: Option<i64>, epoch: i64, redis_at: i64) -> Partition {
         Partition::from_claim(
             &Claim {
-                partition: 0,
                 next_offset,
-                flushed_gen: 0,
                 epoch,
+                ..Claim::default()
             },
             Some(redis_at),
         )
@@ -190,12 +218,20 @@ mod tests {
         let mut batch = Batch::default();
         let owner = state(Some(100), 3, -1);
         for offset in 100..110 {
-            assert!(batch.add(0, &owner, offset, Some(&event("a", None)), None, &ns()));
+            assert!(batch.add(
+                &Polled::new(0, offset, Some(&event("a", None))),
+                &owner,
+                &ns()
+            ));
         }
         // The partition is revoked and assigned again at the same position before the
         // batch was processed; the consumer fetches 100.. once more.
         for offset in 100..112 {
-            batch.add(0, &owner, offset, Some(&event("a", None)), None, &ns());
+            batch.add(
+                &Polled::new(0, offset, Some(&event("a", None))),
+                &owner,
+                &ns(),
+            );
         }
         assert_eq!(batch.len(), 12);
         let parts = batch.take();
@@ -207,21 +243,30 @@ mod tests {
     fn a_new_claim_starts_the_partition_over_and_replayed_offsets_stay_in_memory() {
         let mut batch = Batch::default();
         batch.add(
-            0,
+            &Polled::new(0, 0, Some(&event("a", None))),
             &state(Some(0), 1, -1),
-            0,
-            Some(&event("a", None)),
-            None,
             &ns(),
         );
         // Claimed again (epoch 2) at offset 0, with Redis holding up to offset 1.
         let again = state(Some(0), 2, 1);
         for offset in 0..4 {
-            batch.add(0, &again, offset, Some(&event("a", None)), None, &ns());
+            batch.add(
+                &Polled::new(0, offset, Some(&event("a", None))),
+                &again,
+                &ns(),
+            );
         }
-        batch.add(0, &again, 4, Some(&event("a", Some("e1"))), None, &ns());
-        batch.add(0, &again, 5, Some(b"not json"), Some(b"k"), &ns());
-        batch.add(0, &again, 6, None, None, &ns());
+        batch.add(
+            &Polled::new(0, 4, Some(&event("a", Some("e1")))),
+            &again,
+            &ns(),
+        );
+        let keyed = Polled {
+            key: Some(b"k"),
+            ..Polled::new(0, 5, Some(b"not json"))
+        };
+        batch.add(&keyed, &again, &ns());
+        batch.add(&Polled::new(0, 6, None), &again, &ns());
         let parts = batch.take();
         let part = &parts[&0];
         assert_eq!((part.replayed.views(), part.fresh.views()), (2, 2));

@@ -17,6 +17,7 @@ use viewpipe_runtime::{Health, Shutdown};
 use viewpipe_store::Claim;
 
 use crate::aggregator::{Aggregator, Claimed, Hold, STORE_PATIENCE};
+use crate::batch::Polled;
 use crate::metrics as m;
 
 /// Most messages taken into one batch.
@@ -70,9 +71,10 @@ impl ConsumerContext for AggregatorContext {
                             if redis_at.is_none() {
                                 patience = Duration::ZERO;
                             }
-                            let recreated =
-                                check_log_end(consumer, self.aggregator.topic(), &mut claim);
-                            claims.push((claim, redis_at, recreated));
+                            match self.aggregator.check_log(&mut claim) {
+                                Ok(recreated) => claims.push((claim, redis_at, recreated)),
+                                Err(reason) => held.push((e.partition(), reason)),
+                            }
                         }
                         Claimed::Held(reason) => held.push((e.partition(), reason)),
                         Claimed::Stopped => {}
@@ -101,37 +103,6 @@ impl AggregatorContext {
         self.aggregator.revoke(consumer);
         if let Err(e) = consumer.unassign() {
             tracing::warn!(error = %e, "unassign failed");
-        }
-    }
-}
-
-/// A partition whose log ends before the position Postgres holds was recreated or
-/// truncated (a restarted in-memory dev broker does this; so does deleting and
-/// recreating a topic). Its messages are new events: count it from its beginning
-/// rather than skip them. Returns true when that was done.
-fn check_log_end(
-    consumer: &BaseConsumer<AggregatorContext>,
-    topic: &str,
-    claim: &mut Claim,
-) -> bool {
-    let Some(next) = claim.next_offset else {
-        return false;
-    };
-    match consumer.fetch_watermarks(topic, claim.partition, Duration::from_secs(5)) {
-        Ok((_, high)) if high < next => {
-            tracing::warn!(
-                partition = claim.partition,
-                log_end = high,
-                postgres_position = next,
-                "partition log ends before the position Postgres holds: the topic was recreated or truncated; counting it from its beginning"
-            );
-            claim.next_offset = None;
-            true
-        }
-        Ok(_) => false,
-        Err(e) => {
-            tracing::warn!(partition = claim.partition, error = %e, "cannot read the partition's log end");
-            false
         }
     }
 }
@@ -173,18 +144,20 @@ pub fn run_loop(consumer: BaseConsumer<AggregatorContext>, health: Health, shutd
                     }
                     Some(Err(KafkaError::MessageConsumption(
                         RDKafkaErrorCode::AutoOffsetReset,
-                    ))) => aggregator.check_log_start(&consumer),
+                    ))) => aggregator.check_positions(&consumer),
                     Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                     None => break,
                 }
             }
             gathered += burst.len();
             if aggregator.rebalances() == rebalances {
-                aggregator.add_all(
-                    burst
-                        .iter()
-                        .map(|m| (m.partition(), m.offset(), m.payload(), m.key())),
-                );
+                aggregator.add_all(burst.iter().map(|m| Polled {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp: m.timestamp().to_millis(),
+                    payload: m.payload(),
+                    key: m.key(),
+                }));
             }
             burst.clear();
             if left.is_zero() || Instant::now() >= until {

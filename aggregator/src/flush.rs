@@ -60,7 +60,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use viewpipe_store::{Counts, PartitionCommit};
+use viewpipe_store::{Counts, LogMarks, PartitionCommit};
 
 use crate::partition::{Partition, Sealed};
 
@@ -115,6 +115,7 @@ pub fn seal(partitions: &mut BTreeMap<i32, Partition>, requested: i64) -> FlushU
                     gen: p.gen,
                     seals: true,
                     flush_seq: requested,
+                    marks: p.marks,
                 },
                 counts: Some(counts.clone()),
             });
@@ -134,6 +135,7 @@ pub fn seal(partitions: &mut BTreeMap<i32, Partition>, requested: i64) -> FlushU
                     gen: p.gen - 1,
                     seals: false,
                     flush_seq: requested,
+                    marks: LogMarks::default(),
                 },
                 counts: None,
             });
@@ -176,10 +178,11 @@ mod tests {
                 next_offset: Some(10),
                 flushed_gen: 2,
                 epoch: 7,
+                ..Claim::default()
             },
             Some(-1),
         );
-        p.consumed(consumed - 1);
+        p.consumed(consumed - 1, 1, None);
         let day = NaiveDate::from_ymd_opt(2026, 11, 20).expect("date");
         for _ in 10..consumed {
             p.current.add("resource:a", day, None);

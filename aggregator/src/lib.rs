@@ -2,10 +2,12 @@
 //! and flushes them to Postgres exactly once. See [`flush`] for the protocol.
 
 pub mod aggregator;
+pub mod backfill;
 pub mod batch;
 pub mod consumer;
 pub mod dlq;
 pub mod flush;
+pub mod log_check;
 pub mod metrics;
 pub mod partition;
 pub mod pending;
@@ -32,6 +34,7 @@ use viewpipe_store::{jobs, Scope};
 use crate::aggregator::{Aggregator, Parts, Tuning};
 use crate::consumer::AggregatorContext;
 use crate::dlq::Dlq;
+use crate::log_check::LogProbe;
 use crate::pending::Pending;
 use crate::settings::{FlushArgs, ResetArgs, Settings};
 
@@ -217,7 +220,14 @@ pub async fn run(
     );
     spawn_event_id_expiry(db.clone(), shutdown.clone());
     let session = settings.kafka_session_timeout_ms;
+    let probe = LogProbe::new(
+        &common.kafka_brokers,
+        &common.consumer_group,
+        &common.views_topic,
+    )
+    .context("cannot create the Kafka consumer for log checks")?;
     let aggregator = Arc::new(Aggregator::new(Parts {
+        probe,
         rt: tokio::runtime::Handle::current(),
         db,
         scope,

@@ -20,6 +20,13 @@ async fn main() {
             viewpipe_schema::telemetry::init(&args.log_format);
             aggregator::reset_pending(&args).await
         }
+        Some(Command::Backfill(args)) => {
+            viewpipe_schema::telemetry::init(&args.log_format);
+            match aggregator::backfill::run(&args).await {
+                Ok(code) => std::process::exit(code),
+                Err(e) => Err(e),
+            }
+        }
         Some(Command::Run(settings)) => serve(*settings).await,
         None => serve(cli.run).await,
     };

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use viewpipe_store::{Claim, Counts};
+use viewpipe_store::{Claim, Counts, LogMarks};
 
 /// One owned partition.
 #[derive(Debug)]
@@ -42,6 +42,10 @@ pub struct Partition {
     pub fenced: bool,
     /// The newest flush request our flushes of this partition answered.
     pub flush_seq: i64,
+    /// The mark of the message at `consumed_to - 1` (0: none consumed yet), and, when
+    /// this claim counts the log from its beginning, the first message's offset and
+    /// mark: what the next flush records of the log (see `log_check`).
+    pub marks: LogMarks,
 }
 
 /// A generation handed to the flush, kept until Postgres has it.
@@ -74,7 +78,13 @@ impl Partition {
             needs_restore: !fenced,
             fenced,
             flush_seq: 0,
+            marks: LogMarks::default(),
         }
+    }
+
+    /// Counts a recreated log from its beginning: its anchor replaces the old log's.
+    pub fn count_new_log(&mut self) {
+        self.marks.new_log = true;
     }
 
     /// True once memory holds everything Redis holds for the partition.
@@ -82,8 +92,14 @@ impl Partition {
         self.replay_to.is_none()
     }
 
-    /// Records that offsets up to `last` were consumed.
-    pub fn consumed(&mut self, last: i64) {
+    /// Records that offsets up to `last` were consumed; `last_mark` is the mark of
+    /// the message at `last`, `first` the first message of the batch.
+    pub fn consumed(&mut self, last: i64, last_mark: i64, first: Option<(i64, i64)>) {
+        // Nothing consumed yet and no position: this is the log's first message.
+        if self.consumed_to.is_none() {
+            self.marks.anchor = first;
+        }
+        self.marks.last = last_mark;
         self.consumed_to = Some(last + 1);
         if self.replay_to.is_some_and(|x| last >= x) {
             self.replay_to = None;
@@ -109,10 +125,10 @@ mod tests {
     fn claimed(next_offset: Option<i64>, redis_at: Option<i64>) -> Partition {
         Partition::from_claim(
             &Claim {
-                partition: 0,
                 next_offset,
                 flushed_gen: 4,
                 epoch: 2,
+                ..Claim::default()
             },
             redis_at,
         )
@@ -133,9 +149,9 @@ mod tests {
     fn a_takeover_replays_what_redis_holds_before_it_is_caught_up() {
         let mut p = claimed(Some(10), Some(19));
         assert_eq!(p.replay_to, Some(19));
-        p.consumed(15);
+        p.consumed(15, 1, None);
         assert!(!p.caught_up());
-        p.consumed(19);
+        p.consumed(19, 1, None);
         assert!(p.caught_up());
         // Redis behind Postgres' position (a stale leftover) needs no replay.
         assert!(claimed(Some(10), Some(5)).caught_up());

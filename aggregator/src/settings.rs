@@ -1,10 +1,13 @@
 //! The aggregator's command line: settings as flags and environment variables.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use viewpipe_schema::settings::{CommonSettings, SecretUrl};
+use viewpipe_schema::Namespaces;
+use viewpipe_store::backfill::Month;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,6 +35,71 @@ pub enum Command {
     /// Delete this deployment's pending counts from Redis (after Postgres went back
     /// in time; see docs/exactly-once.md). Lists what it would delete unless `--yes`.
     ResetPending(ResetArgs),
+    /// Rebuild whole months from the replay topic: each month's daily rows become
+    /// exactly the replay's views of it, and totals move by the difference. One
+    /// worker per month under a Postgres advisory lock; see docs/backfill.md. Exits 0
+    /// when every month was rebuilt, 2 when some were skipped (locked), 1 when some
+    /// were refused or failed.
+    Backfill(BackfillArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackfillArgs {
+    /// First month to rebuild, YYYY-MM.
+    #[arg(long, required_unless_present = "locks")]
+    pub from: Option<Month>,
+    /// Last month to rebuild, YYYY-MM (included).
+    #[arg(long, required_unless_present = "locks")]
+    pub to: Option<Month>,
+    /// The replay topic to read.
+    #[arg(long, env = "REPLAY_TOPIC", default_value = "views.replay")]
+    pub topic: String,
+    /// How long to wait for a month another backfill holds before skipping it
+    /// (e.g. 500ms, 5s, 2m).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    /// Months rebuilt at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub workers: u16,
+    /// Also rebuild the current month (or later ones), whose views still arrive live;
+    /// see docs/backfill.md for what that drops.
+    #[arg(long)]
+    pub force: bool,
+    /// Only list the months whose backfill locks are held, and by which backend.
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    pub locks: bool,
+    /// Postgres connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/viewpipe"
+    )]
+    pub database_url: SecretUrl,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Content types counted, comma-separated.
+    #[arg(long, env = "NAMESPACES", default_value = "resource,course")]
+    pub namespaces: Namespaces,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// `500ms`, `5s`, `2m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration: expected e.g. 500ms, 5s or 2m");
+    let (n, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .ok_or_else(bad)?;
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(bad()),
+    }
 }
 
 #[derive(Args, Debug, Clone)]

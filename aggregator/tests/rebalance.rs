@@ -44,6 +44,8 @@ async fn store(stack: &Stack) -> PendingStore {
 async fn aggregator(stack: &Stack) -> Arc<Aggregator> {
     let brokers = stack.broker.addr().to_string();
     Arc::new(Aggregator::new(Parts {
+        probe: aggregator::log_check::LogProbe::new(&brokers, &stack.group, "views")
+            .expect("probe"),
         rt: tokio::runtime::Handle::current(),
         db: stack.db.clone(),
         scope: agg_scope(stack),

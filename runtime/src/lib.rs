@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod health;
 pub mod kafka;
+pub mod progress;
 pub mod shutdown;
 
 pub use health::{Health, Probes};

@@ -12,6 +12,7 @@
 //! The protocol that makes these exact is described in `docs/exactly-once.md` and in
 //! the aggregator's `flush` module.
 
+pub mod backfill;
 pub mod counts;
 pub mod event_ids;
 pub mod jobs;
@@ -21,4 +22,4 @@ pub mod read;
 
 pub use counts::{Counts, KeyCounts};
 pub use pending::PendingStore;
-pub use postgres::{Claim, FlushError, FlushOutcome, PartitionCommit, Scope};
+pub use postgres::{Claim, FlushError, FlushOutcome, LogMarks, PartitionCommit, Scope};

@@ -29,7 +29,7 @@ pub struct Scope {
 }
 
 /// What an aggregator learns when it takes a partition over.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Claim {
     pub partition: i32,
     /// Where to resume; `None` when nothing was ever flushed for the partition.
@@ -37,10 +37,29 @@ pub struct Claim {
     pub flushed_gen: i64,
     /// The new owner's epoch; flushes under an older epoch are refused.
     pub epoch: i64,
+    /// The mark of the message at `next_offset - 1` (`None` for rows flushed before
+    /// marks were kept).
+    pub last_mark: Option<i64>,
+    /// The first message counted from the log's beginning: `(offset, mark)`.
+    pub anchor: Option<(i64, i64)>,
+}
+
+/// What a sealing flush records of the log it counted, so that a later owner can
+/// tell whether the log it finds is still that log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogMarks {
+    /// The mark of the message at `next_offset - 1`; 0 when unknown.
+    pub last: i64,
+    /// The first message counted from the log's beginning, `(offset, mark)`; kept
+    /// once written, unless `new_log`.
+    pub anchor: Option<(i64, i64)>,
+    /// The log was found recreated and is counted from its beginning: its anchor
+    /// replaces the old log's.
+    pub new_log: bool,
 }
 
 /// A partition's new position, written with the counts it covers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionCommit {
     pub partition: i32,
     pub epoch: i64,
@@ -53,6 +72,8 @@ pub struct PartitionCommit {
     pub seals: bool,
     /// The newest flush request (`jobs.seq`) this flush answers; 0 for none.
     pub flush_seq: i64,
+    /// Written with a sealing commit.
+    pub marks: LogMarks,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +133,7 @@ pub async fn claim(
              VALUES ($1, $2, $3, -1, 0, 1, now())
              ON CONFLICT (consumer_group, topic, partition)
              DO UPDATE SET epoch = a.epoch + 1, updated_at = now()
-             RETURNING next_offset, flushed_gen, epoch",
+             RETURNING next_offset, flushed_gen, epoch, last_mark, anchor_offset, anchor_mark",
             vec![
                 scope.group.clone().into(),
                 scope.topic.clone().into(),
@@ -122,11 +143,15 @@ pub async fn claim(
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("claim returned no row".into()))?;
     let next_offset: i64 = row.try_get_by_index(0)?;
+    let anchor_offset: Option<i64> = row.try_get_by_index(4)?;
+    let anchor_mark: Option<i64> = row.try_get_by_index(5)?;
     Ok(Claim {
         partition,
         next_offset: (next_offset >= 0).then_some(next_offset),
         flushed_gen: row.try_get_by_index(1)?,
         epoch: row.try_get_by_index(2)?,
+        last_mark: row.try_get_by_index(3)?,
+        anchor: anchor_offset.zip(anchor_mark),
     })
 }
 
@@ -245,14 +270,25 @@ pub async fn flush(
     let outcome = add_counts(&txn, counts).await?;
 
     if !commits.is_empty() {
+        // 0 stands for "no mark" in the arrays (a mark is never 0).
+        let anchor = |c: &PartitionCommit| c.marks.anchor.filter(|_| c.seals).unwrap_or((-1, 0));
         txn.execute(stmt(
             "UPDATE aggregator_partitions AS a
              SET next_offset = CASE WHEN u.seals THEN u.next_offset ELSE a.next_offset END,
                  flushed_gen = CASE WHEN u.seals THEN u.gen ELSE a.flushed_gen END,
                  flush_seq = GREATEST(a.flush_seq, u.flush_seq),
+                 last_mark = CASE WHEN u.seals THEN NULLIF(u.last_mark, 0) ELSE a.last_mark END,
+                 anchor_offset = CASE WHEN u.anchor_mark <> 0
+                                       AND (u.new_log OR a.anchor_mark IS NULL)
+                                  THEN u.anchor_offset ELSE a.anchor_offset END,
+                 anchor_mark = CASE WHEN u.anchor_mark <> 0
+                                     AND (u.new_log OR a.anchor_mark IS NULL)
+                                THEN u.anchor_mark ELSE a.anchor_mark END,
                  updated_at = now()
-             FROM unnest($3::int4[], $4::int8[], $5::int8[], $6::int8[], $7::bool[])
-                  AS u(partition, next_offset, gen, flush_seq, seals)
+             FROM unnest($3::int4[], $4::int8[], $5::int8[], $6::int8[], $7::bool[],
+                         $8::int8[], $9::int8[], $10::int8[], $11::bool[])
+                  AS u(partition, next_offset, gen, flush_seq, seals,
+                       last_mark, anchor_offset, anchor_mark, new_log)
              WHERE a.consumer_group = $1 AND a.topic = $2 AND a.partition = u.partition",
             vec![
                 scope.group.clone().into(),
@@ -276,6 +312,26 @@ pub async fn flush(
                 commits
                     .iter()
                     .map(|c| c.seals)
+                    .collect::<Vec<bool>>()
+                    .into(),
+                commits
+                    .iter()
+                    .map(|c| c.marks.last)
+                    .collect::<Vec<i64>>()
+                    .into(),
+                commits
+                    .iter()
+                    .map(|c| anchor(c).0)
+                    .collect::<Vec<i64>>()
+                    .into(),
+                commits
+                    .iter()
+                    .map(|c| anchor(c).1)
+                    .collect::<Vec<i64>>()
+                    .into(),
+                commits
+                    .iter()
+                    .map(|c| c.marks.new_log)
                     .collect::<Vec<bool>>()
                     .into(),
             ],

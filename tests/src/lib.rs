@@ -137,6 +137,27 @@ impl Stack {
         self.spawn("ingest", addr, env, extra).await
     }
 
+    /// Runs one of the project's binaries with `args` and this stack's environment
+    /// to its end: its exit code, standard output and standard error.
+    pub async fn command(
+        &self,
+        name: &str,
+        args: &[&str],
+    ) -> anyhow::Result<(i32, String, String)> {
+        let out = tokio::process::Command::new(bin(name))
+            .args(args)
+            .envs(self.env())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .with_context(|| format!("run {name}"))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     pub async fn spawn_aggregator(&self, extra: &[(&str, &str)]) -> anyhow::Result<Service> {
         let addr = free_addr();
         let mut env = self.env();

@@ -113,6 +113,7 @@ fn commit(partition: i32, gen: i64, next_offset: i64) -> PartitionCommit {
         gen,
         seals: true,
         flush_seq: 0,
+        ..PartitionCommit::default()
     }
 }
 

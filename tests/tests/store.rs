@@ -10,7 +10,7 @@ use chrono::NaiveDate;
 use sea_orm::ConnectionTrait;
 use viewpipe_store::event_ids::{self, Sighting};
 use viewpipe_store::pending::{Applied, Layout, PartitionBatch, PendingStore, TakeOver};
-use viewpipe_store::postgres::{self, FlushError, PartitionCommit, Scope};
+use viewpipe_store::postgres::{self, FlushError, LogMarks, PartitionCommit, Scope};
 use viewpipe_store::Counts;
 use viewpipe_tests::{redis_url, Stack};
 
@@ -292,6 +292,11 @@ async fn a_flush_under_an_old_epoch_writes_nothing_and_a_repeated_one_nothing_tw
         gen: c.flushed_gen + 1,
         seals: true,
         flush_seq: 0,
+        marks: LogMarks {
+            last: 11,
+            anchor: Some((0, 22)),
+            new_log: false,
+        },
     };
     let refused = postgres::flush(&stack.db, &scope, &[&five], &[commit(&old)]).await;
     assert!(
@@ -327,6 +332,31 @@ async fn a_flush_under_an_old_epoch_writes_nothing_and_a_repeated_one_nothing_tw
         (Some(5), 1),
         "offset and generation moved with the counts"
     );
+    assert_eq!(
+        (after.last_mark, after.anchor),
+        (Some(11), Some((0, 22))),
+        "the log's marks were recorded"
+    );
+    // Later flushes move the last mark; the anchor stays until a new log replaces it.
+    let later = |c: &viewpipe_store::Claim, anchor: (i64, i64), new_log: bool| PartitionCommit {
+        marks: LogMarks {
+            last: 44,
+            anchor: Some(anchor),
+            new_log,
+        },
+        gen: c.flushed_gen + 1,
+        epoch: c.epoch,
+        ..commit(c)
+    };
+    let none = Counts::default();
+    for (anchor, new_log, expected) in [((5, 33), false, (0, 22)), ((0, 66), true, (0, 66))] {
+        let c = postgres::claim(&stack.db, &scope, 0).await.expect("claim");
+        postgres::flush(&stack.db, &scope, &[&none], &[later(&c, anchor, new_log)])
+            .await
+            .expect("flush");
+        let c = postgres::claim(&stack.db, &scope, 0).await.expect("claim");
+        assert_eq!((c.last_mark, c.anchor), (Some(44), Some(expected)));
+    }
     println!("old epoch refused; the same flush twice wrote 5, not 10");
     stack.cleanup().await.expect("cleanup");
 }

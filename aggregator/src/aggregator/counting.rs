@@ -149,7 +149,7 @@ impl Aggregator {
             invalid += part.invalid.len() as u64;
             p.current.absorb(part.fresh);
             p.current.absorb(part.replayed);
-            p.consumed(last);
+            p.consumed(last, part.last_mark, part.first);
         }
         metrics::counter!(m::EVENTS, "result" => "counted").increment(counted as u64);
         metrics::counter!(m::EVENTS, "result" => "duplicate").increment(applying.duplicates);

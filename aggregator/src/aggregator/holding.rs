@@ -22,6 +22,11 @@ pub enum Hold {
     /// The log no longer holds the partition's position: retention deleted events
     /// before they were counted.
     LogAhead,
+    /// The log lost or replaced messages that were counted (see `log_check`).
+    LogTruncated,
+    /// The log does not reach far enough yet to tell whether it is the log that was
+    /// counted (a recreated topic, still empty); looked at again, not reported.
+    LogUnproven,
 }
 
 pub(super) struct Held {
@@ -54,6 +59,14 @@ impl Aggregator {
                 partition,
                 "THE LOG NO LONGER HOLDS THIS PARTITION'S POSITION: retention deleted events before they were counted. Holding the partition, nothing skipped; see docs/exactly-once.md, \"The log running ahead\""
             ),
+            Hold::LogTruncated => tracing::error!(
+                partition,
+                "THE LOG LOST OR REPLACED EVENTS THAT WERE COUNTED: it no longer holds the last counted message, but still the first (an unclean leader election, or a restored broker). Which of its events are new cannot be told; holding the partition, nothing skipped or counted twice; see docs/exactly-once.md, \"The log losing its tail\""
+            ),
+            Hold::LogUnproven => tracing::info!(
+                partition,
+                "the log does not hold the last counted message nor reach the first yet (a recreated topic, still empty?); looking again every few seconds"
+            ),
             Hold::Behind => tracing::error!(
                 partition,
                 "POSTGRES WENT BACK IN TIME for this partition: it holds an older claim or fewer flushes than this aggregator and Redis know of (a restore, a failover to a lagging replica, deleted rows, or another deployment sharing this Redis prefix). Holding the partition, nothing skipped; see docs/exactly-once.md, \"Postgres going back\""
@@ -82,6 +95,11 @@ impl Aggregator {
                 Hold::LogAhead,
                 "log_ahead",
                 "the log starts after their position in Postgres",
+            ),
+            (
+                Hold::LogTruncated,
+                "log_truncated",
+                "the log lost or replaced events that were counted",
             ),
         ];
         for (reason, fault, what) in faults {
@@ -129,8 +147,10 @@ impl Aggregator {
     }
 
     /// After librdkafka found a position out of range: holds every owned partition
-    /// whose position is now before the start of its log.
-    pub fn check_log_start<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+    /// whose position is now outside its log: before its start (events deleted
+    /// uncounted), or past its end (the log was truncated or recreated: the claim
+    /// tried again every few seconds tells which).
+    pub fn check_positions<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
         let mut state = self.state();
         let owned: Vec<(i32, i64)> = state
             .partitions
@@ -138,20 +158,47 @@ impl Aggregator {
             .map(|(n, p)| (*n, p.consumed_to.unwrap_or(0)))
             .collect();
         for (partition, position) in owned {
-            if self.log_starts_after(consumer, partition, position) {
+            if self.log_starts_after(partition, position) {
                 self.hold(&mut state, partition, Hold::LogAhead);
+            } else if self
+                .probe
+                .bounds(partition)
+                .is_ok_and(|(_, high)| high < position)
+            {
+                tracing::warn!(
+                    partition,
+                    position,
+                    "the log now ends before this partition's position"
+                );
+                self.hold(&mut state, partition, Hold::LogUnproven);
             }
         }
         self.pause_new(consumer, &mut state);
     }
 
-    fn log_starts_after<C: ConsumerContext>(
-        &self,
-        consumer: &BaseConsumer<C>,
-        partition: i32,
-        position: i64,
-    ) -> bool {
-        match consumer.fetch_watermarks(&self.scope.topic, partition, Duration::from_secs(5)) {
+    /// Judges the log a claim resumes (see `log_check`): `Ok(true)` when it is a new
+    /// log, to be counted from its beginning (the claim then starts there), `Err`
+    /// when the partition must be held.
+    pub fn check_log(&self, claim: &mut Claim) -> Result<bool, Hold> {
+        match self.probe.check(claim) {
+            Verdict::Same => Ok(false),
+            Verdict::Recreated => {
+                tracing::warn!(
+                    partition = claim.partition,
+                    postgres_position = claim.next_offset,
+                    "the partition's log is not the one Postgres' position belongs to (the topic was created again): counting it from its beginning"
+                );
+                claim.next_offset = None;
+                Ok(true)
+            }
+            Verdict::Truncated => Err(Hold::LogTruncated),
+            Verdict::Unproven => Err(Hold::LogUnproven),
+            Verdict::Ahead => Err(Hold::LogAhead),
+        }
+    }
+
+    fn log_starts_after(&self, partition: i32, position: i64) -> bool {
+        match self.probe.bounds(partition) {
             Ok((low, _)) if low > position => {
                 tracing::error!(
                     partition,
@@ -216,24 +263,22 @@ impl Aggregator {
             .collect();
         for partition in due {
             match self.claim(partition, Duration::ZERO) {
-                Claimed::Owned(claim, _)
-                    if claim
-                        .next_offset
-                        .is_some_and(|n| self.log_starts_after(consumer, partition, n)) =>
-                {
-                    if let Some(held) = state.held.get_mut(&partition) {
-                        held.reason = Hold::LogAhead;
-                        held.retry_at = Instant::now() + HOLD_RETRY;
+                Claimed::Owned(mut claim, redis_at) => match self.check_log(&mut claim) {
+                    Ok(recreated) => {
+                        state.held.remove(&partition);
+                        state
+                            .partitions
+                            .insert(partition, owned(&claim, redis_at, recreated));
+                        self.reassign(consumer, &mut state);
+                        tracing::info!(partition, "held partition claimed again; counting it from the position Postgres holds");
                     }
-                }
-                Claimed::Owned(claim, redis_at) => {
-                    state.held.remove(&partition);
-                    state
-                        .partitions
-                        .insert(partition, Partition::from_claim(&claim, redis_at));
-                    self.reassign(consumer, &mut state);
-                    tracing::info!(partition, "held partition claimed again; counting it from the position Postgres holds");
-                }
+                    Err(reason) => {
+                        if let Some(held) = state.held.get_mut(&partition) {
+                            held.reason = reason;
+                            held.retry_at = Instant::now() + HOLD_RETRY;
+                        }
+                    }
+                },
                 Claimed::Held(reason) => {
                     if let Some(held) = state.held.get_mut(&partition) {
                         held.reason = reason;

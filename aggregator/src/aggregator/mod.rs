@@ -32,9 +32,10 @@ use viewpipe_schema::Namespaces;
 use viewpipe_store::pending::{Applied, PartitionBatch, TakeOver};
 use viewpipe_store::{postgres, Claim, Counts, FlushError, FlushOutcome, Scope};
 
-use crate::batch::{Batch, PartBatch};
+use crate::batch::{Batch, PartBatch, Polled};
 use crate::dlq::Dlq;
 use crate::flush::{self, FlushUnit};
+use crate::log_check::{LogProbe, Verdict};
 use crate::metrics as m;
 use crate::partition::Partition;
 use crate::pending::Pending;
@@ -78,10 +79,24 @@ pub struct Aggregator {
     /// by a background task.
     requested_flush: Arc<AtomicI64>,
     tuning: Tuning,
+    /// Reads single messages for the log check at each claim.
+    probe: LogProbe,
     /// Bumped by every assignment and revocation, so the loop can tell messages
     /// polled before a rebalance from those after it.
     rebalances: AtomicU64,
     state: Mutex<State>,
+}
+
+/// A claimed partition; `recreated`: its log is counted anew from its beginning.
+fn owned(claim: &Claim, redis_at: Option<i64>, recreated: bool) -> Partition {
+    let mut partition = Partition::from_claim(claim, redis_at);
+    if recreated {
+        // What Redis holds came from the old log: write memory over it.
+        partition.count_new_log();
+        partition.replay_to = None;
+        partition.needs_restore = true;
+    }
+    partition
 }
 
 /// What changes as the aggregator runs.
@@ -144,6 +159,7 @@ pub struct Parts {
     pub health: Health,
     pub requested_flush: Arc<AtomicI64>,
     pub tuning: Tuning,
+    pub probe: LogProbe,
 }
 
 impl Aggregator {
@@ -160,6 +176,7 @@ impl Aggregator {
             health: parts.health,
             requested_flush: parts.requested_flush,
             tuning: parts.tuning,
+            probe: parts.probe,
             rebalances: AtomicU64::new(0),
             state: Mutex::new(State {
                 partitions: BTreeMap::new(),
@@ -294,13 +311,9 @@ impl Aggregator {
             // partition was ever flushed, so all of it is to be counted.
             let start = claim.next_offset.map_or(Offset::Beginning, Offset::Offset);
             let _ = tpl.set_partition_offset(&self.scope.topic, claim.partition, start);
-            let mut partition = Partition::from_claim(claim, *redis_at);
-            if *recreated {
-                // What Redis holds came from the old log: write memory over it.
-                partition.replay_to = None;
-                partition.needs_restore = true;
-            }
-            state.partitions.insert(claim.partition, partition);
+            state
+                .partitions
+                .insert(claim.partition, owned(claim, *redis_at, *recreated));
         }
         drop(state);
         let partitions: Vec<i32> = claims.iter().map(|(c, _, _)| c.partition).collect();
@@ -363,21 +376,21 @@ impl Aggregator {
     /// Takes one polled message into the batch (dropped when its partition is not
     /// owned or it is a re-delivery).
     pub fn add(&self, partition: i32, offset: i64, payload: Option<&[u8]>, key: Option<&[u8]>) {
-        self.add_all(std::iter::once((partition, offset, payload, key)));
+        self.add_all(std::iter::once(Polled {
+            key,
+            ..Polled::new(partition, offset, payload)
+        }));
     }
 
     /// [`Aggregator::add`] for several messages, under one lock.
-    pub fn add_all<'m>(
-        &self,
-        messages: impl Iterator<Item = (i32, i64, Option<&'m [u8]>, Option<&'m [u8]>)>,
-    ) {
+    pub fn add_all<'m>(&self, messages: impl Iterator<Item = Polled<'m>>) {
         let mut state = self.state();
         let State {
             partitions, batch, ..
         } = &mut *state;
-        for (partition, offset, payload, key) in messages {
-            if let Some(owner) = partitions.get(&partition) {
-                batch.add(partition, owner, offset, payload, key, &self.namespaces);
+        for m in messages {
+            if let Some(owner) = partitions.get(&m.partition) {
+                batch.add(&m, owner, &self.namespaces);
             }
         }
     }

@@ -62,6 +62,26 @@ impl DevBroker {
         })
     }
 
+    /// Stops the broker and starts an empty one on the same address, as a restart of
+    /// this in-memory broker does: every topic and message is gone.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.forwarder.abort();
+        // The listener is dropped with the aborted task, shortly.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match Self::start(self.addr).await {
+                Ok(broker) => {
+                    *self = broker;
+                    return Ok(());
+                }
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// The address clients bootstrap from.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -25,6 +25,11 @@ pub struct Model {
     /// The newest flush request (`jobs.seq`) this partition's counts were flushed for.
     pub flush_seq: i64,
     pub updated_at: DateTimeUtc,
+    /// Mark of the message at `next_offset - 1` (see `aggregator/src/log_check.rs`).
+    pub last_mark: Option<i64>,
+    /// The first message counted from this log's beginning: its offset and mark.
+    pub anchor_offset: Option<i64>,
+    pub anchor_mark: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

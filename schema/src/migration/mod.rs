@@ -7,6 +7,7 @@ mod m20261121_000002_aggregator_partitions;
 mod m20261121_000003_jobs;
 mod m20261121_000004_fillfactor;
 mod m20261121_000005_event_ids;
+mod m20261121_000006_log_marks;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000003_jobs::Migration),
             Box::new(m20261121_000004_fillfactor::Migration),
             Box::new(m20261121_000005_event_ids::Migration),
+            Box::new(m20261121_000006_log_marks::Migration),
         ]
     }
 }

@@ -54,11 +54,12 @@ struct Args {
     #[arg(long, default_value_t = 0.5)]
     freshness_load: f64,
     /// Which parts to run (comma-separated): zipf, zipf-ids, dbonly, uniform, memory,
+    /// publish,
     /// http, freshness, upsert.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "zipf,zipf-ids,dbonly,uniform,memory,http,freshness,upsert"
+        default_value = "zipf,zipf-ids,dbonly,uniform,memory,http,publish,freshness,upsert"
     )]
     only: Vec<String>,
 }
@@ -196,7 +197,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The Zipf workload also hosts the HTTP and freshness measurements.
     let mut zipf_run = None;
-    if args.runs("zipf") || args.runs("http") || args.runs("freshness") {
+    if args.runs("zipf") || args.runs("http") || args.runs("publish") || args.runs("freshness") {
         let w = args.zipf(args.events, 0.0, 1);
         zipf_run = Some(aggregate(&args, &mut table, "Zipf, Redis", &w, &[]).await?);
     }
@@ -291,6 +292,16 @@ async fn main() -> anyhow::Result<()> {
                 "POST /api/views/batch events",
                 rate(batch),
                 format!("{:.2}x raw produce", batch / raw_produce),
+            );
+        }
+        if args.runs("publish") {
+            let lines = 300_000;
+            eprintln!("[bench] ingest publish of {lines} lines to views.replay");
+            let published = measure::publish(&stack, lines).await?;
+            table.add(
+                "ingest publish events",
+                rate(published),
+                format!("{:.2}x raw produce", published / raw_produce),
             );
         }
         if args.runs("freshness") {

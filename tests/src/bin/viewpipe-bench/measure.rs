@@ -365,3 +365,36 @@ pub async fn upsert_baseline(stack: &Stack, seconds: u64) -> anyhow::Result<f64>
     }
     Ok(rows as f64 / started.elapsed().as_secs_f64())
 }
+
+/// Publishes `lines` views (the API's object form, Zipf-free: 10,000 keys) with
+/// `ingest publish` and returns the events per second it reports.
+pub async fn publish(stack: &Stack, lines: usize) -> anyhow::Result<f64> {
+    use std::io::Write as _;
+    let path = std::env::temp_dir().join(format!("vp-bench-publish-{}.ndjson", stack.id));
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for i in 0..lines {
+            writeln!(
+                w,
+                r#"{{"contentType":"resource","contentId":"p{}","occurredAt":"2025-01-{:02}T10:00:00Z"}}"#,
+                i % 10_000,
+                1 + i % 28
+            )?;
+        }
+        w.flush()?;
+    }
+    let file = path.to_string_lossy().into_owned();
+    let (code, out, err) = stack
+        .command("ingest", &["publish", "--topic", "views.replay", &file])
+        .await?;
+    let _ = std::fs::remove_file(&path);
+    anyhow::ensure!(code == 0, "ingest publish failed: {out}{err}");
+    // "published N events to T in S s (R events/s); rejected 0"
+    let rate = out
+        .split('(')
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|r| r.parse::<f64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no rate in: {out}"))?;
+    Ok(rate)
+}

@@ -1,0 +1,344 @@
+//! Is the log a new owner finds the log that Postgres' position belongs to?
+//!
+//! An offset alone cannot say. A log that lost its tail (an unclean leader election)
+//! and a topic deleted and created again both end before the position, and a
+//! recreated log may already have grown past it. Resuming at the position would skip
+//! new events in the second case; counting from the beginning would count old events
+//! again in the first. So every sealing flush records a *mark* (a hash of timestamp,
+//! key and payload) of the last message it counted, and the first flush of a log
+//! counted from its beginning records the mark of that first message (the *anchor*).
+//! Before resuming, a new owner reads both back from the log:
+//!
+//! - the last counted message is there, unchanged: the same log, resume;
+//! - it is not, and the anchor's offset holds another message: a different log,
+//!   every message of it is new, count it from its beginning;
+//! - it is not, and the anchor is unchanged: the same log lost or replaced what was
+//!   counted. Nothing can tell which of its messages are new, so the partition is
+//!   held and reported (`log_truncated`) for the operator;
+//! - the log does not reach the anchor yet (a recreated log still empty): held
+//!   quietly and looked at again.
+//!
+//! Reads use a consumer of their own outside the group, so they can run inside the
+//! rebalance callback.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+
+use viewpipe_runtime::kafka;
+use viewpipe_store::Claim;
+
+/// How long a read of an offset inside the reported log waits for its message.
+const READ_WAIT: Duration = Duration::from_secs(2);
+/// How long a read past the reported log end waits (some brokers report less than
+/// they hold; an empty fetch comes back after `fetch.wait.max.ms`).
+const READ_PAST_END_WAIT: Duration = Duration::from_millis(300);
+const WATERMARKS_WAIT: Duration = Duration::from_secs(2);
+
+/// A message's mark: a hash of its timestamp, key and payload; never 0 (0 means
+/// "unknown" where marks are stored).
+pub fn mark(timestamp: Option<i64>, key: Option<&[u8]>, payload: Option<&[u8]>) -> i64 {
+    let mut h = Hash::default();
+    h.word(timestamp.map_or(u64::MAX, |t| t as u64));
+    for part in [key, payload] {
+        match part {
+            Some(bytes) => {
+                h.word(bytes.len() as u64);
+                h.bytes(bytes);
+            }
+            None => h.word(u64::MAX - 1),
+        }
+    }
+    (h.finish() | 1) as i64
+}
+
+/// A small, stable hash, a word at a time (marks are stored, so they must not change
+/// between builds; the standard library's hasher may).
+#[derive(Default)]
+struct Hash(u64);
+
+impl Hash {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0 ^ w).wrapping_mul(Self::K).rotate_left(29);
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.word(u64::from_le_bytes(w));
+        }
+        let mut w = [0u8; 8];
+        w[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        self.word(u64::from_le_bytes(w));
+    }
+
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        x ^ (x >> 33)
+    }
+}
+
+/// What a read found at an offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    Mark(i64),
+    /// No message there (outside the log, or not there in time).
+    Missing,
+}
+
+/// What the log a claim resumes is, compared with the one its position came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The same log: resume at the position.
+    Same,
+    /// Another log (the topic was created again): count it from its beginning.
+    Recreated,
+    /// The same log without (some of) what was counted: hold it for the operator.
+    Truncated,
+    /// The log does not reach far enough to tell yet: hold it and look again.
+    Unproven,
+    /// The log starts after the position: retention deleted events before they
+    /// were counted.
+    Ahead,
+}
+
+/// Judges the log of `claim`, whose offsets run from `low` to `high` (as the broker
+/// reports them), reading messages with `read`. Only what was read decides: a log is
+/// resumed when its last counted message is found, and counted anew only when its
+/// anchor is found changed.
+pub fn judge(claim: &Claim, low: i64, high: i64, mut read: impl FnMut(i64) -> Seen) -> Verdict {
+    let Some(next) = claim.next_offset else {
+        return Verdict::Same; // counted from the beginning anyway
+    };
+    if next < low {
+        return Verdict::Ahead;
+    }
+    let Some(last) = claim.last_mark else {
+        // Flushed before marks were kept: the log end is all there is to go by.
+        return if high < next {
+            Verdict::Recreated
+        } else {
+            Verdict::Same
+        };
+    };
+    if next - 1 < low {
+        // Retention took the last counted message, but not the position.
+        return Verdict::Same;
+    }
+    if read(next - 1) == Seen::Mark(last) {
+        return Verdict::Same;
+    }
+    match claim.anchor {
+        Some((at, anchor)) if at >= low => match read(at) {
+            Seen::Mark(m) if m == anchor => Verdict::Truncated,
+            Seen::Mark(_) => Verdict::Recreated,
+            Seen::Missing => Verdict::Unproven,
+        },
+        // No anchor to compare (aged out, or never counted from the beginning).
+        _ => Verdict::Truncated,
+    }
+}
+
+/// Reads single messages of the views topic, outside the consumer group.
+pub struct LogProbe {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl LogProbe {
+    /// `group` names the consumer group; librdkafka wants a group id also for a
+    /// consumer that only assigns (it never joins it).
+    pub fn new(brokers: &str, group: &str, topic: &str) -> KafkaResult<Self> {
+        let consumer = kafka::base_config(brokers)
+            .set("group.id", format!("{group}.log-check"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "error")
+            .set("fetch.wait.max.ms", "25")
+            .set("queued.min.messages", "1")
+            .create()?;
+        Ok(Self {
+            consumer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Judges the log `claim` resumes (see [`judge`]); `Unproven` when the broker
+    /// does not say where the log starts and ends.
+    pub fn check(&self, claim: &Claim) -> Verdict {
+        if claim.next_offset.is_none() {
+            return Verdict::Same;
+        }
+        let (low, high) = match self.bounds(claim.partition) {
+            Ok(bounds) => bounds,
+            Err(e) => {
+                tracing::warn!(partition = claim.partition, error = %e, "cannot read the partition's log bounds");
+                return Verdict::Unproven;
+            }
+        };
+        tracing::debug!(partition = claim.partition, low, high, ?claim, "log check");
+        judge(claim, low, high, |offset| {
+            let wait = if offset < high {
+                READ_WAIT
+            } else {
+                READ_PAST_END_WAIT
+            };
+            self.read(claim.partition, offset, wait)
+        })
+    }
+
+    /// The log's start and end as the broker reports them.
+    pub fn bounds(&self, partition: i32) -> KafkaResult<(i64, i64)> {
+        self.consumer
+            .fetch_watermarks(&self.topic, partition, WATERMARKS_WAIT)
+    }
+
+    /// The mark of the message at `offset`, if it arrives within `wait`.
+    fn read(&self, partition: i32, offset: i64, wait: Duration) -> Seen {
+        let mut tpl = TopicPartitionList::new();
+        let assigned = tpl
+            .add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+            .and_then(|()| self.consumer.assign(&tpl));
+        if let Err(e) = assigned {
+            tracing::warn!(partition, offset, error = %e, "cannot read a message for the log check");
+            return Seen::Missing;
+        }
+        let deadline = Instant::now() + wait;
+        let mut seen = Seen::Missing;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.consumer.poll(left) {
+                Some(Ok(m)) if m.partition() == partition && m.offset() == offset => {
+                    seen = Seen::Mark(mark(m.timestamp().to_millis(), m.key(), m.payload()));
+                    break;
+                }
+                // Past the offset (it is not a message of its own), or another
+                // partition's leftover.
+                Some(Ok(m)) if m.partition() == partition && m.offset() > offset => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(partition, offset, error = %e, "reading a message for the log check");
+                    break;
+                }
+                // Nothing yet, or an event that was not a message.
+                None => {}
+            }
+        }
+        let _ = self.consumer.unassign();
+        tracing::debug!(partition, offset, ?seen, "log check read");
+        seen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAST: i64 = 77;
+    const ANCHOR: i64 = 55;
+
+    fn claim(last_mark: Option<i64>, anchor: Option<(i64, i64)>) -> Claim {
+        Claim {
+            next_offset: Some(100),
+            last_mark,
+            anchor,
+            ..Claim::default()
+        }
+    }
+
+    /// A log whose message at each offset has the mark `log(offset)`, from `low` to
+    /// `high`.
+    fn reads(low: i64, high: i64, log: impl Fn(i64) -> i64) -> impl FnMut(i64) -> Seen {
+        move |o| {
+            if (low..high).contains(&o) {
+                Seen::Mark(log(o))
+            } else {
+                Seen::Missing
+            }
+        }
+    }
+
+    fn counted_log(o: i64) -> i64 {
+        match o {
+            0 => ANCHOR,
+            99 => LAST,
+            _ => 1,
+        }
+    }
+
+    #[test]
+    fn marks_differ_with_timestamp_key_and_payload_and_are_never_zero() {
+        let base = mark(Some(1), Some(b"k"), Some(b"{\"v\":1}"));
+        assert_ne!(base, 0);
+        assert_eq!(base, mark(Some(1), Some(b"k"), Some(b"{\"v\":1}")));
+        assert_ne!(base, mark(Some(2), Some(b"k"), Some(b"{\"v\":1}")));
+        assert_ne!(base, mark(Some(1), None, Some(b"{\"v\":1}")));
+        assert_ne!(base, mark(Some(1), Some(b"k"), Some(b"{\"v\":2}")));
+        // Payloads the same up to zero padding still differ (the length is hashed).
+        assert_ne!(
+            mark(None, None, Some(b"ab")),
+            mark(None, None, Some(b"ab\0"))
+        );
+    }
+
+    #[test]
+    fn the_same_log_resumes_also_when_it_grew() {
+        let c = claim(Some(LAST), Some((0, ANCHOR)));
+        assert_eq!(judge(&c, 0, 100, reads(0, 100, counted_log)), Verdict::Same);
+        assert_eq!(
+            judge(&c, 0, 5000, reads(0, 5000, counted_log)),
+            Verdict::Same
+        );
+    }
+
+    #[test]
+    fn a_recreated_log_is_counted_anew_whether_shorter_or_longer() {
+        let c = claim(Some(LAST), Some((0, ANCHOR)));
+        let other = |_| 9;
+        assert_eq!(judge(&c, 0, 10, reads(0, 10, other)), Verdict::Recreated);
+        assert_eq!(
+            judge(&c, 0, 5000, reads(0, 5000, other)),
+            Verdict::Recreated
+        );
+    }
+
+    #[test]
+    fn a_log_that_lost_or_replaced_its_tail_is_held() {
+        let c = claim(Some(LAST), Some((0, ANCHOR)));
+        assert_eq!(
+            judge(&c, 0, 60, reads(0, 60, counted_log)),
+            Verdict::Truncated
+        );
+        let replaced = |o| if o < 60 { counted_log(o) } else { 3 };
+        assert_eq!(
+            judge(&c, 0, 500, reads(0, 500, replaced)),
+            Verdict::Truncated
+        );
+        // Without an anchor nothing tells a recreated log from a truncated one.
+        let c = claim(Some(LAST), None);
+        assert_eq!(judge(&c, 0, 500, reads(0, 500, |_| 9)), Verdict::Truncated);
+    }
+
+    #[test]
+    fn an_empty_log_is_looked_at_again() {
+        let c = claim(Some(LAST), Some((0, ANCHOR)));
+        assert_eq!(judge(&c, 0, 0, reads(0, 0, counted_log)), Verdict::Unproven);
+    }
+
+    #[test]
+    fn an_aged_out_last_message_or_a_row_without_marks_goes_by_offsets() {
+        let c = claim(Some(LAST), Some((0, ANCHOR)));
+        assert_eq!(judge(&c, 100, 200, |_| Seen::Missing), Verdict::Same);
+        assert_eq!(judge(&c, 150, 200, |_| Seen::Missing), Verdict::Ahead);
+        let legacy = claim(None, None);
+        assert_eq!(judge(&legacy, 0, 50, |_| Seen::Missing), Verdict::Recreated);
+        assert_eq!(judge(&legacy, 0, 150, |_| Seen::Missing), Verdict::Same);
+    }
+}
