@@ -100,6 +100,13 @@ impl ConsumerContext for AggregatorContext {
 
 impl AggregatorContext {
     fn revoke(&self, consumer: &BaseConsumer<Self>) {
+        // The lag of a partition is its new owner's to report: this one's reads 0.
+        if let Ok(assigned) = consumer.assignment() {
+            for e in assigned.elements() {
+                metrics::gauge!(m::CONSUMER_LAG, "topic" => e.topic().to_owned(), "partition" => e.partition().to_string())
+                    .set(0.0);
+            }
+        }
         self.aggregator.revoke(consumer);
         if let Err(e) = consumer.unassign() {
             tracing::warn!(error = %e, "unassign failed");

@@ -186,7 +186,7 @@ pub async fn run(
     let layout = Layout::new(&common.redis_prefix, &scope.group, &scope.topic)
         .map_err(anyhow::Error::msg)?;
     let pending = match redis.clone() {
-        Some(conn) => Pending::Redis(PendingStore::new(conn, layout)),
+        Some(conn) => Pending::Redis(Box::new(PendingStore::new(conn, layout))),
         None => Pending::DatabaseOnly,
     };
 

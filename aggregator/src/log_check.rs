@@ -24,18 +24,16 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
 use viewpipe_runtime::kafka;
 use viewpipe_store::Claim;
 
-/// How long a read of an offset inside the reported log waits for its message.
+/// How long a read of an offset waits for its message. Also past the reported log
+/// end: some brokers report less than they hold (nisshi: the start of the last batch).
 const READ_WAIT: Duration = Duration::from_secs(2);
-/// How long a read past the reported log end waits (some brokers report less than
-/// they hold; an empty fetch comes back after `fetch.wait.max.ms`).
-const READ_PAST_END_WAIT: Duration = Duration::from_millis(300);
 const WATERMARKS_WAIT: Duration = Duration::from_secs(2);
 
 /// A message's mark: a hash of its timestamp, key and payload; never 0 (0 means
@@ -91,8 +89,11 @@ impl Hash {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Seen {
     Mark(i64),
-    /// No message there (outside the log, or not there in time).
-    Missing,
+    /// No message there: the broker says the offset is outside the log, or the
+    /// next message read is a later one.
+    Absent,
+    /// Nothing came back in time (a slow or unreachable broker): nothing is known.
+    NoAnswer,
 }
 
 /// What the log a claim resumes is, compared with the one its position came from.
@@ -123,25 +124,34 @@ pub fn judge(claim: &Claim, low: i64, high: i64, mut read: impl FnMut(i64) -> Se
         return Verdict::Ahead;
     }
     let Some(last) = claim.last_mark else {
-        // Flushed before marks were kept: the log end is all there is to go by.
-        return if high < next {
-            Verdict::Recreated
-        } else {
-            Verdict::Same
+        // Flushed before marks were kept: whether the log reaches the position is
+        // all there is to go by. The reported end may be short of the log's (some
+        // brokers report the start of the last batch), so a message read there
+        // proves the log reaches it.
+        if high >= next {
+            return Verdict::Same;
+        }
+        return match read(next - 1) {
+            Seen::Mark(_) => Verdict::Same,
+            Seen::Absent => Verdict::Recreated,
+            Seen::NoAnswer => Verdict::Unproven,
         };
     };
     if next - 1 < low {
         // Retention took the last counted message, but not the position.
         return Verdict::Same;
     }
-    if read(next - 1) == Seen::Mark(last) {
-        return Verdict::Same;
+    match read(next - 1) {
+        Seen::Mark(m) if m == last => return Verdict::Same,
+        // Only an answer may hold a partition for the operator.
+        Seen::NoAnswer => return Verdict::Unproven,
+        Seen::Mark(_) | Seen::Absent => {}
     }
     match claim.anchor {
         Some((at, anchor)) if at >= low => match read(at) {
             Seen::Mark(m) if m == anchor => Verdict::Truncated,
             Seen::Mark(_) => Verdict::Recreated,
-            Seen::Missing => Verdict::Unproven,
+            Seen::Absent | Seen::NoAnswer => Verdict::Unproven,
         },
         // No anchor to compare (aged out, or never counted from the beginning).
         _ => Verdict::Truncated,
@@ -186,12 +196,11 @@ impl LogProbe {
         };
         tracing::debug!(partition = claim.partition, low, high, ?claim, "log check");
         judge(claim, low, high, |offset| {
-            let wait = if offset < high {
-                READ_WAIT
-            } else {
-                READ_PAST_END_WAIT
-            };
-            self.read(claim.partition, offset, wait)
+            match self.read(claim.partition, offset, READ_WAIT) {
+                // Past the reported end, silence means the log ends before it.
+                Seen::NoAnswer if offset >= high => Seen::Absent,
+                seen => seen,
+            }
         })
     }
 
@@ -209,10 +218,10 @@ impl LogProbe {
             .and_then(|()| self.consumer.assign(&tpl));
         if let Err(e) = assigned {
             tracing::warn!(partition, offset, error = %e, "cannot read a message for the log check");
-            return Seen::Missing;
+            return Seen::NoAnswer;
         }
         let deadline = Instant::now() + wait;
-        let mut seen = Seen::Missing;
+        let mut seen = Seen::NoAnswer;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.consumer.poll(left) {
                 Some(Ok(m)) if m.partition() == partition && m.offset() == offset => {
@@ -221,10 +230,16 @@ impl LogProbe {
                 }
                 // Past the offset (it is not a message of its own), or another
                 // partition's leftover.
-                Some(Ok(m)) if m.partition() == partition && m.offset() > offset => break,
+                Some(Ok(m)) if m.partition() == partition && m.offset() > offset => {
+                    seen = Seen::Absent;
+                    break;
+                }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     tracing::debug!(partition, offset, error = %e, "reading a message for the log check");
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) {
+                        seen = Seen::Absent;
+                    }
                     break;
                 }
                 // Nothing yet, or an event that was not a message.
@@ -260,7 +275,7 @@ mod tests {
             if (low..high).contains(&o) {
                 Seen::Mark(log(o))
             } else {
-                Seen::Missing
+                Seen::Absent
             }
         }
     }
@@ -299,6 +314,22 @@ mod tests {
     }
 
     #[test]
+    fn a_broker_reporting_a_short_log_end_changes_nothing() {
+        // nisshi reports the start of the last batch + 1 as the end: here 91 of 100.
+        let c = claim(Some(LAST), Some((0, ANCHOR)));
+        assert_eq!(judge(&c, 0, 91, reads(0, 100, counted_log)), Verdict::Same);
+        let before_marks = claim(None, None);
+        assert_eq!(
+            judge(&before_marks, 0, 91, reads(0, 100, counted_log)),
+            Verdict::Same
+        );
+        assert_eq!(
+            judge(&before_marks, 0, 10, reads(0, 10, counted_log)),
+            Verdict::Recreated
+        );
+    }
+
+    #[test]
     fn a_recreated_log_is_counted_anew_whether_shorter_or_longer() {
         let c = claim(Some(LAST), Some((0, ANCHOR)));
         let other = |_| 9;
@@ -327,6 +358,24 @@ mod tests {
     }
 
     #[test]
+    fn a_read_without_an_answer_is_looked_at_again_never_judged() {
+        let c = claim(Some(LAST), Some((0, ANCHOR)));
+        // The anchor answers, the last message does not (a slow broker): not truncated.
+        let slow = |o| {
+            if o == 0 {
+                Seen::Mark(ANCHOR)
+            } else {
+                Seen::NoAnswer
+            }
+        };
+        assert_eq!(judge(&c, 0, 100, slow), Verdict::Unproven);
+        assert_eq!(
+            judge(&claim(None, None), 0, 50, |_| Seen::NoAnswer),
+            Verdict::Unproven
+        );
+    }
+
+    #[test]
     fn an_empty_log_is_looked_at_again() {
         let c = claim(Some(LAST), Some((0, ANCHOR)));
         assert_eq!(judge(&c, 0, 0, reads(0, 0, counted_log)), Verdict::Unproven);
@@ -335,10 +384,10 @@ mod tests {
     #[test]
     fn an_aged_out_last_message_or_a_row_without_marks_goes_by_offsets() {
         let c = claim(Some(LAST), Some((0, ANCHOR)));
-        assert_eq!(judge(&c, 100, 200, |_| Seen::Missing), Verdict::Same);
-        assert_eq!(judge(&c, 150, 200, |_| Seen::Missing), Verdict::Ahead);
+        assert_eq!(judge(&c, 100, 200, |_| Seen::Absent), Verdict::Same);
+        assert_eq!(judge(&c, 150, 200, |_| Seen::Absent), Verdict::Ahead);
         let legacy = claim(None, None);
-        assert_eq!(judge(&legacy, 0, 50, |_| Seen::Missing), Verdict::Recreated);
-        assert_eq!(judge(&legacy, 0, 150, |_| Seen::Missing), Verdict::Same);
+        assert_eq!(judge(&legacy, 0, 50, |_| Seen::Absent), Verdict::Recreated);
+        assert_eq!(judge(&legacy, 0, 150, |_| Seen::Absent), Verdict::Same);
     }
 }

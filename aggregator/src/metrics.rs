@@ -26,9 +26,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             ],
         )?
         .install_recorder()?;
+    viewpipe_runtime::health::describe_metrics();
     describe_gauge!(
         HELD_PARTITIONS,
-        "Assigned partitions held (paused, nothing skipped): claimed by another aggregator, or Postgres went back in time"
+        "Assigned partitions held (paused, nothing skipped), by reason: fenced (claimed by another aggregator), postgres_behind (Postgres went back in time), log_ahead, log_truncated, log_unproven"
     );
     describe_counter!(
         EVENTS,
@@ -62,6 +63,9 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     metrics::counter!(REBALANCES).absolute(0);
     metrics::counter!(REDIS_RESTORES).absolute(0);
     metrics::gauge!(PENDING_KEYS).set(0.0);
+    for reason in crate::aggregator::Hold::ALL {
+        metrics::gauge!(HELD_PARTITIONS, "reason" => reason.label()).set(0.0);
+    }
     // 0 until the first flush; the histogram is listed (empty) from the start.
     metrics::gauge!(LAST_FLUSH).set(0.0);
     let _ = metrics::histogram!(FLUSH_DURATION);

@@ -5,7 +5,7 @@ use viewpipe_store::pending::{Applied, PartitionBatch, PendingStore, TakeOver};
 /// The aggregator's pending store.
 #[derive(Clone)]
 pub enum Pending {
-    Redis(PendingStore),
+    Redis(Box<PendingStore>),
     /// `REDIS_URL=none`: counts live in memory until the flush after each batch.
     DatabaseOnly,
 }

@@ -38,7 +38,7 @@ async fn store(stack: &Stack) -> PendingStore {
         .await
         .expect("redis");
     let layout = Layout::new(&stack.redis_prefix, &stack.group, "views").expect("layout");
-    PendingStore::new(conn, layout)
+    PendingStore::new(viewpipe_store::RedisConn::Single(conn), layout)
 }
 
 async fn aggregator(stack: &Stack) -> Arc<Aggregator> {
@@ -49,7 +49,7 @@ async fn aggregator(stack: &Stack) -> Arc<Aggregator> {
         rt: tokio::runtime::Handle::current(),
         db: stack.db.clone(),
         scope: agg_scope(stack),
-        pending: Pending::Redis(store(stack).await),
+        pending: Pending::Redis(Box::new(store(stack).await)),
         dlq: Dlq {
             producer: viewpipe_runtime::kafka::producer_config(&brokers)
                 .create()

@@ -22,6 +22,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_owned()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(PUBLISH_DURATION.to_owned()), LATENCY_BUCKETS)?
         .install_recorder()?;
+    viewpipe_runtime::health::describe_metrics();
     describe_counter!(REQUESTS, "HTTP requests by route template and status");
     describe_histogram!(
         REQUEST_DURATION,

@@ -6,21 +6,17 @@ use anyhow::Context;
 use rdkafka::consumer::Consumer;
 
 use viewpipe_schema::settings::SecretUrl;
+use viewpipe_store::redis_conn::{RedisConn, Timeouts};
 
 use crate::Probes;
 
-/// Connects to Redis, failing fast with the address when it does not answer.
-pub async fn connect_redis(url: &SecretUrl) -> anyhow::Result<redis::aio::ConnectionManager> {
+/// Connects to Redis (a server or a cluster, see [`RedisConn`]), failing fast with
+/// the address when it does not answer.
+pub async fn connect_redis(url: &SecretUrl) -> anyhow::Result<RedisConn> {
     let address = url.address();
-    let client = redis::Client::open(url.expose())
-        .with_context(|| format!("invalid REDIS_URL for {address}"))?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(3)))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(2);
     let conn = tokio::time::timeout(
         Duration::from_secs(5),
-        client.get_connection_manager_with_config(config),
+        RedisConn::connect(url.expose(), Timeouts::default()),
     )
     .await
     .map_err(|_| anyhow::anyhow!("cannot reach Redis at {address}: timed out"))?
@@ -29,7 +25,7 @@ pub async fn connect_redis(url: &SecretUrl) -> anyhow::Result<redis::aio::Connec
 }
 
 /// Warns when Redis may evict keys: pending counts must not silently vanish.
-pub async fn check_eviction_policy(conn: &redis::aio::ConnectionManager) {
+pub async fn check_eviction_policy(conn: &RedisConn) {
     let mut conn = conn.clone();
     let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
         .arg("GET")

@@ -18,6 +18,22 @@ use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 use crate::shutdown::Shutdown;
 
+/// Gauge: 1 while `/readyz` would answer 200, else 0 (set at every scrape).
+pub const READY: &str = "viewpipe_ready";
+/// Gauge by `dependency` (`kafka`, `postgres`, `redis`): 1 when its last probe
+/// answered, else 0.
+pub const DEPENDENCY_UP: &str = "viewpipe_dependency_up";
+
+/// Describes the readiness gauges (after the service installed its recorder).
+pub fn describe_metrics() {
+    metrics::describe_gauge!(READY, "1 while /readyz answers 200, else 0");
+    metrics::describe_gauge!(
+        DEPENDENCY_UP,
+        "1 when the dependency answered its last readiness probe, else 0"
+    );
+    metrics::gauge!(READY).set(0.0);
+}
+
 /// A loop that has not beaten for this long is reported dead.
 const STALE_AFTER: Duration = Duration::from_secs(60);
 
@@ -115,6 +131,7 @@ impl Health {
     pub fn router(&self, metrics: PrometheusHandle) -> Router {
         let live = self.clone();
         let ready = self.clone();
+        let scraped = self.clone();
         Router::new()
             .route(
                 "/healthz",
@@ -142,7 +159,13 @@ impl Health {
                     }
                 }),
             )
-            .route("/metrics", get(move || async move { metrics.render() }))
+            .route(
+                "/metrics",
+                get(move || async move {
+                    metrics::gauge!(READY).set(if scraped.is_ready() { 1.0 } else { 0.0 });
+                    metrics.render()
+                }),
+            )
     }
 }
 
@@ -153,7 +176,7 @@ fn status_body(status: &str, failing: &[String]) -> serde_json::Value {
 /// The dependencies a process needs to be ready.
 pub struct Probes {
     pub db: DatabaseConnection,
-    pub redis: Option<redis::aio::ConnectionManager>,
+    pub redis: Option<viewpipe_store::RedisConn>,
     /// A consumer handle used only for metadata requests.
     pub kafka: Arc<BaseConsumer>,
 }
@@ -199,6 +222,14 @@ impl Probes {
         failing
     }
 
+    fn dependencies(&self) -> &'static [&'static str] {
+        if self.redis.is_some() {
+            &["kafka", "postgres", "redis"]
+        } else {
+            &["kafka", "postgres"]
+        }
+    }
+
     /// Probes once a second until shutdown, logging changes.
     pub fn spawn(self, health: Health, shutdown: Shutdown) {
         tokio::spawn(async move {
@@ -212,6 +243,14 @@ impl Probes {
                         tracing::warn!(failing = ?failing, "not ready: dependencies do not answer");
                     }
                     last = Some(failing.clone());
+                }
+                for dependency in self.dependencies() {
+                    let up = !failing.iter().any(|d| d == dependency);
+                    metrics::gauge!(DEPENDENCY_UP, "dependency" => *dependency).set(if up {
+                        1.0
+                    } else {
+                        0.0
+                    });
                 }
                 health.set_probe_result(failing);
                 tokio::select! {

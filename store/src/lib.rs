@@ -6,6 +6,7 @@
 //! - [`postgres`]: the Postgres side, claiming partitions, the fenced flush that
 //!   writes counts and offsets in one transaction, and the read queries.
 //! - [`read`]: reads that merge both without counting anything twice.
+//! - [`redis_conn`]: one Redis server or a Redis Cluster behind one connection type.
 //! - [`jobs`]: flush requests that every aggregator of a group answers.
 //! - [`event_ids`]: client-chosen `eventId`s, remembered in Postgres for 24 h.
 //!
@@ -19,7 +20,9 @@ pub mod jobs;
 pub mod pending;
 pub mod postgres;
 pub mod read;
+pub mod redis_conn;
 
 pub use counts::{Counts, KeyCounts};
 pub use pending::PendingStore;
 pub use postgres::{Claim, FlushError, FlushOutcome, LogMarks, PartitionCommit, Scope};
+pub use redis_conn::RedisConn;

@@ -47,9 +47,9 @@
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use redis::aio::ConnectionManager;
 
 use crate::counts::Counts;
+use crate::redis_conn::RedisConn;
 
 /// How long a client-chosen eventId is remembered (contract guarantee 3).
 pub const DEDUPE_TTL_SECS: u64 = 24 * 60 * 60;
@@ -114,30 +114,6 @@ impl Layout {
             self.scope,
             gen.rem_euclid(2)
         )
-    }
-}
-
-/// Every key matching `pattern`, by `SCAN` (so a large keyspace is never blocked on).
-pub async fn scan(
-    conn: &mut impl redis::aio::ConnectionLike,
-    pattern: &str,
-) -> redis::RedisResult<Vec<String>> {
-    let mut cursor: u64 = 0;
-    let mut keys = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        keys.extend(batch);
-        if next == 0 {
-            return Ok(keys);
-        }
-        cursor = next;
     }
 }
 
@@ -206,7 +182,7 @@ pub enum TakeOver {
 /// The Redis side of the counts.
 #[derive(Clone)]
 pub struct PendingStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     layout: Layout,
     apply_script: redis::Script,
     restore_script: redis::Script,
@@ -214,7 +190,7 @@ pub struct PendingStore {
 }
 
 impl PendingStore {
-    pub fn new(conn: ConnectionManager, layout: Layout) -> Self {
+    pub fn new(conn: RedisConn, layout: Layout) -> Self {
         Self {
             conn,
             layout,
@@ -228,7 +204,7 @@ impl PendingStore {
         &self.layout
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -237,25 +213,25 @@ impl PendingStore {
         if batches.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for b in batches {
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(self.apply_script.get_hash())
-                .arg(2)
-                .arg(self.layout.meta(b.partition))
-                .arg(self.layout.gen(b.partition, b.gen))
-                .arg(b.epoch)
-                .arg(b.gen)
-                .arg(b.prev)
-                .arg(b.last)
-                .arg(if b.live { "1" } else { "0" })
-                .arg(HASH_TTL_SECS);
-            b.counts.for_each_field(|field, n| {
-                cmd.arg(field).arg(n);
-            });
-        }
-        let answers: Vec<Vec<i64>> = self.query_scripts(&pipe).await?;
+        let answers: Vec<Vec<i64>> = self
+            .query_scripts(batches, false, |pipe, b| {
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(self.apply_script.get_hash())
+                    .arg(2)
+                    .arg(self.layout.meta(b.partition))
+                    .arg(self.layout.gen(b.partition, b.gen))
+                    .arg(b.epoch)
+                    .arg(b.gen)
+                    .arg(b.prev)
+                    .arg(b.last)
+                    .arg(if b.live { "1" } else { "0" })
+                    .arg(HASH_TTL_SECS);
+                b.counts.for_each_field(|field, n| {
+                    cmd.arg(field).arg(n);
+                });
+            })
+            .await?;
         Ok(answers
             .into_iter()
             .map(|a| match a.as_slice() {
@@ -273,16 +249,18 @@ impl PendingStore {
         epoch: i64,
         gen: i64,
     ) -> redis::RedisResult<TakeOver> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVALSHA")
-            .arg(self.take_over_script.get_hash())
-            .arg(3)
-            .arg(self.layout.meta(partition))
-            .arg(self.layout.gen(partition, gen))
-            .arg(self.layout.gen(partition, gen + 1))
-            .arg(epoch)
-            .arg(gen);
-        let (answer,): (Vec<i64>,) = self.query_scripts(&pipe).await?;
+        let (answer,): (Vec<i64>,) = self
+            .query_scripts(&[partition], false, |pipe, p| {
+                pipe.cmd("EVALSHA")
+                    .arg(self.take_over_script.get_hash())
+                    .arg(3)
+                    .arg(self.layout.meta(*p))
+                    .arg(self.layout.gen(*p, gen))
+                    .arg(self.layout.gen(*p, gen + 1))
+                    .arg(epoch)
+                    .arg(gen);
+            })
+            .await?;
         Ok(match answer.as_slice() {
             [1, applied, ..] => TakeOver::Applied(*applied),
             [-3, ahead, ..] => TakeOver::Ahead(*ahead),
@@ -304,15 +282,40 @@ impl PendingStore {
         live: bool,
         fields: &[(String, i64)],
     ) -> redis::RedisResult<Applied> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
         let chunks: Vec<&[(String, i64)]> = if fields.is_empty() {
             vec![&[]]
         } else {
             fields.chunks(RESTORE_CHUNK).collect()
         };
         let n = chunks.len();
-        for (i, chunk) in chunks.into_iter().enumerate() {
+        let answers: Vec<i64> = self
+            .query_scripts(&[partition], true, |pipe, _| {
+                for (i, chunk) in chunks.iter().enumerate() {
+                    self.restore_chunk(pipe, partition, epoch, gen, (i, n), last, live, chunk);
+                }
+            })
+            .await?;
+        Ok(if answers.contains(&-1) {
+            Applied::Stale
+        } else {
+            Applied::Added { live }
+        })
+    }
+
+    /// Chunk `i` of `n` of a restore (see [`PendingStore::restore`]).
+    #[allow(clippy::too_many_arguments)]
+    fn restore_chunk(
+        &self,
+        pipe: &mut redis::Pipeline,
+        partition: i32,
+        epoch: i64,
+        gen: i64,
+        (i, n): (usize, usize),
+        last: i64,
+        live: bool,
+        chunk: &[(String, i64)],
+    ) {
+        {
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(self.restore_script.get_hash())
@@ -330,12 +333,6 @@ impl PendingStore {
                 cmd.arg(field.as_str()).arg(*value);
             }
         }
-        let answers: Vec<i64> = self.query_scripts(&pipe).await?;
-        Ok(if answers.contains(&-1) {
-            Applied::Stale
-        } else {
-            Applied::Added { live }
-        })
     }
 
     /// Deletes a flushed generation's hash (if it still holds that generation).
@@ -361,17 +358,16 @@ impl PendingStore {
         if partitions.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (p, gen) in partitions {
-            pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
-            pipe.cmd("HMGET")
-                .arg(self.layout.gen(*p, *gen))
-                .arg("@g")
-                .arg("@o");
-        }
-        let mut conn = self.conn.clone();
-        let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let raw = self
+            .conn
+            .per_partition(partitions, true, |pipe, (p, gen)| {
+                pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
+                pipe.cmd("HMGET")
+                    .arg(self.layout.gen(*p, *gen))
+                    .arg("@g")
+                    .arg("@o");
+            })
+            .await?;
         let mut it = raw.into_iter();
         let mut out = Vec::with_capacity(partitions.len());
         for (_, gen) in partitions {
@@ -390,35 +386,40 @@ impl PendingStore {
 
     /// Every key of this deployment's pending state.
     pub async fn keys(&self) -> redis::RedisResult<Vec<String>> {
-        scan(&mut self.conn.clone(), &self.layout.pattern()).await
+        self.conn.scan(&self.layout.pattern()).await
     }
 
     /// Deletes `keys` (as [`PendingStore::keys`] listed them); returns how many
     /// existed.
     pub async fn delete(&self, keys: &[String]) -> redis::RedisResult<u64> {
-        let mut conn = self.conn.clone();
         let mut deleted = 0;
         for chunk in keys.chunks(500) {
-            let mut pipe = redis::pipe();
-            for key in chunk {
-                pipe.cmd("DEL").arg(key);
-            }
-            let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
-            deleted += counts.iter().sum::<u64>();
+            let counts = self
+                .conn
+                .per_partition(chunk, false, |pipe, key| {
+                    pipe.cmd("DEL").arg(key);
+                })
+                .await?;
+            deleted += redis::from_redis_value::<Vec<u64>>(redis::Value::Array(counts))?
+                .iter()
+                .sum::<u64>();
         }
         Ok(deleted)
     }
 
-    /// Runs a pipeline of script calls. The scripts are safe to run twice (the apply is
+    /// Runs script calls, the ones `build` adds for each of `items` (see
+    /// [`RedisConn::per_partition`]). The scripts are safe to run twice (the apply is
     /// a compare-and-set, the others are idempotent), so after Redis lost its script
-    /// cache (a restart) the whole pipeline is sent again.
-    async fn query_scripts<T: redis::FromRedisValue>(
+    /// cache (a restart) they are loaded and everything is sent again.
+    async fn query_scripts<I, T: redis::FromRedisValue>(
         &self,
-        pipe: &redis::Pipeline,
+        items: &[I],
+        atomic: bool,
+        build: impl Fn(&mut redis::Pipeline, &I),
     ) -> redis::RedisResult<T> {
-        let mut conn = self.conn.clone();
-        match pipe.query_async(&mut conn).await {
+        let answers = match self.conn.per_partition(items, atomic, &build).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let mut conn = self.conn.clone();
                 for script in [
                     &self.apply_script,
                     &self.restore_script,
@@ -426,10 +427,11 @@ impl PendingStore {
                 ] {
                     script.prepare_invoke().load_async(&mut conn).await?;
                 }
-                pipe.query_async(&mut conn).await
+                self.conn.per_partition(items, atomic, &build).await?
             }
-            other => other,
-        }
+            other => other?,
+        };
+        Ok(redis::from_redis_value(redis::Value::Array(answers))?)
     }
 }
 
@@ -477,20 +479,21 @@ impl PendingStore {
         fields: &[String],
         partitions: &[i32],
     ) -> redis::RedisResult<Vec<PartitionView>> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for p in partitions {
-            pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
-            for parity in 0..2 {
-                pipe.cmd("HMGET")
-                    .arg(self.layout.gen(*p, parity))
-                    .arg("@g")
-                    .arg("@o")
-                    .arg(fields);
-            }
-        }
-        let mut conn = self.conn.clone();
-        let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        // Atomic per partition: a partition's generations rotate together with its
+        // live mark; partitions are independent of each other (see `read`).
+        let raw = self
+            .conn
+            .per_partition(partitions, true, |pipe, p| {
+                pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
+                for parity in 0..2 {
+                    pipe.cmd("HMGET")
+                        .arg(self.layout.gen(*p, parity))
+                        .arg("@g")
+                        .arg("@o")
+                        .arg(fields);
+                }
+            })
+            .await?;
         let mut it = raw.into_iter();
         let mut next = || it.next().unwrap_or(redis::Value::Nil);
         let mut out = Vec::with_capacity(partitions.len());

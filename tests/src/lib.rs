@@ -1,6 +1,7 @@
 //! Test harness: a throwaway stack per test, with real processes.
 //!
-//! Each [`Stack`] has its own dev broker (in this process, on a free port), its own
+//! Each [`Stack`] has its own broker (the dev broker in this process on a free port,
+//! or a private nisshi process: see [`broker`]), its own
 //! Postgres database (`vp_test_<id>`, migrated) and its own Redis key prefix, so tests
 //! run side by side without seeing each other. `ingest` and `aggregator` run as real
 //! child processes built by `cargo build --bins`; their logs go to
@@ -16,8 +17,9 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use sea_orm_migration::MigratorTrait;
 use tokio::process::{Child, Command};
 
-use viewpipe_devbroker::DevBroker;
+use crate::broker::Broker;
 
+pub mod broker;
 pub mod chaos;
 pub mod faults;
 pub mod pg_server;
@@ -42,6 +44,16 @@ pub fn free_addr() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
+/// `target/test-logs/`, where the services' (and private brokers') logs go.
+pub fn log_dir() -> PathBuf {
+    let dir = bin("ingest")
+        .parent()
+        .map_or_else(|| PathBuf::from("target"), |d| d.join(".."))
+        .join("test-logs");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
 /// A binary of this workspace built beside the running one: tests run from
 /// `target/<profile>/deps/`, the benchmark from `target/<profile>/`.
 pub fn bin(name: &str) -> PathBuf {
@@ -60,10 +72,13 @@ pub fn bin(name: &str) -> PathBuf {
 
 pub struct Stack {
     pub id: String,
-    pub broker: DevBroker,
+    pub broker: Broker,
     pub db_url: String,
     pub db: DatabaseConnection,
     pub redis_prefix: String,
+    /// The Redis (or Redis Cluster) the services use: [`redis_url`] unless a test
+    /// gave its own ([`Stack::with_redis`]).
+    pub redis_url: String,
     pub group: String,
     /// The server's admin URL the test database was created with.
     admin_url: String,
@@ -83,7 +98,7 @@ impl Stack {
     pub async fn on_postgres(admin: &str, partitions: i32) -> anyhow::Result<Self> {
         let admin_url = admin.to_owned();
         let id = format!("{:08x}", rand::random::<u32>());
-        let broker = DevBroker::start("127.0.0.1:0".parse()?).await?;
+        let broker = Broker::start().await?;
         for topic in ["views", "views.replay", "views.dlq"] {
             broker.create_topic(topic, partitions)?;
         }
@@ -104,6 +119,7 @@ impl Stack {
         viewpipe_schema::migration::Migrator::up(&db, None).await?;
         Ok(Self {
             redis_prefix: format!("vp_test_{id}"),
+            redis_url: redis_url(),
             group: format!("vp-test-{id}"),
             id,
             broker,
@@ -118,7 +134,7 @@ impl Stack {
         [
             ("KAFKA_BROKERS", self.broker.addr().to_string()),
             ("DATABASE_URL", self.db_url.clone()),
-            ("REDIS_URL", redis_url()),
+            ("REDIS_URL", self.redis_url.clone()),
             ("REDIS_PREFIX", self.redis_prefix.clone()),
             ("CONSUMER_GROUP", self.group.clone()),
             ("LOG_FORMAT", "text".to_owned()),
@@ -177,11 +193,7 @@ impl Stack {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
-        let logs = bin(name)
-            .parent()
-            .map(|d| d.join("../test-logs"))
-            .context("log dir")?;
-        std::fs::create_dir_all(&logs)?;
+        let logs = log_dir();
         let log_path = logs.join(format!("{}-{name}-{}.log", self.id, addr.port()));
         let log = std::fs::File::create(&log_path)?;
         let child = Command::new(bin(name))
@@ -212,30 +224,46 @@ impl Stack {
                 self.id
             ))
             .await?;
-        let (mut conn, keys) = self.redis_keys().await?;
-        for chunk in keys.chunks(500) {
-            let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await?;
-        }
+        let (conn, keys) = self.redis_keys().await?;
+        conn.per_partition(&keys, false, |pipe, key| {
+            pipe.cmd("DEL").arg(key);
+        })
+        .await?;
         Ok(())
+    }
+
+    /// This stack with the services using the Redis (or Redis Cluster) at `url`.
+    pub fn with_redis(mut self, url: &str) -> Self {
+        url.clone_into(&mut self.redis_url);
+        self
     }
 
     /// A Redis connection and every key under this stack's prefix (SCAN, so a large
     /// shared keyspace is never blocked on).
-    pub async fn redis_keys(
-        &self,
-    ) -> anyhow::Result<(redis::aio::MultiplexedConnection, Vec<String>)> {
-        let client = redis::Client::open(redis_url())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+    pub async fn redis_keys(&self) -> anyhow::Result<(viewpipe_store::RedisConn, Vec<String>)> {
+        let conn = viewpipe_store::RedisConn::connect(
+            &self.redis_url,
+            viewpipe_store::redis_conn::Timeouts::default(),
+        )
+        .await?;
         let pattern = format!("{}:*", self.redis_prefix);
-        let keys = viewpipe_store::pending::scan(&mut conn, &pattern).await?;
+        let keys = conn.scan(&pattern).await?;
         Ok((conn, keys))
     }
 
-    /// Deletes every Redis key of this stack's deployment in one atomic step, as a
-    /// Redis restart without persistence would (FLUSHALL would also wipe the keys of
-    /// tests running beside this one). Returns how many keys were deleted.
+    /// Deletes every Redis key of this stack's deployment, as a Redis restart without
+    /// persistence would (FLUSHALL would also wipe the keys of tests running beside
+    /// this one): in one atomic step on one server, node by node on a cluster.
+    /// Returns how many keys were deleted.
     pub async fn wipe_redis(&self) -> anyhow::Result<usize> {
         let (mut conn, keys) = self.redis_keys().await?;
+        if conn.is_cluster() {
+            conn.per_partition(&keys, false, |pipe, key| {
+                pipe.cmd("DEL").arg(key);
+            })
+            .await?;
+            return Ok(keys.len());
+        }
         let mut pipe = redis::pipe();
         pipe.atomic();
         for chunk in keys.chunks(1000) {

@@ -72,3 +72,169 @@ impl RedisServer {
         bail!("redis-server on {} did not answer within 10 s", self.addr)
     }
 }
+
+/// A private Redis Cluster of `n` primaries (no replicas) on loopback, for the tests
+/// that run the pipeline on a cluster. Like [`RedisServer`], nothing is persisted but
+/// each node's cluster identity (its `nodes.conf`), so a node restarted with
+/// [`RedisCluster::restart_node`] comes back owning its slots, and empty.
+pub struct RedisCluster {
+    dir: std::path::PathBuf,
+    nodes: Vec<(u16, Option<Child>)>,
+}
+
+impl RedisCluster {
+    pub async fn start(n: usize) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("vp-cluster-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir)?;
+        let mut cluster = Self {
+            dir,
+            nodes: Vec::new(),
+        };
+        for _ in 0..n {
+            let port = cluster_port();
+            cluster.nodes.push((port, None));
+        }
+        for i in 0..n {
+            cluster.spawn(i).await?;
+        }
+        let addrs: Vec<String> = cluster.addrs();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .context("redis-cli --cluster create")?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        cluster.wait_ok().await?;
+        Ok(cluster)
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(port, _)| format!("127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// `redis+cluster://` with every node.
+    pub fn url(&self) -> String {
+        format!("redis+cluster://{}", self.addrs().join(","))
+    }
+
+    async fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let port = self.nodes[i].0;
+        let conf = self.dir.join(format!("nodes-{port}.conf"));
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+            .arg("--cluster-config-file")
+            .arg(&conf)
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn redis-server (apt install redis-server)")?;
+        self.nodes[i].1 = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if node_info(port, "PING").await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("redis-server on port {port} did not answer within 10 s")
+    }
+
+    /// Waits until every node reports the cluster healthy.
+    async fn wait_ok(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let mut ok = true;
+            for (port, _) in &self.nodes {
+                let info = node_info(*port, "CLUSTER INFO").await.unwrap_or_default();
+                ok &= info.contains("cluster_state:ok");
+            }
+            if ok {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the Redis Cluster did not reach cluster_state:ok within 30 s")
+    }
+
+    /// Kills node `i` (-9) and starts it again at once: it keeps its slots and has
+    /// lost every key, as a cache node restarted without persistence would.
+    pub async fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.nodes[i].1.take() {
+            child.kill().await.context("kill redis-server")?;
+        }
+        self.spawn(i).await?;
+        self.wait_ok().await
+    }
+
+    /// Every key on every node gone at once.
+    pub async fn flush_all(&self) -> anyhow::Result<()> {
+        for (port, _) in &self.nodes {
+            node_info(*port, "FLUSHALL").await?;
+        }
+        Ok(())
+    }
+
+    /// How many keys each node holds.
+    pub async fn key_counts(&self) -> anyhow::Result<Vec<i64>> {
+        let mut counts = Vec::new();
+        for (port, _) in &self.nodes {
+            counts.push(node_info(*port, "DBSIZE").await?.trim().parse()?);
+        }
+        Ok(counts)
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            if let Some(child) = child.as_mut() {
+                let _ = child.start_kill();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_addr().port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One command (words split on spaces) on the node at `port`, its answer as text.
+async fn node_info(port: u16, command: &str) -> anyhow::Result<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut words = command.split(' ');
+    let mut cmd = redis::cmd(words.next().unwrap_or("PING"));
+    for w in words {
+        cmd.arg(w);
+    }
+    let value: redis::Value = cmd.query_async(&mut conn).await?;
+    Ok(match value {
+        redis::Value::Int(n) => n.to_string(),
+        other => redis::from_redis_value::<String>(other).unwrap_or_default(),
+    })
+}

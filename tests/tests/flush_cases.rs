@@ -42,7 +42,7 @@ impl Case {
             .await
             .expect("redis");
         let layout = Layout::new(&stack.redis_prefix, &scope.group, &scope.topic).expect("prefix");
-        let store = PendingStore::new(conn, layout);
+        let store = PendingStore::new(viewpipe_store::RedisConn::Single(conn), layout);
         for p in 0..3 {
             postgres::claim(&stack.db, &scope, p).await.expect("claim");
             store.take_over(p, 1, 1).await.expect("fence");

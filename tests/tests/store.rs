@@ -42,7 +42,7 @@ async fn store(stack: &Stack) -> PendingStore {
     let client = redis::Client::open(redis_url()).expect("redis url");
     let conn = client.get_connection_manager().await.expect("redis");
     PendingStore::new(
-        conn,
+        viewpipe_store::RedisConn::Single(conn),
         Layout::new(&stack.redis_prefix, &stack.group, "views").expect("prefix"),
     )
 }

@@ -53,7 +53,7 @@ async fn commit_replies_lost_through_kill_9s_count_exactly() {
     println!(
         "Postgres proxy: {lost} of {commits} COMMIT replies lost; kill -9 at acknowledged views {kills:?}"
     );
-    assert!(lost >= 5, "the proxy lost only {lost} of {commits} replies");
+    assert!(lost >= 3, "the proxy lost only {lost} of {commits} replies");
     stack.cleanup().await.expect("cleanup");
 }
 
@@ -246,8 +246,14 @@ async fn postgres_restored_to_an_earlier_backup_is_reported_and_recovered_exactl
         aggs.len(),
         "every aggregator reports Postgres behind on /readyz: {reported:?}"
     );
+    // Every partition is held, not only those that flushed since the restore: one
+    // left running could write Redis after the reset below and put it ahead again.
     let held = chaos::metric_sum(&aggs, "viewpipe_aggregator_held_partitions").await;
-    assert!(held >= 1.0, "held partitions reported: {held}");
+    assert_eq!(
+        held,
+        f64::from(viewpipe_tests::PARTITIONS),
+        "held partitions reported: {held}"
+    );
 
     // The documented recovery.
     let reset = tokio::process::Command::new(viewpipe_tests::bin("aggregator"))

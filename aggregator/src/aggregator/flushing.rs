@@ -153,7 +153,22 @@ impl Aggregator {
     /// whoever owns them next counts them again from Postgres' position) and goes on
     /// flushing the others.
     fn drop_from_flush(&self, state: &mut State, lost: &[i32], reason: Hold) {
-        for p in lost {
+        let mut lost = lost.to_vec();
+        if reason == Hold::Behind {
+            // Postgres seldom goes back for one partition: a restore or a failover
+            // takes the whole database back. Every partition is held before any of
+            // them writes Redis again (an owner restoring Redis from memory after the
+            // operator's `reset-pending` would put Redis ahead of Postgres again).
+            lost.extend(
+                state
+                    .partitions
+                    .keys()
+                    .filter(|p| !lost.contains(p))
+                    .copied()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        for p in &lost {
             self.hold(state, *p, reason);
         }
         let owned: Vec<i32> = state.partitions.keys().copied().collect();

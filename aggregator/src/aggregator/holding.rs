@@ -29,6 +29,27 @@ pub enum Hold {
     LogUnproven,
 }
 
+impl Hold {
+    pub const ALL: [Hold; 5] = [
+        Hold::Fenced,
+        Hold::Behind,
+        Hold::LogAhead,
+        Hold::LogTruncated,
+        Hold::LogUnproven,
+    ];
+
+    /// The `reason` label of `viewpipe_aggregator_held_partitions`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Hold::Fenced => "fenced",
+            Hold::Behind => "postgres_behind",
+            Hold::LogAhead => "log_ahead",
+            Hold::LogTruncated => "log_truncated",
+            Hold::LogUnproven => "log_unproven",
+        }
+    }
+}
+
 pub(super) struct Held {
     reason: Hold,
     paused: bool,
@@ -84,7 +105,10 @@ impl Aggregator {
     }
 
     pub(super) fn report_held(&self, state: &State) {
-        metrics::gauge!(m::HELD_PARTITIONS).set(state.held.len() as f64);
+        for reason in Hold::ALL {
+            let n = state.held.values().filter(|h| h.reason == reason).count();
+            metrics::gauge!(m::HELD_PARTITIONS, "reason" => reason.label()).set(n as f64);
+        }
         let faults = [
             (
                 Hold::Behind,

@@ -1,11 +1,13 @@
 //! Reading the replay topic once, for every month of a backfill: each partition from
-//! its start to the end it had when the read began.
+//! its start until the read finds no more, and at least to the end the broker
+//! reported when the read began.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -56,6 +58,7 @@ pub fn read(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "error")
         .set("fetch.wait.max.ms", "25")
+        .set("enable.partition.eof", "true")
         .create()
         .context("invalid Kafka settings")?;
     let metadata = consumer
@@ -102,6 +105,7 @@ pub fn read(
     let mut progress = Progress::new(&format!("reading {topic}"), Some(total));
     let mut key = String::new();
     let mut last_progress = Instant::now();
+    let mut read_to: BTreeMap<i32, i64> = BTreeMap::new();
     while !ends.is_empty() {
         let Some(polled) = consumer.poll(Duration::from_millis(200)) else {
             if last_progress.elapsed() > STALL {
@@ -112,15 +116,23 @@ pub fn read(
             }
             continue;
         };
-        let m = polled.with_context(|| format!("reading {topic}"))?;
-        let (partition, offset) = (m.partition(), m.offset());
-        let Some(end) = ends.get(&partition).copied() else {
-            continue;
+        // A partition is read once it was read to its reported end and the
+        // consumer found no more: some brokers report the start of the last batch
+        // as the end, so the end a read sees decides, not the one reported.
+        let m = match polled {
+            Err(KafkaError::PartitionEOF(p)) => {
+                if ends.get(&p).is_some_and(|end| read_to.get(&p) >= Some(end)) {
+                    ends.remove(&p);
+                }
+                continue;
+            }
+            other => other.with_context(|| format!("reading {topic}"))?,
         };
-        if offset >= end {
-            ends.remove(&partition);
-            continue; // published after the read began
+        let (partition, offset) = (m.partition(), m.offset());
+        if !ends.contains_key(&partition) {
+            continue;
         }
+        read_to.insert(partition, offset + 1);
         last_progress = Instant::now();
         replay.messages += 1;
         progress.update(
@@ -128,9 +140,6 @@ pub fn read(
             replay.messages,
             &format!("{} messages", replay.messages),
         );
-        if offset + 1 >= end {
-            ends.remove(&partition);
-        }
         let Some(Ok(event)) = m.payload().map(|b| EventRef::parse(b, namespaces)) else {
             replay.invalid += 1;
             continue;

@@ -1,0 +1,285 @@
+//! One Redis server or a Redis Cluster, behind one connection type.
+//!
+//! `REDIS_URL` names a single server as usual (`redis://[user:password@]host:port`)
+//! or a cluster as `redis+cluster://[user:password@]host:port,host:port,...` (any
+//! reachable nodes; the rest of the cluster is discovered from them).
+//!
+//! Every key a multi-key command or transaction touches belongs to one partition, and
+//! a partition's keys share one hash tag (see [`crate::pending::Layout`]), so each
+//! such command stays inside one hash slot. Work that spans partitions goes through
+//! [`RedisConn::per_partition`]: one pipeline on a single server, one pipeline per
+//! partition (sent concurrently) on a cluster.
+
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+/// The scheme that names a Redis Cluster (`rediss+cluster` with TLS).
+const CLUSTER_SCHEMES: [(&str, &str); 2] =
+    [("redis+cluster", "redis"), ("rediss+cluster", "rediss")];
+
+/// A connection to one Redis server or to a Redis Cluster. Cheap to clone; clones
+/// share the underlying connections.
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Timeouts of every Redis connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(3),
+            response: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The node URLs of a `redis+cluster://` URL, or `None` for a single server's URL.
+pub fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(None);
+    };
+    let Some((_, node_scheme)) = CLUSTER_SCHEMES.iter().find(|(s, _)| *s == scheme) else {
+        return Ok(None);
+    };
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((c, r)) => (format!("{c}@"), r),
+        None => (String::new(), rest),
+    };
+    let (hosts, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if tail
+        .trim_start_matches('/')
+        .starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(
+            "a Redis Cluster has only database 0: leave the database out of REDIS_URL".into(),
+        );
+    }
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{node_scheme}://{credentials}{h}{tail}"))
+        .collect();
+    if nodes.is_empty() {
+        return Err(format!(
+            "{scheme}:// needs at least one node: {scheme}://host:port[,host:port...]"
+        ));
+    }
+    Ok(Some(nodes))
+}
+
+impl RedisConn {
+    /// Connects to the server or cluster `url` names.
+    pub async fn connect(url: &str, timeouts: Timeouts) -> RedisResult<Self> {
+        let invalid = |e: String| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "invalid REDIS_URL",
+                e,
+            ))
+        };
+        match cluster_nodes(url).map_err(invalid)? {
+            Some(nodes) => {
+                let client = ClusterClient::builder(nodes)
+                    .connection_timeout(timeouts.connect)
+                    .response_timeout(timeouts.response)
+                    .retries(2)
+                    .build()?;
+                Ok(Self::Cluster(client.get_async_connection().await?))
+            }
+            None => {
+                let client = redis::Client::open(url)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeouts.connect))
+                    .set_response_timeout(Some(timeouts.response))
+                    .set_number_of_retries(2);
+                Ok(Self::Single(
+                    client.get_connection_manager_with_config(config).await?,
+                ))
+            }
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// Runs the commands `build` adds for each of `items` (each item's commands
+    /// touching one partition's keys only) and returns their answers in order: as
+    /// one pipeline on a single server, as one pipeline per item, sent concurrently,
+    /// on a cluster. `atomic` makes each pipeline a transaction: on a cluster that
+    /// holds per item, not across items.
+    pub async fn per_partition<T>(
+        &self,
+        items: &[T],
+        atomic: bool,
+        build: impl Fn(&mut Pipeline, &T),
+    ) -> RedisResult<Vec<Value>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = |items: &[T]| {
+            let mut pipe = redis::pipe();
+            if atomic {
+                pipe.atomic();
+            }
+            for item in items {
+                build(&mut pipe, item);
+            }
+            pipe
+        };
+        match self {
+            Self::Single(conn) => pipeline(items).query_async(&mut conn.clone()).await,
+            Self::Cluster(conn) => {
+                let pipes: Vec<Pipeline> = items.chunks(1).map(pipeline).collect();
+                let answers = try_join_all(pipes.iter().map(|pipe| {
+                    let mut conn = conn.clone();
+                    async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+                }))
+                .await?;
+                Ok(answers.into_iter().flatten().collect())
+            }
+        }
+    }
+
+    /// The primaries' addresses (`host`, `port`) of a cluster; empty for one server.
+    pub async fn primaries(&self) -> RedisResult<Vec<(String, u16)>> {
+        let Self::Cluster(conn) = self else {
+            return Ok(Vec::new());
+        };
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn.clone())
+            .await?;
+        Ok(nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let flags = fields.get(2)?;
+                if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                    return None;
+                }
+                let addr = fields.get(1)?.split('@').next()?;
+                let (host, port) = addr.rsplit_once(':')?;
+                Some((host.to_owned(), port.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// Every key matching `pattern`, by `SCAN` (so a large keyspace is never blocked
+    /// on), on every primary of a cluster.
+    pub async fn scan(&self, pattern: &str) -> RedisResult<Vec<String>> {
+        let primaries = self.primaries().await?;
+        let nodes: Vec<Option<&(String, u16)>> = if primaries.is_empty() {
+            vec![None]
+        } else {
+            primaries.iter().map(Some).collect()
+        };
+        let mut keys = Vec::new();
+        for node in nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let (next, batch): (u64, Vec<String>) = self.on_node(&cmd, node).await?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Runs `cmd` on the primary at `host:port` of a cluster (as is on one server).
+    pub async fn on_node<T: redis::FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        node: Option<&(String, u16)>,
+    ) -> RedisResult<T> {
+        match (self, node) {
+            (Self::Cluster(conn), Some((host, port))) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let value = conn.clone().route_command(cmd.clone(), route).await?;
+                Ok(redis::from_redis_value(value)?)
+            }
+            _ => cmd.query_async(&mut self.clone()).await,
+        }
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_name_their_nodes() {
+        assert_eq!(cluster_nodes("redis://127.0.0.1:6379"), Ok(None));
+        assert_eq!(
+            cluster_nodes("redis+cluster://a:7000,b:7001"),
+            Ok(Some(vec!["redis://a:7000".into(), "redis://b:7001".into()]))
+        );
+        assert_eq!(
+            cluster_nodes("rediss+cluster://user:p%40ss@a:7000, b:7001/"),
+            Ok(Some(vec![
+                "rediss://user:p%40ss@a:7000/".into(),
+                "rediss://user:p%40ss@b:7001/".into()
+            ]))
+        );
+        assert!(cluster_nodes("redis+cluster://").is_err());
+        assert!(cluster_nodes("redis+cluster://a:7000/2").is_err());
+    }
+}

@@ -1,0 +1,80 @@
+//! The pipeline on a Redis Cluster (`REDIS_URL=redis+cluster://...`): three private
+//! primaries started by the test, the ingest and two aggregators on them, a reader
+//! watching throughout, exact at the end; and the same with the cluster losing its
+//! keys, one node restarted empty and then every node flushed.
+
+use viewpipe_tests::chaos::{self, Load};
+use viewpipe_tests::faults::{aggregators, Running, RECOVERY};
+use viewpipe_tests::redis_server::RedisCluster;
+use viewpipe_tests::Stack;
+
+const LOAD: Load = Load {
+    events: 8_000,
+    keys: 200,
+    days: 3,
+    rate: 500.0,
+    concurrency: 64,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pipeline_on_a_three_node_redis_cluster_counts_exactly() {
+    let cluster = RedisCluster::start(3).await.expect("cluster");
+    let stack = Stack::start()
+        .await
+        .expect("stack")
+        .with_redis(&cluster.url());
+    let aggs = aggregators(&stack, 2, &[]).await;
+    let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
+    let run = Running::begin(&stack, &ingest, LOAD);
+    run.progress.reached(LOAD.events / 2).await;
+    // The pending state is spread over the nodes, not on one of them.
+    let spread = cluster.key_counts().await.expect("key counts");
+    run.end(&stack, &ingest, "Redis Cluster of 3 primaries")
+        .await;
+    println!("keys per cluster node at half the load: {spread:?}");
+    assert!(
+        spread.iter().filter(|&&n| n > 0).count() >= 2,
+        "pending keys on at least two nodes: {spread:?}"
+    );
+    let restores = chaos::metric_sum(&aggs, "viewpipe_aggregator_redis_restores_total").await;
+    assert_eq!(restores, 0.0, "nothing was lost, nothing restored");
+    stack.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_cluster_losing_a_node_and_then_everything_is_recovered_exactly() {
+    let mut cluster = RedisCluster::start(3).await.expect("cluster");
+    let stack = Stack::start()
+        .await
+        .expect("stack")
+        .with_redis(&cluster.url());
+    // A long flush interval keeps plenty of counts pending when Redis loses them.
+    let aggs = aggregators(&stack, 2, &[("FLUSH_INTERVAL_MS", "3000")]).await;
+    let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
+    let run = Running::begin(&stack, &ingest, LOAD);
+
+    run.progress.reached(LOAD.events * 3 / 10).await;
+    run.progress.recovery_window(RECOVERY);
+    let before = cluster.key_counts().await.expect("key counts");
+    cluster.restart_node(1).await.expect("restart node 1");
+    let after = cluster.key_counts().await.expect("key counts");
+    println!("node 1 restarted empty: keys per node {before:?} -> {after:?}");
+
+    run.progress.reached(LOAD.events * 6 / 10).await;
+    run.progress.recovery_window(RECOVERY);
+    cluster.flush_all().await.expect("flushall");
+
+    run.end(
+        &stack,
+        &ingest,
+        "Redis Cluster: a node restarted empty, then FLUSHALL",
+    )
+    .await;
+    let restores = chaos::metric_sum(&aggs, "viewpipe_aggregator_redis_restores_total").await;
+    println!("{restores} partition restores");
+    assert!(
+        restores >= 2.0,
+        "the aggregators noticed both losses: {restores} restores"
+    );
+    stack.cleanup().await.expect("cleanup");
+}
