@@ -24,15 +24,17 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
 use viewpipe_runtime::kafka;
 use viewpipe_store::Claim;
 
-/// How long a read of an offset waits for its message. Also past the reported log
-/// end: some brokers report less than they hold (nisshi: the start of the last batch).
+/// How long a read of an offset waits for an answer: its message, a later one, the
+/// log's end, or the offset refused as out of range. Reads past the reported log end
+/// wait too: some brokers report less than they hold (nisshi: the start of the last
+/// batch + 1 in offset queries; its fetches report the true end).
 const READ_WAIT: Duration = Duration::from_secs(2);
 const WATERMARKS_WAIT: Duration = Duration::from_secs(2);
 
@@ -172,6 +174,7 @@ impl LogProbe {
             .set("group.id", format!("{group}.log-check"))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "error")
+            .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "25")
             .set("queued.min.messages", "1")
             .create()?;
@@ -196,11 +199,7 @@ impl LogProbe {
         };
         tracing::debug!(partition = claim.partition, low, high, ?claim, "log check");
         judge(claim, low, high, |offset| {
-            match self.read(claim.partition, offset, READ_WAIT) {
-                // Past the reported end, silence means the log ends before it.
-                Seen::NoAnswer if offset >= high => Seen::Absent,
-                seen => seen,
-            }
+            self.read(claim.partition, offset, READ_WAIT)
         })
     }
 
@@ -235,12 +234,26 @@ impl LogProbe {
                     break;
                 }
                 Some(Ok(_)) => {}
+                // The log ends at the offset (the end a fetch reports, which brokers
+                // that understate it in offset queries report truly), or before it.
+                Some(Err(KafkaError::PartitionEOF(p))) if p == partition => {
+                    seen = Seen::Absent;
+                    break;
+                }
+                Some(Err(e))
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange
+                        )
+                    ) =>
+                {
+                    seen = Seen::Absent;
+                    break;
+                }
+                // Anything else tells nothing about this offset.
                 Some(Err(e)) => {
                     tracing::debug!(partition, offset, error = %e, "reading a message for the log check");
-                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) {
-                        seen = Seen::Absent;
-                    }
-                    break;
                 }
                 // Nothing yet, or an event that was not a message.
                 None => {}

@@ -15,12 +15,10 @@
 //!   suffice and a reader can name every key it reads. Fields: `@g` the generation,
 //!   `@o` the highest offset applied, `t:<key>` views of the key, `d:<key>:<day>` views
 //!   of the key on that UTC day.
-//! - `{prefix}:{<key>}:<scope>:e:<eventId>`: a client-chosen idempotency key, holding
-//!   `<partition>:<offset>` of the first message that carried it, for 24 h. Events
-//!   without a client id leave nothing here.
 //!
-//! A pending key therefore costs two hash fields per generation (its total and one per
-//! day), whatever its traffic; a remembered id costs one small string key.
+//! Client-chosen `eventId`s are remembered in Postgres, not here (see
+//! [`crate::event_ids`]). A pending key therefore costs two hash fields per generation
+//! (its total and one per day), whatever its traffic.
 //!
 //! # Applying a batch
 //! One script call per partition and batch adds the batch's pre-aggregated counts. It
@@ -214,23 +212,28 @@ impl PendingStore {
             return Ok(Vec::new());
         }
         let answers: Vec<Vec<i64>> = self
-            .query_scripts(batches, false, |pipe, b| {
-                let cmd = pipe
-                    .cmd("EVALSHA")
-                    .arg(self.apply_script.get_hash())
-                    .arg(2)
-                    .arg(self.layout.meta(b.partition))
-                    .arg(self.layout.gen(b.partition, b.gen))
-                    .arg(b.epoch)
-                    .arg(b.gen)
-                    .arg(b.prev)
-                    .arg(b.last)
-                    .arg(if b.live { "1" } else { "0" })
-                    .arg(HASH_TTL_SECS);
-                b.counts.for_each_field(|field, n| {
-                    cmd.arg(field).arg(n);
-                });
-            })
+            .query_scripts(
+                batches,
+                false,
+                |b| self.layout.meta(b.partition),
+                |pipe, b| {
+                    let cmd = pipe
+                        .cmd("EVALSHA")
+                        .arg(self.apply_script.get_hash())
+                        .arg(2)
+                        .arg(self.layout.meta(b.partition))
+                        .arg(self.layout.gen(b.partition, b.gen))
+                        .arg(b.epoch)
+                        .arg(b.gen)
+                        .arg(b.prev)
+                        .arg(b.last)
+                        .arg(if b.live { "1" } else { "0" })
+                        .arg(HASH_TTL_SECS);
+                    b.counts.for_each_field(|field, n| {
+                        cmd.arg(field).arg(n);
+                    });
+                },
+            )
             .await?;
         Ok(answers
             .into_iter()
@@ -250,16 +253,21 @@ impl PendingStore {
         gen: i64,
     ) -> redis::RedisResult<TakeOver> {
         let (answer,): (Vec<i64>,) = self
-            .query_scripts(&[partition], false, |pipe, p| {
-                pipe.cmd("EVALSHA")
-                    .arg(self.take_over_script.get_hash())
-                    .arg(3)
-                    .arg(self.layout.meta(*p))
-                    .arg(self.layout.gen(*p, gen))
-                    .arg(self.layout.gen(*p, gen + 1))
-                    .arg(epoch)
-                    .arg(gen);
-            })
+            .query_scripts(
+                &[partition],
+                false,
+                |p| self.layout.meta(*p),
+                |pipe, p| {
+                    pipe.cmd("EVALSHA")
+                        .arg(self.take_over_script.get_hash())
+                        .arg(3)
+                        .arg(self.layout.meta(*p))
+                        .arg(self.layout.gen(*p, gen))
+                        .arg(self.layout.gen(*p, gen + 1))
+                        .arg(epoch)
+                        .arg(gen);
+                },
+            )
             .await?;
         Ok(match answer.as_slice() {
             [1, applied, ..] => TakeOver::Applied(*applied),
@@ -289,11 +297,16 @@ impl PendingStore {
         };
         let n = chunks.len();
         let answers: Vec<i64> = self
-            .query_scripts(&[partition], true, |pipe, _| {
-                for (i, chunk) in chunks.iter().enumerate() {
-                    self.restore_chunk(pipe, partition, epoch, gen, (i, n), last, live, chunk);
-                }
-            })
+            .query_scripts(
+                &[partition],
+                true,
+                |p| self.layout.meta(*p),
+                |pipe, _| {
+                    for (i, chunk) in chunks.iter().enumerate() {
+                        self.restore_chunk(pipe, partition, epoch, gen, (i, n), last, live, chunk);
+                    }
+                },
+            )
             .await?;
         Ok(if answers.contains(&-1) {
             Applied::Stale
@@ -360,13 +373,18 @@ impl PendingStore {
         }
         let raw = self
             .conn
-            .per_partition(partitions, true, |pipe, (p, gen)| {
-                pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
-                pipe.cmd("HMGET")
-                    .arg(self.layout.gen(*p, *gen))
-                    .arg("@g")
-                    .arg("@o");
-            })
+            .per_partition(
+                partitions,
+                true,
+                |(p, _)| self.layout.meta(*p),
+                |pipe, (p, gen)| {
+                    pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
+                    pipe.cmd("HMGET")
+                        .arg(self.layout.gen(*p, *gen))
+                        .arg("@g")
+                        .arg("@o");
+                },
+            )
             .await?;
         let mut it = raw.into_iter();
         let mut out = Vec::with_capacity(partitions.len());
@@ -396,7 +414,7 @@ impl PendingStore {
         for chunk in keys.chunks(500) {
             let counts = self
                 .conn
-                .per_partition(chunk, false, |pipe, key| {
+                .per_partition(chunk, false, String::clone, |pipe, key| {
                     pipe.cmd("DEL").arg(key);
                 })
                 .await?;
@@ -415,10 +433,19 @@ impl PendingStore {
         &self,
         items: &[I],
         atomic: bool,
+        slot_key: impl Fn(&I) -> String,
         build: impl Fn(&mut redis::Pipeline, &I),
     ) -> redis::RedisResult<T> {
-        let answers = match self.conn.per_partition(items, atomic, &build).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+        let answers = match self
+            .conn
+            .per_partition(items, atomic, &slot_key, &build)
+            .await
+        {
+            // Inside a transaction the missing script aborts the EXEC.
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                    || e.to_string().contains("NOSCRIPT") =>
+            {
                 let mut conn = self.conn.clone();
                 for script in [
                     &self.apply_script,
@@ -427,7 +454,9 @@ impl PendingStore {
                 ] {
                     script.prepare_invoke().load_async(&mut conn).await?;
                 }
-                self.conn.per_partition(items, atomic, &build).await?
+                self.conn
+                    .per_partition(items, atomic, &slot_key, &build)
+                    .await?
             }
             other => other?,
         };
@@ -473,7 +502,7 @@ impl PendingStore {
     }
 
     /// Reads every listed partition's live mark and `fields` of both its generation
-    /// hashes, in one atomic step.
+    /// hashes, atomically per partition.
     async fn read_fields(
         &self,
         fields: &[String],
@@ -483,16 +512,21 @@ impl PendingStore {
         // live mark; partitions are independent of each other (see `read`).
         let raw = self
             .conn
-            .per_partition(partitions, true, |pipe, p| {
-                pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
-                for parity in 0..2 {
-                    pipe.cmd("HMGET")
-                        .arg(self.layout.gen(*p, parity))
-                        .arg("@g")
-                        .arg("@o")
-                        .arg(fields);
-                }
-            })
+            .per_partition(
+                partitions,
+                true,
+                |p| self.layout.meta(*p),
+                |pipe, p| {
+                    pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
+                    for parity in 0..2 {
+                        pipe.cmd("HMGET")
+                            .arg(self.layout.gen(*p, parity))
+                            .arg("@g")
+                            .arg("@o")
+                            .arg(fields);
+                    }
+                },
+            )
             .await?;
         let mut it = raw.into_iter();
         let mut next = || it.next().unwrap_or(redis::Value::Nil);

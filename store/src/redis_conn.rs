@@ -16,11 +16,10 @@ use futures::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, ServerErrorKind, Value};
 
-/// The scheme that names a Redis Cluster (`rediss+cluster` with TLS).
-const CLUSTER_SCHEMES: [(&str, &str); 2] =
-    [("redis+cluster", "redis"), ("rediss+cluster", "rediss")];
+/// The scheme that names a Redis Cluster, and the scheme of its nodes' URLs.
+const CLUSTER_SCHEMES: [(&str, &str); 1] = [("redis+cluster", "redis")];
 
 /// A connection to one Redis server or to a Redis Cluster. Cheap to clone; clones
 /// share the underlying connections.
@@ -121,14 +120,15 @@ impl RedisConn {
     }
 
     /// Runs the commands `build` adds for each of `items` (each item's commands
-    /// touching one partition's keys only) and returns their answers in order: as
-    /// one pipeline on a single server, as one pipeline per item, sent concurrently,
-    /// on a cluster. `atomic` makes each pipeline a transaction: on a cluster that
-    /// holds per item, not across items.
+    /// touching the keys of one hash slot only, that of `slot_key(item)`) and returns
+    /// their answers in order: as one pipeline on a single server, as one pipeline per
+    /// item, sent concurrently, on a cluster. `atomic` makes each pipeline a
+    /// transaction: on a cluster that holds per item, not across items.
     pub async fn per_partition<T>(
         &self,
         items: &[T],
         atomic: bool,
+        slot_key: impl Fn(&T) -> String,
         build: impl Fn(&mut Pipeline, &T),
     ) -> RedisResult<Vec<Value>> {
         if items.is_empty() {
@@ -147,10 +147,29 @@ impl RedisConn {
         match self {
             Self::Single(conn) => pipeline(items).query_async(&mut conn.clone()).await,
             Self::Cluster(conn) => {
-                let pipes: Vec<Pipeline> = items.chunks(1).map(pipeline).collect();
-                let answers = try_join_all(pipes.iter().map(|pipe| {
+                let answers = try_join_all(items.chunks(1).map(|item| {
+                    let (pipe, key) = (pipeline(item), slot_key(&item[0]));
                     let mut conn = conn.clone();
-                    async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+                    async move {
+                        match pipe.query_async::<Vec<Value>>(&mut conn).await {
+                            // A transaction sent to a node that no longer serves its
+                            // slot (a reshard, a failover) is aborted, not redirected.
+                            // A plain command on the slot's key is, and teaches the
+                            // client where the slot lives now; then it goes again.
+                            Err(e)
+                                if atomic
+                                    && e.kind()
+                                        == ErrorKind::Server(ServerErrorKind::ExecAbort) =>
+                            {
+                                let _: i64 = redis::cmd("EXISTS")
+                                    .arg(&key)
+                                    .query_async(&mut conn)
+                                    .await?;
+                                pipe.query_async::<Vec<Value>>(&mut conn).await
+                            }
+                            other => other,
+                        }
+                    }
                 }))
                 .await?;
                 Ok(answers.into_iter().flatten().collect())
@@ -167,19 +186,31 @@ impl RedisConn {
             .arg("NODES")
             .query_async(&mut conn.clone())
             .await?;
-        Ok(nodes
-            .lines()
-            .filter_map(|line| {
-                let fields: Vec<&str> = line.split(' ').collect();
-                let flags = fields.get(2)?;
-                if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
-                    return None;
+        let mut primaries = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            if !flags.split(',').any(|f| f == "master") {
+                continue;
+            }
+            let addr = addr.split('@').next().unwrap_or(addr);
+            if flags.contains("fail") {
+                // Its keys cannot be listed: saying "all" would be wrong.
+                return Err(redis::RedisError::from((
+                    ErrorKind::Io,
+                    "a Redis Cluster primary is failing",
+                    addr.to_owned(),
+                )));
+            }
+            if let Some((host, port)) = addr.rsplit_once(':') {
+                if let Ok(port) = port.parse() {
+                    primaries.push((host.to_owned(), port));
                 }
-                let addr = fields.get(1)?.split('@').next()?;
-                let (host, port) = addr.rsplit_once(':')?;
-                Some((host.to_owned(), port.parse().ok()?))
-            })
-            .collect())
+            }
+        }
+        Ok(primaries)
     }
 
     /// Every key matching `pattern`, by `SCAN` (so a large keyspace is never blocked
@@ -273,10 +304,10 @@ mod tests {
             Ok(Some(vec!["redis://a:7000".into(), "redis://b:7001".into()]))
         );
         assert_eq!(
-            cluster_nodes("rediss+cluster://user:p%40ss@a:7000, b:7001/"),
+            cluster_nodes("redis+cluster://user:p%40ss@a:7000, b:7001/"),
             Ok(Some(vec![
-                "rediss://user:p%40ss@a:7000/".into(),
-                "rediss://user:p%40ss@b:7001/".into()
+                "redis://user:p%40ss@a:7000/".into(),
+                "redis://user:p%40ss@b:7001/".into()
             ]))
         );
         assert!(cluster_nodes("redis+cluster://").is_err());

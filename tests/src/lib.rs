@@ -225,7 +225,7 @@ impl Stack {
             ))
             .await?;
         let (conn, keys) = self.redis_keys().await?;
-        conn.per_partition(&keys, false, |pipe, key| {
+        conn.per_partition(&keys, false, String::clone, |pipe, key| {
             pipe.cmd("DEL").arg(key);
         })
         .await?;
@@ -253,12 +253,12 @@ impl Stack {
 
     /// Deletes every Redis key of this stack's deployment, as a Redis restart without
     /// persistence would (FLUSHALL would also wipe the keys of tests running beside
-    /// this one): in one atomic step on one server, node by node on a cluster.
+    /// this one): in one atomic step on one server, key by key on a cluster.
     /// Returns how many keys were deleted.
     pub async fn wipe_redis(&self) -> anyhow::Result<usize> {
         let (mut conn, keys) = self.redis_keys().await?;
         if conn.is_cluster() {
-            conn.per_partition(&keys, false, |pipe, key| {
+            conn.per_partition(&keys, false, String::clone, |pipe, key| {
                 pipe.cmd("DEL").arg(key);
             })
             .await?;

@@ -118,7 +118,8 @@ pub fn read(
         };
         // A partition is read once it was read to its reported end and the
         // consumer found no more: some brokers report the start of the last batch
-        // as the end, so the end a read sees decides, not the one reported.
+        // as the end, so the end a read sees decides, not the one reported. (A
+        // topic still written to ends whenever the read catches up with it.)
         let m = match polled {
             Err(KafkaError::PartitionEOF(p)) => {
                 if ends.get(&p).is_some_and(|end| read_to.get(&p) >= Some(end)) {
