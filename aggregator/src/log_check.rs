@@ -199,7 +199,17 @@ impl LogProbe {
         };
         tracing::debug!(partition = claim.partition, low, high, ?claim, "log check");
         judge(claim, low, high, |offset| {
-            self.read(claim.partition, offset, READ_WAIT)
+            if offset < high {
+                return self.read(claim.partition, offset, offset, READ_WAIT);
+            }
+            if high <= low {
+                // The broker says the log is empty.
+                return Seen::Absent;
+            }
+            // Past the reported end, which some brokers understate. Reading on from
+            // the last message the broker says it holds either meets the offset or
+            // reads through the log's true end without meeting it.
+            self.read(claim.partition, high - 1, offset, READ_WAIT)
         })
     }
 
@@ -209,20 +219,28 @@ impl LogProbe {
             .fetch_watermarks(&self.topic, partition, WATERMARKS_WAIT)
     }
 
-    /// The mark of the message at `offset`, if it arrives within `wait`.
-    fn read(&self, partition: i32, offset: i64, wait: Duration) -> Seen {
+    /// The mark of the message at `offset`, reading from `from` (at or before it).
+    /// Each step (the first message, each next one, the log's end) may take `wait`;
+    /// silence after messages before `offset` were read means the log ends there.
+    fn read(&self, partition: i32, from: i64, offset: i64, wait: Duration) -> Seen {
         let mut tpl = TopicPartitionList::new();
         let assigned = tpl
-            .add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+            .add_partition_offset(&self.topic, partition, Offset::Offset(from))
             .and_then(|()| self.consumer.assign(&tpl));
         if let Err(e) = assigned {
             tracing::warn!(partition, offset, error = %e, "cannot read a message for the log check");
             return Seen::NoAnswer;
         }
-        let deadline = Instant::now() + wait;
+        let mut deadline = Instant::now() + wait;
         let mut seen = Seen::NoAnswer;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.consumer.poll(left) {
+                Some(Ok(m)) if m.partition() == partition && m.offset() < offset => {
+                    // On the way: the log reaches this far; silence now means it
+                    // ends here.
+                    seen = Seen::Absent;
+                    deadline = Instant::now() + wait;
+                }
                 Some(Ok(m)) if m.partition() == partition && m.offset() == offset => {
                     seen = Seen::Mark(mark(m.timestamp().to_millis(), m.key(), m.payload()));
                     break;
@@ -236,7 +254,9 @@ impl LogProbe {
                 Some(Ok(_)) => {}
                 // The log ends at the offset (the end a fetch reports, which brokers
                 // that understate it in offset queries report truly), or before it.
-                Some(Err(KafkaError::PartitionEOF(p))) if p == partition => {
+                // (librdkafka may report it as a global error, without the partition:
+                // this consumer reads one partition at a time.)
+                Some(Err(KafkaError::PartitionEOF(_))) => {
                     seen = Seen::Absent;
                     break;
                 }
