@@ -53,7 +53,9 @@ async fn commit_replies_lost_through_kill_9s_count_exactly() {
     println!(
         "Postgres proxy: {lost} of {commits} COMMIT replies lost; kill -9 at acknowledged views {kills:?}"
     );
-    assert!(lost >= 3, "the proxy lost only {lost} of {commits} replies");
+    // The proxy loses every third COMMIT reply; how many COMMITs a run makes depends
+    // on the machine's speed (8 to 30 seen), so a couple lost is the floor.
+    assert!(lost >= 2, "the proxy lost only {lost} of {commits} replies");
     stack.cleanup().await.expect("cleanup");
 }
 
