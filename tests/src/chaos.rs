@@ -307,6 +307,32 @@ pub async fn assert_exact(
     }
 }
 
+/// Waits until [`metric_sum`] of `series` over `services` reaches `at_least`;
+/// returns it, or panics naming `what` after `within`.
+pub async fn wait_metric(
+    services: &[&Service],
+    series: &str,
+    at_least: f64,
+    within: std::time::Duration,
+    what: &str,
+) -> f64 {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let value: f64 = futures::future::join_all(services.iter().map(|s| metric(s, series)))
+            .await
+            .into_iter()
+            .sum();
+        if value >= at_least {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {series} at {value} after {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// [`metric`] summed over several services.
 pub async fn metric_sum(services: &[Service], series: &str) -> f64 {
     futures::future::join_all(services.iter().map(|s| metric(s, series)))

@@ -44,15 +44,8 @@ impl RedisServer {
 
     /// Starts the server again on the same port (empty).
     pub async fn resume(&mut self) -> anyhow::Result<()> {
-        let port = self.addr.port().to_string();
-        let child = Command::new("redis-server")
-            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no", "--protected-mode", "no"])
+        let child = redis_server(self.addr.port())
             .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .context("spawn redis-server (apt install redis-server)")?;
         self.child = Some(child);
@@ -132,18 +125,12 @@ impl RedisCluster {
     async fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let port = self.nodes[i].0;
         let conf = self.dir.join(format!("nodes-{port}.conf"));
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        let child = redis_server(port)
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
             .arg("--cluster-config-file")
             .arg(&conf)
             .arg("--dir")
             .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .context("spawn redis-server (apt install redis-server)")?;
         self.nodes[i].1 = Some(child);
@@ -211,6 +198,26 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `redis-server` on loopback `port`, keeping nothing on disk, quiet, and killed
+/// with its handle.
+fn redis_server(port: u16) -> Command {
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+    ])
+    .args(["--appendonly", "no", "--protected-mode", "no"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
+    cmd
 }
 
 /// A free port whose cluster bus port (+10000) is free too.

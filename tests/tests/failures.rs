@@ -133,11 +133,8 @@ async fn the_broker_down_for_ten_seconds_loses_and_repeats_nothing() {
     // rebalance left the dev broker's group without an assignment for the test's
     // 90 s; that is the mock broker's group coordinator, not this test's subject.)
     for agg in &aggs {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while chaos::metric(agg, "viewpipe_aggregator_flushed_rows_total").await == 0.0 {
-            assert!(Instant::now() < deadline, "an aggregator never flushed");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let series = "viewpipe_aggregator_flushed_rows_total";
+        chaos::wait_metric(&[agg], series, 1.0, Duration::from_secs(30), "a flush").await;
     }
     run.progress
         .recovery_window(RECOVERY + Duration::from_secs(10));

@@ -113,14 +113,8 @@ async fn aggregator_stopped_with_sigterm_mid_stream_loses_and_repeats_nothing() 
     };
 
     // Stopped once it counts: it owns its partitions (a rebalance was seen).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while chaos::metric(&first, "viewpipe_aggregator_rebalances_total").await < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the aggregator never joined"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let series = "viewpipe_aggregator_rebalances_total";
+    chaos::wait_metric(&[&first], series, 1.0, Duration::from_secs(30), "joining").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let status = first
         .terminate(Duration::from_secs(20))

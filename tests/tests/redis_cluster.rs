@@ -6,7 +6,9 @@
 use viewpipe_tests::chaos::{self, Load};
 use viewpipe_tests::faults::{aggregators, Running, RECOVERY};
 use viewpipe_tests::redis_server::RedisCluster;
-use viewpipe_tests::Stack;
+use viewpipe_tests::{Service, Stack};
+
+use std::time::Duration;
 
 const LOAD: Load = Load {
     events: 8_000,
@@ -57,14 +59,8 @@ async fn a_redis_cluster_losing_a_node_and_then_everything_is_recovered_exactly(
     // Both aggregators own their partitions and have flushed: what the node loses
     // is the state of running owners (a loss before the claims is no loss at all).
     for agg in &aggs {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while chaos::metric(agg, "viewpipe_aggregator_flushed_rows_total").await == 0.0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "an aggregator never flushed"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        let series = "viewpipe_aggregator_flushed_rows_total";
+        chaos::wait_metric(&[agg], series, 1.0, Duration::from_secs(30), "a flush").await;
     }
     run.progress.recovery_window(RECOVERY);
     let before = cluster.key_counts().await.expect("key counts");
@@ -73,7 +69,16 @@ async fn a_redis_cluster_losing_a_node_and_then_everything_is_recovered_exactly(
     let after = cluster.key_counts().await.expect("key counts");
     println!("node {node} restarted empty: keys per node {before:?} -> {after:?}");
     // Its partitions' owners notice on their next write and restore them.
-    let noticed = wait_for_restores(&aggs, 1.0).await;
+    let all: Vec<&Service> = aggs.iter().collect();
+    let restores = "viewpipe_aggregator_redis_restores_total";
+    let noticed = chaos::wait_metric(
+        &all,
+        restores,
+        1.0,
+        Duration::from_secs(20),
+        "a restore after the node restart",
+    )
+    .await;
 
     run.progress.reached(LOAD.events * 6 / 10).await;
     run.progress.recovery_window(RECOVERY);
@@ -92,20 +97,4 @@ async fn a_redis_cluster_losing_a_node_and_then_everything_is_recovered_exactly(
         "the aggregators noticed the FLUSHALL too: {restores} restores"
     );
     stack.cleanup().await.expect("cleanup");
-}
-
-/// Waits (up to 20 s) until the aggregators restored at least `n` partitions.
-async fn wait_for_restores(aggs: &[viewpipe_tests::Service], n: f64) -> f64 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let restores = chaos::metric_sum(aggs, "viewpipe_aggregator_redis_restores_total").await;
-        if restores >= n || std::time::Instant::now() > deadline {
-            assert!(
-                restores >= n,
-                "no partition restored after the node restart"
-            );
-            return restores;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
 }

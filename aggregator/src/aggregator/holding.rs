@@ -109,24 +109,19 @@ impl Aggregator {
             let n = state.held.values().filter(|h| h.reason == reason).count();
             metrics::gauge!(m::HELD_PARTITIONS, "reason" => reason.label()).set(n as f64);
         }
+        // Reported on `/readyz` under the metric's reason label.
         let faults = [
-            (
-                Hold::Behind,
-                "postgres_behind",
-                "Postgres holds less than was flushed",
-            ),
+            (Hold::Behind, "Postgres holds less than was flushed"),
             (
                 Hold::LogAhead,
-                "log_ahead",
                 "the log starts after their position in Postgres",
             ),
             (
                 Hold::LogTruncated,
-                "log_truncated",
                 "the log lost or replaced events that were counted",
             ),
         ];
-        for (reason, fault, what) in faults {
+        for (reason, what) in faults {
             let held: Vec<i32> = state
                 .held
                 .iter()
@@ -135,7 +130,7 @@ impl Aggregator {
                 .collect();
             let detail = (!held.is_empty())
                 .then(|| format!("partitions {held:?} held: {what}; see docs/exactly-once.md"));
-            self.health.set_fault(fault, detail);
+            self.health.set_fault(reason.label(), detail);
         }
     }
 
