@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 
-use viewpipe_schema::{EventRef, Namespaces};
+use viewpipe_event::{EventRef, Namespaces};
 use viewpipe_store::Counts;
 
 use crate::log_check;

@@ -14,20 +14,23 @@ pub mod pending;
 pub mod retry;
 pub mod settings;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
 use tokio::net::TcpListener;
 
 use viewpipe_runtime::connect::{check_eviction_policy, check_kafka, connect_redis};
+use viewpipe_runtime::db;
+use viewpipe_runtime::settings::SecretUrl;
 use viewpipe_runtime::{kafka, Health, Probes, Shutdown};
-use viewpipe_schema::db;
-use viewpipe_schema::migration::Migrator;
-use viewpipe_schema::settings::SecretUrl;
+use viewpipe_store::migration::Migrator;
 use viewpipe_store::pending::{Layout, PendingStore};
 use viewpipe_store::{jobs, Scope};
 
@@ -57,44 +60,34 @@ pub async fn migrate(database_url: &SecretUrl) -> anyhow::Result<()> {
 /// `aggregator flush`: asks every running aggregator of the group to flush, waits
 /// for all partitions to answer, and prints the outcome.
 pub async fn request_flush(args: &FlushArgs) -> anyhow::Result<()> {
-    let db = db::connect(&args.database_url, 2).await?;
-    db::ensure_schema_current(&db).await?;
+    let db = db::connect_current(&args.database_url, 2).await?;
     let scope = Scope {
         group: args.consumer_group.clone(),
         topic: args.views_topic.clone(),
     };
     let started = std::time::Instant::now();
     let (id, seq) = jobs::request_flush(&db, &scope.group).await?;
-    let timeout = Duration::from_millis(args.timeout_ms);
-    let state = jobs::wait_for_flush(&db, &scope, id, seq, timeout).await?;
-    let rows = state
-        .result
-        .as_ref()
-        .and_then(|r| r.get("flushed"))
-        .and_then(serde_json::Value::as_i64)
-        .unwrap_or(0);
-    match state.error {
-        None if state.status == "completed" => {
-            println!(
-                "flush job {id}: completed, {rows} rows written, {} ms",
-                started.elapsed().as_millis()
-            );
-            Ok(())
-        }
-        error => anyhow::bail!(
+    let report = jobs::wait_for_flush(&db, &scope, id, seq, args.timeout).await?;
+    if !report.is_completed() {
+        anyhow::bail!(
             "flush job {id}: {}: {}",
-            state.status,
-            error.unwrap_or_default()
-        ),
+            report.status,
+            report.error.unwrap_or_default()
+        );
     }
+    println!(
+        "flush job {id}: completed, {} rows written, {} ms",
+        report.flushed,
+        started.elapsed().as_millis()
+    );
+    Ok(())
 }
 
 /// `aggregator reset-pending`: deletes the deployment's pending state from Redis
 /// (`--yes`), or counts what it would delete.
 pub async fn reset_pending(args: &ResetArgs) -> anyhow::Result<()> {
     let conn = connect_redis(&args.redis_url).await?;
-    let layout = Layout::new(&args.redis_prefix, &args.consumer_group, &args.views_topic)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let layout = Layout::new(&args.redis_prefix, &args.consumer_group, &args.views_topic)?;
     let store = PendingStore::new(conn, layout);
     let keys = store.keys().await.context("cannot list the pending keys")?;
     if !args.yes {
@@ -155,126 +148,184 @@ fn spawn_event_id_expiry(db: sea_orm::DatabaseConnection, shutdown: Shutdown) {
     });
 }
 
-/// Runs the aggregator until `shutdown` triggers (or the consumer loop ends).
-pub async fn run(
-    settings: Settings,
+/// An aggregator connected to Postgres, Redis and Kafka, subscribed to the views
+/// topic and bound to its health address, not yet consuming: [`App::build`], then
+/// [`App::run_until_stopped`].
+pub struct App {
     listener: TcpListener,
+    router: axum::Router,
+    consumer: BaseConsumer<AggregatorContext>,
+    health: Health,
+    probes: Probes,
+    db: DatabaseConnection,
+    group: String,
+    requested_flush: Arc<AtomicI64>,
     shutdown: Shutdown,
-) -> anyhow::Result<()> {
-    let common = &settings.common;
-    let prometheus = metrics::install()?;
-    let db = db::connect(&common.database_url, 8).await?;
-    db::ensure_schema_current(&db).await?;
-    let redis = match common.redis_url.url() {
-        Some(url) => {
-            let conn = connect_redis(url).await?;
-            check_eviction_policy(&conn).await;
-            Some(conn)
-        }
-        None => {
-            tracing::info!(
-                "REDIS_URL=none: database-only mode, counts reach Postgres once per batch"
-            );
-            None
-        }
-    };
-    check_kafka(&common.kafka_brokers).await?;
-    let scope = Scope {
-        group: common.consumer_group.clone(),
-        topic: common.views_topic.clone(),
-    };
-    let layout = Layout::new(&common.redis_prefix, &scope.group, &scope.topic)
-        .map_err(anyhow::Error::msg)?;
-    let pending = match redis.clone() {
-        Some(conn) => Pending::Redis(Box::new(PendingStore::new(conn, layout))),
-        None => Pending::DatabaseOnly,
-    };
+}
 
-    let health = Health::new();
-    Probes {
-        db: db.clone(),
-        redis,
-        kafka: Probes::kafka_client(&common.kafka_brokers)?,
-    }
-    .spawn(health.clone(), shutdown.clone());
-    let router = health.router(prometheus);
-    let http_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { http_shutdown.wait().await })
+impl App {
+    /// Connects (failing fast with the address that does not answer), checks the
+    /// schema, subscribes and binds `AGGREGATOR_ADDR` (port 0 picks a free one).
+    /// Metrics go to `prometheus`, the process's recorder (see
+    /// [`metrics::install`]).
+    pub async fn build(
+        settings: Settings,
+        prometheus: PrometheusHandle,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Self> {
+        let common = &settings.common;
+        metrics::describe();
+        let db = db::connect_current(&common.database_url, 8).await?;
+        let redis = match common.redis_url.url() {
+            Some(url) => {
+                let conn = connect_redis(url).await?;
+                check_eviction_policy(&conn).await;
+                Some(conn)
+            }
+            None => {
+                tracing::info!(
+                    "REDIS_URL=none: database-only mode, counts reach Postgres once per batch"
+                );
+                None
+            }
+        };
+        check_kafka(&common.kafka_brokers).await?;
+        let scope = Scope {
+            group: common.consumer_group.clone(),
+            topic: common.views_topic.clone(),
+        };
+        let layout = Layout::new(&common.redis_prefix, &scope.group, &scope.topic)?;
+        let pending = match redis.clone() {
+            Some(conn) => Pending::Redis(Box::new(PendingStore::new(conn, layout))),
+            None => Pending::DatabaseOnly,
+        };
+        let listener = TcpListener::bind(settings.aggregator_addr)
             .await
-    });
+            .with_context(|| {
+                format!(
+                    "cannot listen on AGGREGATOR_ADDR {}",
+                    settings.aggregator_addr
+                )
+            })?;
 
-    let dlq = Dlq {
-        producer: kafka::producer_config(&common.kafka_brokers)
-            .create()
-            .context("cannot create the DLQ producer")?,
-        topic: common.dlq_topic.clone(),
-    };
-    let requested_flush = Arc::new(AtomicI64::new(0));
-    spawn_flush_request_watch(
-        db.clone(),
-        scope.group.clone(),
-        requested_flush.clone(),
-        shutdown.clone(),
-    );
-    spawn_event_id_expiry(db.clone(), shutdown.clone());
-    let session = settings.kafka_session_timeout_ms;
-    let probe = LogProbe::new(
-        &common.kafka_brokers,
-        &common.consumer_group,
-        &common.views_topic,
-    )
-    .context("cannot create the Kafka consumer for log checks")?;
-    let aggregator = Arc::new(Aggregator::new(Parts {
-        probe,
-        rt: tokio::runtime::Handle::current(),
-        db,
-        scope,
-        pending,
-        dlq,
-        namespaces: common.namespaces.clone(),
-        shutdown: shutdown.clone(),
-        health: health.clone(),
-        requested_flush,
-        tuning: Tuning {
-            flush_interval: Duration::from_millis(settings.flush_interval_ms),
-            flush_max_pending: usize::try_from(settings.flush_max_pending).unwrap_or(usize::MAX),
-            revoke_deadline: Duration::from_millis(u64::from(session) / 3)
-                .max(Duration::from_millis(500)),
-        },
-    }));
-    let consumer: BaseConsumer<AggregatorContext> =
-        kafka::consumer_config(&common.kafka_brokers, &common.consumer_group, session)
-            .set("statistics.interval.ms", "5000")
-            // Every partition starts at an explicit offset (Postgres' position). If the
-            // log no longer holds it (retention ran ahead), librdkafka must not jump to
-            // the log start and skip the rest: it reports, and the partition is held.
-            .set("auto.offset.reset", "error")
-            .create_with_context(AggregatorContext { aggregator })
-            .context("cannot create the Kafka consumer")?;
-    consumer
-        .subscribe(&[&common.views_topic])
-        .with_context(|| format!("cannot subscribe to {}", common.views_topic))?;
-    tracing::info!(
-        group = %common.consumer_group,
-        topic = %common.views_topic,
-        database = %common.database_url,
-        redis = %common.redis_url.url().map_or("none".to_owned(), ToString::to_string),
-        "aggregator started"
-    );
-
-    let (loop_health, loop_shutdown) = (health.clone(), shutdown.clone());
-    let consumer_thread = std::thread::Builder::new()
-        .name("consumer".into())
-        .spawn(move || consumer::run_loop(consumer, loop_health, loop_shutdown))?;
-
-    shutdown.wait().await;
-    health.stopping();
-    let joined = tokio::task::spawn_blocking(move || consumer_thread.join()).await?;
-    if joined.is_err() {
-        anyhow::bail!("the consumer thread panicked");
+        let health = Health::new();
+        let probes = Probes {
+            db: db.clone(),
+            redis,
+            kafka: Probes::kafka_client(&common.kafka_brokers)?,
+        };
+        let dlq = Dlq {
+            producer: kafka::producer_config(&common.kafka_brokers)
+                .create()
+                .context("cannot create the DLQ producer")?,
+            topic: common.dlq_topic.clone(),
+        };
+        let requested_flush = Arc::new(AtomicI64::new(0));
+        let session = settings.kafka_session_timeout;
+        let probe = LogProbe::new(
+            &common.kafka_brokers,
+            &common.consumer_group,
+            &common.views_topic,
+        )
+        .context("cannot create the Kafka consumer for log checks")?;
+        let aggregator = Arc::new(Aggregator::new(Parts {
+            probe,
+            rt: tokio::runtime::Handle::current(),
+            db: db.clone(),
+            scope,
+            pending,
+            dlq,
+            namespaces: common.namespaces.clone(),
+            shutdown: shutdown.clone(),
+            health: health.clone(),
+            requested_flush: requested_flush.clone(),
+            tuning: Tuning {
+                flush_interval: settings.flush_interval,
+                flush_max_pending: usize::try_from(settings.flush_max_pending)
+                    .unwrap_or(usize::MAX),
+                revoke_deadline: (session / 3).max(Duration::from_millis(500)),
+            },
+        }));
+        let consumer: BaseConsumer<AggregatorContext> =
+            kafka::consumer_config(&common.kafka_brokers, &common.consumer_group, session)
+                .set("statistics.interval.ms", "5000")
+                // Every partition starts at an explicit offset (Postgres' position). If
+                // the log no longer holds it (retention ran ahead), librdkafka must not
+                // jump to the log start and skip the rest: it reports, and the
+                // partition is held.
+                .set("auto.offset.reset", "error")
+                .create_with_context(AggregatorContext { aggregator })
+                .context("cannot create the Kafka consumer")?;
+        consumer
+            .subscribe(&[&common.views_topic])
+            .with_context(|| format!("cannot subscribe to {}", common.views_topic))?;
+        tracing::info!(
+            group = %common.consumer_group,
+            topic = %common.views_topic,
+            database = %common.database_url,
+            redis = %common.redis_url.url().map_or("none".to_owned(), ToString::to_string),
+            addr = %listener.local_addr()?,
+            "aggregator started"
+        );
+        Ok(Self {
+            listener,
+            router: health.router(prometheus),
+            consumer,
+            health,
+            probes,
+            db,
+            group: common.consumer_group.clone(),
+            requested_flush,
+            shutdown,
+        })
     }
-    server.await??;
-    Ok(())
+
+    /// The address `/healthz`, `/readyz` and `/metrics` are served on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The port of [`App::local_addr`].
+    pub fn port(&self) -> u16 {
+        self.local_addr().map_or(0, |a| a.port())
+    }
+
+    /// Consumes and flushes until the shutdown token triggers (or the consumer loop
+    /// ends), then hands its partitions back (see [`consumer::run_loop`]).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            router,
+            consumer,
+            health,
+            probes,
+            db,
+            group,
+            requested_flush,
+            shutdown,
+        } = self;
+        probes.spawn(health.clone(), shutdown.clone());
+        let http_shutdown = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { http_shutdown.wait().await })
+                .await
+        });
+        spawn_flush_request_watch(db.clone(), group, requested_flush, shutdown.clone());
+        spawn_event_id_expiry(db, shutdown.clone());
+
+        let (loop_health, loop_shutdown) = (health.clone(), shutdown.clone());
+        let consumer_thread = std::thread::Builder::new()
+            .name("consumer".into())
+            .spawn(move || consumer::run_loop(consumer, loop_health, loop_shutdown))?;
+
+        shutdown.wait().await;
+        health.stopping();
+        let joined = tokio::task::spawn_blocking(move || consumer_thread.join()).await?;
+        if joined.is_err() {
+            anyhow::bail!("the consumer thread panicked");
+        }
+        server.await??;
+        Ok(())
+    }
 }

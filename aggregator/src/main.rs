@@ -1,5 +1,4 @@
 use clap::Parser;
-use tokio::net::TcpListener;
 
 use aggregator::settings::{Cli, Command};
 use viewpipe_runtime::Shutdown;
@@ -9,19 +8,19 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Migrate(args)) => {
-            viewpipe_schema::telemetry::init(&args.log_format);
+            viewpipe_runtime::telemetry::init(args.log_format);
             aggregator::migrate(&args.database_url).await
         }
         Some(Command::Flush(args)) => {
-            viewpipe_schema::telemetry::init(&args.log_format);
+            viewpipe_runtime::telemetry::init(args.log_format);
             aggregator::request_flush(&args).await
         }
         Some(Command::ResetPending(args)) => {
-            viewpipe_schema::telemetry::init(&args.log_format);
+            viewpipe_runtime::telemetry::init(args.log_format);
             aggregator::reset_pending(&args).await
         }
         Some(Command::Backfill(args)) => {
-            viewpipe_schema::telemetry::init(&args.log_format);
+            viewpipe_runtime::telemetry::init(args.log_format);
             match aggregator::backfill::run(&args).await {
                 Ok(code) => std::process::exit(code),
                 Err(e) => Err(e),
@@ -37,16 +36,12 @@ async fn main() {
 }
 
 async fn serve(settings: aggregator::settings::Settings) -> anyhow::Result<()> {
-    viewpipe_schema::telemetry::init(&settings.common.log_format);
-    let listener = TcpListener::bind(settings.aggregator_addr)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on AGGREGATOR_ADDR {}: {e}",
-                settings.aggregator_addr
-            )
-        })?;
+    viewpipe_runtime::telemetry::init(settings.common.log_format);
+    let prometheus = aggregator::metrics::install()?;
     let shutdown = Shutdown::default();
     shutdown.on_signals();
-    aggregator::run(settings, listener, shutdown).await
+    aggregator::App::build(settings, prometheus, shutdown)
+        .await?
+        .run_until_stopped()
+        .await
 }

@@ -1,7 +1,7 @@
 //! The aggregator's metric names, declared once.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub const EVENTS: &str = "viewpipe_aggregator_events_total";
 pub const FLUSH_DURATION: &str = "viewpipe_aggregator_flush_duration_seconds";
@@ -16,16 +16,22 @@ pub const REDIS_RESTORES: &str = "viewpipe_aggregator_redis_restores_total";
 /// (paused): another aggregator claimed them, or Postgres went back in time.
 pub const HELD_PARTITIONS: &str = "viewpipe_aggregator_held_partitions";
 
-/// Installs the Prometheus recorder (once per process) and describes every metric.
+/// The aggregator's histograms and their buckets.
+pub const HISTOGRAMS: &[(&str, &[f64])] = &[(
+    FLUSH_DURATION,
+    &[
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ],
+)];
+
+/// Installs the process's Prometheus recorder with the aggregator's buckets (once
+/// per process: the binary calls it; tests share one recorder between services).
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(FLUSH_DURATION.to_owned()),
-            &[
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ],
-        )?
-        .install_recorder()?;
+    viewpipe_runtime::metrics::install(HISTOGRAMS)
+}
+
+/// Describes every metric of the aggregator and lists its series at zero.
+pub fn describe() {
     viewpipe_runtime::health::describe_metrics();
     describe_gauge!(
         HELD_PARTITIONS,
@@ -57,11 +63,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Times Redis had lost a partition's pending counts and they were restored from memory"
     );
     for result in ["counted", "duplicate", "invalid"] {
-        metrics::counter!(EVENTS, "result" => result).absolute(0);
+        metrics::counter!(EVENTS, "result" => result).increment(0);
     }
-    metrics::counter!(FLUSHED_ROWS).absolute(0);
-    metrics::counter!(REBALANCES).absolute(0);
-    metrics::counter!(REDIS_RESTORES).absolute(0);
+    metrics::counter!(FLUSHED_ROWS).increment(0);
+    metrics::counter!(REBALANCES).increment(0);
+    metrics::counter!(REDIS_RESTORES).increment(0);
     metrics::gauge!(PENDING_KEYS).set(0.0);
     for reason in crate::aggregator::Hold::ALL {
         metrics::gauge!(HELD_PARTITIONS, "reason" => reason.label()).set(0.0);
@@ -69,5 +75,4 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     // 0 until the first flush; the histogram is listed (empty) from the start.
     metrics::gauge!(LAST_FLUSH).set(0.0);
     let _ = metrics::histogram!(FLUSH_DURATION);
-    Ok(handle)
 }

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use viewpipe_schema::settings::{CommonSettings, SecretUrl};
-use viewpipe_schema::Namespaces;
+use viewpipe_event::Namespaces;
+use viewpipe_runtime::settings::{millis, parse_duration, CommonSettings, SecretUrl};
+use viewpipe_runtime::telemetry::LogFormat;
 use viewpipe_store::backfill::Month;
 
 #[derive(Parser, Debug)]
@@ -82,24 +83,17 @@ pub struct BackfillArgs {
     #[arg(long, env = "NAMESPACES", default_value = "resource,course")]
     pub namespaces: Namespaces,
     /// Log format: `text` or `json`.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
 }
 
-/// `500ms`, `5s`, `2m`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration: expected e.g. 500ms, 5s or 2m");
-    let (n, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .ok_or_else(bad)?;
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(bad()),
+/// `FLUSH_INTERVAL_MS`: at least 10 ms.
+fn flush_interval(s: &str) -> Result<Duration, String> {
+    let interval = millis(s)?;
+    if interval < Duration::from_millis(10) {
+        return Err("must be at least 10 (milliseconds)".to_owned());
     }
+    Ok(interval)
 }
 
 #[derive(Args, Debug, Clone)]
@@ -120,8 +114,8 @@ pub struct ResetArgs {
     #[arg(long)]
     pub yes: bool,
     /// Log format: `text` or `json`.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -140,11 +134,11 @@ pub struct FlushArgs {
     #[arg(long, env = "VIEWS_TOPIC", default_value = "views")]
     pub views_topic: String,
     /// Give up (and mark the job failed) after this many milliseconds.
-    #[arg(long, default_value_t = 30000)]
-    pub timeout_ms: u64,
+    #[arg(long = "timeout-ms", default_value = "30000", value_parser = millis)]
+    pub timeout: Duration,
     /// Log format: `text` or `json`.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -157,8 +151,8 @@ pub struct MigrateArgs {
     )]
     pub database_url: SecretUrl,
     /// Log format: `text` or `json`.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -169,12 +163,12 @@ pub struct Settings {
     #[arg(long, env = "AGGREGATOR_ADDR", default_value = "127.0.0.1:9091")]
     pub aggregator_addr: SocketAddr,
     /// Periodic flush to Postgres, in milliseconds.
-    #[arg(long, env = "FLUSH_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
-    pub flush_interval_ms: u64,
+    #[arg(long = "flush-interval-ms", env = "FLUSH_INTERVAL_MS", default_value = "5000", value_parser = flush_interval)]
+    pub flush_interval: Duration,
     /// Flush early once this many keys are pending.
     #[arg(long, env = "FLUSH_MAX_PENDING", default_value_t = 10000, value_parser = clap::value_parser!(u64).range(1..))]
     pub flush_max_pending: u64,
     /// Kafka consumer session timeout; a dead aggregator's partitions move after it.
-    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10000)]
-    pub kafka_session_timeout_ms: u32,
+    #[arg(long = "kafka-session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
+    pub kafka_session_timeout: Duration,
 }

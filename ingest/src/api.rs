@@ -6,6 +6,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use viewpipe_store::entities::{JobKind, JobStatus};
+
 /// One view, as a client posts it. Only `contentId` and `contentType` are required.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -21,7 +23,8 @@ pub struct ViewRequest {
     /// At most 128 printable ASCII characters.
     pub session_id: Option<String>,
     /// At most 128 printable ASCII characters; views of a key with the same id count
-    /// once within 24 h. Filled with a UUID when absent.
+    /// once within 24 h (retry a lost answer with the same id). Absent: the view is
+    /// counted once as sent, with no repeat detection.
     pub event_id: Option<String>,
     /// RFC 3339; default now; at most 5 minutes in the future.
     pub occurred_at: Option<DateTime<Utc>>,
@@ -103,10 +106,8 @@ pub struct FlushResponse {
 #[serde(rename_all = "camelCase")]
 pub struct JobResponse {
     pub id: Uuid,
-    /// `flush` or `backfill`.
-    pub kind: String,
-    /// `queued`, `running`, `completed` or `failed`.
-    pub status: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
     #[schema(value_type = Object)]
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
@@ -132,13 +133,4 @@ pub struct ErrorDetail {
 pub struct ErrorBody {
     pub success: bool,
     pub error: ErrorDetail,
-}
-
-/// `/healthz` and `/readyz` answer.
-#[derive(Serialize, ToSchema)]
-pub struct HealthBody {
-    /// `ok` or `unavailable`.
-    pub status: String,
-    /// Dependencies not answering (and `shutting down`).
-    pub failing: Vec<String>,
 }

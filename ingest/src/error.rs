@@ -4,9 +4,10 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
-use viewpipe_schema::FieldError;
+use viewpipe_event::FieldError;
+
+use crate::api::{ErrorBody, ErrorDetail};
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";
@@ -85,12 +86,24 @@ impl ApiError {
         }
     }
 
-    pub fn body(&self) -> serde_json::Value {
-        let mut error = json!({ "code": self.code(), "message": self.to_string() });
-        if let ApiError::Invalid(f) = self {
-            error["field"] = json!(f.field);
+    /// The error as it is sent, in the shape the OpenAPI document describes.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            success: false,
+            error: self.detail(),
         }
-        json!({ "success": false, "error": error })
+    }
+
+    /// The error's code, message and (for bad input) field.
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code().to_owned(),
+            message: self.to_string(),
+            field: match self {
+                ApiError::Invalid(f) => Some(f.field.to_owned()),
+                _ => None,
+            },
+        }
     }
 }
 

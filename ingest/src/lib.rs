@@ -10,25 +10,28 @@ pub mod publish;
 pub mod routes;
 pub mod settings;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderValue, Method};
+use axum::http::header;
 use axum::routing::get;
 use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::producer::{FutureProducer, Producer};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use viewpipe_event::Namespaces;
 use viewpipe_runtime::connect::{check_kafka, connect_redis};
+use viewpipe_runtime::db;
+use viewpipe_runtime::settings::Secret;
 use viewpipe_runtime::{kafka, Health, Probes, Shutdown};
-use viewpipe_schema::settings::Secret;
-use viewpipe_schema::{db, Namespaces};
 use viewpipe_store::pending::{Layout, PendingStore};
 use viewpipe_store::read::Reader;
 use viewpipe_store::Scope;
@@ -53,7 +56,7 @@ pub struct AppState {
 }
 
 /// The API routes and their OpenAPI document, served at `/openapi.json` (health and
-/// metrics are merged in by [`run`]).
+/// metrics are merged in by [`App::build`]).
 pub fn api_router(state: AppState) -> anyhow::Result<Router> {
     let batch = OpenApiRouter::new()
         .routes(routes!(batch::post_batch))
@@ -79,36 +82,6 @@ pub fn api_router(state: AppState) -> anyhow::Result<Router> {
     ))
 }
 
-/// The CORS policy for `CORS_ORIGINS`: empty allows no browser origin, `*` any, else
-/// a comma-separated list of origins.
-pub fn cors(origins: &str) -> anyhow::Result<Option<CorsLayer>> {
-    let origins = origins.trim();
-    if origins.is_empty() {
-        return Ok(None);
-    }
-    let allow = if origins == "*" {
-        AllowOrigin::any()
-    } else {
-        let list = origins
-            .split(',')
-            .map(str::trim)
-            .filter(|o| !o.is_empty())
-            .map(|o| {
-                HeaderValue::from_str(o)
-                    .with_context(|| format!("CORS_ORIGINS: {o:?} is not a valid origin"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        AllowOrigin::list(list)
-    };
-    Ok(Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST])
-            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
-            .max_age(std::time::Duration::from_secs(600)),
-    ))
-}
-
 async fn not_found() -> ApiError {
     ApiError::NotFound
 }
@@ -117,97 +90,139 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Runs the ingest on `listener` until `shutdown` triggers, then drains in-flight
-/// requests and flushes the producer.
-pub async fn run(
-    settings: Settings,
+/// An ingest connected to Postgres, Redis and Kafka and bound to its address, not
+/// yet serving: [`App::build`], then [`App::run_until_stopped`]. The binary runs one;
+/// tests build several in one process, each on its own port.
+pub struct App {
     listener: TcpListener,
+    router: Router,
+    producer: FutureProducer,
+    health: Health,
+    probes: Probes,
     shutdown: Shutdown,
-) -> anyhow::Result<()> {
-    let common = &settings.common;
-    let cors = cors(&settings.cors_origins)?;
-    let prometheus = metrics::install()?;
-    let db = db::connect(&common.database_url, 16).await?;
-    db::ensure_schema_current(&db).await?;
-    let redis = match common.redis_url.url() {
-        Some(url) => Some(connect_redis(url).await?),
-        None => None,
-    };
-    check_kafka(&common.kafka_brokers).await?;
-    let layout = Layout::new(
-        &common.redis_prefix,
-        &common.consumer_group,
-        &common.views_topic,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let producer: FutureProducer = kafka::producer_config(&common.kafka_brokers)
-        .create()
-        .context("cannot create the Kafka producer")?;
+}
 
-    let health = Health::new();
-    Probes {
-        db: db.clone(),
-        redis: redis.clone(),
-        kafka: Probes::kafka_client(&common.kafka_brokers)?,
-    }
-    .spawn(health.clone(), shutdown.clone());
-    // The HTTP server is this process's loop: keep the heartbeat fresh while it runs.
-    let beat = health.clone();
-    let beat_stop = shutdown.clone();
-    tokio::spawn(async move {
-        while !beat_stop.is_triggered() {
-            beat.beat();
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+impl App {
+    /// Connects (failing fast with the address that does not answer), checks the
+    /// schema and binds `INGEST_ADDR` (port 0 picks a free one; see [`App::port`]).
+    /// Metrics go to `prometheus`, the process's recorder: the binary installs one
+    /// with [`metrics::install`]; services built in one process share it.
+    pub async fn build(
+        settings: Settings,
+        prometheus: PrometheusHandle,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Self> {
+        let common = &settings.common;
+        metrics::describe();
+        let db = db::connect_current(&common.database_url, 16).await?;
+        let redis = match common.redis_url.url() {
+            Some(url) => Some(connect_redis(url).await?),
+            None => None,
+        };
+        check_kafka(&common.kafka_brokers).await?;
+        let layout = Layout::new(
+            &common.redis_prefix,
+            &common.consumer_group,
+            &common.views_topic,
+        )?;
+        let producer: FutureProducer = kafka::producer_config(&common.kafka_brokers)
+            .create()
+            .context("cannot create the Kafka producer")?;
+        let listener = TcpListener::bind(settings.ingest_addr)
+            .await
+            .with_context(|| format!("cannot listen on INGEST_ADDR {}", settings.ingest_addr))?;
+
+        let health = Health::new();
+        let probes = Probes {
+            db: db.clone(),
+            redis: redis.clone(),
+            kafka: Probes::kafka_client(&common.kafka_brokers)?,
+        };
+        let scope = Scope {
+            group: common.consumer_group.clone(),
+            topic: common.views_topic.clone(),
+        };
+        let state = AppState {
+            producer: producer.clone(),
+            topic: common.views_topic.as_str().into(),
+            namespaces: Arc::new(common.namespaces.clone()),
+            reader: Reader::new(
+                db.clone(),
+                scope.clone(),
+                redis.map(|conn| PendingStore::new(conn, layout)),
+            ),
+            db,
+            scope,
+            health: health.clone(),
+            admin_token: settings.admin_token.clone().map(Arc::new),
+        };
+        if state.admin_token.is_none() {
+            tracing::info!("ADMIN_TOKEN is not set: admin endpoints refuse every request");
         }
-    });
-
-    let scope = Scope {
-        group: common.consumer_group.clone(),
-        topic: common.views_topic.clone(),
-    };
-    let state = AppState {
-        producer: producer.clone(),
-        topic: common.views_topic.as_str().into(),
-        namespaces: Arc::new(common.namespaces.clone()),
-        reader: Reader::new(
-            db.clone(),
-            scope.clone(),
-            redis.map(|conn| PendingStore::new(conn, layout)),
-        ),
-        db,
-        scope,
-        health: health.clone(),
-        admin_token: settings.admin_token.clone().map(Arc::new),
-    };
-    if state.admin_token.is_none() {
-        tracing::info!("ADMIN_TOKEN is not set: admin endpoints refuse every request");
-    }
-    let mut app = api_router(state)?
-        .merge(health.router(prometheus))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(extract::MAX_BODY))
-        .layer(axum::middleware::from_fn(metrics::track));
-    if let Some(cors) = cors {
-        app = app.layer(cors);
-    }
-
-    tracing::info!(
-        addr = %listener.local_addr()?,
-        topic = %common.views_topic,
-        database = %common.database_url,
-        "ingest listening"
-    );
-    let stop = shutdown.clone();
-    let stop_health = health.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            stop.wait().await;
-            stop_health.stopping();
+        let mut router = api_router(state)?
+            .merge(health.router(prometheus))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(DefaultBodyLimit::max(extract::MAX_BODY))
+            .layer(axum::middleware::from_fn(metrics::track));
+        if let Some(cors) = settings.cors_origins.layer() {
+            router = router.layer(cors);
+        }
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            topic = %common.views_topic,
+            database = %common.database_url,
+            "ingest listening"
+        );
+        Ok(Self {
+            listener,
+            router,
+            producer,
+            health,
+            probes,
+            shutdown,
         })
-        .await?;
-    tracing::info!("draining the producer");
-    let _ = tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(10)))
-        .await;
-    Ok(())
+    }
+
+    /// The address the API is served on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The port the API is served on (the one chosen when `INGEST_ADDR` named port 0).
+    pub fn port(&self) -> u16 {
+        self.local_addr().map_or(0, |a| a.port())
+    }
+
+    /// Serves until the shutdown token triggers, then drains in-flight requests and
+    /// flushes the producer.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            router,
+            producer,
+            health,
+            probes,
+            shutdown,
+        } = self;
+        probes.spawn(health.clone(), shutdown.clone());
+        // The HTTP server is this process's loop: keep the heartbeat fresh while it runs.
+        let beat = health.clone();
+        let beat_stop = shutdown.clone();
+        tokio::spawn(async move {
+            while !beat_stop.is_triggered() {
+                beat.beat();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.wait().await;
+                health.stopping();
+            })
+            .await?;
+        tracing::info!("draining the producer");
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        Ok(())
+    }
 }

@@ -1,5 +1,4 @@
 use clap::Parser;
-use tokio::net::TcpListener;
 
 use ingest::settings::{Cli, Command, Settings};
 use viewpipe_runtime::Shutdown;
@@ -9,7 +8,7 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Publish(args)) => {
-            viewpipe_schema::telemetry::init(&args.log_format);
+            viewpipe_runtime::telemetry::init(args.log_format);
             match ingest::publish::run(&args).await {
                 Ok(code) => std::process::exit(code),
                 Err(e) => Err(e),
@@ -25,11 +24,12 @@ async fn main() {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    viewpipe_schema::telemetry::init(&settings.common.log_format);
-    let listener = TcpListener::bind(settings.ingest_addr).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on INGEST_ADDR {}: {e}", settings.ingest_addr)
-    })?;
+    viewpipe_runtime::telemetry::init(settings.common.log_format);
+    let prometheus = ingest::metrics::install()?;
     let shutdown = Shutdown::default();
     shutdown.on_signals();
-    ingest::run(settings, listener, shutdown).await
+    ingest::App::build(settings, prometheus, shutdown)
+        .await?
+        .run_until_stopped()
+        .await
 }

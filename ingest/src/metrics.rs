@@ -6,7 +6,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics::{describe_counter, describe_histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub const REQUESTS: &str = "viewpipe_ingest_requests_total";
 pub const REQUEST_DURATION: &str = "viewpipe_ingest_request_duration_seconds";
@@ -17,11 +17,20 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
+/// The ingest's histograms and their buckets.
+pub const HISTOGRAMS: &[(&str, &[f64])] = &[
+    (REQUEST_DURATION, LATENCY_BUCKETS),
+    (PUBLISH_DURATION, LATENCY_BUCKETS),
+];
+
+/// Installs the process's Prometheus recorder with the ingest's buckets (once per
+/// process: the binary calls it; tests share one recorder between services).
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_owned()), LATENCY_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(PUBLISH_DURATION.to_owned()), LATENCY_BUCKETS)?
-        .install_recorder()?;
+    viewpipe_runtime::metrics::install(HISTOGRAMS)
+}
+
+/// Describes every metric of the ingest and lists its series at zero.
+pub fn describe() {
     viewpipe_runtime::health::describe_metrics();
     describe_counter!(REQUESTS, "HTTP requests by route template and status");
     describe_histogram!(
@@ -39,11 +48,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Time from publish to broker acknowledgement"
     );
     for result in ["accepted", "rejected"] {
-        metrics::counter!(EVENTS, "result" => result).absolute(0);
+        metrics::counter!(EVENTS, "result" => result).increment(0);
     }
     // Listed (empty) before the first publish.
     let _ = metrics::histogram!(PUBLISH_DURATION);
-    Ok(handle)
 }
 
 /// Records every request under its route template (never the raw path).

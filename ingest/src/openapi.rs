@@ -6,7 +6,11 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{ErrorBody, HealthBody};
+use viewpipe_runtime::health::{HealthBody, HealthStatus};
+
+use viewpipe_store::entities::{JobKind, JobStatus};
+
+use crate::api::ErrorBody;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +20,7 @@ use crate::api::{ErrorBody, HealthBody};
                        {\"success\":false,\"error\":{\"code\",\"message\",\"field\"?}}."
     ),
     paths(healthz, readyz, metrics, openapi_json),
-    components(schemas(ErrorBody, HealthBody)),
+    components(schemas(ErrorBody, HealthBody, HealthStatus, JobKind, JobStatus)),
     modifiers(&BearerToken),
     tags(
         (name = "views", description = "Report views and read counts"),

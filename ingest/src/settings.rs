@@ -3,10 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use axum::http::{header, HeaderValue, Method};
 use clap::{Args, Parser, Subcommand};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use viewpipe_schema::settings::{CommonSettings, Secret};
-use viewpipe_schema::Namespaces;
+use viewpipe_event::Namespaces;
+use viewpipe_runtime::settings::{CommonSettings, Secret};
+use viewpipe_runtime::telemetry::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -42,9 +45,61 @@ pub struct Settings {
     /// Bearer token for admin endpoints; unset, they refuse everyone.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
-    /// Origins allowed to call the API from a browser, comma-separated; `*` any.
+    /// Origins allowed to call the API from a browser, comma-separated; `*` any;
+    /// empty none.
     #[arg(long, env = "CORS_ORIGINS", default_value = "")]
-    pub cors_origins: String,
+    pub cors_origins: CorsOrigins,
+}
+
+/// `CORS_ORIGINS`, parsed when the settings are read: a bad origin stops start-up
+/// with the setting's name rather than at the first browser request.
+#[derive(Clone, Debug, Default)]
+pub enum CorsOrigins {
+    /// No browser origin may call the API (no CORS headers are sent).
+    #[default]
+    None,
+    /// Any origin (`*`).
+    Any,
+    /// Only these origins.
+    List(Vec<HeaderValue>),
+}
+
+impl std::str::FromStr for CorsOrigins {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "" => Ok(CorsOrigins::None),
+            "*" => Ok(CorsOrigins::Any),
+            list => list
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(|o| {
+                    HeaderValue::from_str(o).map_err(|_| format!("{o:?} is not a valid origin"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(CorsOrigins::List),
+        }
+    }
+}
+
+impl CorsOrigins {
+    /// The CORS layer for these origins (`None`: no layer, browsers are refused).
+    pub fn layer(&self) -> Option<CorsLayer> {
+        let allow = match self {
+            CorsOrigins::None => return None,
+            CorsOrigins::Any => AllowOrigin::any(),
+            CorsOrigins::List(list) => AllowOrigin::list(list.iter().cloned()),
+        };
+        Some(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+                .max_age(std::time::Duration::from_secs(600)),
+        )
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -70,6 +125,6 @@ pub struct PublishArgs {
     #[arg(long)]
     pub rejects: Option<PathBuf>,
     /// Log format: `text` or `json`.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::consumer::Consumer;
 
-use viewpipe_schema::settings::SecretUrl;
+use crate::settings::SecretUrl;
 use viewpipe_store::redis_conn::{RedisConn, Timeouts};
 
 use crate::Probes;

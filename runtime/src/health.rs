@@ -34,6 +34,48 @@ pub fn describe_metrics() {
     metrics::gauge!(READY).set(0.0);
 }
 
+/// What a service needs to be ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dependency {
+    Kafka,
+    Postgres,
+    Redis,
+}
+
+impl Dependency {
+    /// Its name in `/readyz` and in the `dependency` label of [`DEPENDENCY_UP`].
+    pub fn label(self) -> &'static str {
+        match self {
+            Dependency::Kafka => "kafka",
+            Dependency::Postgres => "postgres",
+            Dependency::Redis => "redis",
+        }
+    }
+}
+
+/// What `/healthz` and `/readyz` say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// `/healthz`: the service's loops are alive.
+    Ok,
+    /// `/healthz`: a loop has not made progress for a minute.
+    Stalled,
+    /// `/readyz`: every dependency answers and no fault is reported.
+    Ready,
+    /// `/readyz`: see `failing`.
+    NotReady,
+}
+
+/// The body of `/healthz` and `/readyz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct HealthBody {
+    pub status: HealthStatus,
+    /// What is wrong: dependencies not answering (`kafka`, `postgres`, `redis`),
+    /// faults the service found itself (`name: detail`), `shutting down`.
+    pub failing: Vec<String>,
+}
+
 /// A loop that has not beaten for this long is reported dead.
 const STALE_AFTER: Duration = Duration::from_secs(60);
 
@@ -42,7 +84,7 @@ struct Inner {
     heartbeat: AtomicU64,
     ready: AtomicBool,
     stopping: AtomicBool,
-    failing: std::sync::Mutex<Vec<String>>,
+    failing: std::sync::Mutex<Vec<Dependency>>,
     /// Conditions the service found itself, by name, with what to tell the operator.
     faults: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
@@ -95,25 +137,29 @@ impl Health {
         self.0.stopping.store(true, Ordering::Relaxed);
     }
 
-    fn set_probe_result(&self, failing: Vec<String>) {
+    fn set_probe_result(&self, failing: Vec<Dependency>) {
         self.0.ready.store(failing.is_empty(), Ordering::Relaxed);
         if let Ok(mut f) = self.0.failing.lock() {
             *f = failing;
         }
     }
 
-    /// True while the last probe found `dependency` (`kafka`, `postgres`, `redis`)
-    /// not answering.
-    pub fn is_down(&self, dependency: &str) -> bool {
+    /// True while the last probe found `dependency` not answering.
+    pub fn is_down(&self, dependency: Dependency) -> bool {
         self.0
             .failing
             .lock()
-            .map(|f| f.iter().any(|d| d == dependency))
+            .map(|f| f.contains(&dependency))
             .unwrap_or(false)
     }
 
     fn failing(&self) -> Vec<String> {
-        let mut failing = self.0.failing.lock().map(|f| f.clone()).unwrap_or_default();
+        let mut failing: Vec<String> = self
+            .0
+            .failing
+            .lock()
+            .map(|f| f.iter().map(|d| d.label().to_owned()).collect())
+            .unwrap_or_default();
         if let Ok(faults) = self.0.faults.lock() {
             failing.extend(
                 faults
@@ -137,11 +183,11 @@ impl Health {
                 "/healthz",
                 get(move || async move {
                     if live.is_alive() {
-                        (StatusCode::OK, Json(status_body("ok", &[])))
+                        (StatusCode::OK, body(HealthStatus::Ok, Vec::new()))
                     } else {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            Json(status_body("stalled", &[])),
+                            body(HealthStatus::Stalled, Vec::new()),
                         )
                     }
                 }),
@@ -150,11 +196,11 @@ impl Health {
                 "/readyz",
                 get(move || async move {
                     if ready.is_ready() {
-                        (StatusCode::OK, Json(status_body("ready", &[])))
+                        (StatusCode::OK, body(HealthStatus::Ready, Vec::new()))
                     } else {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            Json(status_body("not_ready", &ready.failing())),
+                            body(HealthStatus::NotReady, ready.failing()),
                         )
                     }
                 }),
@@ -169,8 +215,8 @@ impl Health {
     }
 }
 
-fn status_body(status: &str, failing: &[String]) -> serde_json::Value {
-    serde_json::json!({ "status": status, "failing": failing })
+fn body(status: HealthStatus, failing: Vec<String>) -> Json<HealthBody> {
+    Json(HealthBody { status, failing })
 }
 
 /// The dependencies a process needs to be ready.
@@ -187,8 +233,8 @@ impl Probes {
         Ok(Arc::new(consumer))
     }
 
-    /// Checks every dependency once; returns the names of those that failed.
-    pub async fn check(&self) -> Vec<String> {
+    /// Checks every dependency once; returns those that failed.
+    pub async fn check(&self) -> Vec<Dependency> {
         let mut failing = Vec::new();
         let db = tokio::time::timeout(
             Duration::from_secs(2),
@@ -196,7 +242,7 @@ impl Probes {
         )
         .await;
         if !matches!(db, Ok(Ok(_))) {
-            failing.push("postgres".to_owned());
+            failing.push(Dependency::Postgres);
         }
         if let Some(redis) = &self.redis {
             let mut conn = redis.clone();
@@ -206,7 +252,7 @@ impl Probes {
             )
             .await;
             if !matches!(ping, Ok(Ok(_))) {
-                failing.push("redis".to_owned());
+                failing.push(Dependency::Redis);
             }
         }
         let kafka = self.kafka.clone();
@@ -217,23 +263,23 @@ impl Probes {
         })
         .await;
         if !matches!(meta, Ok(Ok(true))) {
-            failing.push("kafka".to_owned());
+            failing.push(Dependency::Kafka);
         }
         failing
     }
 
-    fn dependencies(&self) -> &'static [&'static str] {
+    fn dependencies(&self) -> &'static [Dependency] {
         if self.redis.is_some() {
-            &["kafka", "postgres", "redis"]
+            &[Dependency::Kafka, Dependency::Postgres, Dependency::Redis]
         } else {
-            &["kafka", "postgres"]
+            &[Dependency::Kafka, Dependency::Postgres]
         }
     }
 
     /// Probes once a second until shutdown, logging changes.
     pub fn spawn(self, health: Health, shutdown: Shutdown) {
         tokio::spawn(async move {
-            let mut last: Option<Vec<String>> = None;
+            let mut last: Option<Vec<Dependency>> = None;
             loop {
                 let failing = self.check().await;
                 if last.as_ref() != Some(&failing) {
@@ -245,8 +291,8 @@ impl Probes {
                     last = Some(failing.clone());
                 }
                 for dependency in self.dependencies() {
-                    let up = !failing.iter().any(|d| d == dependency);
-                    metrics::gauge!(DEPENDENCY_UP, "dependency" => *dependency).set(if up {
+                    let up = !failing.contains(dependency);
+                    metrics::gauge!(DEPENDENCY_UP, "dependency" => dependency.label()).set(if up {
                         1.0
                     } else {
                         0.0

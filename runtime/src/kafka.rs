@@ -1,5 +1,7 @@
 //! Kafka client configuration shared by producers and consumers.
 
+use std::time::Duration;
+
 use rdkafka::ClientConfig;
 
 /// A base configuration: brokers and quiet librdkafka logging.
@@ -38,7 +40,8 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
 /// A group consumer as the aggregator runs it: offsets committed only by hand, after
 /// Postgres holds them; starting from the log's beginning when the group has no
 /// position. The benchmark's raw consumer uses the same settings.
-pub fn consumer_config(brokers: &str, group: &str, session_timeout_ms: u32) -> ClientConfig {
+pub fn consumer_config(brokers: &str, group: &str, session_timeout: Duration) -> ClientConfig {
+    let session_timeout_ms = session_timeout.as_millis();
     let mut config = base_config(brokers);
     config
         .set("group.id", group)

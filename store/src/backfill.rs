@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use chrono::{Datelike, NaiveDate};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
-    TransactionTrait, Value,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, FromQueryResult,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
 use crate::counts::Counts;
+use crate::entities::JobStatus;
 use crate::postgres::{add_counts, FlushOutcome};
+use crate::sql::stmt;
 
 /// The first key of every backfill lock (`pg_advisory_lock(LOCK_CLASS, month)`), so
 /// that they cannot collide with other users of advisory locks.
@@ -28,8 +30,37 @@ pub const LOCK_CLASS: i32 = 0x7670_6266; // "vpbf"
 /// How often a worker asks again for a month someone else holds.
 const LOCK_POLL: Duration = Duration::from_millis(100);
 
-fn stmt(sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+#[derive(FromQueryResult)]
+struct Locked {
+    locked: bool,
+}
+
+/// A row of [`held_locks`]' query.
+#[derive(FromQueryResult)]
+struct LockRow {
+    lock_key: i64,
+    pid: i32,
+    application: String,
+    client: Option<String>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What a month's rebuild deleted of one key.
+#[derive(FromQueryResult)]
+struct Removed {
+    key: String,
+    views: i64,
+    daily_rows: i64,
+}
+
+#[derive(FromQueryResult)]
+struct JobId {
+    id: Uuid,
+}
+
+#[derive(FromQueryResult)]
+struct FirstOffsets {
+    first_offsets: Option<serde_json::Value>,
 }
 
 /// A calendar month, `YYYY-MM`.
@@ -114,7 +145,7 @@ impl MonthLock {
     /// `None`: someone else held it all that time.
     pub async fn acquire(url: &str, month: Month, wait: Duration) -> Result<Option<Self>, DbErr> {
         let mut opts = ConnectOptions::new(url);
-        // Not `viewpipe_schema::db::connect`: the pool's one connection *is* the lock,
+        // Not `viewpipe_runtime::db::connect`: the pool's one connection *is* the lock,
         // so it must never be retired for age or idleness while held.
         opts.max_connections(1)
             .min_connections(1)
@@ -126,15 +157,13 @@ impl MonthLock {
         let db = Database::connect(opts).await?;
         let deadline = Instant::now() + wait;
         loop {
-            let got = db
-                .query_one(stmt(
-                    "SELECT pg_try_advisory_lock($1, $2)",
-                    vec![LOCK_CLASS.into(), month.lock_key().into()],
-                ))
-                .await?
-                .map(|r| r.try_get_by_index::<bool>(0))
-                .transpose()?
-                .unwrap_or(false);
+            let got = Locked::find_by_statement(stmt(
+                "SELECT pg_try_advisory_lock($1, $2) AS locked",
+                vec![LOCK_CLASS.into(), month.lock_key().into()],
+            ))
+            .one(&db)
+            .await?
+            .is_some_and(|r| r.locked);
             if got {
                 return Ok(Some(Self { db, month }));
             }
@@ -203,28 +232,28 @@ pub struct HeldLock {
 
 /// The months whose backfill locks are held, and by which backend.
 pub async fn held_locks(db: &impl ConnectionTrait) -> Result<Vec<HeldLock>, DbErr> {
-    let rows = db
-        .query_all(stmt(
-            "SELECT l.objid::int8, l.pid, COALESCE(a.application_name, ''),
-                    host(a.client_addr), a.backend_start
-             FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-               AND l.classid = $1::int8::oid
-             ORDER BY l.objid",
-            vec![i64::from(LOCK_CLASS).into()],
-        ))
-        .await?;
+    let rows = LockRow::find_by_statement(stmt(
+        "SELECT l.objid::int8 AS lock_key, l.pid, COALESCE(a.application_name, '') AS application,
+                host(a.client_addr) AS client, a.backend_start AS since
+         FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+           AND l.classid = $1::int8::oid
+         ORDER BY l.objid",
+        vec![i64::from(LOCK_CLASS).into()],
+    ))
+    .all(db)
+    .await?;
     let mut held = Vec::with_capacity(rows.len());
     for row in rows {
-        let Some(month) = Month::from_lock_key(row.try_get_by_index(0)?) else {
+        let Some(month) = Month::from_lock_key(row.lock_key) else {
             continue;
         };
         held.push(HeldLock {
             month,
-            pid: row.try_get_by_index(1)?,
-            application: row.try_get_by_index(2)?,
-            client: row.try_get_by_index(3)?,
-            since: row.try_get_by_index(4)?,
+            pid: row.pid,
+            application: row.application,
+            client: row.client,
+            since: row.since,
         });
     }
     Ok(held)
@@ -284,21 +313,25 @@ async fn rebuild_once(
     txn.execute_unprepared("SET LOCAL statement_timeout = '15min'; SET LOCAL lock_timeout = '60s'")
         .await?;
     // What the month held, as it is deleted: also rows a live flush wrote a moment ago.
-    let removed = txn
-        .query_all(stmt(
-            "WITH gone AS (
-                 DELETE FROM view_counter_daily WHERE day >= $1 AND day < $2
-                 RETURNING key, count)
-             SELECT key, sum(count)::int8, count(*)::int8 FROM gone GROUP BY key ORDER BY key",
-            vec![month.first_day().into(), month.next().first_day().into()],
-        ))
-        .await?;
+    let removed = Removed::find_by_statement(stmt(
+        "WITH gone AS (
+             DELETE FROM view_counter_daily WHERE day >= $1 AND day < $2
+             RETURNING key, count)
+         SELECT key, sum(count)::int8 AS views, count(*)::int8 AS daily_rows
+         FROM gone GROUP BY key ORDER BY key",
+        vec![month.first_day().into(), month.next().first_day().into()],
+    ))
+    .all(&txn)
+    .await?;
     let mut outcome = Rebuilt::default();
     let mut lowered: BTreeMap<String, i64> = BTreeMap::new();
-    for row in removed {
-        let key: String = row.try_get_by_index(0)?;
-        let views: i64 = row.try_get_by_index(1)?;
-        outcome.rows_removed += row.try_get_by_index::<i64>(2)? as u64;
+    for Removed {
+        key,
+        views,
+        daily_rows,
+    } in removed
+    {
+        outcome.rows_removed += daily_rows as u64;
         outcome.views_removed += views;
         lowered.insert(key, views);
     }
@@ -315,7 +348,7 @@ async fn rebuild_once(
     let FlushOutcome { daily_rows, .. } = add_counts(&txn, &[counts]).await?;
     outcome.rows_written = daily_rows;
     outcome.views_written = counts.views();
-    update_job(&txn, job, "completed", result(&outcome), None).await?;
+    update_job(&txn, job, JobStatus::Completed, result(&outcome), None).await?;
     txn.commit().await?;
     Ok(outcome)
 }
@@ -326,16 +359,16 @@ pub async fn create_job(
     month: Month,
     topic: &str,
 ) -> Result<Uuid, DbErr> {
-    let row = db
-        .query_one(stmt(
-            "INSERT INTO jobs (kind, status, params)
-             VALUES ('backfill', 'queued', jsonb_build_object('month', $1::text, 'topic', $2::text))
-             RETURNING id",
-            vec![month.to_string().into(), topic.into()],
-        ))
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound("insert returned no row".into()))?;
-    row.try_get_by_index(0)
+    let created = JobId::find_by_statement(stmt(
+        "INSERT INTO jobs (kind, status, params)
+         VALUES ('backfill', 'queued', jsonb_build_object('month', $1::text, 'topic', $2::text))
+         RETURNING id",
+        vec![month.to_string().into(), topic.into()],
+    ))
+    .one(db)
+    .await?
+    .ok_or_else(|| DbErr::RecordNotFound("insert returned no row".into()))?;
+    Ok(created.id)
 }
 
 /// Records a job's state: `running` with progress, or its outcome
@@ -343,7 +376,7 @@ pub async fn create_job(
 pub async fn update_job(
     db: &impl ConnectionTrait,
     id: Uuid,
-    status: &str,
+    status: JobStatus,
     result: serde_json::Value,
     error: Option<&str>,
 ) -> Result<(), DbErr> {
@@ -353,7 +386,7 @@ pub async fn update_job(
          WHERE id = $1",
         vec![
             id.into(),
-            status.into(),
+            status.as_str().into(),
             result.into(),
             error.map(str::to_owned).into(),
         ],
@@ -369,17 +402,17 @@ pub async fn rebuilt_since(
     month: Month,
     ours: Uuid,
 ) -> Result<Option<Uuid>, DbErr> {
-    let row = db
-        .query_one(stmt(
-            "SELECT j.id FROM jobs j, jobs o
-             WHERE o.id = $2 AND j.kind = 'backfill' AND j.id <> o.id
-               AND j.params->>'month' = $1 AND j.status = 'completed'
-               AND j.result->>'outcome' = 'rebuilt' AND j.finished_at > o.created_at
-             ORDER BY j.finished_at DESC LIMIT 1",
-            vec![month.to_string().into(), ours.into()],
-        ))
-        .await?;
-    row.map(|r| r.try_get_by_index(0)).transpose()
+    let newer = JobId::find_by_statement(stmt(
+        "SELECT j.id FROM jobs j, jobs o
+         WHERE o.id = $2 AND j.kind = 'backfill' AND j.id <> o.id
+           AND j.params->>'month' = $1 AND j.status = 'completed'
+           AND j.result->>'outcome' = 'rebuilt' AND j.finished_at > o.created_at
+         ORDER BY j.finished_at DESC LIMIT 1",
+        vec![month.to_string().into(), ours.into()],
+    ))
+    .one(db)
+    .await?;
+    Ok(newer.map(|j| j.id))
 }
 
 /// Where the month's events began in each partition of `topic`, as the newest
@@ -389,21 +422,21 @@ pub async fn known_starts(
     month: Month,
     topic: &str,
 ) -> Result<Option<BTreeMap<i32, i64>>, DbErr> {
-    let row = db
-        .query_one(stmt(
-            "SELECT result->'firstOffsets' FROM jobs
-             WHERE kind = 'backfill' AND status = 'completed' AND params->>'month' = $1
-               AND params->>'topic' = $2 AND result->>'outcome' = 'rebuilt'
-               AND result ? 'firstOffsets'
-             ORDER BY finished_at DESC LIMIT 1",
-            vec![month.to_string().into(), topic.into()],
-        ))
-        .await?;
+    let row = FirstOffsets::find_by_statement(stmt(
+        "SELECT result->'firstOffsets' AS first_offsets FROM jobs
+         WHERE kind = 'backfill' AND status = 'completed' AND params->>'month' = $1
+           AND params->>'topic' = $2 AND result->>'outcome' = 'rebuilt'
+           AND result ? 'firstOffsets'
+         ORDER BY finished_at DESC LIMIT 1",
+        vec![month.to_string().into(), topic.into()],
+    ))
+    .one(db)
+    .await?;
     let Some(row) = row else {
         return Ok(None);
     };
-    let value: Option<serde_json::Value> = row.try_get_by_index(0)?;
-    let starts = value
+    let starts = row
+        .first_offsets
         .and_then(|v| serde_json::from_value::<BTreeMap<String, i64>>(v).ok())
         .map(|m| {
             m.into_iter()

@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
+
+use crate::sql::stmt;
 
 /// How long an id is remembered.
 pub const RETENTION: &str = "24 hours";
@@ -20,6 +22,14 @@ pub struct Sighting<'a> {
     pub event_id: &'a str,
     /// The message carrying it: `topic:partition:offset`.
     pub message: String,
+}
+
+/// Which message an id was decided for.
+#[derive(FromQueryResult)]
+struct Decided {
+    key: String,
+    event_id: String,
+    first_message: String,
 }
 
 /// For each sighting: true when its message is the one that counts for the id (the
@@ -36,9 +46,8 @@ pub async fn first_sightings(
     let messages: Vec<String> = sightings.iter().map(|s| s.message.clone()).collect();
     // Insert the first sighting of each (key, id) in key order (no deadlocks between
     // aggregators), taking over rows older than the retention.
-    db.execute(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        format!(
+    db.execute(stmt(
+        &format!(
             "INSERT INTO view_event_ids AS v (key, event_id, first_message, seen_at)
              SELECT DISTINCT ON (key, event_id) key, event_id, message, now()
              FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
@@ -52,22 +61,18 @@ pub async fn first_sightings(
     ))
     .await?;
     // A new statement sees every row, also one another aggregator just committed.
-    let rows = db
-        .query_all(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT v.key, v.event_id, v.first_message FROM view_event_ids v
-             JOIN unnest($1::text[], $2::text[]) AS u(key, event_id)
-               ON v.key = u.key AND v.event_id = u.event_id",
-            vec![keys.into(), ids.into()],
-        ))
-        .await?;
-    let mut first: HashMap<(String, String), String> = HashMap::with_capacity(rows.len());
-    for row in rows {
-        first.insert(
-            (row.try_get_by_index(0)?, row.try_get_by_index(1)?),
-            row.try_get_by_index(2)?,
-        );
-    }
+    let rows = Decided::find_by_statement(stmt(
+        "SELECT v.key, v.event_id, v.first_message FROM view_event_ids v
+         JOIN unnest($1::text[], $2::text[]) AS u(key, event_id)
+           ON v.key = u.key AND v.event_id = u.event_id",
+        vec![keys.into(), ids.into()],
+    ))
+    .all(db)
+    .await?;
+    let first: HashMap<(String, String), String> = rows
+        .into_iter()
+        .map(|r| ((r.key, r.event_id), r.first_message))
+        .collect();
     Ok(sightings
         .iter()
         .map(|s| {
@@ -81,9 +86,8 @@ pub async fn first_sightings(
 /// Forgets ids older than the retention, at most `limit` of them; returns how many.
 pub async fn forget_expired(db: &impl ConnectionTrait, limit: i64) -> Result<u64, DbErr> {
     let done = db
-        .execute(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            format!(
+        .execute(stmt(
+            &format!(
                 "DELETE FROM view_event_ids WHERE ctid IN (
                      SELECT ctid FROM view_event_ids
                      WHERE seen_at < now() - interval '{RETENTION}' LIMIT $1)"

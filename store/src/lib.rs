@@ -9,18 +9,22 @@
 //! - [`redis_conn`]: one Redis server or a Redis Cluster behind one connection type.
 //! - [`jobs`]: flush requests that every aggregator of a group answers.
 //! - [`event_ids`]: client-chosen `eventId`s, remembered in Postgres for 24 h.
+//! - [`migration`]: the Postgres schema, as SeaORM migrations.
 //!
 //! The protocol that makes these exact is described in `docs/exactly-once.md` and in
 //! the aggregator's `flush` module.
 
 pub mod backfill;
 pub mod counts;
+pub mod entities;
 pub mod event_ids;
 pub mod jobs;
+pub mod migration;
 pub mod pending;
 pub mod postgres;
 pub mod read;
 pub mod redis_conn;
+mod sql;
 
 pub use counts::{Counts, KeyCounts};
 pub use pending::PendingStore;

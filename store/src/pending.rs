@@ -42,6 +42,7 @@
 //! on every partition Postgres knows of; the owner notices the loss on its next write
 //! or check, rewrites the counts from memory and marks the partition live again.
 
+use std::fmt::Write;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
@@ -61,6 +62,13 @@ const RESTORE_CHUNK: usize = 5000;
 mod scripts;
 use scripts::{APPLY_LUA, FENCE_LUA, RESTORE_LUA, TAKE_OVER_LUA};
 
+/// A `REDIS_PREFIX` that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("REDIS_PREFIX {prefix:?} must not contain braces (they mark Redis Cluster hash tags)")]
+pub struct BadPrefix {
+    pub prefix: String,
+}
+
 /// The Redis key layout of one deployment and scope.
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -71,9 +79,11 @@ pub struct Layout {
 impl Layout {
     /// `prefix` must not contain `{` or `}`: the braces mark the hash tags.
     /// `group` and `topic` are the consumer group and topic the counts come from.
-    pub fn new(prefix: &str, group: &str, topic: &str) -> Result<Self, String> {
+    pub fn new(prefix: &str, group: &str, topic: &str) -> Result<Self, BadPrefix> {
         if prefix.contains(['{', '}']) {
-            return Err(format!("REDIS_PREFIX {prefix:?} must not contain braces"));
+            return Err(BadPrefix {
+                prefix: prefix.to_owned(),
+            });
         }
         Ok(Self {
             prefix: prefix.to_owned(),
@@ -125,14 +135,51 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// The field of a key's total (the same as `Counts::for_each_field` writes).
+/// The field of a key's total in a generation hash: `t:<key>`.
 pub fn total_field(key: &str) -> String {
-    format!("t:{key}")
+    let mut name = String::with_capacity(2 + key.len());
+    push_total_field(&mut name, key);
+    name
 }
 
-/// The field of a key's views on `day` (the same as `Counts::for_each_field` writes).
+/// The field of a key's views on `day` in a generation hash: `d:<key>:<YYYY-MM-DD>`.
 pub fn day_field(key: &str, day: NaiveDate) -> String {
-    format!("d:{key}:{day}")
+    let mut name = String::with_capacity(14 + key.len());
+    push_day_field(&mut name, key, day);
+    name
+}
+
+fn push_total_field(name: &mut String, key: &str) {
+    name.push_str("t:");
+    name.push_str(key);
+}
+
+fn push_day_field(name: &mut String, key: &str, day: NaiveDate) {
+    let _ = write!(name, "d:{key}:{day}");
+}
+
+/// Calls `f` with each generation-hash field `counts` adds to and its value: each
+/// key's total ([`total_field`]) and each of its days ([`day_field`]). One buffer is
+/// reused for the names.
+pub fn for_each_field(counts: &Counts, mut f: impl FnMut(&str, i64)) {
+    let mut name = String::with_capacity(64);
+    for (key, key_counts) in counts.iter() {
+        name.clear();
+        push_total_field(&mut name, key);
+        f(&name, key_counts.total());
+        for (day, n) in key_counts.days() {
+            name.clear();
+            push_day_field(&mut name, key, *day);
+            f(&name, *n);
+        }
+    }
+}
+
+/// The fields of [`for_each_field`], collected: what [`PendingStore::restore`] writes.
+pub fn fields(counts: &Counts) -> Vec<(String, i64)> {
+    let mut out = Vec::with_capacity(counts.len() * 2);
+    for_each_field(counts, |name, n| out.push((name.to_owned(), n)));
+    out
 }
 
 /// One partition's batch, pre-aggregated.
@@ -229,7 +276,7 @@ impl PendingStore {
                         .arg(b.last)
                         .arg(if b.live { "1" } else { "0" })
                         .arg(HASH_TTL_SECS);
-                    b.counts.for_each_field(|field, n| {
+                    for_each_field(&b.counts, |field, n| {
                         cmd.arg(field).arg(n);
                     });
                 },
@@ -573,5 +620,30 @@ mod tests {
             .pattern();
         assert!(pattern.starts_with("v\\*p:{"), "{pattern}");
         assert!(pattern.ends_with(".*"), "{pattern}");
+    }
+
+    #[test]
+    fn counts_make_one_total_field_and_one_field_per_day() {
+        let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).expect("date");
+        let mut counts = Counts::default();
+        counts.add("resource:x", day(20), None);
+        counts.add("resource:x", day(21), None);
+        counts.add("resource:x", day(21), None);
+        counts.add("resource:y", day(21), None);
+        let mut made = fields(&counts);
+        made.sort();
+        assert_eq!(
+            made,
+            vec![
+                ("d:resource:x:2026-11-20".to_owned(), 1),
+                ("d:resource:x:2026-11-21".to_owned(), 2),
+                ("d:resource:y:2026-11-21".to_owned(), 1),
+                ("t:resource:x".to_owned(), 3),
+                ("t:resource:y".to_owned(), 1),
+            ]
+        );
+        assert_eq!(counts.fields(), fields(&counts));
+        assert_eq!(total_field("resource:x"), "t:resource:x");
+        assert_eq!(day_field("resource:x", day(21)), "d:resource:x:2026-11-21");
     }
 }

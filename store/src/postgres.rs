@@ -15,11 +15,10 @@
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult, TransactionTrait};
 
 use crate::counts::{Counts, KeyCounts};
+use crate::sql::stmt;
 
 /// Which consumer group and topic the partition rows belong to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,8 +114,64 @@ pub enum FlushError {
     Db(#[from] DbErr),
 }
 
-fn stmt(sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+// The rows of this module's statements, read by column name.
+
+/// A partition's row as [`claim`] leaves it.
+#[derive(FromQueryResult)]
+struct Claimed {
+    next_offset: i64,
+    flushed_gen: i64,
+    epoch: i64,
+    last_mark: Option<i64>,
+    anchor_offset: Option<i64>,
+    anchor_mark: Option<i64>,
+}
+
+#[derive(FromQueryResult)]
+struct Epoch {
+    epoch: i64,
+}
+
+/// A partition's position as a [`flush`] finds it under its lock.
+#[derive(FromQueryResult)]
+struct Position {
+    partition: i32,
+    epoch: i64,
+    flushed_gen: i64,
+    next_offset: i64,
+}
+
+/// Rows one [`upsert`] wrote in each counter table.
+#[derive(FromQueryResult)]
+struct Upserted {
+    total_rows: i64,
+    daily_rows: i64,
+}
+
+/// What [`snapshot`] reads: the arrays run in parallel (`partitions` with `gens`,
+/// `days` with `counts`).
+#[derive(FromQueryResult)]
+struct SnapshotRow {
+    total: i64,
+    partitions: Vec<i32>,
+    gens: Vec<i64>,
+    days: Vec<NaiveDate>,
+    counts: Vec<i64>,
+}
+
+#[derive(FromQueryResult)]
+struct TopRow {
+    id: String,
+    n: i64,
+}
+
+/// One key's row of [`totals_snapshot`]: its total, and in every row the same
+/// partitions (`p`) and their `flushed_gen` (`f`), NULL without partition rows.
+#[derive(FromQueryResult)]
+struct KeyTotal {
+    total: i64,
+    p: Option<Vec<i32>>,
+    f: Option<Vec<i64>>,
 }
 
 /// Takes a partition over: bumps its epoch (creating the row on first use) and
@@ -126,32 +181,29 @@ pub async fn claim(
     scope: &Scope,
     partition: i32,
 ) -> Result<Claim, DbErr> {
-    let row = db
-        .query_one(stmt(
-            "INSERT INTO aggregator_partitions AS a
-                 (consumer_group, topic, partition, next_offset, flushed_gen, epoch, updated_at)
-             VALUES ($1, $2, $3, -1, 0, 1, now())
-             ON CONFLICT (consumer_group, topic, partition)
-             DO UPDATE SET epoch = a.epoch + 1, updated_at = now()
-             RETURNING next_offset, flushed_gen, epoch, last_mark, anchor_offset, anchor_mark",
-            vec![
-                scope.group.clone().into(),
-                scope.topic.clone().into(),
-                partition.into(),
-            ],
-        ))
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound("claim returned no row".into()))?;
-    let next_offset: i64 = row.try_get_by_index(0)?;
-    let anchor_offset: Option<i64> = row.try_get_by_index(4)?;
-    let anchor_mark: Option<i64> = row.try_get_by_index(5)?;
+    let row = Claimed::find_by_statement(stmt(
+        "INSERT INTO aggregator_partitions AS a
+             (consumer_group, topic, partition, next_offset, flushed_gen, epoch, updated_at)
+         VALUES ($1, $2, $3, -1, 0, 1, now())
+         ON CONFLICT (consumer_group, topic, partition)
+         DO UPDATE SET epoch = a.epoch + 1, updated_at = now()
+         RETURNING next_offset, flushed_gen, epoch, last_mark, anchor_offset, anchor_mark",
+        vec![
+            scope.group.clone().into(),
+            scope.topic.clone().into(),
+            partition.into(),
+        ],
+    ))
+    .one(db)
+    .await?
+    .ok_or_else(|| DbErr::RecordNotFound("claim returned no row".into()))?;
     Ok(Claim {
         partition,
-        next_offset: (next_offset >= 0).then_some(next_offset),
-        flushed_gen: row.try_get_by_index(1)?,
-        epoch: row.try_get_by_index(2)?,
-        last_mark: row.try_get_by_index(3)?,
-        anchor: anchor_offset.zip(anchor_mark),
+        next_offset: (row.next_offset >= 0).then_some(row.next_offset),
+        flushed_gen: row.flushed_gen,
+        epoch: row.epoch,
+        last_mark: row.last_mark,
+        anchor: row.anchor_offset.zip(row.anchor_mark),
     })
 }
 
@@ -161,18 +213,18 @@ pub async fn partition_epoch(
     scope: &Scope,
     partition: i32,
 ) -> Result<i64, DbErr> {
-    let row = db
-        .query_one(stmt(
-            "SELECT epoch FROM aggregator_partitions
-             WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
-            vec![
-                scope.group.clone().into(),
-                scope.topic.clone().into(),
-                partition.into(),
-            ],
-        ))
-        .await?;
-    row.map_or(Ok(0), |r| r.try_get_by_index(0))
+    let row = Epoch::find_by_statement(stmt(
+        "SELECT epoch FROM aggregator_partitions
+         WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+        vec![
+            scope.group.clone().into(),
+            scope.topic.clone().into(),
+            partition.into(),
+        ],
+    ))
+    .one(db)
+    .await?;
+    Ok(row.map_or(0, |r| r.epoch))
 }
 
 /// Writes `counts` (one per flushed partition; a key may appear in several) and the
@@ -192,29 +244,22 @@ pub async fn flush(
     let mut commits: Vec<&PartitionCommit> = commits.iter().collect();
     commits.sort_by_key(|c| c.partition);
     let partitions: Vec<i32> = commits.iter().map(|c| c.partition).collect();
-    let rows = txn
-        .query_all(stmt(
-            "SELECT partition, epoch, flushed_gen, next_offset FROM aggregator_partitions
-             WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3)
-             ORDER BY partition FOR UPDATE",
-            vec![
-                scope.group.clone().into(),
-                scope.topic.clone().into(),
-                partitions.into(),
-            ],
-        ))
-        .await?;
-    let mut current: BTreeMap<i32, (i64, i64, i64)> = BTreeMap::new();
-    for row in rows {
-        current.insert(
-            row.try_get_by_index::<i32>(0)?,
-            (
-                row.try_get_by_index::<i64>(1)?,
-                row.try_get_by_index::<i64>(2)?,
-                row.try_get_by_index::<i64>(3)?,
-            ),
-        );
-    }
+    let rows = Position::find_by_statement(stmt(
+        "SELECT partition, epoch, flushed_gen, next_offset FROM aggregator_partitions
+         WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3)
+         ORDER BY partition FOR UPDATE",
+        vec![
+            scope.group.clone().into(),
+            scope.topic.clone().into(),
+            partitions.into(),
+        ],
+    ))
+    .all(&txn)
+    .await?;
+    let current: BTreeMap<i32, (i64, i64, i64)> = rows
+        .into_iter()
+        .map(|r| (r.partition, (r.epoch, r.flushed_gen, r.next_offset)))
+        .collect();
     let epoch_of = |c: &PartitionCommit| current.get(&c.partition).map_or(0, |r| r.0);
     let behind: Vec<i32> = commits
         .iter()
@@ -403,46 +448,45 @@ async fn upsert(
             counts.push(*count);
         }
     }
-    let row = txn
-        .query_one(stmt(
-            "WITH u AS (
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
-                     WITH ORDINALITY AS u(key, path, total, i)),
-             t AS (
-                 INSERT INTO view_counter_total AS t
-                     (key, namespace, entity_id, path, total, created_at, updated_at)
-                 SELECT key, split_part(key, ':', 1), substr(key, strpos(key, ':') + 1),
-                        NULLIF(path, ''), total, now(), now()
-                 FROM u ORDER BY i
-                 ON CONFLICT (key) DO UPDATE
-                 SET total = t.total + EXCLUDED.total,
-                     path = COALESCE(EXCLUDED.path, t.path),
-                     updated_at = EXCLUDED.updated_at
-                 RETURNING 1),
-             d AS (
-                 INSERT INTO view_counter_daily AS d (key, day, count, created_at, updated_at)
-                 SELECT u.key, x.day, x.count, now(), now()
-                 FROM unnest($4::int8[], $5::date[], $6::int8[]) WITH ORDINALITY AS x(i, day, count, o)
-                 JOIN u ON u.i = x.i
-                 ORDER BY x.o
-                 ON CONFLICT (key, day) DO UPDATE
-                 SET count = d.count + EXCLUDED.count, updated_at = EXCLUDED.updated_at
-                 RETURNING 1)
-             SELECT (SELECT count(*) FROM t)::int8, (SELECT count(*) FROM d)::int8",
-            vec![
-                keys.into(),
-                paths.into(),
-                totals.into(),
-                day_of.into(),
-                days.into(),
-                counts.into(),
-            ],
-        ))
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound("upsert returned no row".into()))?;
-    let total_rows: i64 = row.try_get_by_index(0)?;
-    let daily_rows: i64 = row.try_get_by_index(1)?;
-    Ok((total_rows as u64, daily_rows as u64))
+    let row = Upserted::find_by_statement(stmt(
+        "WITH u AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
+                 WITH ORDINALITY AS u(key, path, total, i)),
+         t AS (
+             INSERT INTO view_counter_total AS t
+                 (key, namespace, entity_id, path, total, created_at, updated_at)
+             SELECT key, split_part(key, ':', 1), substr(key, strpos(key, ':') + 1),
+                    NULLIF(path, ''), total, now(), now()
+             FROM u ORDER BY i
+             ON CONFLICT (key) DO UPDATE
+             SET total = t.total + EXCLUDED.total,
+                 path = COALESCE(EXCLUDED.path, t.path),
+                 updated_at = EXCLUDED.updated_at
+             RETURNING 1),
+         d AS (
+             INSERT INTO view_counter_daily AS d (key, day, count, created_at, updated_at)
+             SELECT u.key, x.day, x.count, now(), now()
+             FROM unnest($4::int8[], $5::date[], $6::int8[]) WITH ORDINALITY AS x(i, day, count, o)
+             JOIN u ON u.i = x.i
+             ORDER BY x.o
+             ON CONFLICT (key, day) DO UPDATE
+             SET count = d.count + EXCLUDED.count, updated_at = EXCLUDED.updated_at
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM t)::int8 AS total_rows,
+                (SELECT count(*) FROM d)::int8 AS daily_rows",
+        vec![
+            keys.into(),
+            paths.into(),
+            totals.into(),
+            day_of.into(),
+            days.into(),
+            counts.into(),
+        ],
+    ))
+    .one(txn)
+    .await?
+    .ok_or_else(|| DbErr::RecordNotFound("upsert returned no row".into()))?;
+    Ok((row.total_rows as u64, row.daily_rows as u64))
 }
 
 /// What Postgres holds for one key, and every partition's `flushed_gen`, read in one
@@ -466,35 +510,31 @@ pub async fn snapshot(
 ) -> Result<Snapshot, DbErr> {
     // Without a range the bounds are NULL, and `BETWEEN` matches no row.
     let (from, to) = (days.map(|d| d.0), days.map(|d| d.1));
-    let row = db
-        .query_one(stmt(
-            "SELECT COALESCE((SELECT total FROM view_counter_total WHERE key = $1), 0)::int8,
-                    ARRAY(SELECT partition FROM aggregator_partitions
-                          WHERE consumer_group = $2 AND topic = $3 ORDER BY partition),
-                    ARRAY(SELECT flushed_gen FROM aggregator_partitions
-                          WHERE consumer_group = $2 AND topic = $3 ORDER BY partition),
-                    ARRAY(SELECT day FROM view_counter_daily
-                          WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day),
-                    ARRAY(SELECT count FROM view_counter_daily
-                          WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day)",
-            vec![
-                key.into(),
-                scope.group.clone().into(),
-                scope.topic.clone().into(),
-                from.into(),
-                to.into(),
-            ],
-        ))
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound("snapshot query returned no row".into()))?;
-    let partitions: Vec<i32> = row.try_get_by_index(1)?;
-    let gens: Vec<i64> = row.try_get_by_index(2)?;
-    let day_list: Vec<NaiveDate> = row.try_get_by_index(3)?;
-    let counts: Vec<i64> = row.try_get_by_index(4)?;
+    let row = SnapshotRow::find_by_statement(stmt(
+        "SELECT COALESCE((SELECT total FROM view_counter_total WHERE key = $1), 0)::int8 AS total,
+                ARRAY(SELECT partition FROM aggregator_partitions
+                      WHERE consumer_group = $2 AND topic = $3 ORDER BY partition) AS partitions,
+                ARRAY(SELECT flushed_gen FROM aggregator_partitions
+                      WHERE consumer_group = $2 AND topic = $3 ORDER BY partition) AS gens,
+                ARRAY(SELECT day FROM view_counter_daily
+                      WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day) AS days,
+                ARRAY(SELECT count FROM view_counter_daily
+                      WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day) AS counts",
+        vec![
+            key.into(),
+            scope.group.clone().into(),
+            scope.topic.clone().into(),
+            from.into(),
+            to.into(),
+        ],
+    ))
+    .one(db)
+    .await?
+    .ok_or_else(|| DbErr::RecordNotFound("snapshot query returned no row".into()))?;
     Ok(Snapshot {
-        total: row.try_get_by_index(0)?,
-        days: day_list.into_iter().zip(counts).collect(),
-        gens: partitions.into_iter().zip(gens).collect(),
+        total: row.total,
+        days: row.days.into_iter().zip(row.counts).collect(),
+        gens: row.partitions.into_iter().zip(row.gens).collect(),
     })
 }
 
@@ -507,25 +547,23 @@ pub async fn top(
     to: NaiveDate,
     limit: u32,
 ) -> Result<Vec<(String, i64)>, DbErr> {
-    let rows = db
-        .query_all(stmt(
-            "SELECT substr(key, length($1) + 2) AS id, SUM(count)::int8 AS n
-             FROM view_counter_daily
-             WHERE day BETWEEN $2 AND $3 AND starts_with(key, $1 || ':')
-             GROUP BY key
-             ORDER BY n DESC, key COLLATE \"C\" ASC
-             LIMIT $4",
-            vec![
-                namespace.into(),
-                from.into(),
-                to.into(),
-                i64::from(limit).into(),
-            ],
-        ))
-        .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
-        .collect()
+    let rows = TopRow::find_by_statement(stmt(
+        "SELECT substr(key, length($1) + 2) AS id, SUM(count)::int8 AS n
+         FROM view_counter_daily
+         WHERE day BETWEEN $2 AND $3 AND starts_with(key, $1 || ':')
+         GROUP BY key
+         ORDER BY n DESC, key COLLATE \"C\" ASC
+         LIMIT $4",
+        vec![
+            namespace.into(),
+            from.into(),
+            to.into(),
+            i64::from(limit).into(),
+        ],
+    ))
+    .all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.n)).collect())
 }
 
 /// The flushed totals of `keys` and every partition's `flushed_gen`, in one
@@ -535,38 +573,37 @@ pub async fn totals_snapshot(
     scope: &Scope,
     keys: &[&str],
 ) -> Result<(Vec<i64>, Vec<(i32, i64)>), DbErr> {
-    let rows = db
-        .query_all(stmt(
-            "WITH g AS (
-                 SELECT array_agg(partition ORDER BY partition) AS p,
-                        array_agg(flushed_gen ORDER BY partition) AS f
-                 FROM aggregator_partitions WHERE consumer_group = $2 AND topic = $3)
-             SELECT COALESCE(t.total, 0)::int8, g.p, g.f
-             FROM unnest($1::text[]) WITH ORDINALITY AS k(key, i)
-             LEFT JOIN view_counter_total t ON t.key = k.key
-             CROSS JOIN g
-             ORDER BY k.i",
-            vec![
-                keys.iter()
-                    .map(|k| (*k).to_owned())
-                    .collect::<Vec<String>>()
-                    .into(),
-                scope.group.clone().into(),
-                scope.topic.clone().into(),
-            ],
-        ))
-        .await?;
+    let rows = KeyTotal::find_by_statement(stmt(
+        "WITH g AS (
+             SELECT array_agg(partition ORDER BY partition) AS p,
+                    array_agg(flushed_gen ORDER BY partition) AS f
+             FROM aggregator_partitions WHERE consumer_group = $2 AND topic = $3)
+         SELECT COALESCE(t.total, 0)::int8 AS total, g.p, g.f
+         FROM unnest($1::text[]) WITH ORDINALITY AS k(key, i)
+         LEFT JOIN view_counter_total t ON t.key = k.key
+         CROSS JOIN g
+         ORDER BY k.i",
+        vec![
+            keys.iter()
+                .map(|k| (*k).to_owned())
+                .collect::<Vec<String>>()
+                .into(),
+            scope.group.clone().into(),
+            scope.topic.clone().into(),
+        ],
+    ))
+    .all(db)
+    .await?;
     let mut totals = Vec::with_capacity(rows.len());
     let mut gens = Vec::new();
-    for (i, row) in rows.iter().enumerate() {
-        totals.push(row.try_get_by_index::<i64>(0)?);
+    for (i, row) in rows.into_iter().enumerate() {
+        totals.push(row.total);
         if i == 0 {
-            let p: Option<Vec<i32>> = row.try_get_by_index(1)?;
-            let f: Option<Vec<i64>> = row.try_get_by_index(2)?;
-            gens = p
+            gens = row
+                .p
                 .unwrap_or_default()
                 .into_iter()
-                .zip(f.unwrap_or_default())
+                .zip(row.f.unwrap_or_default())
                 .collect();
         }
     }

@@ -22,7 +22,7 @@ use chrono::NaiveDate;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use viewpipe_schema::ContentKey;
+use viewpipe_event::ContentKey;
 
 use crate::pending::{PartitionView, PendingStore};
 use crate::postgres::{self, Scope, Snapshot};

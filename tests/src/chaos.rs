@@ -343,7 +343,14 @@ pub async fn metric_sum(services: &[Service], series: &str) -> f64 {
 
 /// Sums a counter or gauge from a service's `/metrics` (all label sets matching
 /// `series`, e.g. `viewpipe_aggregator_events_total{result="invalid"}`).
+/// Only a child process's metrics are its own: services built in the test process
+/// share one recorder, so reading one of them here is a mistake in the test.
 pub async fn metric(service: &Service, series: &str) -> f64 {
+    assert!(
+        service.is_process(),
+        "{} runs in the test process, whose metrics every in-process service shares: start it with a *_process spawn to read its metrics",
+        service.name()
+    );
     let Ok(response) = reqwest::get(service.url("/metrics")).await else {
         return 0.0;
     };

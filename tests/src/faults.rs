@@ -110,7 +110,12 @@ pub async fn aggregators(stack: &Stack, n: usize, extra: &[(&str, &str)]) -> Vec
     env.extend_from_slice(extra);
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(stack.spawn_aggregator(&env).await.expect("aggregator"));
+        out.push(
+            stack
+                .spawn_aggregator_process(&env)
+                .await
+                .expect("aggregator"),
+        );
     }
     out
 }
@@ -157,5 +162,4 @@ pub async fn kill_9_run(extra: &[(&str, &str)], what: &str) {
     );
     println!("{what}: kill -9 at acknowledged views {kills:?}");
     run.end(&stack, &ingest, what).await;
-    stack.cleanup().await.expect("cleanup");
 }

@@ -3,28 +3,32 @@
 //! Each [`Stack`] has its own broker (the dev broker in this process on a free port,
 //! or a private nisshi process: see [`broker`]), its own
 //! Postgres database (`vp_test_<id>`, migrated) and its own Redis key prefix, so tests
-//! run side by side without seeing each other. `ingest` and `aggregator` run as real
-//! child processes built by `cargo build --bins`; their logs go to
-//! `target/test-logs/<id>-<name>.log`.
+//! run side by side without seeing each other. `ingest` and `aggregator` are built in
+//! the test process by their own `App::build` on port 0, or run as child processes
+//! of the binaries `cargo build --bins` built where a test kills or signals them
+//! (see [`service`]). Logs go to `target/test-logs/`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use sea_orm_migration::MigratorTrait;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::broker::Broker;
 
 pub mod broker;
 pub mod chaos;
 pub mod faults;
+pub mod openapi;
 pub mod pg_server;
 pub mod pgproxy;
 pub mod redis_server;
+pub mod service;
+
+pub use service::{Kind, Service};
 
 pub const PARTITIONS: i32 = 8;
 
@@ -82,6 +86,77 @@ pub struct Stack {
     pub group: String,
     /// The server's admin URL the test database was created with.
     admin_url: String,
+    /// Set once [`Stack::cleanup`] ran, so that dropping does not do it again.
+    cleaned: bool,
+}
+
+impl Drop for Stack {
+    /// A test that fails half-way still drops its database and Redis keys: on a
+    /// thread of its own (a runtime cannot block inside another), within 20 s.
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let (admin, id) = (self.admin_url.clone(), self.id.clone());
+        let (redis, prefix) = (self.redis_url.clone(), self.redis_prefix.clone());
+        let cleaner = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let cleanup = drop_database_and_keys(&admin, &id, &redis, &prefix);
+                match tokio::time::timeout(Duration::from_secs(20), cleanup).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => eprintln!("stack {id}: cleanup failed: {e:#}"),
+                    Err(_) => eprintln!("stack {id}: cleanup timed out"),
+                }
+            });
+        });
+        let _ = cleaner.join();
+    }
+}
+
+/// A connection to the Redis (or Redis Cluster) at `url` and every key under
+/// `prefix` (SCAN, so a large shared keyspace is never blocked on).
+async fn keys_under(
+    url: &str,
+    prefix: &str,
+) -> anyhow::Result<(viewpipe_store::RedisConn, Vec<String>)> {
+    let timeouts = viewpipe_store::redis_conn::Timeouts::default();
+    let conn = viewpipe_store::RedisConn::connect(url, timeouts).await?;
+    let keys = conn.scan(&format!("{prefix}:*")).await?;
+    Ok((conn, keys))
+}
+
+/// Drops database `vp_test_<id>` on the server of `admin` and every Redis key under
+/// `prefix`. A server already gone (a private one the test stopped) is skipped.
+async fn drop_database_and_keys(
+    admin: &str,
+    id: &str,
+    redis_url: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let mut opts = sea_orm::ConnectOptions::new(admin);
+    opts.connect_timeout(Duration::from_secs(2))
+        .sqlx_logging(false);
+    if let Ok(admin) = Database::connect(opts).await {
+        admin
+            .execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS vp_test_{id} WITH (FORCE)"
+            ))
+            .await?;
+        admin.close().await.ok();
+    }
+    if let Ok((conn, keys)) = keys_under(redis_url, prefix).await {
+        conn.per_partition(&keys, false, String::clone, |pipe, key| {
+            pipe.cmd("DEL").arg(key);
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 impl Stack {
@@ -116,7 +191,7 @@ impl Stack {
             base.rsplit_once('/').map_or(base.as_str(), |(b, _)| b)
         );
         let db = Database::connect(&db_url).await?;
-        viewpipe_schema::migration::Migrator::up(&db, None).await?;
+        viewpipe_store::migration::Migrator::up(&db, None).await?;
         Ok(Self {
             redis_prefix: format!("vp_test_{id}"),
             redis_url: redis_url(),
@@ -126,6 +201,7 @@ impl Stack {
             db_url,
             db,
             admin_url,
+            cleaned: false,
         })
     }
 
@@ -146,11 +222,39 @@ impl Stack {
         .collect()
     }
 
+    /// Builds an ingest in the test process, with this stack's settings and
+    /// `extra` (name, value) settings.
     pub async fn spawn_ingest(&self, extra: &[(&str, &str)]) -> anyhow::Result<Service> {
-        let addr = free_addr();
+        Service::in_process(Kind::Ingest, &self.id, self.env_with(extra)).await
+    }
+
+    /// Builds an aggregator in the test process.
+    pub async fn spawn_aggregator(&self, extra: &[(&str, &str)]) -> anyhow::Result<Service> {
+        Service::in_process(Kind::Aggregator, &self.id, self.env_with(extra)).await
+    }
+
+    /// Starts an ingest as a child process: for tests that kill or signal it, or
+    /// read its own metrics.
+    pub async fn spawn_ingest_process(&self, extra: &[(&str, &str)]) -> anyhow::Result<Service> {
+        Service::process(Kind::Ingest, &self.id, self.env_with(extra)).await
+    }
+
+    /// Starts an aggregator as a child process (see [`Stack::spawn_ingest_process`]).
+    pub async fn spawn_aggregator_process(
+        &self,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Service> {
+        Service::process(Kind::Aggregator, &self.id, self.env_with(extra)).await
+    }
+
+    fn env_with(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env = self.env();
-        env.push(("INGEST_ADDR".into(), addr.to_string()));
-        self.spawn("ingest", addr, env, extra).await
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        env
     }
 
     /// Runs one of the project's binaries with `args` and this stack's environment
@@ -174,62 +278,17 @@ impl Stack {
         ))
     }
 
-    pub async fn spawn_aggregator(&self, extra: &[(&str, &str)]) -> anyhow::Result<Service> {
-        let addr = free_addr();
-        let mut env = self.env();
-        env.push(("AGGREGATOR_ADDR".into(), addr.to_string()));
-        self.spawn("aggregator", addr, env, extra).await
-    }
-
-    async fn spawn(
-        &self,
-        name: &str,
-        addr: SocketAddr,
-        mut env: Vec<(String, String)>,
-        extra: &[(&str, &str)],
-    ) -> anyhow::Result<Service> {
-        env.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        let logs = log_dir();
-        let log_path = logs.join(format!("{}-{name}-{}.log", self.id, addr.port()));
-        let log = std::fs::File::create(&log_path)?;
-        let child = Command::new(bin(name))
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawn {name}"))?;
-        let service = Service {
-            name: name.to_owned(),
-            addr,
-            child,
-            log_path,
-        };
-        service.wait_ready(Duration::from_secs(30)).await?;
-        Ok(service)
-    }
-
-    /// Drops the database and this stack's Redis keys.
-    pub async fn cleanup(self) -> anyhow::Result<()> {
-        self.db.clone().close().await.ok();
-        let admin = Database::connect(&self.admin_url).await?;
-        admin
-            .execute_unprepared(&format!(
-                "DROP DATABASE IF EXISTS vp_test_{} WITH (FORCE)",
-                self.id
-            ))
-            .await?;
-        let (conn, keys) = self.redis_keys().await?;
-        conn.per_partition(&keys, false, String::clone, |pipe, key| {
-            pipe.cmd("DEL").arg(key);
-        })
-        .await?;
-        Ok(())
+    /// Drops the database and this stack's Redis keys now (dropping the stack does
+    /// the same, errors aside).
+    pub async fn cleanup(mut self) -> anyhow::Result<()> {
+        self.cleaned = true;
+        drop_database_and_keys(
+            &self.admin_url,
+            &self.id,
+            &self.redis_url,
+            &self.redis_prefix,
+        )
+        .await
     }
 
     /// This stack with the services using the Redis (or Redis Cluster) at `url`.
@@ -241,14 +300,7 @@ impl Stack {
     /// A Redis connection and every key under this stack's prefix (SCAN, so a large
     /// shared keyspace is never blocked on).
     pub async fn redis_keys(&self) -> anyhow::Result<(viewpipe_store::RedisConn, Vec<String>)> {
-        let conn = viewpipe_store::RedisConn::connect(
-            &self.redis_url,
-            viewpipe_store::redis_conn::Timeouts::default(),
-        )
-        .await?;
-        let pattern = format!("{}:*", self.redis_prefix);
-        let keys = conn.scan(&pattern).await?;
-        Ok((conn, keys))
+        keys_under(&self.redis_url, &self.redis_prefix).await
     }
 
     /// Deletes every Redis key of this stack's deployment, as a Redis restart without
@@ -352,72 +404,6 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-}
-
-/// A running `ingest` or `aggregator` process.
-pub struct Service {
-    pub name: String,
-    pub addr: SocketAddr,
-    pub child: Child,
-    pub log_path: PathBuf,
-}
-
-impl Service {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(r) = http.get(self.url("/readyz")).send().await {
-                if r.status().is_success() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} not ready after {within:?}; see {}",
-                    self.name,
-                    self.log_path.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Kills the process with SIGKILL (no chance to flush or leave the group).
-    /// The process' peak resident memory (`VmHWM`) in KiB, while it runs.
-    pub fn peak_rss_kib(&self) -> Option<u64> {
-        let pid = self.child.id()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib)
-    }
-
-    pub async fn kill9(mut self) -> anyhow::Result<()> {
-        self.child.start_kill()?;
-        self.child.wait().await?;
-        Ok(())
-    }
-
-    /// Sends SIGTERM and waits for the exit status.
-    pub async fn terminate(mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
-        let pid = self.child.id().context("already exited")?;
-        signal(pid, libc::SIGTERM);
-        tokio::time::timeout(within, self.child.wait())
-            .await
-            .with_context(|| format!("{} did not exit within {within:?} of SIGTERM", self.name))?
-            .map_err(Into::into)
     }
 }
 

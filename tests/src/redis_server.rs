@@ -3,6 +3,7 @@
 //! script cache), as a crashed cache node would.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -44,14 +45,17 @@ impl RedisServer {
 
     /// Starts the server again on the same port (empty).
     pub async fn resume(&mut self) -> anyhow::Result<()> {
-        let child = redis_server(self.addr.port())
+        let log = log_path(&std::env::temp_dir(), self.addr.port());
+        let child = redis_server(self.addr.port(), &log)
             .args(&self.extra)
             .spawn()
             .context("spawn redis-server (apt install redis-server)")?;
-        self.child = Some(child);
+        let url = self.url();
+        let child = self.child.insert(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(client) = redis::Client::open(self.url()) {
+            exited_early(child, &log)?;
+            if let Ok(client) = redis::Client::open(url.as_str()) {
                 if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
                     let pong: redis::RedisResult<String> =
                         redis::cmd("PING").query_async(&mut conn).await;
@@ -62,7 +66,17 @@ impl RedisServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("redis-server on {} did not answer within 10 s", self.addr)
+        bail!(
+            "redis-server on {} did not answer within 10 s{}",
+            self.addr,
+            log_tail(&log)
+        )
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(log_path(&std::env::temp_dir(), self.addr.port()));
     }
 }
 
@@ -125,7 +139,8 @@ impl RedisCluster {
     async fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let port = self.nodes[i].0;
         let conf = self.dir.join(format!("nodes-{port}.conf"));
-        let child = redis_server(port)
+        let log = log_path(&self.dir, port);
+        let child = redis_server(port, &log)
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
             .arg("--cluster-config-file")
             .arg(&conf)
@@ -133,15 +148,19 @@ impl RedisCluster {
             .arg(&self.dir)
             .spawn()
             .context("spawn redis-server (apt install redis-server)")?;
-        self.nodes[i].1 = Some(child);
+        let child = self.nodes[i].1.insert(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            exited_early(child, &log)?;
             if node_info(port, "PING").await.is_ok() {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("redis-server on port {port} did not answer within 10 s")
+        bail!(
+            "redis-server on port {port} did not answer within 10 s{}",
+            log_tail(&log)
+        )
     }
 
     /// Waits until every node reports the cluster healthy.
@@ -158,7 +177,12 @@ impl RedisCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("the Redis Cluster did not reach cluster_state:ok within 30 s")
+        let logs: String = self
+            .nodes
+            .iter()
+            .map(|(port, _)| log_tail(&log_path(&self.dir, *port)))
+            .collect();
+        bail!("the Redis Cluster did not reach cluster_state:ok within 30 s{logs}")
     }
 
     /// Kills node `i` (-9) and starts it again at once: it keeps its slots and has
@@ -200,9 +224,10 @@ impl Drop for RedisCluster {
     }
 }
 
-/// `redis-server` on loopback `port`, keeping nothing on disk, quiet, and killed
-/// with its handle.
-fn redis_server(port: u16) -> Command {
+/// `redis-server` on loopback `port`, keeping nothing on disk but its log (appended
+/// to `log`, so a restart's lines follow the first run's), and killed with its
+/// handle.
+fn redis_server(port: u16, log: &Path) -> Command {
     let mut cmd = Command::new("redis-server");
     cmd.args([
         "--port",
@@ -213,11 +238,34 @@ fn redis_server(port: u16) -> Command {
         "",
     ])
     .args(["--appendonly", "no", "--protected-mode", "no"])
+    .arg("--logfile")
+    .arg(log)
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::null())
     .kill_on_drop(true);
     cmd
+}
+
+fn log_path(dir: &Path, port: u16) -> PathBuf {
+    dir.join(format!("vp-redis-{port}.log"))
+}
+
+/// The last lines of a server's log, for an error saying why it did not come up
+/// (a port taken meanwhile, a cluster that lost a node's vote).
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(8)..].join("\n  ");
+    format!("\n{}:\n  {tail}", log.display())
+}
+
+/// An error when the server exited before answering (e.g. its port was taken).
+fn exited_early(child: &mut Child, log: &Path) -> anyhow::Result<()> {
+    match child.try_wait() {
+        Ok(Some(status)) => bail!("redis-server exited with {status}{}", log_tail(log)),
+        _ => Ok(()),
+    }
 }
 
 /// A free port whose cluster bus port (+10000) is free too.

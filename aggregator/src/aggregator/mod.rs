@@ -27,8 +27,8 @@ use sea_orm::DatabaseConnection;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use viewpipe_event::Namespaces;
 use viewpipe_runtime::{Health, Shutdown};
-use viewpipe_schema::Namespaces;
 use viewpipe_store::pending::{Applied, PartitionBatch, TakeOver};
 use viewpipe_store::{postgres, Claim, Counts, FlushError, FlushOutcome, Scope};
 

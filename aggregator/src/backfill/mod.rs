@@ -23,8 +23,9 @@ use sea_orm::DatabaseConnection;
 use serde_json::json;
 use uuid::Uuid;
 
-use viewpipe_schema::db;
+use viewpipe_runtime::db;
 use viewpipe_store::backfill::{self, Month, MonthLock};
+use viewpipe_store::entities::JobStatus;
 
 use crate::settings::BackfillArgs;
 use replay::{MonthReplay, Replay};
@@ -43,8 +44,7 @@ enum Outcome {
 
 /// Runs `aggregator backfill`; returns the exit status.
 pub async fn run(args: &BackfillArgs) -> anyhow::Result<i32> {
-    let db = db::connect(&args.database_url, 4).await?;
-    db::ensure_schema_current(&db).await?;
+    let db = db::connect_current(&args.database_url, 4).await?;
     if args.locks {
         return list_locks(&db).await;
     }
@@ -72,7 +72,7 @@ pub async fn run(args: &BackfillArgs) -> anyhow::Result<i32> {
         backfill::update_job(
             &db,
             id,
-            "running",
+            JobStatus::Running,
             json!({"stage": "reading the replay topic"}),
             None,
         )
@@ -105,7 +105,7 @@ pub async fn run(args: &BackfillArgs) -> anyhow::Result<i32> {
                 backfill::update_job(
                     &db,
                     *id,
-                    "failed",
+                    JobStatus::Failed,
                     json!({"outcome": "failed"}),
                     Some(&error),
                 )
@@ -209,7 +209,7 @@ async fn rebuild(
     lock_timeout: Duration,
 ) -> Outcome {
     let waiting = json!({"stage": "waiting for the month's lock"});
-    let _ = backfill::update_job(db, job, "running", waiting, None).await;
+    let _ = backfill::update_job(db, job, JobStatus::Running, waiting, None).await;
     let lock = match MonthLock::acquire(url, month, lock_timeout).await {
         Ok(Some(lock)) => lock,
         Ok(None) => {
@@ -223,7 +223,7 @@ async fn rebuild(
         Ok(Some(other)) => Outcome::Skipped(format!("rebuilt meanwhile by job {other}")),
         Ok(None) => {
             let rebuilding = json!({"stage": "rebuilding", "events": data.events});
-            let _ = backfill::update_job(db, job, "running", rebuilding, None).await;
+            let _ = backfill::update_job(db, job, JobStatus::Running, rebuilding, None).await;
             let result = |r: &backfill::Rebuilt| rebuilt_result(data, r);
             match backfill::rebuild_month(lock.db(), month, &data.counts, job, &result).await {
                 Ok(rebuilt) => Outcome::Rebuilt(rebuilt),
@@ -260,12 +260,12 @@ async fn record(db: &DatabaseConnection, job: Uuid, outcome: &Outcome) {
     let (status, result, error) = match outcome {
         Outcome::Rebuilt(_) => return,
         Outcome::Skipped(why) => (
-            "completed",
+            JobStatus::Completed,
             json!({"outcome": "skipped", "reason": why}),
             None,
         ),
-        Outcome::Refused(why) => ("failed", json!({"outcome": "refused"}), Some(why)),
-        Outcome::Failed(why) => ("failed", json!({"outcome": "failed"}), Some(why)),
+        Outcome::Refused(why) => (JobStatus::Failed, json!({"outcome": "refused"}), Some(why)),
+        Outcome::Failed(why) => (JobStatus::Failed, json!({"outcome": "failed"}), Some(why)),
     };
     if let Err(e) = backfill::update_job(db, job, status, result, error.map(String::as_str)).await {
         tracing::warn!(%job, error = %e, "cannot record the month's outcome in its job");

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use viewpipe_devbroker::DevBroker;
-use viewpipe_schema::settings::CommonSettings;
+use viewpipe_runtime::settings::CommonSettings;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,7 +26,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    viewpipe_schema::telemetry::init(&cli.common.log_format);
+    viewpipe_runtime::telemetry::init(cli.common.log_format);
     let first = cli
         .common
         .kafka_brokers

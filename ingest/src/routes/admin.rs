@@ -6,11 +6,9 @@ use std::time::Duration;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::{header, request::Parts, StatusCode};
 use axum::Json;
-use sea_orm::EntityTrait;
 use uuid::Uuid;
 
-use viewpipe_schema::entities::prelude::Job;
-use viewpipe_schema::FieldError;
+use viewpipe_event::FieldError;
 use viewpipe_store::jobs;
 
 use crate::api::{ErrorBody, FlushResponse, JobResponse};
@@ -104,27 +102,22 @@ pub async fn post_flush(
             }),
         ));
     }
-    let done = jobs::wait_for_flush(&state.db, &state.scope, id, seq, FLUSH_WAIT)
+    let report = jobs::wait_for_flush(&state.db, &state.scope, id, seq, FLUSH_WAIT)
         .await
         .map_err(store_down)?;
-    if done.status != "completed" {
+    if !report.is_completed() {
         return Err(ApiError::FlushIncomplete(format!(
             "flush job {id} {}: {}",
-            done.status,
-            done.error.unwrap_or_default()
+            report.status,
+            report.error.unwrap_or_default()
         )));
     }
-    let flushed = done
-        .result
-        .as_ref()
-        .and_then(|r| r.get("flushed"))
-        .and_then(serde_json::Value::as_i64);
     Ok((
         StatusCode::OK,
         Json(FlushResponse {
             success: true,
             job_id: id,
-            flushed: Some(flushed.unwrap_or(0)),
+            flushed: Some(report.flushed),
         }),
     ))
 }
@@ -152,8 +145,7 @@ pub async fn get_job(
         .ok()
         .and_then(|Path(id)| Uuid::parse_str(&id).ok())
         .ok_or_else(|| FieldError::new("id", "invalid_value", "must be a job id (a UUID)"))?;
-    let job = Job::find_by_id(id)
-        .one(&state.db)
+    let job = jobs::job(&state.db, id)
         .await
         .map_err(|e| ApiError::store("job read", e))?
         .ok_or(ApiError::NoSuchJob)?;

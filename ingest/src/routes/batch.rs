@@ -7,7 +7,7 @@ use axum::Json;
 use chrono::Utc;
 use serde_json::Value;
 
-use viewpipe_schema::{FieldError, ViewInput};
+use viewpipe_event::{FieldError, ViewInput};
 
 use crate::api::{BatchAccepted, ErrorBody, ErrorDetail, Rejection, ViewRequest};
 use crate::error::ApiError;

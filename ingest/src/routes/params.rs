@@ -2,7 +2,7 @@
 
 use chrono::{NaiveDate, Utc};
 
-use viewpipe_schema::FieldError;
+use viewpipe_event::FieldError;
 
 use crate::error::ApiError;
 use crate::extract::RawQuery;

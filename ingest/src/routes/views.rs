@@ -8,8 +8,9 @@ use axum::Json;
 use chrono::Utc;
 use rdkafka::producer::FutureRecord;
 
-use viewpipe_schema::key::is_valid_content_id;
-use viewpipe_schema::{ContentKey, FieldError, ViewEvent, ViewInput};
+use viewpipe_event::event::{check_content_id, CONTENT_ID_RULE};
+use viewpipe_event::{ContentKey, FieldError, ViewEvent, ViewInput};
+use viewpipe_runtime::health::Dependency;
 
 use crate::api::{CountResponse, ErrorBody, ViewAccepted, ViewRequest};
 use crate::error::ApiError;
@@ -55,7 +56,8 @@ pub async fn post_view(
     // store that does not answer (Redis down or recovering, Postgres stalled) costs
     // the POST at most `POST_COUNT_WAIT`, and nothing while the readiness probe
     // finds it down.
-    let stores_up = !state.health.is_down("redis") && !state.health.is_down("postgres");
+    let stores_up =
+        !state.health.is_down(Dependency::Redis) && !state.health.is_down(Dependency::Postgres);
     let count_read = async {
         if !stores_up {
             return None;
@@ -93,7 +95,7 @@ pub async fn post_view(
 /// Answers 503 at once while the readiness probe finds the broker down, rather than
 /// holding the client for the whole publish timeout.
 pub fn broker_available(state: &AppState) -> Result<(), ApiError> {
-    if state.health.is_down("kafka") {
+    if state.health.is_down(Dependency::Kafka) {
         return Err(ApiError::BrokerUnavailable);
     }
     Ok(())
@@ -188,13 +190,10 @@ pub fn key_from_query(state: &AppState, query: &RawQuery) -> Result<ContentKey, 
         .ok_or_else(|| missing("contentType"))?;
     let id = query.get("contentId").ok_or_else(|| missing("contentId"))?;
     check_namespace(state, ns)?;
-    if !is_valid_content_id(id) {
-        return Err(FieldError {
-            field: "contentId",
-            code: "invalid_value",
-            message: "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ : -".into(),
-        }
-        .into());
-    }
+    // The event's rule; a query string is told the rule also when the id is too long.
+    let id = check_content_id(Some(id)).map_err(|e| FieldError {
+        message: CONTENT_ID_RULE.to_owned(),
+        ..e
+    })?;
     Ok(ContentKey::new(ns, id))
 }

@@ -251,7 +251,7 @@ async fn main() -> anyhow::Result<()> {
         memory(&args, &mut table).await?;
     }
     if let Some((stack, run, raw_consume, raw_produce)) = zipf_run {
-        let ingest = stack.spawn_ingest(&[]).await?;
+        let ingest = stack.spawn_ingest_process(&[]).await?;
         if args.runs("http") {
             eprintln!(
                 "[bench] POST /api/views with {} connections for {} s",
@@ -309,8 +309,8 @@ async fn main() -> anyhow::Result<()> {
             // load beside the Zipf workload.
             let pace = run.counted_rate * args.freshness_load;
             let fresh = Stack::with_partitions(args.partitions).await?;
-            let _aggregator = fresh.spawn_aggregator(&[]).await?;
-            let probe_ingest = fresh.spawn_ingest(&[]).await?;
+            let _aggregator = fresh.spawn_aggregator_process(&[]).await?;
+            let probe_ingest = fresh.spawn_ingest_process(&[]).await?;
             eprintln!(
                 "[bench] freshness while producing at {} ({:.2}x the aggregator's Zipf rate)",
                 rate(pace),

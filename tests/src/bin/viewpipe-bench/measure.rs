@@ -35,7 +35,7 @@ pub async fn aggregator_run(
     events: usize,
     flushed: Option<i64>,
 ) -> anyhow::Result<AggregatorRun> {
-    let aggregator = stack.spawn_aggregator(extra).await?;
+    let aggregator = stack.spawn_aggregator_process(extra).await?;
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut first: Option<Instant> = None;
     let mut last_report = Instant::now();

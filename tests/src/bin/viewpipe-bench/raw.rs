@@ -166,9 +166,10 @@ impl ConsumerContext for Assigned {
 /// the group not).
 pub fn consume(brokers: &str, topic: &str, expected: usize) -> anyhow::Result<f64> {
     let group = format!("bench-raw-{:08x}", rand::random::<u32>());
-    let consumer: BaseConsumer<Assigned> = kafka::consumer_config(brokers, &group, 6000)
-        .create_with_context(Assigned::default())
-        .context("bench consumer")?;
+    let consumer: BaseConsumer<Assigned> =
+        kafka::consumer_config(brokers, &group, std::time::Duration::from_secs(6))
+            .create_with_context(Assigned::default())
+            .context("bench consumer")?;
     consumer.subscribe(&[topic])?;
     let deadline = Instant::now() + Duration::from_secs(300);
     let (mut seen, mut bytes) = (0usize, 0usize);

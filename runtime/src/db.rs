@@ -5,8 +5,8 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use sea_orm_migration::MigratorTrait;
 
-use crate::migration::Migrator;
 use crate::settings::SecretUrl;
+use viewpipe_store::migration::Migrator;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbStartError {
@@ -57,6 +57,17 @@ fn root_cause(e: &dyn std::error::Error) -> String {
         current = next;
     }
     current.to_string()
+}
+
+/// [`connect`], then [`ensure_schema_current`]: how every process but `migrate`
+/// opens the database.
+pub async fn connect_current(
+    url: &SecretUrl,
+    max_connections: u32,
+) -> Result<DatabaseConnection, DbStartError> {
+    let db = connect(url, max_connections).await?;
+    ensure_schema_current(&db).await?;
+    Ok(db)
 }
 
 /// Errors unless every migration of this build has been applied.

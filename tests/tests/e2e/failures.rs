@@ -48,7 +48,6 @@ async fn three_aggregators_with_one_killed_and_one_added_count_exactly() {
         .await;
     let rebalances = chaos::metric_sum(&aggs, "viewpipe_aggregator_rebalances_total").await;
     assert!(rebalances >= 3.0, "rebalances seen: {rebalances}");
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -78,7 +77,6 @@ async fn redis_losing_every_key_twice_is_recovered_exactly() {
         restores >= 2.0,
         "the aggregators noticed the loss: {restores} restores"
     );
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -107,7 +105,6 @@ async fn postgres_connections_killed_mid_stream_are_recovered_without_help() {
     println!("Postgres: connections terminated 4 times: {killed:?}");
     run.end(&stack, &ingest, "Postgres connections killed 4 times")
         .await;
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -115,7 +112,7 @@ async fn the_broker_down_for_ten_seconds_loses_and_repeats_nothing() {
     let stack = Stack::start().await.expect("stack");
     if !stack.broker.can_inject_faults() {
         println!("skipped: only the dev broker can be taken down on demand");
-        return stack.cleanup().await.expect("cleanup");
+        return;
     }
     let aggs = aggregators(&stack, 2, &[]).await;
     let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
@@ -148,7 +145,6 @@ async fn the_broker_down_for_ten_seconds_loses_and_repeats_nothing() {
     );
     assert!(down_at < load.events, "the outage must land mid-stream");
     run.end(&stack, &ingest, "broker down 10 s").await;
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -218,9 +214,4 @@ async fn manual_flushes_in_a_tight_loop_beside_periodic_ones_count_exactly() {
         "Postgres right after the flush answered"
     );
     run.end(&stack, &ingest, "manual flushes in a loop").await;
-    drop(aggs);
-    drop(ingest);
-    if let Ok(stack) = Arc::try_unwrap(stack) {
-        stack.cleanup().await.expect("cleanup");
-    }
 }

@@ -2,10 +2,13 @@
 //! long flag; the services flatten [`CommonSettings`] into their own clap structs.
 
 use std::fmt;
+use std::time::Duration;
 
 use clap::Args;
 
-use crate::key::Namespaces;
+use viewpipe_event::Namespaces;
+
+use crate::telemetry::LogFormat;
 
 /// Settings every viewpipe process reads.
 #[derive(Args, Clone, Debug)]
@@ -42,8 +45,32 @@ pub struct CommonSettings {
     #[arg(long, env = "NAMESPACES", default_value = "resource,course")]
     pub namespaces: Namespaces,
     /// Log format: `text` or `json`.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+/// A whole number of milliseconds (the `*_MS` settings), as a [`Duration`].
+pub fn millis(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{s:?} is not a whole number of milliseconds"))
+}
+
+/// A duration with its unit: `500ms`, `5s` or `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration: expected e.g. 500ms, 5s or 2m");
+    let (n, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .ok_or_else(bad)?;
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(bad()),
+    }
 }
 
 /// A connection URL whose password never reaches `Debug` or `Display`.
@@ -190,6 +217,16 @@ mod tests {
             Ok(RedisSetting::Url(_))
         ));
         assert!("localhost".parse::<RedisSetting>().is_err());
+    }
+
+    #[test]
+    fn durations_carry_their_unit() {
+        assert_eq!(millis("250"), Ok(Duration::from_millis(250)));
+        assert!(millis("2s").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5h").is_err());
     }
 
     #[test]

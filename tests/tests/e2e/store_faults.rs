@@ -56,7 +56,6 @@ async fn commit_replies_lost_through_kill_9s_count_exactly() {
     // The proxy loses every third COMMIT reply; how many COMMITs a run makes depends
     // on the machine's speed (8 to 30 seen), so a couple lost is the floor.
     assert!(lost >= 2, "the proxy lost only {lost} of {commits} replies");
-    stack.cleanup().await.expect("cleanup");
 }
 
 /// A private Redis is stopped (its keys lost) for 30 s while views keep coming:
@@ -106,7 +105,6 @@ async fn redis_down_for_thirty_seconds_keeps_flushing_and_counts_exactly() {
         after, rebalances,
         "no aggregator left or was evicted from the group while Redis was down"
     );
-    stack.cleanup().await.expect("cleanup");
 }
 
 /// Posts `ids` views of one key, each with its own `eventId` (`e0`, `e1`, ..).
@@ -157,7 +155,6 @@ async fn event_ids_count_once_across_a_redis_loss_and_in_database_only_mode() {
     post_ids(&ingest, 0..150).await;
     settles_at(&stack, 150).await;
     println!("eventIds across a Redis loss: 250 posted, 150 distinct, 150 counted");
-    stack.cleanup().await.expect("cleanup");
 
     // Database-only mode.
     let stack = Stack::start().await.expect("stack");
@@ -168,7 +165,6 @@ async fn event_ids_count_once_across_a_redis_loss_and_in_database_only_mode() {
     post_ids(&ingest, 0..150).await;
     settles_at(&stack, 150).await;
     println!("eventIds in database-only mode: 250 posted, 150 distinct, 150 counted");
-    stack.cleanup().await.expect("cleanup");
 }
 
 /// The counter, partition and id tables, as a backup would hold them.
@@ -285,7 +281,6 @@ async fn postgres_restored_to_an_earlier_backup_is_reported_and_recovered_exactl
         ready_again, 200,
         "ready again once the partitions are claimed"
     );
-    stack.cleanup().await.expect("cleanup");
 }
 
 /// Redis at `maxmemory` with `noeviction` refuses writes: the aggregators count in
@@ -394,7 +389,6 @@ async fn redis_out_of_memory_keeps_counting_exactly() {
         flushed_while_full > 0,
         "Postgres kept receiving flushes while Redis was full"
     );
-    stack.cleanup().await.expect("cleanup");
 }
 
 /// A private Postgres stalls for 20 s (every process stopped, connections left
@@ -437,5 +431,4 @@ async fn postgres_stalled_for_twenty_seconds_then_restarted_counts_exactly() {
     println!(
         "private Postgres: {stalled} processes stopped for 20 s; crashed and back in {restart_ms} ms; {rebalances} rebalances"
     );
-    stack.cleanup().await.expect("cleanup");
 }

@@ -9,17 +9,18 @@ use chrono::{NaiveDate, Utc};
 use serde_json::{json, Value};
 
 use viewpipe_tests::chaos::metric;
+use viewpipe_tests::openapi::{Api, Checked};
 use viewpipe_tests::{Service, Stack};
 
 const TOKEN: &str = "t0ken-for-tests";
 
-async fn get_json(http: &reqwest::Client, url: String) -> (u16, Value) {
+async fn get_json(http: &Api, url: String) -> (u16, Value) {
     let r = http.get(url).send().await.expect("GET");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn count(http: &reqwest::Client, ingest: &Service, id: &str) -> i64 {
+async fn count(http: &Api, ingest: &Service, id: &str) -> i64 {
     let (_, body) = get_json(
         http,
         ingest.url(&format!("/api/views?contentType=resource&contentId={id}")),
@@ -28,7 +29,7 @@ async fn count(http: &reqwest::Client, ingest: &Service, id: &str) -> i64 {
     body["count"].as_i64().unwrap_or(-1)
 }
 
-async fn wait_count(http: &reqwest::Client, ingest: &Service, id: &str, want: i64) {
+async fn wait_count(http: &Api, ingest: &Service, id: &str, want: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while count(http, ingest, id).await != want {
         assert!(Instant::now() < deadline, "{id} never reached {want}");
@@ -49,14 +50,14 @@ async fn batches_daily_series_top_and_a_flush_job() {
     let stack = Stack::start().await.expect("stack");
     // No periodic flush for a minute: what Postgres gets, the flush job puts there.
     let aggregator = stack
-        .spawn_aggregator(&[("FLUSH_INTERVAL_MS", "60000")])
+        .spawn_aggregator_process(&[("FLUSH_INTERVAL_MS", "60000")])
         .await
         .expect("aggregator");
     let ingest = stack
         .spawn_ingest(&[("ADMIN_TOKEN", TOKEN)])
         .await
         .expect("ingest");
-    let http = reqwest::Client::new();
+    let http = Api::new(&ingest).await;
 
     // A JSON batch: 6 valid views over 3 days of key "b1", two invalid entries.
     let mut items: Vec<Value> = (0..6)
@@ -312,14 +313,13 @@ async fn batches_daily_series_top_and_a_flush_job() {
     .await;
     assert_eq!(counted, 17.0);
     println!("API: batch 6+3 accepted with 3 rejections by index; daily zero-filled with pending counts; flush job statuses {seen:?}; top ordered with ties by id");
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_broker_posts_get_503_quickly_and_both_recover() {
     let stack = Stack::start().await.expect("stack");
     let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
-    let http = reqwest::Client::new();
+    let http = Api::new(&ingest).await;
     let post = || {
         http.post(ingest.url("/api/views"))
             .json(&json!({"contentId": "outage", "contentType": "resource"}))
@@ -410,19 +410,21 @@ async fn without_the_broker_posts_get_503_quickly_and_both_recover() {
         fast.as_millis(),
         up_at.elapsed().as_secs_f64()
     );
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_openapi_and_cors() {
     let stack = Stack::start().await.expect("stack");
-    let aggregator = stack.spawn_aggregator(&[]).await.expect("aggregator");
+    let aggregator = stack
+        .spawn_aggregator_process(&[])
+        .await
+        .expect("aggregator");
     let ingest = stack
-        .spawn_ingest(&[("CORS_ORIGINS", "https://app.example, https://other.example")])
+        .spawn_ingest_process(&[("CORS_ORIGINS", "https://app.example, https://other.example")])
         .await
         .expect("ingest");
     let plain = stack.spawn_ingest(&[]).await.expect("ingest without CORS");
-    let http = reqwest::Client::new();
+    let http = Api::new(&ingest).await;
     let r = http
         .post(ingest.url("/api/views"))
         .json(&json!({"contentId": "m", "contentType": "resource"}))
@@ -555,7 +557,7 @@ async fn metrics_openapi_and_cors() {
             .header("access-control-request-headers", "content-type")
             .send()
     };
-    let allowed = |r: &reqwest::Response| {
+    let allowed = |r: &Checked| {
         r.headers()
             .get("access-control-allow-origin")
             .and_then(|v| v.to_str().ok())
@@ -581,5 +583,4 @@ async fn metrics_openapi_and_cors() {
         .expect("get");
     assert_eq!(allowed(&r).as_deref(), Some("https://other.example"));
     println!("metrics: all {} contract names on both services; OpenAPI: {} operations, each answering; CORS: listed origins only", 14, described.len());
-    stack.cleanup().await.expect("cleanup");
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::key::{is_valid_content_id, ContentKey, Namespaces};
+use crate::key::{is_valid_content_id, ContentKey, Namespaces, MAX_CONTENT_ID_LEN};
 
 /// The event JSON version this build writes and reads.
 pub const EVENT_VERSION: u64 = 1;
@@ -18,6 +18,8 @@ pub const MAX_PATH_CHARS: usize = 2048;
 pub const MAX_TOKEN_LEN: usize = 128;
 /// How far in the future `occurredAt` may be, to allow for client clock skew.
 pub const MAX_FUTURE_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+/// What a valid `contentId` is, as [`check_content_id`] refuses one.
+pub const CONTENT_ID_RULE: &str = "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ : -";
 
 /// Why one field of an event was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -276,14 +278,16 @@ fn check_content_type<'s>(
     Ok(ns)
 }
 
-/// `contentId`: required, 1..=128 characters of `[A-Za-z0-9._~:-]`.
-fn check_content_id(value: Option<&str>) -> Result<&str, FieldError> {
+/// `contentId`: required, 1..=128 characters of `[A-Za-z0-9._~:-]`
+/// ([`is_valid_content_id`]). An invalid id is refused as `invalid_value` with
+/// [`CONTENT_ID_RULE`], or with its length when it is too long.
+pub fn check_content_id(value: Option<&str>) -> Result<&str, FieldError> {
     let id = required("contentId", value)?;
     if !is_valid_content_id(id) {
-        let message = if id.len() > crate::key::MAX_CONTENT_ID_LEN {
+        let message = if id.len() > MAX_CONTENT_ID_LEN {
             format!("is {} bytes long; at most 128 are allowed", id.len())
         } else {
-            "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ : -".to_owned()
+            CONTENT_ID_RULE.to_owned()
         };
         return Err(FieldError::new("contentId", "invalid_value", message));
     }
@@ -606,6 +610,30 @@ mod tests {
             ("occurredAt", "in_future")
         );
         assert_eq!(field_of(json!([1])), ("body", "invalid_type"));
+    }
+
+    #[test]
+    fn content_id_refusals_state_the_rule_or_the_length() {
+        assert_eq!(check_content_id(Some("a.b_c~d:e-f")), Ok("a.b_c~d:e-f"));
+        let missing = check_content_id(None).expect_err("missing");
+        assert_eq!(
+            (missing.code, missing.message.as_str()),
+            ("missing_field", "is required")
+        );
+        let bad = check_content_id(Some("a b")).expect_err("bad");
+        assert_eq!(
+            (bad.field, bad.code, bad.message.as_str()),
+            ("contentId", "invalid_value", CONTENT_ID_RULE)
+        );
+        let long = "x".repeat(129);
+        let long = check_content_id(Some(&long)).expect_err("long");
+        assert_eq!(
+            (long.code, long.message.as_str()),
+            (
+                "invalid_value",
+                "is 129 bytes long; at most 128 are allowed"
+            )
+        );
     }
 
     #[test]

@@ -65,8 +65,11 @@ fn exported(scrape: &str) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_deployment_uses_is_exported() {
     let stack = Stack::start().await.expect("stack");
-    let aggregator = stack.spawn_aggregator(&[]).await.expect("aggregator");
-    let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
+    let aggregator = stack
+        .spawn_aggregator_process(&[])
+        .await
+        .expect("aggregator");
+    let ingest = stack.spawn_ingest_process(&[]).await.expect("ingest");
     // One request, so the per-route series exist too.
     let http = reqwest::Client::new();
     let posted = http
@@ -122,7 +125,6 @@ async fn every_metric_the_deployment_uses_is_exported() {
         "not exported by the services: {missing:#?}"
     );
     drop((aggregator, ingest));
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[test]

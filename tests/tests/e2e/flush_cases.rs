@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 
-use viewpipe_schema::ContentKey;
+use viewpipe_event::ContentKey;
 use viewpipe_store::pending::{Layout, PartitionBatch, PendingStore};
 use viewpipe_store::postgres::{self, PartitionCommit, Scope};
 use viewpipe_store::read::{ReadError, Reader};
@@ -152,7 +152,6 @@ async fn views_counted_while_a_flush_is_in_progress_are_not_lost() {
     assert_eq!(case.read().await, 13);
     assert_eq!(case.in_postgres().await, vec![("resource:123".into(), 13)]);
     println!("flush case: 3 views during a stalled flush kept; 13 of 13 in Postgres");
-    case.stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -171,7 +170,6 @@ async fn sequential_flushes_add_up() {
         vec![(day().to_string(), 15)]
     );
     assert_eq!(case.read().await, 15);
-    case.stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -195,7 +193,6 @@ async fn concurrent_flushes_add_up() {
         case.in_postgres().await,
         vec![("resource:123".into(), 100 + 10 * 20)]
     );
-    case.stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -218,7 +215,6 @@ async fn zero_counts_are_skipped() {
             .expect("daily"),
         vec![("resource:123".into(), 4)]
     );
-    case.stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -245,7 +241,6 @@ async fn flushed_counts_leave_the_pending_state() {
         .map(|(_, n)| *n);
     assert_eq!(total, Some(1), "only generation 3 is left there: {left:?}");
     assert_eq!(case.read().await, 13);
-    case.stack.cleanup().await.expect("cleanup");
 }
 
 /// Redis goes back under a live mark that survived (a lagging replica promoted: an
@@ -309,5 +304,4 @@ async fn reads_never_go_back_when_redis_does_under_a_surviving_mark() {
         .expect("owner restores");
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(case.read().await, 10);
-    case.stack.cleanup().await.expect("cleanup");
 }

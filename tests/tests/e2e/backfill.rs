@@ -240,7 +240,6 @@ async fn backfill_rebuilds_months_exactly_beside_live_traffic_and_again_changes_
     );
     drop((aggregator, ingest));
     let _ = std::fs::remove_dir_all(&dir);
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -307,7 +306,6 @@ async fn publish_reports_bad_lines_by_number_and_publishes_the_good() {
         .expect("locks");
     assert_eq!((code, out.trim()), (0, "no backfill locks are held"));
     let _ = std::fs::remove_dir_all(&dir);
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,7 +386,6 @@ async fn publish_stopped_by_a_signal_says_where_and_a_rerun_from_there_loses_not
     );
     println!("publish interrupted at line {skip} of {lines}; the rerun with --skip {skip} published the rest; the topic holds {held}");
     let _ = std::fs::remove_dir_all(&dir);
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -462,5 +459,4 @@ async fn a_replay_topic_that_lost_its_start_is_refused_not_half_written() {
             .find(|l| l.starts_with("2025-01"))
             .unwrap_or_default()
     );
-    stack.cleanup().await.expect("cleanup");
 }

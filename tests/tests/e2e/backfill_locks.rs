@@ -30,7 +30,6 @@ async fn three_workers_on_one_month_one_wins() {
     for lock in locks.into_iter().flatten() {
         lock.release().await.expect("release");
     }
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -54,7 +53,6 @@ async fn a_release_lets_the_next_worker_in() {
         "the next worker gets {m} once it is released"
     );
     second.expect("second").release().await.expect("release");
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -84,7 +82,6 @@ async fn a_worker_killed_with_minus_nine_releases_its_month() {
         .expect("the dead worker's lock went with its connection");
     println!("lock of a killed worker free after {:?}", started.elapsed());
     lock.release().await.expect("release");
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -106,7 +103,6 @@ async fn an_error_inside_the_locked_section_still_releases() {
         .release()
         .await
         .expect("release");
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -123,7 +119,6 @@ async fn different_months_proceed_in_parallel() {
     for lock in locks.into_iter().flatten() {
         lock.release().await.expect("release");
     }
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -142,7 +137,6 @@ async fn a_lock_timeout_reports_a_skip_not_an_error() {
         "waited the whole timeout"
     );
     held.release().await.expect("release");
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -160,7 +154,6 @@ async fn is_locked_answers_while_held_and_after() {
         .expect("other month"));
     lock.release().await.expect("release");
     assert!(!backfill::is_locked(&stack.db, m).await.expect("after"));
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -187,7 +180,6 @@ async fn the_lock_listing_names_the_month_and_its_backend() {
     lock.release().await.expect("release");
     let held = backfill::held_locks(&stack.db).await.expect("listing");
     assert!(held.iter().all(|l| l.month != m), "gone once released");
-    stack.cleanup().await.expect("cleanup");
 }
 
 /// A run waiting for a month's lock decides from the month's jobs whether another run
@@ -219,5 +211,4 @@ async fn a_rebuilt_month_says_so_before_its_lock_is_released() {
         .expect("jobs");
     assert_eq!(seen, Some(ours), "the waiting run sees {m} rebuilt");
     lock.release().await.expect("release");
-    stack.cleanup().await.expect("cleanup");
 }

@@ -21,7 +21,7 @@ const IDS: usize = 100;
 async fn repeated_event_ids_count_once_and_poison_goes_to_the_dlq() {
     let stack = Stack::start().await.expect("stack");
     let aggregator = stack
-        .spawn_aggregator(&[("FLUSH_INTERVAL_MS", "200")])
+        .spawn_aggregator_process(&[("FLUSH_INTERVAL_MS", "200")])
         .await
         .expect("aggregator");
     let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
@@ -157,5 +157,4 @@ async fn repeated_event_ids_count_once_and_poison_goes_to_the_dlq() {
     );
     // Close the Kafka clients while their broker still runs.
     drop((producer, dlq));
-    stack.cleanup().await.expect("cleanup");
 }

@@ -78,7 +78,7 @@ fn producer(stack: &Stack) -> FutureProducer {
 async fn count_first(stack: &Stack, n: usize) {
     produce(&producer(stack), n).await;
     let aggregator = stack
-        .spawn_aggregator(&[("FLUSH_INTERVAL_MS", "200")])
+        .spawn_aggregator_process(&[("FLUSH_INTERVAL_MS", "200")])
         .await
         .expect("aggregator");
     stack
@@ -115,7 +115,6 @@ async fn a_recreated_log_that_grew_past_the_position_is_counted_from_its_beginni
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(stack.flushed_total().await.expect("total"), 2_500);
     println!("recreated log: 1000 counted in the old log, all 1500 of the new one counted");
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -167,7 +166,6 @@ async fn a_log_that_lost_counted_events_is_held_and_reported_not_counted_again()
         .await
         .expect("ready again");
     println!("log lost its tail: held and reported as log_truncated with Postgres at 1000; 200 new events counted after the operator's update");
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -180,7 +178,7 @@ async fn events_deleted_before_they_were_counted_hold_the_partition_and_say_so()
             .expect("producer");
     produce(&producer, 1_000).await;
     let aggregator = stack
-        .spawn_aggregator(&[("FLUSH_INTERVAL_MS", "200")])
+        .spawn_aggregator_process(&[("FLUSH_INTERVAL_MS", "200")])
         .await
         .expect("aggregator");
     stack
@@ -237,5 +235,4 @@ async fn events_deleted_before_they_were_counted_hold_the_partition_and_say_so()
         "log ahead: events 1000..{low} deleted before they were counted; held and reported, then {} counted from {low} after the operator moved the position",
         high - low
     );
-    stack.cleanup().await.expect("cleanup");
 }

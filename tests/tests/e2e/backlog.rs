@@ -52,7 +52,10 @@ async fn a_backlog_of_500k_events_over_200k_keys_finishes_exactly_in_bounded_mem
     let produced_in = started.elapsed();
 
     let started = Instant::now();
-    let aggregator = stack.spawn_aggregator(&[]).await.expect("aggregator");
+    let aggregator = stack
+        .spawn_aggregator_process(&[])
+        .await
+        .expect("aggregator");
     stack
         .wait_flushed_total(EVENTS as i64, Duration::from_secs(600))
         .await
@@ -77,5 +80,4 @@ async fn a_backlog_of_500k_events_over_200k_keys_finishes_exactly_in_bounded_mem
         counted_in.as_secs_f64()
     );
     assert!(peak < MAX_RSS_MIB, "peak RSS {peak} MiB");
-    stack.cleanup().await.expect("cleanup");
 }

@@ -40,7 +40,6 @@ async fn the_pipeline_on_a_three_node_redis_cluster_counts_exactly() {
     );
     let restores = chaos::metric_sum(&aggs, "viewpipe_aggregator_redis_restores_total").await;
     assert_eq!(restores, 0.0, "nothing was lost, nothing restored");
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -75,7 +74,7 @@ async fn a_redis_cluster_losing_a_node_and_then_everything_is_recovered_exactly(
         &all,
         restores,
         1.0,
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         "a restore after the node restart",
     )
     .await;
@@ -96,5 +95,4 @@ async fn a_redis_cluster_losing_a_node_and_then_everything_is_recovered_exactly(
         restores > noticed,
         "the aggregators noticed the FLUSHALL too: {restores} restores"
     );
-    stack.cleanup().await.expect("cleanup");
 }

@@ -91,7 +91,6 @@ async fn a_batch_is_added_once_however_often_it_is_sent() {
     assert_eq!(f.get(&format!("d:{KEY}:2026-11-20")), Some(&15));
     assert_eq!((f.get("@g"), f.get("@o")), (Some(&1), Some(&14)));
     println!("a batch sent twice, another twice, a third on a wrong base: 15 of 15 counted once");
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -121,7 +120,6 @@ async fn redis_refuses_a_writer_that_lost_its_partition() {
     assert_eq!(total_of(&fields(&store, 1).await), 8);
     assert_eq!(total_of(&fields(&store, 2).await), 1);
     println!("stale epoch and stale generation writes refused by Redis");
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -152,7 +150,6 @@ async fn a_take_over_folds_the_generation_its_predecessor_started_into_the_flush
         store.take_over(3, 3, 1).await.expect("fence"),
         TakeOver::Ahead(3)
     );
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -211,7 +208,6 @@ async fn restore_rewrites_lost_counts_from_memory() {
         Applied::Stale
     );
     println!("restore after loss: 12 of 12 views back, idempotent, fenced");
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -267,7 +263,6 @@ async fn client_ids_count_once_and_a_replay_of_the_first_still_counts() {
             .expect("expire"),
         2
     );
-    stack.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -358,5 +353,4 @@ async fn a_flush_under_an_old_epoch_writes_nothing_and_a_repeated_one_nothing_tw
         assert_eq!((c.last_mark, c.anchor), (Some(44), Some(expected)));
     }
     println!("old epoch refused; the same flush twice wrote 5, not 10");
-    stack.cleanup().await.expect("cleanup");
 }

@@ -1,0 +1,10 @@
+//! viewpipe's vocabulary: the view event and its validation ([`event`]) and the
+//! counter key format with the namespaces a deployment allows ([`key`]). Both
+//! services, the backfill and direct producers agree on these; nothing here knows
+//! about Kafka, Redis, Postgres or how a service is run.
+
+pub mod event;
+pub mod key;
+
+pub use event::{EventError, EventRef, FieldError, ViewEvent, ViewInput};
+pub use key::{ContentKey, Namespaces};

@@ -1,0 +1,20 @@
+//! The end-to-end suite, one test binary: each module is one subject, run against
+//! real Postgres, Redis and a Kafka-protocol broker (see `viewpipe_tests`). Run one
+//! module with `cargo test -p viewpipe-tests --test e2e -- pipeline::`.
+
+mod api;
+mod api_errors;
+mod backfill;
+mod backfill_locks;
+mod backlog;
+mod bench;
+mod dedupe;
+mod deploy_metrics;
+mod failures;
+mod flush_cases;
+mod log_changes;
+mod pipeline;
+mod rebalance;
+mod redis_cluster;
+mod store;
+mod store_faults;
