@@ -11,15 +11,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::key::{is_valid_content_id, ContentKey, Namespaces, MAX_CONTENT_ID_LEN};
+use crate::rules;
 
 /// The event JSON version this build writes and reads.
 pub const EVENT_VERSION: u64 = 1;
-pub const MAX_PATH_CHARS: usize = 2048;
-pub const MAX_TOKEN_LEN: usize = 128;
+pub const MAX_PATH_CHARS: usize = rules::PATH.max_chars;
+pub const MAX_TOKEN_LEN: usize = rules::EVENT_ID.max_chars;
 /// How far in the future `occurredAt` may be, to allow for client clock skew.
-pub const MAX_FUTURE_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+pub const MAX_FUTURE_SKEW: chrono::Duration =
+    chrono::Duration::minutes(rules::MAX_FUTURE_SKEW_MINUTES);
 /// What a valid `contentId` is, as [`check_content_id`] refuses one.
-pub const CONTENT_ID_RULE: &str = "must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ : -";
+pub const CONTENT_ID_RULE: &str = rules::CONTENT_ID.message;
 
 /// Why one field of an event was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,13 +101,16 @@ impl ViewInput {
         let path = fields.path()?;
         let session_id = fields.token("sessionId")?;
         let event_id = fields.token("eventId")?;
-        let occurred_at = fields.timestamp("occurredAt")?;
+        let occurred_at = check_strict_timestamp("occurredAt", fields.string("occurredAt")?)?;
         if let Some(at) = occurred_at {
             if at > now + MAX_FUTURE_SKEW {
                 return Err(FieldError::new(
                     "occurredAt",
                     "in_future",
-                    "must not be more than 5 minutes in the future",
+                    format!(
+                        "must not be more than {} minutes in the future",
+                        rules::MAX_FUTURE_SKEW_MINUTES
+                    ),
                 ));
             }
         }
@@ -259,7 +264,7 @@ fn required<'s>(name: &'static str, value: Option<&'s str>) -> Result<&'s str, F
 }
 
 /// `contentType`: required, and allowed by `NAMESPACES`.
-fn check_content_type<'s>(
+pub fn check_content_type<'s>(
     value: Option<&'s str>,
     namespaces: &Namespaces,
 ) -> Result<&'s str, FieldError> {
@@ -294,7 +299,7 @@ pub fn check_content_id(value: Option<&str>) -> Result<&str, FieldError> {
     Ok(id)
 }
 
-/// `path`: at most 2048 characters, no control characters.
+/// `path`: at most 2048 characters, no control characters ([`rules::PATH`]).
 fn check_path(value: Option<&str>) -> Result<Option<&str>, FieldError> {
     let Some(path) = value else {
         return Ok(None);
@@ -316,7 +321,8 @@ fn check_path(value: Option<&str>) -> Result<Option<&str>, FieldError> {
     Ok(Some(path))
 }
 
-/// `sessionId` and `eventId`: 1..=128 printable ASCII characters.
+/// `sessionId` and `eventId`: 1..=128 printable ASCII characters
+/// ([`rules::SESSION_ID`], [`rules::EVENT_ID`]).
 fn check_token<'s>(
     name: &'static str,
     value: Option<&'s str>,
@@ -351,13 +357,28 @@ fn check_timestamp(
     };
     DateTime::parse_from_rfc3339(text)
         .map(|at| Some(at.with_timezone(&Utc)))
-        .map_err(|_| {
-            FieldError::new(
-                name,
-                "invalid_value",
-                "must be an RFC 3339 timestamp such as 2026-11-21T10:00:00Z",
-            )
-        })
+        .map_err(|_| timestamp_error(name))
+}
+
+/// An RFC 3339 timestamp with `T` between date and time, as JSON Schema's
+/// `date-time` format has it: what the API accepts. Events read from Kafka may also
+/// use a space there, as RFC 3339 permits and some producers write.
+fn check_strict_timestamp(
+    name: &'static str,
+    value: Option<&str>,
+) -> Result<Option<DateTime<Utc>>, FieldError> {
+    if value.is_some_and(|v| !matches!(v.as_bytes().get(10), Some(b'T' | b't'))) {
+        return Err(timestamp_error(name));
+    }
+    check_timestamp(name, value)
+}
+
+fn timestamp_error(name: &'static str) -> FieldError {
+    FieldError::new(
+        name,
+        "invalid_value",
+        "must be an RFC 3339 timestamp such as 2026-11-21T10:00:00Z",
+    )
 }
 
 /// A valid event read from Kafka, borrowing its strings from the message where the

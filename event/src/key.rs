@@ -2,14 +2,16 @@
 
 use std::fmt;
 
+use crate::rules;
+
 /// The longest `contentId` the contract allows.
-pub const MAX_CONTENT_ID_LEN: usize = 128;
+pub const MAX_CONTENT_ID_LEN: usize = rules::CONTENT_ID.max_chars;
 /// The longest `contentType` the contract allows.
-pub const MAX_CONTENT_TYPE_LEN: usize = 32;
+pub const MAX_CONTENT_TYPE_LEN: usize = rules::CONTENT_TYPE.max_chars;
 
 /// True when `id` is 1..=128 characters of `[A-Za-z0-9._~:-]`.
 pub fn is_valid_content_id(id: &str) -> bool {
-    (1..=MAX_CONTENT_ID_LEN).contains(&id.len())
+    (rules::CONTENT_ID.min_chars..=MAX_CONTENT_ID_LEN).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b':' | b'-'))

@@ -1,10 +1,12 @@
 //! viewpipe's vocabulary: the view event and its validation ([`event`]) and the
-//! counter key format with the namespaces a deployment allows ([`key`]). Both
+//! counter key format with the namespaces a deployment allows ([`key`]), their
+//! rules stated once for the validator and the API document ([`rules`]). Both
 //! services, the backfill and direct producers agree on these; nothing here knows
 //! about Kafka, Redis, Postgres or how a service is run.
 
 pub mod event;
 pub mod key;
+pub mod rules;
 
 pub use event::{EventError, EventRef, FieldError, ViewEvent, ViewInput};
 pub use key::{ContentKey, Namespaces};

@@ -8,25 +8,27 @@ use uuid::Uuid;
 
 use viewpipe_store::entities::{JobKind, JobStatus};
 
-/// One view, as a client posts it. Only `contentId` and `contentType` are required.
+/// One view, as a client posts it. Only `contentId` and `contentType` are required;
+/// `null` is the same as leaving a field out. Fields the API does not know are
+/// ignored. The body may be at most 1 MiB.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ViewRequest {
-    /// 1..=128 characters of `[A-Za-z0-9._~:-]`.
+    /// The content's id.
     #[schema(example = "f538f5c5-1a72-4804-8eb1-3f05cea64874")]
     pub content_id: String,
-    /// One of the deployment's `NAMESPACES`, of the form `[a-z][a-z0-9_-]{0,31}`.
+    /// The content's namespace.
     #[schema(example = "resource")]
     pub content_type: String,
-    /// At most 2048 characters.
+    /// The page the view happened on; the key keeps the latest.
     pub path: Option<String>,
-    /// At most 128 printable ASCII characters.
+    /// The client's session.
     pub session_id: Option<String>,
-    /// At most 128 printable ASCII characters; views of a key with the same id count
-    /// once within 24 h (retry a lost answer with the same id). Absent: the view is
-    /// counted once as sent, with no repeat detection.
+    /// Views of a key with the same id count once within 24 h (retry a lost answer
+    /// with the same id). Absent: the view is counted once as sent, with no repeat
+    /// detection.
     pub event_id: Option<String>,
-    /// RFC 3339; default now; at most 5 minutes in the future.
+    /// When the view happened.
     pub occurred_at: Option<DateTime<Utc>>,
 }
 

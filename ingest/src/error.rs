@@ -42,6 +42,7 @@ pub enum ApiError {
     AdminDisabled,
     #[error("no job with this id")]
     NoSuchJob,
+
     /// A flush job did not complete in time.
     #[error("{0}")]
     FlushIncomplete(String),

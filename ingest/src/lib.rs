@@ -55,23 +55,37 @@ pub struct AppState {
     pub admin_token: Option<Arc<Secret>>,
 }
 
-/// The API routes and their OpenAPI document, served at `/openapi.json` (health and
-/// metrics are merged in by [`App::build`]).
-pub fn api_router(state: AppState) -> anyhow::Result<Router> {
+/// Every API route, each with its description.
+fn routes() -> OpenApiRouter<AppState> {
     let batch = OpenApiRouter::new()
         .routes(routes!(batch::post_batch))
         .layer(DefaultBodyLimit::max(batch::MAX_BODY));
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(views::get_views, views::post_view))
         .routes(routes!(series::get_daily))
         .routes(routes!(series::get_top))
         .routes(routes!(admin::post_flush))
         .routes(routes!(admin::get_job))
         .merge(batch)
-        .with_state(state)
-        .split_for_parts();
-    let document: Arc<str> = api.to_json()?.into();
-    Ok(router.route(
+}
+
+/// The OpenAPI document an ingest allowing `namespaces` serves: every route's
+/// description with the rules its handler enforces.
+pub fn document(namespaces: &Namespaces) -> serde_json::Value {
+    let (_, api) = routes().split_for_parts();
+    // The derived document always serialises: it holds only strings, maps and
+    // numbers.
+    let mut api = serde_json::to_value(api).unwrap_or_default();
+    openapi::rules::apply(&mut api, namespaces);
+    api
+}
+
+/// The API routes and their OpenAPI document, served at `/openapi.json` (health and
+/// metrics are merged in by [`App::build`]).
+pub fn api_router(state: AppState) -> Router {
+    let document: Arc<str> = document(&state.namespaces).to_string().into();
+    let router = routes().with_state(state).split_for_parts().0;
+    router.route(
         "/openapi.json",
         get(move || async move {
             (
@@ -79,7 +93,7 @@ pub fn api_router(state: AppState) -> anyhow::Result<Router> {
                 document.to_string(),
             )
         }),
-    ))
+    )
 }
 
 async fn not_found() -> ApiError {
@@ -159,7 +173,7 @@ impl App {
         if state.admin_token.is_none() {
             tracing::info!("ADMIN_TOKEN is not set: admin endpoints refuse every request");
         }
-        let mut router = api_router(state)?
+        let mut router = api_router(state)
             .merge(health.router(prometheus))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)

@@ -134,6 +134,7 @@ pub async fn post_flush(
         (status = 400, description = "Not a job id", body = ErrorBody),
         (status = 401, description = "Missing or wrong token, or ADMIN_TOKEN unset", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "Postgres is unavailable", body = ErrorBody),
     )
 )]
 pub async fn get_job(

@@ -83,17 +83,21 @@ fn rejection(index: usize, code: &str, message: String, field: Option<&str>) -> 
 
 /// Count many views.
 ///
-/// A JSON array of up to 1000 views, or NDJSON (`Content-Type: application/x-ndjson`).
-/// Valid views are published and acknowledged by the broker before the answer;
-/// invalid ones (and any the broker did not acknowledge) are listed by index.
+/// A JSON array of 1 to 1000 views, or NDJSON (`Content-Type: application/x-ndjson`,
+/// one view per non-blank line); the body may be at most 10 MiB. Each view is
+/// checked on its own: valid views are published and acknowledged by the broker
+/// before the answer (202), and invalid ones (and any the broker did not
+/// acknowledge) are listed by index without failing the others. A batch with no
+/// valid view is no exception: it publishes nothing and answers 202 with
+/// `accepted: 0` and every element in `rejected`.
 #[utoipa::path(
     post,
     path = "/api/views/batch",
     tag = "views",
     request_body(content = Vec<ViewRequest>, description = "JSON array, or NDJSON with Content-Type: application/x-ndjson"),
     responses(
-        (status = 202, description = "Valid views acknowledged; the rest listed", body = BatchAccepted),
-        (status = 400, description = "Not an array, empty, or over 1000 views", body = ErrorBody),
+        (status = 202, description = "Valid views acknowledged; the rest listed by index (all of them when none is valid, with accepted 0)", body = BatchAccepted),
+        (status = 400, description = "Not an array (or NDJSON), empty, or over 1000 views", body = ErrorBody),
         (status = 413, description = "Body over 10 MiB", body = ErrorBody),
         (status = 415, description = "Body is neither JSON nor NDJSON", body = ErrorBody),
         (status = 503, description = "Broker unavailable; no view was accepted", body = ErrorBody),

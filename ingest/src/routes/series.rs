@@ -39,7 +39,7 @@ pub async fn get_daily(
     query: RawQuery,
 ) -> Result<Json<DailyResponse>, ApiError> {
     let key = key_from_query(&state, &query)?;
-    let (from, to) = params::range(&query, 30)?;
+    let (from, to) = params::range(&query, params::DAYS.default)?;
     let days = state
         .reader
         .daily(&key, from, to)
@@ -93,7 +93,7 @@ pub async fn get_top(
         .into());
     }
     let (from, to) = params::range(&query, 1)?;
-    let limit = params::int(&query, "limit", 1, 100, 10)?;
+    let limit = params::int(&query, &params::LIMIT)?;
     let rows = postgres::top(&state.db, namespace, from, to, limit as u32)
         .await
         .map_err(|e| ApiError::store("top read", e))?;

@@ -8,7 +8,7 @@ use axum::Json;
 use chrono::Utc;
 use rdkafka::producer::FutureRecord;
 
-use viewpipe_event::event::{check_content_id, CONTENT_ID_RULE};
+use viewpipe_event::event::{check_content_id, check_content_type, CONTENT_ID_RULE};
 use viewpipe_event::{ContentKey, FieldError, ViewEvent, ViewInput};
 use viewpipe_runtime::health::Dependency;
 
@@ -166,20 +166,10 @@ pub async fn get_views(
     Ok(Json(CountResponse { count }))
 }
 
-/// Refuses a `contentType` outside `NAMESPACES`.
+/// Refuses a `contentType` outside `NAMESPACES`, as an event's is refused.
 pub fn check_namespace(state: &AppState, namespace: &str) -> Result<(), ApiError> {
-    if state.namespaces.allows(namespace) {
-        return Ok(());
-    }
-    Err(FieldError::new(
-        "contentType",
-        "unknown_namespace",
-        format!(
-            "not an allowed content type (allowed: {})",
-            state.namespaces.describe()
-        ),
-    )
-    .into())
+    check_content_type(Some(namespace), &state.namespaces)?;
+    Ok(())
 }
 
 /// Reads and validates `contentId` and `contentType` from a query string.

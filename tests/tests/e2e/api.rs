@@ -90,6 +90,25 @@ async fn batches_daily_series_top_and_a_flush_job() {
         vec![(1, "invalid_value".into()), (4, "invalid_type".into())]
     );
 
+    // A batch with no valid view is answered like any other: 202, nothing
+    // accepted, every element listed (as the document says).
+    let r = http
+        .post(ingest.url("/api/views/batch"))
+        .json(&json!([{"contentId": "b0", "contentType": "resource", "sessionId": 7}, 5]))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(r.status().as_u16(), 202);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["accepted"], 0, "{body}");
+    let indexes: Vec<i64> = body["rejected"]
+        .as_array()
+        .expect("rejected")
+        .iter()
+        .filter_map(|r| r["index"].as_i64())
+        .collect();
+    assert_eq!(indexes, vec![0, 1], "{body}");
+
     // NDJSON: 3 views of "b2" (one with a blank line around it), one broken line.
     let ndjson = format!(
         "{}\n\n{}\n{{broken\n{}\n",
@@ -423,7 +442,10 @@ async fn metrics_openapi_and_cors() {
         .spawn_ingest_process(&[("CORS_ORIGINS", "https://app.example, https://other.example")])
         .await
         .expect("ingest");
-    let plain = stack.spawn_ingest(&[]).await.expect("ingest without CORS");
+    let plain = stack
+        .spawn_ingest(&[("NAMESPACES", "*")])
+        .await
+        .expect("ingest without CORS, any namespace");
     let http = Api::new(&ingest).await;
     let r = http
         .post(ingest.url("/api/views"))
@@ -532,6 +554,14 @@ async fn metrics_openapi_and_cors() {
     .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))
     .collect();
     assert_eq!(described, routes, "OpenAPI paths");
+    // The document is this deployment's: its namespaces, or the name rule for `*`.
+    let content_type = |doc: &Value| {
+        doc["components"]["schemas"]["ViewRequest"]["properties"]["contentType"].clone()
+    };
+    assert_eq!(content_type(&doc)["enum"], json!(["resource", "course"]));
+    let (_, any) = get_json(&http, plain.url("/openapi.json")).await;
+    assert_eq!(content_type(&any)["enum"], Value::Null);
+    assert_eq!(content_type(&any)["pattern"], "^[a-z][a-z0-9_-]{0,31}$");
     for (path, method) in &described {
         let url = ingest.url(&path.replace("{id}", "0b8f8a52-7d1c-4d6e-9d64-8f5b1e2c3a4d"));
         let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");

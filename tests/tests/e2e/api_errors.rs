@@ -220,6 +220,12 @@ fn cases() -> Vec<Case> {
             Some("occurredAt"),
         ),
         post(
+            "occurredAt with a space for T",
+            view(json!({"occurredAt": "2026-11-21 10:00:00Z"})),
+            "invalid_value",
+            Some("occurredAt"),
+        ),
+        post(
             "occurredAt not a date",
             view(json!({"occurredAt": "21/11/2026"})),
             "invalid_value",
@@ -438,6 +444,12 @@ fn cases() -> Vec<Case> {
         get(
             "daily bad from",
             "/api/views/daily?contentType=resource&contentId=a&from=2026-02-30",
+            "invalid_value",
+            Some("from"),
+        ),
+        get(
+            "daily from without zero padding",
+            "/api/views/daily?contentType=resource&contentId=a&from=2026-3-01",
             "invalid_value",
             Some("from"),
         ),

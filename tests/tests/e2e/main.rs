@@ -12,6 +12,7 @@ mod dedupe;
 mod deploy_metrics;
 mod failures;
 mod flush_cases;
+mod fuzz;
 mod log_changes;
 mod pipeline;
 mod rebalance;

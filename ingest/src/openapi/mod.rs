@@ -1,7 +1,10 @@
 //! The OpenAPI 3 description served at `/openapi.json`. The API's paths come from
 //! the handlers' own annotations as they are routed (`utoipa_axum::routes!`), so a
 //! route cannot be served without being described; this module adds what the
-//! shared health router serves and the bearer scheme.
+//! shared health router serves and the bearer scheme, and [`rules`] writes in the
+//! request rules, built at start-up for this deployment's settings.
+
+pub mod rules;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
