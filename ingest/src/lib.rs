@@ -72,7 +72,10 @@ fn routes() -> OpenApiRouter<AppState> {
 /// The OpenAPI document an ingest allowing `namespaces` serves: every route's
 /// description with the rules its handler enforces.
 pub fn document(namespaces: &Namespaces) -> serde_json::Value {
-    let (_, api) = routes().split_for_parts();
+    stated(routes().split_for_parts().1, namespaces)
+}
+
+fn stated(api: utoipa::openapi::OpenApi, namespaces: &Namespaces) -> serde_json::Value {
     // The derived document always serialises: it holds only strings, maps and
     // numbers.
     let mut api = serde_json::to_value(api).unwrap_or_default();
@@ -83,8 +86,9 @@ pub fn document(namespaces: &Namespaces) -> serde_json::Value {
 /// The API routes and their OpenAPI document, served at `/openapi.json` (health and
 /// metrics are merged in by [`App::build`]).
 pub fn api_router(state: AppState) -> Router {
-    let document: Arc<str> = document(&state.namespaces).to_string().into();
-    let router = routes().with_state(state).split_for_parts().0;
+    let (router, api) = routes().split_for_parts();
+    let document: Arc<str> = stated(api, &state.namespaces).to_string().into();
+    let router = router.with_state(state);
     router.route(
         "/openapi.json",
         get(move || async move {
