@@ -175,6 +175,30 @@ const RESTORED_TABLES: [&str; 4] = [
     "view_event_ids",
 ];
 
+/// Runs `restore` (one transaction) on a connection of its own, again if Postgres
+/// broke a deadlock with a flush by aborting it: TRUNCATE locks its tables one by
+/// one while a flush holds some of them, as a real restore beside running writers
+/// could meet. Returns how many attempts it took.
+async fn restore_retrying_deadlocks(db_url: &str, restore: &str) -> usize {
+    for attempt in 1..=5 {
+        // A connection of its own, dropped after each try: a failed multi-statement
+        // transaction must not go back to a shared pool still aborted.
+        let options = sea_orm::ConnectOptions::new(db_url)
+            .max_connections(1)
+            .to_owned();
+        let db = sea_orm::Database::connect(options).await.expect("connect");
+        match db.execute_unprepared(restore).await {
+            Ok(_) => return attempt,
+            Err(e) if e.to_string().contains("deadlock detected") => {
+                println!("restore attempt {attempt} lost a deadlock to a flush; again");
+            }
+            Err(e) => panic!("restore: {e}"),
+        }
+        let _ = db.close().await;
+    }
+    panic!("restore lost 5 deadlocks in a row")
+}
+
 /// Postgres is restored to an earlier backup under running aggregators: they notice
 /// (the flushes Postgres lost), hold the partitions and say so on `/readyz`; after
 /// the documented recovery (`aggregator reset-pending --yes`) they count everything
@@ -215,11 +239,7 @@ async fn postgres_restored_to_an_earlier_backup_is_reported_and_recovered_exactl
     // Reads may fail from here until the partitions are claimed again after the
     // operator's reset.
     run.progress.recovery_window(Duration::from_secs(60));
-    stack
-        .db
-        .execute_unprepared(&restore)
-        .await
-        .expect("restore");
+    let attempts = restore_retrying_deadlocks(&stack.db_url, &restore).await;
 
     // Both aggregators notice on their next flush and report it.
     let http = reqwest::Client::new();
@@ -273,8 +293,8 @@ async fn postgres_restored_to_an_earlier_backup_is_reported_and_recovered_exactl
         .await
         .map_or(0, |r| r.status().as_u16());
     println!(
-        "Postgres restored from {before_restore} to {backed_up} flushed views; {held} partitions held; \
-         reset-pending: {}; /readyz afterwards {ready_again}",
+        "Postgres restored from {before_restore} to {backed_up} flushed views (restore attempts: {attempts}); \
+         {held} partitions held; reset-pending: {}; /readyz afterwards {ready_again}",
         said.trim()
     );
     assert_eq!(
