@@ -86,7 +86,7 @@ pub async fn request_flush(args: &FlushArgs) -> anyhow::Result<()> {
 /// `aggregator reset-pending`: deletes the deployment's pending state from Redis
 /// (`--yes`), or counts what it would delete.
 pub async fn reset_pending(args: &ResetArgs) -> anyhow::Result<()> {
-    let conn = connect_redis(&args.redis_url).await?;
+    let conn = connect_redis(&args.redis_url, args.redis_tls_ca.as_deref()).await?;
     let layout = Layout::new(&args.redis_prefix, &args.consumer_group, &args.views_topic)?;
     let store = PendingStore::new(conn, layout);
     let keys = store.keys().await.context("cannot list the pending keys")?;
@@ -178,7 +178,7 @@ impl App {
         let db = db::connect_current(&common.database_url, 8).await?;
         let redis = match common.redis_url.url() {
             Some(url) => {
-                let conn = connect_redis(url).await?;
+                let conn = connect_redis(url, common.redis_tls_ca.as_deref()).await?;
                 check_eviction_policy(&conn).await;
                 Some(conn)
             }
@@ -189,7 +189,7 @@ impl App {
                 None
             }
         };
-        check_kafka(&common.kafka_brokers).await?;
+        check_kafka(&common.kafka).await?;
         let scope = Scope {
             group: common.consumer_group.clone(),
             topic: common.views_topic.clone(),
@@ -212,22 +212,18 @@ impl App {
         let probes = Probes {
             db: db.clone(),
             redis,
-            kafka: Probes::kafka_client(&common.kafka_brokers)?,
+            kafka: Probes::kafka_client(&common.kafka)?,
         };
         let dlq = Dlq {
-            producer: kafka::producer_config(&common.kafka_brokers)
+            producer: kafka::producer_config(&common.kafka)
                 .create()
                 .context("cannot create the DLQ producer")?,
             topic: common.dlq_topic.clone(),
         };
         let requested_flush = Arc::new(AtomicI64::new(0));
         let session = settings.kafka_session_timeout;
-        let probe = LogProbe::new(
-            &common.kafka_brokers,
-            &common.consumer_group,
-            &common.views_topic,
-        )
-        .context("cannot create the Kafka consumer for log checks")?;
+        let probe = LogProbe::new(&common.kafka, &common.consumer_group, &common.views_topic)
+            .context("cannot create the Kafka consumer for log checks")?;
         let aggregator = Arc::new(Aggregator::new(Parts {
             probe,
             rt: tokio::runtime::Handle::current(),
@@ -247,7 +243,7 @@ impl App {
             },
         }));
         let consumer: BaseConsumer<AggregatorContext> =
-            kafka::consumer_config(&common.kafka_brokers, &common.consumer_group, session)
+            kafka::consumer_config(&common.kafka, &common.consumer_group, session)
                 .set("statistics.interval.ms", "5000")
                 // Every partition starts at an explicit offset (Postgres' position). If
                 // the log no longer holds it (retention ran ahead), librdkafka must not

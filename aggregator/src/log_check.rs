@@ -28,7 +28,7 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use viewpipe_runtime::kafka;
+use viewpipe_runtime::kafka::{self, KafkaSettings};
 use viewpipe_store::Claim;
 
 /// How long a read of an offset waits for an answer: its message, a later one, the
@@ -169,8 +169,8 @@ pub struct LogProbe {
 impl LogProbe {
     /// `group` names the consumer group; librdkafka wants a group id also for a
     /// consumer that only assigns (it never joins it).
-    pub fn new(brokers: &str, group: &str, topic: &str) -> KafkaResult<Self> {
-        let consumer = kafka::base_config(brokers)
+    pub fn new(kafka: &KafkaSettings, group: &str, topic: &str) -> KafkaResult<Self> {
+        let consumer = kafka::base_config(kafka)
             .set("group.id", format!("{group}.log-check"))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "error")

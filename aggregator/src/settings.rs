@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use viewpipe_event::Namespaces;
+use viewpipe_runtime::kafka::KafkaSettings;
 use viewpipe_runtime::settings::{millis, parse_duration, CommonSettings, SecretUrl};
 use viewpipe_runtime::telemetry::LogFormat;
 use viewpipe_store::backfill::Month;
@@ -41,7 +42,7 @@ pub enum Command {
     /// worker per month under a Postgres advisory lock; see docs/backfill.md. Exits 0
     /// when every month was rebuilt, 2 when some were skipped (locked), 1 when some
     /// were refused or failed.
-    Backfill(BackfillArgs),
+    Backfill(Box<BackfillArgs>),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -76,9 +77,8 @@ pub struct BackfillArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/viewpipe"
     )]
     pub database_url: SecretUrl,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
     /// Content types counted, comma-separated.
     #[arg(long, env = "NAMESPACES", default_value = "resource,course")]
     pub namespaces: Namespaces,
@@ -101,6 +101,10 @@ pub struct ResetArgs {
     /// Redis URL.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: SecretUrl,
+    /// PEM file of the CA certificates that sign the Redis servers' certificates, for
+    /// `rediss://` URLs.
+    #[arg(long, env = "REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<std::path::PathBuf>,
     /// Prefix of the deployment's Redis keys.
     #[arg(long, env = "REDIS_PREFIX", default_value = "viewpipe")]
     pub redis_prefix: String,

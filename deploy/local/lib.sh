@@ -43,6 +43,8 @@ ensure_build_tools() {
   command -v make >/dev/null || missing+=(make)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   [ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+  # librdkafka is built with OpenSSL (Kafka over TLS, SASL/SCRAM).
+  [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
   command -v curl >/dev/null || missing+=(curl)
   if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }

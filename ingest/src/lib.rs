@@ -134,16 +134,16 @@ impl App {
         metrics::describe();
         let db = db::connect_current(&common.database_url, 16).await?;
         let redis = match common.redis_url.url() {
-            Some(url) => Some(connect_redis(url).await?),
+            Some(url) => Some(connect_redis(url, common.redis_tls_ca.as_deref()).await?),
             None => None,
         };
-        check_kafka(&common.kafka_brokers).await?;
+        check_kafka(&common.kafka).await?;
         let layout = Layout::new(
             &common.redis_prefix,
             &common.consumer_group,
             &common.views_topic,
         )?;
-        let producer: FutureProducer = kafka::producer_config(&common.kafka_brokers)
+        let producer: FutureProducer = kafka::producer_config(&common.kafka)
             .create()
             .context("cannot create the Kafka producer")?;
         let listener = TcpListener::bind(settings.ingest_addr)
@@ -154,7 +154,7 @@ impl App {
         let probes = Probes {
             db: db.clone(),
             redis: redis.clone(),
-            kafka: Probes::kafka_client(&common.kafka_brokers)?,
+            kafka: Probes::kafka_client(&common.kafka)?,
         };
         let scope = Scope {
             group: common.consumer_group.clone(),

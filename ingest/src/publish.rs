@@ -69,12 +69,12 @@ pub fn parse_line(
 
 /// Runs `ingest publish`; returns the exit status.
 pub async fn run(args: &PublishArgs) -> anyhow::Result<i32> {
-    let producer: FutureProducer = kafka::producer_config(&args.kafka_brokers)
+    let producer: FutureProducer = kafka::producer_config(&args.kafka)
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", (IN_FLIGHT * 2).to_string())
         .create()
         .context("invalid Kafka settings")?;
-    check_topic(&producer, &args.topic, &args.kafka_brokers).await?;
+    check_topic(&producer, &args.topic, &args.kafka.brokers).await?;
     let (input, size) = open(&args.input).await?;
     let mut rejects = Rejects::create(args.rejects.as_deref())?;
     let shutdown = Shutdown::default();

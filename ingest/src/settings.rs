@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use viewpipe_event::Namespaces;
+use viewpipe_runtime::kafka::KafkaSettings;
 use viewpipe_runtime::settings::{CommonSettings, Secret};
 use viewpipe_runtime::telemetry::LogFormat;
 
@@ -32,7 +33,7 @@ pub enum Command {
     /// Publish an NDJSON file of views to a topic (by default the replay topic, for
     /// `aggregator backfill`), validated as the API validates them. Exits 0 when every
     /// line was published, 2 when some were rejected, 130 when interrupted.
-    Publish(PublishArgs),
+    Publish(Box<PublishArgs>),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -112,9 +113,8 @@ pub struct PublishArgs {
     /// The topic to publish to.
     #[arg(long, env = "REPLAY_TOPIC", default_value = "views.replay")]
     pub topic: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
     /// Content types accepted, comma-separated.
     #[arg(long, env = "NAMESPACES", default_value = "resource,course")]
     pub namespaces: Namespaces,

@@ -45,7 +45,10 @@ pub async fn connect(
         .await
         .map_err(|e| DbStartError::Unreachable {
             address: url.address(),
-            reason: root_cause(&e),
+            reason: crate::connect::tls_hint(
+                root_cause(&e),
+                "sslrootcert (or the system's trust store)",
+            ),
         })
 }
 

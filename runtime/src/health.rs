@@ -228,8 +228,10 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn kafka_client(brokers: &str) -> Result<Arc<BaseConsumer>, rdkafka::error::KafkaError> {
-        let consumer: BaseConsumer = crate::kafka::base_config(brokers).create()?;
+    pub fn kafka_client(
+        kafka: &crate::kafka::KafkaSettings,
+    ) -> Result<Arc<BaseConsumer>, rdkafka::error::KafkaError> {
+        let consumer: BaseConsumer = crate::kafka::base_config(kafka).create()?;
         Ok(Arc::new(consumer))
     }
 

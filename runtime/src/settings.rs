@@ -2,20 +2,21 @@
 //! long flag; the services flatten [`CommonSettings`] into their own clap structs.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
 use viewpipe_event::Namespaces;
 
+use crate::kafka::KafkaSettings;
 use crate::telemetry::LogFormat;
 
 /// Settings every viewpipe process reads.
 #[derive(Args, Clone, Debug)]
 pub struct CommonSettings {
-    /// Kafka bootstrap servers, comma-separated.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
     /// Topic of live view events.
     #[arg(long, env = "VIEWS_TOPIC", default_value = "views")]
     pub views_topic: String,
@@ -38,6 +39,10 @@ pub struct CommonSettings {
     /// Redis URL, or `none` for database-only mode.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: RedisSetting,
+    /// PEM file of the CA certificates that sign the Redis servers' certificates, for
+    /// `rediss://` URLs (default: the system's trust store).
+    #[arg(long, env = "REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
     /// Prefix of every Redis key, so deployments and tests can share one Redis.
     #[arg(long, env = "REDIS_PREFIX", default_value = "viewpipe")]
     pub redis_prefix: String,

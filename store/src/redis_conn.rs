@@ -2,7 +2,10 @@
 //!
 //! `REDIS_URL` names a single server as usual (`redis://[user:password@]host:port`)
 //! or a cluster as `redis+cluster://[user:password@]host:port,host:port,...` (any
-//! reachable nodes; the rest of the cluster is discovered from them).
+//! reachable nodes; the rest of the cluster is discovered from them). `rediss://` and
+//! `rediss+cluster://` are the same over TLS; the servers' certificates are checked
+//! against the system's trust store or the CA certificates given to
+//! [`RedisConn::connect_with_ca`].
 //!
 //! Every key a multi-key command or transaction touches belongs to one partition, and
 //! a partition's keys share one hash tag (see [`crate::pending::Layout`]), so each
@@ -16,10 +19,13 @@ use futures::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, ServerErrorKind, Value};
+use redis::{
+    Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, ServerErrorKind, TlsCertificates, Value,
+};
 
 /// The scheme that names a Redis Cluster, and the scheme of its nodes' URLs.
-const CLUSTER_SCHEMES: [(&str, &str); 1] = [("redis+cluster", "redis")];
+const CLUSTER_SCHEMES: [(&str, &str); 2] =
+    [("redis+cluster", "redis"), ("rediss+cluster", "rediss")];
 
 /// A connection to one Redis server or to a Redis Cluster. Cheap to clone; clones
 /// share the underlying connections.
@@ -86,6 +92,21 @@ pub fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, String> {
 impl RedisConn {
     /// Connects to the server or cluster `url` names.
     pub async fn connect(url: &str, timeouts: Timeouts) -> RedisResult<Self> {
+        Self::connect_with_ca(url, timeouts, None).await
+    }
+
+    /// Connects as [`RedisConn::connect`] does; over TLS (`rediss://`), the servers'
+    /// certificates must be signed by one of the PEM certificates in `root_ca`
+    /// instead of the system's trust store.
+    pub async fn connect_with_ca(
+        url: &str,
+        timeouts: Timeouts,
+        root_ca: Option<&[u8]>,
+    ) -> RedisResult<Self> {
+        let certs = |ca: &[u8]| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.to_vec()),
+        };
         let invalid = |e: String| {
             redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
@@ -95,15 +116,21 @@ impl RedisConn {
         };
         match cluster_nodes(url).map_err(invalid)? {
             Some(nodes) => {
-                let client = ClusterClient::builder(nodes)
+                let mut builder = ClusterClient::builder(nodes)
                     .connection_timeout(timeouts.connect)
                     .response_timeout(timeouts.response)
-                    .retries(2)
-                    .build()?;
+                    .retries(2);
+                if let Some(ca) = root_ca {
+                    builder = builder.certs(certs(ca));
+                }
+                let client = builder.build()?;
                 Ok(Self::Cluster(client.get_async_connection().await?))
             }
             None => {
-                let client = redis::Client::open(url)?;
+                let client = match root_ca {
+                    Some(ca) => redis::Client::build_with_tls(url, certs(ca))?,
+                    None => redis::Client::open(url)?,
+                };
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeouts.connect))
                     .set_response_timeout(Some(timeouts.response))
@@ -299,6 +326,14 @@ mod tests {
     #[test]
     fn cluster_urls_name_their_nodes() {
         assert_eq!(cluster_nodes("redis://127.0.0.1:6379"), Ok(None));
+        assert_eq!(cluster_nodes("rediss://cache.example:6380"), Ok(None));
+        assert_eq!(
+            cluster_nodes("rediss+cluster://u:pw@a:7000,b:7001"),
+            Ok(Some(vec![
+                "rediss://u:pw@a:7000".into(),
+                "rediss://u:pw@b:7001".into()
+            ]))
+        );
         assert_eq!(
             cluster_nodes("redis+cluster://a:7000,b:7001"),
             Ok(Some(vec!["redis://a:7000".into(), "redis://b:7001".into()]))

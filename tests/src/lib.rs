@@ -27,6 +27,7 @@ pub mod pg_server;
 pub mod pgproxy;
 pub mod redis_server;
 pub mod service;
+pub mod tls;
 
 pub use service::{Kind, Service};
 
@@ -185,11 +186,17 @@ impl Stack {
             .execute_unprepared(&format!("CREATE DATABASE {db_name}"))
             .await
             .context("create the test database")?;
-        let base = admin_url.clone();
-        let db_url = format!(
-            "{}/{db_name}",
-            base.rsplit_once('/').map_or(base.as_str(), |(b, _)| b)
-        );
+        // The admin URL's database replaced, its query (e.g. sslmode) kept.
+        let (base, query) = admin_url
+            .split_once('?')
+            .map_or((admin_url.as_str(), ""), |(b, q)| (b, q));
+        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        let db_url = format!("{base}/{db_name}{query}");
         let db = Database::connect(&db_url).await?;
         viewpipe_store::migration::Migrator::up(&db, None).await?;
         Ok(Self {
@@ -203,6 +210,11 @@ impl Stack {
             admin_url,
             cleaned: false,
         })
+    }
+
+    /// Kafka settings for this stack's broker, for clients a test makes itself.
+    pub fn kafka(&self) -> viewpipe_runtime::kafka::KafkaSettings {
+        viewpipe_runtime::kafka::KafkaSettings::plain(self.broker.addr().to_string())
     }
 
     /// The environment every service of this stack runs with.

@@ -73,6 +73,43 @@ impl PgServer {
         Ok(server)
     }
 
+    /// Creates a cluster that accepts TCP connections only over TLS (`hostssl`),
+    /// presenting `certs`' server certificate, and starts it on a free port.
+    pub async fn start_tls(certs: &crate::tls::TestCerts) -> anyhow::Result<Self> {
+        let server = Self::start().await?;
+        server.crash().await?;
+        let data = server.dir.join("data");
+        std::fs::copy(&certs.cert, data.join("server.crt"))?;
+        std::fs::copy(&certs.key, data.join("server.key"))?;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?;
+        std::io::Write::write_all(
+            &mut conf,
+            b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )?;
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+        )?;
+        if is_root() {
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status()
+                .await?;
+            if !chown.success() {
+                bail!("chown of {} to postgres failed", data.display());
+            }
+        }
+        server.resume().await?;
+        Ok(server)
+    }
+
     /// The admin URL (database `postgres`).
     pub fn admin_url(&self) -> String {
         format!("postgres://postgres@{}/postgres", self.addr)

@@ -16,6 +16,8 @@ pub struct RedisServer {
     pub addr: SocketAddr,
     extra: Vec<String>,
     child: Option<Child>,
+    /// The CA that signs the server's certificate, when it speaks only TLS.
+    tls_ca: Option<Vec<u8>>,
 }
 
 impl RedisServer {
@@ -26,13 +28,48 @@ impl RedisServer {
             addr: free_addr(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             child: None,
+            tls_ca: None,
         };
         server.resume().await?;
         Ok(server)
     }
 
+    /// Starts a server that speaks only TLS, presenting `certs`' server certificate
+    /// (clients need no certificate of their own).
+    pub async fn start_tls(certs: &crate::tls::TestCerts) -> anyhow::Result<Self> {
+        let addr = free_addr();
+        let path = |p: &Path| p.display().to_string();
+        let extra = [
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            addr.port().to_string(),
+            "--tls-cert-file".to_owned(),
+            path(&certs.cert),
+            "--tls-key-file".to_owned(),
+            path(&certs.key),
+            "--tls-ca-cert-file".to_owned(),
+            path(&certs.ca),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let mut server = Self {
+            addr,
+            extra: extra.to_vec(),
+            child: None,
+            tls_ca: Some(certs.ca_pem()?),
+        };
+        server.resume().await?;
+        Ok(server)
+    }
+
+    /// `redis://127.0.0.1:port`, or `rediss://localhost:port` for a TLS server (the
+    /// name its certificate carries).
     pub fn url(&self) -> String {
-        format!("redis://{}", self.addr)
+        match self.tls_ca {
+            None => format!("redis://{}", self.addr),
+            Some(_) => format!("rediss://localhost:{}", self.addr.port()),
+        }
     }
 
     /// Stops the server at once, without saving: every key is gone.
@@ -55,13 +92,18 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             exited_early(child, &log)?;
-            if let Ok(client) = redis::Client::open(url.as_str()) {
-                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                    let pong: redis::RedisResult<String> =
-                        redis::cmd("PING").query_async(&mut conn).await;
-                    if pong.is_ok() {
-                        return Ok(());
-                    }
+            let timeouts = viewpipe_store::redis_conn::Timeouts {
+                connect: Duration::from_secs(1),
+                response: Duration::from_secs(1),
+            };
+            let conn =
+                viewpipe_store::RedisConn::connect_with_ca(&url, timeouts, self.tls_ca.as_deref())
+                    .await;
+            if let Ok(mut conn) = conn {
+                let pong: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut conn).await;
+                if pong.is_ok() {
+                    return Ok(());
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

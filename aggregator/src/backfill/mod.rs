@@ -90,7 +90,7 @@ pub async fn run(args: &BackfillArgs) -> anyhow::Result<i32> {
 
     let wanted: BTreeSet<Month> = months.iter().copied().collect();
     let (brokers, topic, namespaces) = (
-        args.kafka_brokers.clone(),
+        args.kafka.clone(),
         args.topic.clone(),
         args.namespaces.clone(),
     );

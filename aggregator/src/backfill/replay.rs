@@ -12,7 +12,7 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
 use viewpipe_event::{EventRef, Namespaces};
-use viewpipe_runtime::kafka;
+use viewpipe_runtime::kafka::{self, KafkaSettings};
 use viewpipe_runtime::progress::Progress;
 use viewpipe_store::backfill::Month;
 use viewpipe_store::Counts;
@@ -47,12 +47,12 @@ pub struct Replay {
 /// Reads `topic` from each partition's start to its end at the start of the read,
 /// counting the events of `months`. Blocking: run it off the async runtime.
 pub fn read(
-    brokers: &str,
+    kafka: &KafkaSettings,
     topic: &str,
     months: &BTreeSet<Month>,
     namespaces: &Namespaces,
 ) -> anyhow::Result<Replay> {
-    let consumer: BaseConsumer = kafka::base_config(brokers)
+    let consumer: BaseConsumer = kafka::base_config(kafka)
         // Needed by librdkafka, never joined: partitions are assigned by hand.
         .set("group.id", "viewpipe-backfill")
         .set("enable.auto.commit", "false")
@@ -63,7 +63,7 @@ pub fn read(
         .context("invalid Kafka settings")?;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("cannot reach Kafka at {brokers}"))?;
+        .with_context(|| format!("cannot reach Kafka at {}", kafka.brokers))?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -71,7 +71,7 @@ pub fn read(
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if partitions.is_empty() {
-        bail!("topic {topic} does not exist at {brokers}");
+        bail!("topic {topic} does not exist at {}", kafka.brokers);
     }
     let mut tpl = TopicPartitionList::new();
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();

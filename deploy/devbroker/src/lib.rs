@@ -6,11 +6,16 @@
 //! only ever see the fixed address. Topics must be created here: the mock cluster
 //! does not implement CreateTopics.
 //!
+//! Started with a certificate ([`DevBroker::start_tls`]), it speaks TLS to clients
+//! (`security.protocol=ssl`) and plain Kafka to the mock broker behind it: enough to
+//! test a client's TLS settings, CA and hostname check against a real handshake.
+//!
 //! Limits worth knowing (see `../shared/KAFKA.md`): data lives in memory only, and a
 //! partition keeps at most about 5 MiB or 100k batches.
 
 use std::ffi::CString;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -18,6 +23,10 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{crypto, ServerConfig};
+use tokio_rustls::TlsAcceptor;
 
 /// The id librdkafka gives the single mock broker.
 const BROKER_ID: i32 = 1;
@@ -28,11 +37,22 @@ pub struct DevBroker {
     producer: BaseProducer,
     addr: SocketAddr,
     forwarder: JoinHandle<()>,
+    tls: Option<TlsAcceptor>,
 }
 
 impl DevBroker {
     /// Starts a broker listening on `listen` (port 0 picks a free one).
     pub async fn start(listen: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(listen, None).await
+    }
+
+    /// Starts a broker that speaks TLS on `listen`, presenting the PEM certificate
+    /// chain `cert` and its private key `key`.
+    pub async fn start_tls(listen: SocketAddr, cert: &[u8], key: &[u8]) -> anyhow::Result<Self> {
+        Self::start_with(listen, Some(acceptor(cert, key)?)).await
+    }
+
+    async fn start_with(listen: SocketAddr, tls: Option<TlsAcceptor>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -54,11 +74,12 @@ impl DevBroker {
             .ok_or_else(|| anyhow!("unexpected mock bootstrap {:?}", mock.bootstrap_servers()))?;
         drop(mock);
         advertise(&producer, addr)?;
-        let forwarder = tokio::spawn(forward(listener, backend));
+        let forwarder = tokio::spawn(forward(listener, backend, tls.clone()));
         Ok(Self {
             producer,
             addr,
             forwarder,
+            tls,
         })
     }
 
@@ -69,7 +90,7 @@ impl DevBroker {
         // The listener is dropped with the aborted task, shortly.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            match Self::start(self.addr).await {
+            match Self::start_with(self.addr, self.tls.clone()).await {
                 Ok(broker) => {
                     *self = broker;
                     return Ok(());
@@ -145,16 +166,44 @@ fn advertise(producer: &BaseProducer, addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn forward(listener: TcpListener, backend: SocketAddr) {
+/// A TLS server configuration from PEM files' contents.
+fn acceptor(cert: &[u8], key: &[u8]) -> anyhow::Result<TlsAcceptor> {
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .context("the TLS certificate is not PEM")?;
+    let key = PrivateKeyDer::from_pem_slice(key).context("the TLS key is not a PEM private key")?;
+    let config = ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the TLS certificate and key do not go together")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn forward(listener: TcpListener, backend: SocketAddr, tls: Option<TlsAcceptor>) {
     loop {
-        let Ok((mut client, _)) = listener.accept().await else {
+        let Ok((client, _)) = listener.accept().await else {
             continue;
         };
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _ = client.set_nodelay(true);
-            if let Ok(mut server) = TcpStream::connect(backend).await {
-                let _ = server.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            let Ok(mut server) = TcpStream::connect(backend).await else {
+                return;
+            };
+            let _ = server.set_nodelay(true);
+            match tls {
+                None => {
+                    let mut client = client;
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+                // A client that fails the handshake (it does not trust our
+                // certificate) is simply dropped, as a real broker would.
+                Some(tls) => {
+                    if let Ok(mut client) = tls.accept(client).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                }
             }
         });
     }

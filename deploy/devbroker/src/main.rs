@@ -18,6 +18,13 @@ use viewpipe_runtime::settings::CommonSettings;
 struct Cli {
     #[command(flatten)]
     common: CommonSettings,
+    /// PEM certificate (chain) to speak TLS with; clients then connect with
+    /// `KAFKA_SECURITY_PROTOCOL=ssl`.
+    #[arg(long, env = "DEV_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, env = "DEV_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Partitions of each topic it creates.
     #[arg(long, env = "DEV_PARTITIONS", default_value_t = 8)]
     partitions: i32,
@@ -29,14 +36,23 @@ async fn main() -> anyhow::Result<()> {
     viewpipe_runtime::telemetry::init(cli.common.log_format);
     let first = cli
         .common
-        .kafka_brokers
+        .kafka
+        .brokers
         .split(',')
         .next()
         .unwrap_or_default();
     let listen: SocketAddr = first.parse().with_context(|| {
         format!("KAFKA_BROKERS {first:?} must start with an ip:port to listen on")
     })?;
-    let broker = DevBroker::start(listen).await?;
+    let broker = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            DevBroker::start_tls(listen, &read(cert)?, &read(key)?).await?
+        }
+        _ => DevBroker::start(listen).await?,
+    };
     for topic in [
         &cli.common.views_topic,
         &cli.common.replay_topic,

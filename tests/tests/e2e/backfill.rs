@@ -392,7 +392,7 @@ async fn publish_stopped_by_a_signal_says_where_and_a_rerun_from_there_loses_not
 async fn a_replay_topic_that_lost_its_start_is_refused_not_half_written() {
     let stack = Stack::with_partitions(1).await.expect("stack");
     let producer: rdkafka::producer::FutureProducer =
-        viewpipe_runtime::kafka::producer_config(&stack.broker.addr().to_string())
+        viewpipe_runtime::kafka::producer_config(&stack.kafka())
             .set("queue.buffering.max.messages", "1000000")
             .create()
             .expect("producer");

@@ -18,11 +18,10 @@ const MAX_RSS_MIB: u64 = 400;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backlog_of_500k_events_over_200k_keys_finishes_exactly_in_bounded_memory() {
     let stack = Stack::start().await.expect("stack");
-    let producer: FutureProducer =
-        viewpipe_runtime::kafka::producer_config(&stack.broker.addr().to_string())
-            .set("queue.buffering.max.messages", "1000000")
-            .create()
-            .expect("producer");
+    let producer: FutureProducer = viewpipe_runtime::kafka::producer_config(&stack.kafka())
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
     let today = Utc::now().date_naive();
     let mut expected: BTreeMap<String, i64> = BTreeMap::new();
     let started = Instant::now();

@@ -68,7 +68,7 @@ async fn readyz_until(service: &Service, fault: &str) -> String {
 }
 
 fn producer(stack: &Stack) -> FutureProducer {
-    viewpipe_runtime::kafka::producer_config(&stack.broker.addr().to_string())
+    viewpipe_runtime::kafka::producer_config(&stack.kafka())
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("producer")
@@ -171,11 +171,10 @@ async fn a_log_that_lost_counted_events_is_held_and_reported_not_counted_again()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_deleted_before_they_were_counted_hold_the_partition_and_say_so() {
     let stack = Stack::with_partitions(1).await.expect("stack");
-    let producer: FutureProducer =
-        viewpipe_runtime::kafka::producer_config(&stack.broker.addr().to_string())
-            .set("queue.buffering.max.messages", "1000000")
-            .create()
-            .expect("producer");
+    let producer: FutureProducer = viewpipe_runtime::kafka::producer_config(&stack.kafka())
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
     produce(&producer, 1_000).await;
     let aggregator = stack
         .spawn_aggregator_process(&[("FLUSH_INTERVAL_MS", "200")])

@@ -19,3 +19,4 @@ mod rebalance;
 mod redis_cluster;
 mod store;
 mod store_faults;
+mod tls;

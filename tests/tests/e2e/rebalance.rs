@@ -44,16 +44,18 @@ async fn store(stack: &Stack) -> PendingStore {
 async fn aggregator(stack: &Stack) -> Arc<Aggregator> {
     let brokers = stack.broker.addr().to_string();
     Arc::new(Aggregator::new(Parts {
-        probe: aggregator::log_check::LogProbe::new(&brokers, &stack.group, "views")
+        probe: aggregator::log_check::LogProbe::new(&stack.kafka(), &stack.group, "views")
             .expect("probe"),
         rt: tokio::runtime::Handle::current(),
         db: stack.db.clone(),
         scope: agg_scope(stack),
         pending: Pending::Redis(Box::new(store(stack).await)),
         dlq: Dlq {
-            producer: viewpipe_runtime::kafka::producer_config(&brokers)
-                .create()
-                .expect("producer"),
+            producer: viewpipe_runtime::kafka::producer_config(
+                &viewpipe_runtime::kafka::KafkaSettings::plain(brokers.clone()),
+            )
+            .create()
+            .expect("producer"),
             topic: "views.dlq".into(),
         },
         namespaces: "resource".parse().expect("namespaces"),
@@ -87,11 +89,10 @@ fn assign(agg: &Aggregator, consumer: &BaseConsumer) {
 async fn a_revoke_and_reassign_inside_one_batch_counts_every_offset_once() {
     let stack = Stack::start().await.expect("stack");
     let agg = aggregator(&stack).await;
-    let consumer: BaseConsumer =
-        viewpipe_runtime::kafka::base_config(&stack.broker.addr().to_string())
-            .set("group.id", &stack.group)
-            .create()
-            .expect("consumer");
+    let consumer: BaseConsumer = viewpipe_runtime::kafka::base_config(&stack.kafka())
+        .set("group.id", &stack.group)
+        .create()
+        .expect("consumer");
     let a = agg.clone();
     tokio::task::spawn_blocking(move || {
         assign(&a, &consumer);
@@ -137,11 +138,10 @@ async fn a_revoke_and_reassign_inside_one_batch_counts_every_offset_once() {
         "pending in Redis, read before any flush"
     );
     let a = agg.clone();
-    let consumer: BaseConsumer =
-        viewpipe_runtime::kafka::base_config(&stack.broker.addr().to_string())
-            .set("group.id", &stack.group)
-            .create()
-            .expect("consumer");
+    let consumer: BaseConsumer = viewpipe_runtime::kafka::base_config(&stack.kafka())
+        .set("group.id", &stack.group)
+        .create()
+        .expect("consumer");
     tokio::task::spawn_blocking(move || a.finish(&consumer, Duration::from_secs(10)))
         .await
         .expect("join");

@@ -57,10 +57,11 @@ pub fn produce(
     pace: Pace,
 ) -> anyhow::Result<Produced> {
     let context = Deliveries::default();
-    let producer: ThreadedProducer<Deliveries> = kafka::producer_config(brokers)
-        .set("queue.buffering.max.messages", "500000")
-        .create_with_context(context.clone())
-        .context("bench producer")?;
+    let producer: ThreadedProducer<Deliveries> =
+        kafka::producer_config(&kafka::KafkaSettings::plain(brokers))
+            .set("queue.buffering.max.messages", "500000")
+            .create_with_context(context.clone())
+            .context("bench producer")?;
     let mut seen = vec![
         false;
         match workload.keys {
@@ -166,10 +167,13 @@ impl ConsumerContext for Assigned {
 /// the group not).
 pub fn consume(brokers: &str, topic: &str, expected: usize) -> anyhow::Result<f64> {
     let group = format!("bench-raw-{:08x}", rand::random::<u32>());
-    let consumer: BaseConsumer<Assigned> =
-        kafka::consumer_config(brokers, &group, std::time::Duration::from_secs(6))
-            .create_with_context(Assigned::default())
-            .context("bench consumer")?;
+    let consumer: BaseConsumer<Assigned> = kafka::consumer_config(
+        &kafka::KafkaSettings::plain(brokers),
+        &group,
+        std::time::Duration::from_secs(6),
+    )
+    .create_with_context(Assigned::default())
+    .context("bench consumer")?;
     consumer.subscribe(&[topic])?;
     let deadline = Instant::now() + Duration::from_secs(300);
     let (mut seen, mut bytes) = (0usize, 0usize);
