@@ -129,15 +129,54 @@ impl Drop for RedisServer {
 pub struct RedisCluster {
     dir: std::path::PathBuf,
     nodes: Vec<(u16, Option<Child>)>,
+    tls: Option<ClusterTls>,
+}
+
+/// A cluster whose nodes also speak TLS, to clients and to each other: each node's
+/// TLS port, and what every node is started with.
+struct ClusterTls {
+    ports: Vec<u16>,
+    args: Vec<String>,
+    ca: PathBuf,
 }
 
 impl RedisCluster {
     pub async fn start(n: usize) -> anyhow::Result<Self> {
+        Self::start_with(n, None).await
+    }
+
+    /// A cluster whose clients connect over TLS (`rediss+cluster://`), its nodes
+    /// presenting `certs`' server certificate; the cluster bus is TLS too. Each node
+    /// keeps a plain port for the harness's own checks.
+    pub async fn start_tls(n: usize, certs: &crate::tls::TestCerts) -> anyhow::Result<Self> {
+        let path = |p: &Path| p.display().to_string();
+        let args = [
+            "--tls-cert-file",
+            &path(&certs.cert),
+            "--tls-key-file",
+            &path(&certs.key),
+            "--tls-ca-cert-file",
+            &path(&certs.ca),
+            "--tls-auth-clients",
+            "no",
+            "--tls-cluster",
+            "yes",
+        ];
+        let tls = ClusterTls {
+            ports: (0..n).map(|_| cluster_port()).collect(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            ca: certs.ca.clone(),
+        };
+        Self::start_with(n, Some(tls)).await
+    }
+
+    async fn start_with(n: usize, tls: Option<ClusterTls>) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("vp-cluster-{:08x}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir)?;
         let mut cluster = Self {
             dir,
             nodes: Vec::new(),
+            tls,
         };
         for _ in 0..n {
             let port = cluster_port();
@@ -147,7 +186,11 @@ impl RedisCluster {
             cluster.spawn(i).await?;
         }
         let addrs: Vec<String> = cluster.addrs();
-        let out = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(tls) = &cluster.tls {
+            cli.arg("--tls").arg("--cacert").arg(&tls.ca);
+        }
+        let out = cli
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -166,23 +209,39 @@ impl RedisCluster {
         Ok(cluster)
     }
 
+    /// The nodes' client addresses (their TLS ports on a TLS cluster).
     fn addrs(&self) -> Vec<String> {
-        self.nodes
+        let ports: Vec<u16> = match &self.tls {
+            Some(tls) => tls.ports.clone(),
+            None => self.nodes.iter().map(|(port, _)| *port).collect(),
+        };
+        ports
             .iter()
-            .map(|(port, _)| format!("127.0.0.1:{port}"))
+            .map(|port| format!("127.0.0.1:{port}"))
             .collect()
     }
 
-    /// `redis+cluster://` with every node.
+    /// `redis+cluster://` (or `rediss+cluster://`) with every node.
     pub fn url(&self) -> String {
-        format!("redis+cluster://{}", self.addrs().join(","))
+        let scheme = if self.tls.is_some() {
+            "rediss+cluster"
+        } else {
+            "redis+cluster"
+        };
+        format!("{scheme}://{}", self.addrs().join(","))
     }
 
     async fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let port = self.nodes[i].0;
         let conf = self.dir.join(format!("nodes-{port}.conf"));
         let log = log_path(&self.dir, port);
-        let child = redis_server(port, &log)
+        let mut cmd = redis_server(port, &log);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--tls-port")
+                .arg(tls.ports[i].to_string())
+                .args(&tls.args);
+        }
+        let child = cmd
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
             .arg("--cluster-config-file")
             .arg(&conf)

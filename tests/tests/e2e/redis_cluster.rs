@@ -96,3 +96,37 @@ async fn a_redis_cluster_losing_a_node_and_then_everything_is_recovered_exactly(
         "the aggregators noticed the FLUSHALL too: {restores} restores"
     );
 }
+
+/// The same over TLS: `rediss+cluster://` with `REDIS_TLS_CA`, nodes that talk TLS
+/// to clients and to each other. Clients find the other nodes from the cluster's
+/// own answers, so the CA must reach every connection the cluster client opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pipeline_on_a_tls_redis_cluster_counts_exactly() {
+    let certs = viewpipe_tests::tls::TestCerts::new("cluster").expect("certs");
+    let cluster = RedisCluster::start_tls(3, &certs)
+        .await
+        .expect("TLS cluster");
+    let url = cluster.url();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    let stack = Stack::start().await.expect("stack").with_redis(&url);
+    let ca = certs.ca.display().to_string();
+    let env = [("REDIS_TLS_CA", ca.as_str())];
+    let _aggregator = stack.spawn_aggregator(&env).await.expect("aggregator");
+    let ingest = stack.spawn_ingest(&env).await.expect("ingest");
+    let load = Load {
+        events: 3_000,
+        keys: 100,
+        days: 2,
+        rate: 600.0,
+        concurrency: 16,
+    };
+    let run = Running::begin(&stack, &ingest, load);
+    run.progress.reached(load.events / 2).await;
+    let spread = cluster.key_counts().await.expect("key counts");
+    run.end(&stack, &ingest, "TLS Redis Cluster of 3 primaries")
+        .await;
+    assert!(
+        spread.iter().filter(|&&n| n > 0).count() >= 2,
+        "pending keys on at least two nodes: {spread:?}"
+    );
+}
