@@ -37,6 +37,8 @@ pub struct ViewRequest {
 pub struct ViewAccepted {
     pub success: bool,
     /// The key's count including this view (null if the count could not be read).
+    /// For a view dropped as a known crawler's (`BOT_FILTER=drop`): the key's count
+    /// as GET returns it, without this view.
     pub count: Option<i64>,
 }
 

@@ -42,6 +42,24 @@ pub enum ApiError {
     AdminDisabled,
     #[error("no job with this id")]
     NoSuchJob,
+    /// `WRITE_KEYS` is set and the write carried no key.
+    #[error("this endpoint needs a write key: header X-Viewpipe-Key or query parameter key")]
+    MissingWriteKey,
+    /// `WRITE_KEYS` is set and the key is not one of them.
+    #[error("the write key is not valid")]
+    InvalidWriteKey,
+    /// The write key may not write this namespace.
+    #[error("contentType: the write key of app {app} may not write {namespace:?}")]
+    NamespaceNotAllowed { app: String, namespace: String },
+    /// Over a rate limit: nothing of the request was published.
+    #[error("{message}")]
+    RateLimited { retry_after: u64, message: String },
+    /// `READ_KEY` is set and the read carried no key.
+    #[error("this endpoint needs the read key: Authorization: Bearer <key>, header X-Viewpipe-Key or query parameter key")]
+    MissingReadKey,
+    /// `READ_KEY` is set and the key is not it.
+    #[error("the read key is not valid")]
+    InvalidReadKey,
 
     /// A flush job did not complete in time.
     #[error("{0}")]
@@ -65,8 +83,15 @@ impl ApiError {
             ApiError::BrokerUnavailable
             | ApiError::StoreUnavailable
             | ApiError::FlushIncomplete(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Unauthorized | ApiError::AdminDisabled => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized
+            | ApiError::AdminDisabled
+            | ApiError::MissingWriteKey
+            | ApiError::InvalidWriteKey
+            | ApiError::MissingReadKey
+            | ApiError::InvalidReadKey => StatusCode::UNAUTHORIZED,
             ApiError::NoSuchJob => StatusCode::NOT_FOUND,
+            ApiError::NamespaceNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -84,6 +109,12 @@ impl ApiError {
             ApiError::AdminDisabled => "admin_disabled",
             ApiError::NoSuchJob => "job_not_found",
             ApiError::FlushIncomplete(_) => "flush_incomplete",
+            ApiError::MissingWriteKey => "missing_write_key",
+            ApiError::InvalidWriteKey => "invalid_write_key",
+            ApiError::NamespaceNotAllowed { .. } => "namespace_not_allowed",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::MissingReadKey => "missing_read_key",
+            ApiError::InvalidReadKey => "invalid_read_key",
         }
     }
 
@@ -102,6 +133,7 @@ impl ApiError {
             message: self.to_string(),
             field: match self {
                 ApiError::Invalid(f) => Some(f.field.to_owned()),
+                ApiError::NamespaceNotAllowed { .. } => Some("contentType".to_owned()),
                 _ => None,
             },
         }
@@ -118,10 +150,20 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
         }
-        if status == StatusCode::UNAUTHORIZED {
+        if let ApiError::RateLimited { retry_after, .. } = &self {
             response
                 .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            // A write key is not a bearer token: the challenge names its header.
+            let scheme = match self {
+                ApiError::MissingWriteKey | ApiError::InvalidWriteKey => "X-Viewpipe-Key",
+                _ => "Bearer",
+            };
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
         }
         response
     }

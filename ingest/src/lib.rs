@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
+pub mod protect;
 pub mod publish;
 pub mod routes;
 pub mod settings;
@@ -15,8 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -38,6 +41,7 @@ use viewpipe_store::Scope;
 
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
+use crate::protect::Protect;
 use crate::routes::{admin, batch, series, views};
 use crate::settings::Settings;
 
@@ -53,6 +57,8 @@ pub struct AppState {
     pub health: Health,
     /// `None`: admin endpoints refuse everyone.
     pub admin_token: Option<Arc<Secret>>,
+    /// Keys, rate limits and the crawler filter (all off by default).
+    pub protect: Arc<Protect>,
 }
 
 /// Every API route, each with its description.
@@ -69,17 +75,27 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(batch)
 }
 
-/// The OpenAPI document an ingest allowing `namespaces` serves: every route's
-/// description with the rules its handler enforces.
+/// The OpenAPI document an ingest allowing `namespaces` and running without API
+/// protection serves: every route's description with the rules its handler
+/// enforces ([`api_router`] serves each ingest's own, its protection included).
 pub fn document(namespaces: &Namespaces) -> serde_json::Value {
-    stated(routes().split_for_parts().1, namespaces)
+    stated(
+        routes().split_for_parts().1,
+        namespaces,
+        &Protect::default(),
+    )
 }
 
-fn stated(api: utoipa::openapi::OpenApi, namespaces: &Namespaces) -> serde_json::Value {
+fn stated(
+    api: utoipa::openapi::OpenApi,
+    namespaces: &Namespaces,
+    protect: &Protect,
+) -> serde_json::Value {
     // The derived document always serialises: it holds only strings, maps and
     // numbers.
     let mut api = serde_json::to_value(api).unwrap_or_default();
     openapi::rules::apply(&mut api, namespaces);
+    openapi::protect::apply(&mut api, protect);
     api
 }
 
@@ -87,7 +103,9 @@ fn stated(api: utoipa::openapi::OpenApi, namespaces: &Namespaces) -> serde_json:
 /// metrics are merged in by [`App::build`]).
 pub fn api_router(state: AppState) -> Router {
     let (router, api) = routes().split_for_parts();
-    let document: Arc<str> = stated(api, &state.namespaces).to_string().into();
+    let document: Arc<str> = stated(api, &state.namespaces, &state.protect)
+        .to_string()
+        .into();
     let router = router.with_state(state);
     router.route(
         "/openapi.json",
@@ -108,12 +126,22 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+/// On the API port while `METRICS_ADDR` serves `/metrics`: 404 for it.
+async fn hide_metrics(req: Request, next: Next) -> Response {
+    if req.uri().path() == "/metrics" {
+        return ApiError::NotFound.into_response();
+    }
+    next.run(req).await
+}
+
 /// An ingest connected to Postgres, Redis and Kafka and bound to its address, not
 /// yet serving: [`App::build`], then [`App::run_until_stopped`]. The binary runs one;
 /// tests build several in one process, each on its own port.
 pub struct App {
     listener: TcpListener,
     router: Router,
+    /// `METRICS_ADDR`'s listener and its routes (`/metrics`, `/healthz`, `/readyz`).
+    metrics: Option<(TcpListener, Router)>,
     producer: FutureProducer,
     health: Health,
     probes: Probes,
@@ -131,6 +159,7 @@ impl App {
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let common = &settings.common;
+        let protect = Protect::build(&settings.protect, &common.namespaces)?;
         metrics::describe();
         let db = db::connect_current(&common.database_url, 16).await?;
         let redis = match common.redis_url.url() {
@@ -149,6 +178,22 @@ impl App {
         let listener = TcpListener::bind(settings.ingest_addr)
             .await
             .with_context(|| format!("cannot listen on INGEST_ADDR {}", settings.ingest_addr))?;
+        let metrics_listener = match protect.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on METRICS_ADDR {addr}"))?,
+            ),
+            None => None,
+        };
+        protect.log();
+        if protect.bots.is_some() {
+            if let Namespaces::List(list) = &common.namespaces {
+                for ns in list {
+                    protect::count_bot_views(&common.namespaces, ns, 0);
+                }
+            }
+        }
 
         let health = Health::new();
         let probes = Probes {
@@ -173,21 +218,48 @@ impl App {
             scope,
             health: health.clone(),
             admin_token: settings.admin_token.clone().map(Arc::new),
+            protect: Arc::new(protect),
         };
         if state.admin_token.is_none() {
             tracing::info!("ADMIN_TOKEN is not set: admin endpoints refuse every request");
         }
+        let keys = state.protect.write_keys.is_some() || state.protect.read_key.is_some();
+        let (public_health, metrics) = match metrics_listener {
+            None => (health.router(prometheus), None),
+            Some(listener) => {
+                let served = health
+                    .router(prometheus.clone())
+                    .fallback(not_found)
+                    .method_not_allowed_fallback(method_not_allowed)
+                    .layer(axum::middleware::from_fn(metrics::track));
+                let public = health
+                    .router(prometheus)
+                    .layer(axum::middleware::from_fn(hide_metrics));
+                (public, Some((listener, served)))
+            }
+        };
         let mut router = api_router(state)
-            .merge(health.router(prometheus))
+            .merge(public_health)
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(extract::MAX_BODY))
             .layer(axum::middleware::from_fn(metrics::track));
         if let Some(cors) = settings.cors_origins.layer() {
+            // Browsers may send the key header only if the preflight allows it.
+            let cors = if keys {
+                cors.allow_headers([
+                    header::CONTENT_TYPE,
+                    header::AUTHORIZATION,
+                    protect::KEY_HEADER,
+                ])
+            } else {
+                cors
+            };
             router = router.layer(cors);
         }
         tracing::info!(
             addr = %listener.local_addr()?,
+            metrics_addr = ?metrics.as_ref().and_then(|(l, _)| l.local_addr().ok()),
             topic = %common.views_topic,
             database = %common.database_url,
             "ingest listening"
@@ -195,6 +267,7 @@ impl App {
         Ok(Self {
             listener,
             router,
+            metrics,
             producer,
             health,
             probes,
@@ -212,12 +285,21 @@ impl App {
         self.local_addr().map_or(0, |a| a.port())
     }
 
+    /// The address `/metrics` is served on when `METRICS_ADDR` is set (with the port
+    /// chosen when it named port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
     /// Serves until the shutdown token triggers, then drains in-flight requests and
     /// flushes the producer.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             listener,
             router,
+            metrics,
             producer,
             health,
             probes,
@@ -233,12 +315,27 @@ impl App {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.wait().await;
-                health.stopping();
-            })
-            .await?;
+        let stop = shutdown.clone();
+        // The peer's address is the client's, for RATE_LIMIT_PER_ADDR.
+        let api = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.wait().await;
+            health.stopping();
+        });
+        let metrics = async move {
+            match metrics {
+                Some((listener, router)) => {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move { stop.wait().await })
+                        .await
+                }
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(async move { api.await }, metrics)?;
         tracing::info!("draining the producer");
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
         Ok(())

@@ -12,6 +12,18 @@ pub const REQUESTS: &str = "viewpipe_ingest_requests_total";
 pub const REQUEST_DURATION: &str = "viewpipe_ingest_request_duration_seconds";
 pub const EVENTS: &str = "viewpipe_ingest_events_total";
 pub const PUBLISH_DURATION: &str = "viewpipe_ingest_publish_duration_seconds";
+pub const REFUSALS: &str = "viewpipe_ingest_refusals_total";
+pub const BOT_VIEWS: &str = "viewpipe_ingest_bot_views_total";
+
+/// The `reason` labels of [`REFUSALS`]: the error codes of the API's protection.
+pub const REFUSAL_REASONS: &[&str] = &[
+    "missing_write_key",
+    "invalid_write_key",
+    "namespace_not_allowed",
+    "rate_limited",
+    "missing_read_key",
+    "invalid_read_key",
+];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -47,8 +59,21 @@ pub fn describe() {
         Unit::Seconds,
         "Time from publish to broker acknowledgement"
     );
+    describe_counter!(
+        REFUSALS,
+        "Requests refused by the API's protection (WRITE_KEYS, READ_KEY, rate limits), by \
+         reason (the error code); a batch element refused for its namespace counts once"
+    );
+    describe_counter!(
+        BOT_VIEWS,
+        "Views from known crawlers answered but not published (BOT_FILTER=drop), by \
+         content_type (`other` for a namespace NAMESPACES does not list)"
+    );
     for result in ["accepted", "rejected"] {
         metrics::counter!(EVENTS, "result" => result).increment(0);
+    }
+    for reason in REFUSAL_REASONS {
+        metrics::counter!(REFUSALS, "reason" => *reason).increment(0);
     }
     // Listed (empty) before the first publish.
     let _ = metrics::histogram!(PUBLISH_DURATION);

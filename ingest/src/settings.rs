@@ -50,6 +50,8 @@ pub struct Settings {
     /// empty none.
     #[arg(long, env = "CORS_ORIGINS", default_value = "")]
     pub cors_origins: CorsOrigins,
+    #[command(flatten)]
+    pub protect: crate::protect::ProtectSettings,
 }
 
 /// `CORS_ORIGINS`, parsed when the settings are read: a bad origin stops start-up

@@ -4,6 +4,7 @@
 //! shared health router serves and the bearer scheme, and [`rules`] writes in the
 //! request rules, built at start-up for this deployment's settings.
 
+pub mod protect;
 pub mod rules;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};

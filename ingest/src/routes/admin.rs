@@ -14,6 +14,7 @@ use viewpipe_store::jobs;
 use crate::api::{ErrorBody, FlushResponse, JobResponse};
 use crate::error::ApiError;
 use crate::extract::RawQuery;
+use crate::protect::keys::constant_time_eq;
 use crate::AppState;
 
 /// How long `POST /api/views/flush` waits for every partition to answer.
@@ -41,18 +42,6 @@ impl FromRequestParts<AppState> for Admin {
             Err(ApiError::Unauthorized)
         }
     }
-}
-
-/// Compares without returning early, so the time taken does not tell how much of a
-/// guess was right (it does depend on the lengths).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
 }
 
 /// Flush every aggregator.
@@ -159,17 +148,4 @@ pub async fn get_job(
         created_at: job.created_at,
         finished_at: job.finished_at,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"s3cret", b"s3cret"));
-        assert!(!constant_time_eq(b"s3cret", b"s3cres"));
-        assert!(!constant_time_eq(b"s3cret", b"s3cret2"));
-        assert!(!constant_time_eq(b"", b"s3cret"));
-    }
 }

@@ -13,6 +13,8 @@ use crate::api::{BatchAccepted, ErrorBody, ErrorDetail, Rejection, ViewRequest};
 use crate::error::ApiError;
 use crate::extract::is_json;
 use crate::metrics as m;
+use crate::protect;
+use crate::protect::access::WriteAccess;
 use crate::routes::views::{broker_available, publish};
 use crate::AppState;
 
@@ -89,7 +91,9 @@ fn rejection(index: usize, code: &str, message: String, field: Option<&str>) -> 
 /// before the answer (202), and invalid ones (and any the broker did not
 /// acknowledge) are listed by index without failing the others. A batch with no
 /// valid view is no exception: it publishes nothing and answers 202 with
-/// `accepted: 0` and every element in `rejected`.
+/// `accepted: 0` and every element in `rejected`. Where write keys are required, an
+/// element of a namespace the key may not write is listed with
+/// `namespace_not_allowed`; where rate limits apply, each element costs one view.
 #[utoipa::path(
     post,
     path = "/api/views/batch",
@@ -105,6 +109,7 @@ fn rejection(index: usize, code: &str, message: String, field: Option<&str>) -> 
 )]
 pub async fn post_batch(
     State(state): State<AppState>,
+    access: WriteAccess,
     BatchBody(items): BatchBody,
 ) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
     if items.is_empty() {
@@ -121,16 +126,32 @@ pub async fn post_batch(
         )
         .into());
     }
-    broker_available(&state)?;
+    // Every element costs one view, valid or not: the batch is admitted whole or
+    // refused whole.
+    access.admit(&state.protect, items.len())?;
+    if !access.bot {
+        broker_available(&state)?;
+    }
     let now = Utc::now();
     let mut rejected = Vec::new();
     let mut valid = Vec::with_capacity(items.len());
+    let mut not_allowed = 0;
     for (index, item) in items.into_iter().enumerate() {
         let parsed = item
             .map_err(|message| rejection(index, "invalid_json", message, None))
             .and_then(|value| {
                 ViewInput::from_json(&value, &state.namespaces, now)
                     .map_err(|e| rejection(index, e.code, e.to_string(), Some(e.field)))
+            })
+            .and_then(|input| {
+                let allowed = access.may_write(&state.protect, &input.content_type);
+                allowed.map(|()| input).map_err(|e| {
+                    not_allowed += 1;
+                    Rejection {
+                        index,
+                        error: e.detail(),
+                    }
+                })
             });
         match parsed {
             Ok(input) => valid.push((index, input.key(), input.into_event(now))),
@@ -138,6 +159,23 @@ pub async fn post_batch(
         }
     }
     metrics::counter!(m::EVENTS, "result" => "rejected").increment(rejected.len() as u64);
+    if not_allowed > 0 {
+        metrics::counter!(m::REFUSALS, "reason" => "namespace_not_allowed").increment(not_allowed);
+    }
+    if access.bot {
+        // Answered as if accepted, so the crawler does not retry.
+        for (_, _, event) in &valid {
+            protect::count_bot_views(&state.namespaces, &event.content_type, 1);
+        }
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(BatchAccepted {
+                success: true,
+                accepted: valid.len(),
+                rejected,
+            }),
+        ));
+    }
     let outcomes = futures::future::join_all(
         valid
             .iter()

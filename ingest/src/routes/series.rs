@@ -9,6 +9,7 @@ use viewpipe_store::postgres;
 use crate::api::{DailyResponse, DayCount, ErrorBody, TopItem, TopResponse};
 use crate::error::ApiError;
 use crate::extract::RawQuery;
+use crate::protect::access::ReadAccess;
 use crate::routes::params;
 use crate::routes::views::{check_namespace, key_from_query};
 use crate::AppState;
@@ -36,6 +37,7 @@ use crate::AppState;
 )]
 pub async fn get_daily(
     State(state): State<AppState>,
+    _access: ReadAccess,
     query: RawQuery,
 ) -> Result<Json<DailyResponse>, ApiError> {
     let key = key_from_query(&state, &query)?;
@@ -78,6 +80,7 @@ pub async fn get_daily(
 )]
 pub async fn get_top(
     State(state): State<AppState>,
+    _access: ReadAccess,
     query: RawQuery,
 ) -> Result<Json<TopResponse>, ApiError> {
     let namespace = query

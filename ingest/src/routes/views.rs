@@ -16,6 +16,8 @@ use crate::api::{CountResponse, ErrorBody, ViewAccepted, ViewRequest};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, RawQuery};
 use crate::metrics as m;
+use crate::protect::access::{ReadAccess, WriteAccess};
+use crate::protect::{self, refused_by};
 use crate::AppState;
 
 /// Longest wait for the broker's acknowledgement before answering 503.
@@ -42,44 +44,38 @@ const POST_COUNT_WAIT: Duration = Duration::from_millis(250);
 )]
 pub async fn post_view(
     State(state): State<AppState>,
+    access: WriteAccess,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<ViewAccepted>), ApiError> {
     let now = Utc::now();
     let input = ViewInput::from_json(&body, &state.namespaces, now).inspect_err(|_| {
         metrics::counter!(m::EVENTS, "result" => "rejected").increment(1);
     })?;
-    broker_available(&state)?;
+    access
+        .may_write(&state.protect, &input.content_type)
+        .map_err(refused_by)?;
+    access.admit(&state.protect, 1)?;
     let key = input.key();
+    if access.bot {
+        // Answered as if accepted, so the crawler does not retry; the count is the
+        // key's, without this view.
+        protect::count_bot_views(&state.namespaces, &input.content_type, 1);
+        let count = count_for_answer(&state, &key).await;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(ViewAccepted {
+                success: true,
+                count,
+            }),
+        ));
+    }
+    broker_available(&state)?;
     let event = input.into_event(now);
     // The count is read while the publish is in flight; it cannot include this view.
-    // It is a courtesy, left out rather than holding the acknowledgement back: a
-    // store that does not answer (Redis down or recovering, Postgres stalled) costs
-    // the POST at most `POST_COUNT_WAIT`, and nothing while the readiness probe
-    // finds it down.
-    let stores_up =
-        !state.health.is_down(Dependency::Redis) && !state.health.is_down(Dependency::Postgres);
-    let count_read = async {
-        if !stores_up {
-            return None;
-        }
-        match tokio::time::timeout(
-            POST_COUNT_WAIT,
-            state.reader.total_within(&key, POST_COUNT_WAIT),
-        )
-        .await
-        {
-            Ok(Ok(n)) => Some(n),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "view accepted but its count could not be read");
-                None
-            }
-            Err(_) => {
-                tracing::debug!("view accepted but its count was not read in time");
-                None
-            }
-        }
-    };
-    let (published, count) = tokio::join!(publish(&state, &key, &event), count_read);
+    let (published, count) = tokio::join!(
+        publish(&state, &key, &event),
+        count_for_answer(&state, &key)
+    );
     published?;
     metrics::counter!(m::EVENTS, "result" => "accepted").increment(1);
     let count = count.map(|n| n + 1);
@@ -90,6 +86,34 @@ pub async fn post_view(
             count,
         }),
     ))
+}
+
+/// The key's count as GET would answer it, for a POST's answer. It is a courtesy,
+/// left out rather than holding the answer back: a store that does not answer
+/// (Redis down or recovering, Postgres stalled) costs the POST at most
+/// `POST_COUNT_WAIT`, and nothing while the readiness probe finds it down.
+async fn count_for_answer(state: &AppState, key: &ContentKey) -> Option<i64> {
+    let stores_up =
+        !state.health.is_down(Dependency::Redis) && !state.health.is_down(Dependency::Postgres);
+    if !stores_up {
+        return None;
+    }
+    match tokio::time::timeout(
+        POST_COUNT_WAIT,
+        state.reader.total_within(key, POST_COUNT_WAIT),
+    )
+    .await
+    {
+        Ok(Ok(n)) => Some(n),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "view accepted but its count could not be read");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("view accepted but its count was not read in time");
+            None
+        }
+    }
 }
 
 /// Answers 503 at once while the readiness probe finds the broker down, rather than
@@ -155,6 +179,7 @@ pub async fn publish(
 )]
 pub async fn get_views(
     State(state): State<AppState>,
+    _access: ReadAccess,
     query: RawQuery,
 ) -> Result<Json<CountResponse>, ApiError> {
     let key = key_from_query(&state, &query)?;

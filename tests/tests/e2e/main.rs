@@ -15,6 +15,7 @@ mod flush_cases;
 mod fuzz;
 mod log_changes;
 mod pipeline;
+mod protect;
 mod rebalance;
 mod redis_cluster;
 mod store;

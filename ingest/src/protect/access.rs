@@ -1,0 +1,137 @@
+//! Who may write and read: extractors the handlers take before their body, so a
+//! request without its key is refused before its body is read.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::{header, request::Parts};
+
+use crate::error::ApiError;
+use crate::extract::RawQuery;
+use crate::protect::client::{client_addr, ClientAddr};
+use crate::protect::{refused_by, Protect, KEY_HEADER, KEY_PARAM};
+use crate::AppState;
+
+/// A write that passed the key check: which key it carried, the client's address
+/// (when addresses are limited) and whether a crawler sent it (when crawlers are
+/// dropped).
+pub struct WriteAccess {
+    /// The `WRITE_KEYS` entry the key matched (`None` while keys are off).
+    entry: Option<usize>,
+    pub addr: Option<ClientAddr>,
+    /// The User-Agent is a known crawler's, and `BOT_FILTER=drop`.
+    pub bot: bool,
+}
+
+impl FromRequestParts<AppState> for WriteAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let protect = &state.protect;
+        let entry = match &protect.write_keys {
+            None => None,
+            Some(keys) => {
+                let given = match header_value(parts, &KEY_HEADER) {
+                    Some(key) => Some(key),
+                    None => query_key(parts, state).await?,
+                };
+                let Some(given) = given else {
+                    return Err(refused_by(ApiError::MissingWriteKey));
+                };
+                match keys.find(&given) {
+                    Some(entry) => Some(entry),
+                    None => return Err(refused_by(ApiError::InvalidWriteKey)),
+                }
+            }
+        };
+        let addr = match protect.per_addr {
+            Some(_) => {
+                let peer = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0);
+                client_addr(peer, &parts.headers, protect.proxy_header.as_ref())
+            }
+            None => None,
+        };
+        let bot = protect.bots.as_ref().is_some_and(|bots| {
+            parts
+                .headers
+                .get(header::USER_AGENT)
+                .is_some_and(|ua| bots.is_bot(&String::from_utf8_lossy(ua.as_bytes())))
+        });
+        Ok(Self { entry, addr, bot })
+    }
+}
+
+impl WriteAccess {
+    /// The app of the key, as an index into `WriteKeys::apps`.
+    pub fn app(&self, protect: &Protect) -> Option<usize> {
+        let keys = protect.write_keys.as_ref()?;
+        Some(keys.entry(self.entry?)?.app)
+    }
+
+    /// Refuses a namespace the key may not write (not counted: the caller counts).
+    pub fn may_write(&self, protect: &Protect, namespace: &str) -> Result<(), ApiError> {
+        let (Some(keys), Some(entry)) = (&protect.write_keys, self.entry) else {
+            return Ok(());
+        };
+        match keys.entry(entry) {
+            Some(key) if !key.may_write(namespace) => Err(ApiError::NamespaceNotAllowed {
+                app: keys.app_name(key.app).to_owned(),
+                namespace: namespace.to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes `cost` views from the rate limits, or refuses the whole request.
+    pub fn admit(&self, protect: &Protect, cost: usize) -> Result<(), ApiError> {
+        protect.admit(self.addr, self.app(protect), cost as u64)
+    }
+}
+
+/// A read that passed the read key check (always, while `READ_KEY` is unset).
+pub struct ReadAccess;
+
+impl FromRequestParts<AppState> for ReadAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(key) = &state.protect.read_key else {
+            return Ok(ReadAccess);
+        };
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        let given = match bearer.or_else(|| header_value(parts, &KEY_HEADER)) {
+            Some(given) => Some(given),
+            None => query_key(parts, state).await?,
+        };
+        match given {
+            None => Err(refused_by(ApiError::MissingReadKey)),
+            Some(given) if key.matches(&given) => Ok(ReadAccess),
+            Some(_) => Err(refused_by(ApiError::InvalidReadKey)),
+        }
+    }
+}
+
+/// A header's value, unless absent or empty.
+fn header_value(parts: &Parts, name: &header::HeaderName) -> Option<String> {
+    let value = parts.headers.get(name)?;
+    let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+/// `?key=`, unless absent or empty.
+async fn query_key(parts: &mut Parts, state: &AppState) -> Result<Option<String>, ApiError> {
+    let query = RawQuery::from_request_parts(parts, state).await?;
+    Ok(query
+        .get(KEY_PARAM)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned))
+}

@@ -1,0 +1,236 @@
+//! Protection of the public API, each part off unless its setting is given:
+//! write keys (`WRITE_KEYS`), rate limits per client address and per app
+//! (`RATE_LIMIT_PER_ADDR`, `RATE_LIMIT_PER_KEY`, `TRUSTED_PROXY_HEADER`), crawler
+//! views dropped (`BOT_FILTER`), a read key (`READ_KEY`) and `/metrics` on a
+//! listener of its own (`METRICS_ADDR`).
+//!
+//! The handlers take a [`access::WriteAccess`] or [`access::ReadAccess`] before
+//! their body, so a request without its key is refused before anything is read or
+//! published.
+
+pub mod access;
+pub mod bots;
+pub mod client;
+pub mod keys;
+pub mod rate;
+pub mod settings;
+
+use std::net::SocketAddr;
+
+use anyhow::bail;
+use axum::http::HeaderName;
+
+use viewpipe_event::Namespaces;
+
+use crate::error::ApiError;
+use crate::metrics as m;
+use crate::protect::bots::{BotFilter, Bots};
+use crate::protect::client::ClientAddr;
+use crate::protect::keys::{ApiKey, WriteKeys};
+use crate::protect::rate::{Limiter, Rate, Refused};
+
+pub use settings::ProtectSettings;
+
+/// The header a write or read key may be sent in.
+pub const KEY_HEADER: HeaderName = HeaderName::from_static("x-viewpipe-key");
+/// The query parameter a write or read key may be sent in (for `sendBeacon`, which
+/// cannot set headers).
+pub const KEY_PARAM: &str = "key";
+
+/// The protection this ingest runs with, built once from [`ProtectSettings`].
+#[derive(Default)]
+pub struct Protect {
+    pub write_keys: Option<WriteKeys>,
+    pub read_key: Option<ApiKey>,
+    pub per_addr: Option<Limiter<ClientAddr>>,
+    /// Keyed by the app's index in [`WriteKeys::apps`].
+    pub per_key: Option<Limiter<usize>>,
+    pub proxy_header: Option<HeaderName>,
+    pub bots: Option<Bots>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Protect {
+    /// Checks the settings against each other and `NAMESPACES`; an error names the
+    /// setting at fault.
+    pub fn build(settings: &ProtectSettings, namespaces: &Namespaces) -> anyhow::Result<Self> {
+        if settings.rate_limit_per_key.is_some() && settings.write_keys.is_none() {
+            bail!("RATE_LIMIT_PER_KEY limits the apps of WRITE_KEYS, which is not set");
+        }
+        if let Some(keys) = &settings.write_keys {
+            if let Some(ns) = keys.namespaces().find(|ns| !namespaces.allows(ns)) {
+                bail!(
+                    "WRITE_KEYS names namespace {ns:?}, which NAMESPACES does not allow (allowed: {})",
+                    namespaces.describe()
+                );
+            }
+        }
+        Ok(Self {
+            write_keys: settings.write_keys.clone(),
+            read_key: settings.read_key.clone(),
+            per_addr: settings.rate_limit_per_addr.map(Limiter::new),
+            per_key: settings.rate_limit_per_key.map(Limiter::new),
+            proxy_header: settings.trusted_proxy_header.clone().map(|h| h.0),
+            bots: (settings.bot_filter == BotFilter::Drop).then(Bots::new),
+            metrics_addr: settings.metrics_addr,
+        })
+    }
+
+    /// Says at start-up what is on (app names, never keys).
+    pub fn log(&self) {
+        let rate = |r: Option<&Rate>| r.map_or_else(|| "off".to_owned(), Rate::to_string);
+        tracing::info!(
+            write_keys = ?self.write_keys.as_ref().map(WriteKeys::apps),
+            read_key = self.read_key.is_some(),
+            rate_limit_per_addr = %rate(self.per_addr.as_ref().map(|l| &l.rate)),
+            rate_limit_per_key = %rate(self.per_key.as_ref().map(|l| &l.rate)),
+            trusted_proxy_header = ?self.proxy_header.as_ref().map(HeaderName::as_str),
+            bot_filter = if self.bots.is_some() { "drop" } else { "off" },
+            "API protection"
+        );
+        if self.proxy_header.is_some() && self.per_addr.is_none() {
+            tracing::warn!(
+                "TRUSTED_PROXY_HEADER is set but unused: it only serves RATE_LIMIT_PER_ADDR"
+            );
+        }
+    }
+
+    /// Takes `cost` views from the client's and the app's budgets, both or neither.
+    pub fn admit(
+        &self,
+        addr: Option<ClientAddr>,
+        app: Option<usize>,
+        cost: u64,
+    ) -> Result<(), ApiError> {
+        if let (Some(limiter), Some(addr)) = (&self.per_addr, addr) {
+            let now = limiter.now();
+            if let Err(refused) = limiter.take(&addr, cost, now) {
+                return Err(rate_limited(refused, &limiter.rate, cost, "this address"));
+            }
+        }
+        if let (Some(limiter), Some(app)) = (&self.per_key, app) {
+            let now = limiter.now();
+            if let Err(refused) = limiter.take(&app, cost, now) {
+                if let (Some(per_addr), Some(addr)) = (&self.per_addr, addr) {
+                    per_addr.give_back(&addr, cost);
+                }
+                let name = self.write_keys.as_ref().map_or("", |k| k.app_name(app));
+                let who = format!("app {name}");
+                tracing::debug!(app = name, "rate limited");
+                return Err(rate_limited(refused, &limiter.rate, cost, &who));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rate_limited(refused: Refused, rate: &Rate, cost: u64, who: &str) -> ApiError {
+    let retry_after = refused.retry_after_secs(rate);
+    let message = match refused {
+        Refused::TooLarge { burst } => format!(
+            "this batch holds {cost} views, more than the limit of {rate} for {who} allows at once ({burst}); send smaller batches"
+        ),
+        Refused::Wait(_) => {
+            format!("too many views from {who} (limit {rate}); retry after {retry_after} s")
+        }
+    };
+    refused_by(ApiError::RateLimited {
+        retry_after,
+        message,
+    })
+}
+
+/// Counts a refusal under its code, and returns it.
+pub fn refused_by(error: ApiError) -> ApiError {
+    metrics::counter!(m::REFUSALS, "reason" => error.code()).increment(1);
+    error
+}
+
+/// Counts `n` views dropped as a crawler's, under their namespace (`other` for a
+/// namespace not listed in `NAMESPACES`, so the label stays bounded under `*`).
+pub fn count_bot_views(namespaces: &Namespaces, content_type: &str, n: u64) {
+    let label = match namespaces {
+        Namespaces::List(list) if list.iter().any(|ns| ns == content_type) => {
+            content_type.to_owned()
+        }
+        _ => "other".to_owned(),
+    };
+    metrics::counter!(m::BOT_VIEWS, "content_type" => label).increment(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        protect: ProtectSettings,
+    }
+
+    fn build(args: &[&str], namespaces: &str) -> anyhow::Result<Protect> {
+        let cli = Cli::try_parse_from(std::iter::once("ingest").chain(args.iter().copied()))?;
+        let namespaces: Namespaces = namespaces.parse().map_err(anyhow::Error::msg)?;
+        Protect::build(&cli.protect, &namespaces)
+    }
+
+    const WEB: &str = "--write-keys=web:0123456789abcdef,shop:0123456789abcdeg:course";
+
+    #[test]
+    fn settings_that_cannot_work_stop_start_up() {
+        let err = build(&["--rate-limit-per-key=5/s"], "resource").err();
+        let err = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("RATE_LIMIT_PER_KEY") && err.contains("WRITE_KEYS"),
+            "{err}"
+        );
+        let err = build(&[WEB], "resource").err();
+        let err = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("WRITE_KEYS names namespace \"course\"") && err.contains("NAMESPACES"),
+            "{err}"
+        );
+        assert!(build(&[WEB], "resource,course").is_ok());
+        assert!(build(&[WEB], "*").is_ok());
+        let off = build(&[], "resource").expect("defaults");
+        assert!(off.write_keys.is_none() && off.per_addr.is_none() && off.bots.is_none());
+    }
+
+    fn addr(ip: &str) -> Option<ClientAddr> {
+        ip.parse::<IpAddr>().ok().map(ClientAddr::new)
+    }
+
+    #[test]
+    fn a_request_is_taken_from_both_budgets_or_neither() {
+        let protect = build(
+            &[WEB, "--rate-limit-per-addr=3/m", "--rate-limit-per-key=2/m"],
+            "resource,course",
+        )
+        .expect("protect");
+        let (a, b) = (addr("192.0.2.1"), addr("192.0.2.2"));
+        assert!(protect.admit(a, Some(0), 2).is_ok());
+        // The app's budget is spent: refused, and the address keeps its last view.
+        let refused = protect.admit(a, Some(0), 1).expect_err("app over");
+        assert!(refused.to_string().contains("app web"), "{refused}");
+        assert!(
+            protect.admit(a, Some(1), 1).is_ok(),
+            "another app, same address"
+        );
+        let refused = protect.admit(a, Some(1), 1).expect_err("address over");
+        assert!(refused.to_string().contains("this address"), "{refused}");
+        assert!(protect.admit(b, Some(1), 1).is_ok(), "another address");
+        assert!(protect.admit(None, None, 3).is_ok(), "nothing to limit");
+        let too_big = protect.admit(b, None, 4).expect_err("over the burst");
+        assert!(
+            too_big
+                .to_string()
+                .contains("this batch holds 4 views, more than the limit of 3/m"),
+            "{too_big}"
+        );
+        assert_eq!(too_big.code(), "rate_limited");
+    }
+}
