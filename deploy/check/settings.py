@@ -48,8 +48,11 @@ NON_SETTINGS = {
 }
 # Settings that are secrets: in Kubernetes they must come from a Secret, in compose
 # from a variable, never a value written in the file.
-SECRET_SETTINGS = {"ADMIN_TOKEN"}
-K8S_SECRET_SETTINGS = {"ADMIN_TOKEN", "DATABASE_URL"}
+SECRET_SETTINGS = {
+    "ADMIN_TOKEN", "WRITE_KEYS", "READ_KEY", "KAFKA_SASL_PASSWORD", "KAFKA_TLS_KEY_PASSWORD",
+    "KAFKA_PROPERTIES",
+}
+K8S_SECRET_SETTINGS = SECRET_SETTINGS | {"DATABASE_URL"}
 
 PROBE_PATHS = {"/healthz", "/readyz", "/metrics"}
 METRICS_PATH = "/metrics"
