@@ -20,11 +20,11 @@ struct Cli {
     common: CommonSettings,
     /// PEM certificate (chain) to speak TLS with; clients then connect with
     /// `KAFKA_SECURITY_PROTOCOL=ssl`.
-    #[arg(long, env = "DEV_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
+    #[arg(long = "tls-cert", env = "DEV_TLS_CERT", requires = "serve_tls_key")]
+    serve_tls_cert: Option<std::path::PathBuf>,
     /// The certificate's PEM private key.
-    #[arg(long, env = "DEV_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
+    #[arg(long = "tls-key", env = "DEV_TLS_KEY", requires = "serve_tls_cert")]
+    serve_tls_key: Option<std::path::PathBuf>,
     /// Partitions of each topic it creates.
     #[arg(long, env = "DEV_PARTITIONS", default_value_t = 8)]
     partitions: i32,
@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let listen: SocketAddr = first.parse().with_context(|| {
         format!("KAFKA_BROKERS {first:?} must start with an ip:port to listen on")
     })?;
-    let broker = match (&cli.tls_cert, &cli.tls_key) {
+    let broker = match (&cli.serve_tls_cert, &cli.serve_tls_key) {
         (Some(cert), Some(key)) => {
             let read = |p: &std::path::Path| {
                 std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
@@ -79,5 +79,17 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command's definition (unique names, valid `requires`) only when
+    /// it is built: build it here rather than at the first start.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }
