@@ -23,14 +23,13 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sea_orm::DatabaseConnection;
-use sea_orm_migration::MigratorTrait;
 use tokio::net::TcpListener;
 
 use viewpipe_runtime::connect::{check_eviction_policy, check_kafka, connect_redis};
 use viewpipe_runtime::db;
 use viewpipe_runtime::settings::SecretUrl;
 use viewpipe_runtime::{kafka, Health, Probes, Shutdown};
-use viewpipe_store::migration::Migrator;
+use viewpipe_store::schema::{self, Migrated};
 use viewpipe_store::pending::{Layout, PendingStore};
 use viewpipe_store::{jobs, Scope};
 
@@ -47,12 +46,18 @@ const FLUSH_REQUEST_POLL: Duration = Duration::from_millis(100);
 /// `aggregator migrate`: applies every pending migration.
 pub async fn migrate(database_url: &SecretUrl) -> anyhow::Result<()> {
     let db = db::connect(database_url, 2).await?;
-    let pending = Migrator::get_pending_migrations(&db).await?.len();
-    Migrator::up(&db, None).await.context("migration failed")?;
-    if pending == 0 {
-        tracing::info!(database = %database_url, "schema already current; nothing to do");
-    } else {
-        tracing::info!(database = %database_url, applied = pending, "schema migrated");
+    match schema::migrate(&db).await.context("migration failed")? {
+        Migrated::Applied(applied) => {
+            tracing::info!(database = %database_url, applied = applied.len(), "schema migrated");
+        }
+        Migrated::Nothing { newer } if newer.is_empty() => {
+            tracing::info!(database = %database_url, "schema already current; nothing to do");
+        }
+        Migrated::Nothing { newer } => tracing::info!(
+            database = %database_url,
+            newer = %newer.join(", "),
+            "the schema is ahead of this build by additive migrations; nothing to do"
+        ),
     }
     Ok(())
 }

@@ -1,12 +1,12 @@
-//! Connecting to Postgres and refusing to run on a schema that is behind.
+//! Connecting to Postgres and refusing to run on a schema that is behind (or ahead
+//! by a breaking migration: see `viewpipe_store::schema`).
 
 use std::time::Duration;
 
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
-use sea_orm_migration::MigratorTrait;
 
 use crate::settings::SecretUrl;
-use viewpipe_store::migration::Migrator;
+use viewpipe_store::schema::{self, SchemaState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbStartError {
@@ -14,6 +14,8 @@ pub enum DbStartError {
     Unreachable { address: String, reason: String },
     #[error("the database schema is behind: {pending} migration(s) not applied; run `aggregator migrate`")]
     Behind { pending: usize },
+    #[error("the database schema is ahead of this build by breaking migration(s) {breaking}: run the newer release")]
+    AheadBreaking { breaking: String },
     #[error("cannot read the schema version: {0}")]
     Version(sea_orm::DbErr),
 }
@@ -73,16 +75,23 @@ pub async fn connect_current(
     Ok(db)
 }
 
-/// Errors unless every migration of this build has been applied.
+/// Errors unless every migration of this build has been applied and any newer ones
+/// are additive. A schema ahead of this build is logged once.
 pub async fn ensure_schema_current(db: &DatabaseConnection) -> Result<(), DbStartError> {
-    let pending = Migrator::get_pending_migrations(db)
-        .await
-        .map_err(DbStartError::Version)?;
-    if pending.is_empty() {
-        Ok(())
-    } else {
-        Err(DbStartError::Behind {
+    match schema::state(db).await.map_err(DbStartError::Version)? {
+        SchemaState::Current => Ok(()),
+        SchemaState::AheadAdditive { newer } => {
+            tracing::info!(
+                newer = %newer.join(", "),
+                "the schema is ahead of this build by additive migrations; running on it"
+            );
+            Ok(())
+        }
+        SchemaState::Behind { pending } => Err(DbStartError::Behind {
             pending: pending.len(),
-        })
+        }),
+        SchemaState::AheadBreaking { breaking } => Err(DbStartError::AheadBreaking {
+            breaking: breaking.join(", "),
+        }),
     }
 }

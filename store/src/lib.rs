@@ -24,6 +24,7 @@ pub mod pending;
 pub mod postgres;
 pub mod read;
 pub mod redis_conn;
+pub mod schema;
 mod sql;
 
 pub use counts::{Counts, KeyCounts};

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
-use sea_orm_migration::MigratorTrait;
 use tokio::process::Command;
 
 use crate::broker::Broker;
@@ -198,7 +197,7 @@ impl Stack {
         };
         let db_url = format!("{base}/{db_name}{query}");
         let db = Database::connect(&db_url).await?;
-        viewpipe_store::migration::Migrator::up(&db, None).await?;
+        viewpipe_store::schema::migrate(&db).await?;
         Ok(Self {
             redis_prefix: format!("vp_test_{id}"),
             redis_url: redis_url(),

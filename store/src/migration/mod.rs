@@ -1,4 +1,8 @@
 //! The schema's migrations, applied in order by `aggregator migrate`.
+//!
+//! Each one is also listed in [`CHANGES`] as additive or breaking: the rule that lets
+//! the previous release's binaries keep running on a schema one migration ahead of
+//! them (see [`crate::schema`] and `docs/upgrades.md`).
 
 use sea_orm_migration::prelude::*;
 
@@ -8,6 +12,7 @@ mod m20261121_000003_jobs;
 mod m20261121_000004_fillfactor;
 mod m20261121_000005_event_ids;
 mod m20261121_000006_log_marks;
+mod m20261122_000007_schema_changes;
 
 pub struct Migrator;
 
@@ -21,6 +26,45 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000004_fillfactor::Migration),
             Box::new(m20261121_000005_event_ids::Migration),
             Box::new(m20261121_000006_log_marks::Migration),
+            Box::new(m20261122_000007_schema_changes::Migration),
         ]
+    }
+}
+
+/// Whether binaries that do not know a migration may run on a schema that has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Only adds: new tables, new nullable (or defaulted) columns, new indexes. Code
+    /// that never heard of it reads and writes as before.
+    Additive,
+    /// Drops, renames or retypes something, or adds a constraint older code could
+    /// break: binaries without it must stop before it is applied.
+    Breaking,
+}
+
+/// Every migration by name, with its kind, in the order they are applied. A test
+/// checks that this lists exactly [`Migrator::migrations`].
+pub const CHANGES: &[(&str, Change)] = &[
+    ("m20261121_000001_counters", Change::Breaking),
+    ("m20261121_000002_aggregator_partitions", Change::Breaking),
+    ("m20261121_000003_jobs", Change::Breaking),
+    ("m20261121_000004_fillfactor", Change::Additive),
+    ("m20261121_000005_event_ids", Change::Breaking),
+    ("m20261121_000006_log_marks", Change::Additive),
+    ("m20261122_000007_schema_changes", Change::Additive),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_has_a_kind_in_order() {
+        let names: Vec<String> = Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect();
+        let listed: Vec<&str> = CHANGES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, listed);
     }
 }
