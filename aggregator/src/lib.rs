@@ -29,8 +29,8 @@ use viewpipe_runtime::connect::{check_eviction_policy, check_kafka, connect_redi
 use viewpipe_runtime::db;
 use viewpipe_runtime::settings::SecretUrl;
 use viewpipe_runtime::{kafka, Health, Probes, Shutdown};
-use viewpipe_store::schema::{self, Migrated};
 use viewpipe_store::pending::{Layout, PendingStore};
+use viewpipe_store::schema::{self, Migrated};
 use viewpipe_store::{jobs, Scope};
 
 use crate::aggregator::{Aggregator, Parts, Tuning};

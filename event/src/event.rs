@@ -137,6 +137,7 @@ impl ViewInput {
             content_id: self.content_id,
             path: self.path,
             session_id: self.session_id,
+            visitor_id: None,
             received_at: Some(received_at),
         }
     }
@@ -159,6 +160,11 @@ pub struct ViewEvent {
     pub content_id: String,
     pub path: Option<String>,
     pub session_id: Option<String>,
+    /// A cookieless visitor id the ingest derived (a daily-rotating salted hash), for
+    /// unique visitors when the client sent no `sessionId`. Omitted when absent;
+    /// older aggregators ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visitor_id: Option<String>,
     #[serde(serialize_with = "rfc3339")]
     pub occurred_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339_opt")]
@@ -195,6 +201,7 @@ impl ViewEvent {
             content_id: fields.content_id()?,
             path: fields.path()?,
             session_id: fields.token("sessionId")?,
+            visitor_id: fields.token("visitorId")?,
             occurred_at: fields.timestamp("occurredAt")?.ok_or_else(|| {
                 FieldError::new("occurredAt", "missing_field", "is required in event JSON")
             })?,
@@ -390,6 +397,8 @@ pub struct EventRef<'a> {
     pub content_id: Cow<'a, str>,
     pub path: Option<Cow<'a, str>>,
     pub event_id: Option<Cow<'a, str>>,
+    /// Who viewed, for unique visitors: the `sessionId`, else the `visitorId`.
+    pub visitor: Option<Cow<'a, str>>,
     pub occurred_at: DateTime<Utc>,
 }
 
@@ -408,6 +417,8 @@ struct Wire<'a> {
     path: Option<Cow<'a, str>>,
     #[serde(borrow, default, rename = "sessionId", deserialize_with = "borrowed")]
     session_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "visitorId", deserialize_with = "borrowed")]
+    visitor_id: Option<Cow<'a, str>>,
     #[serde(borrow, default, rename = "occurredAt", deserialize_with = "borrowed")]
     occurred_at: Option<Cow<'a, str>>,
     #[serde(borrow, default, rename = "receivedAt", deserialize_with = "borrowed")]
@@ -440,6 +451,7 @@ impl<'a> EventRef<'a> {
             content_id: Cow::Owned(e.content_id),
             path: e.path.map(Cow::Owned),
             event_id: e.event_id.map(Cow::Owned),
+            visitor: e.session_id.or(e.visitor_id).map(Cow::Owned),
             occurred_at: e.occurred_at,
         })
     }
@@ -453,6 +465,7 @@ impl<'a> EventRef<'a> {
         check_content_id(wire.content_id.as_deref()).ok()?;
         check_path(wire.path.as_deref()).ok()?;
         check_token("sessionId", wire.session_id.as_deref()).ok()?;
+        check_token("visitorId", wire.visitor_id.as_deref()).ok()?;
         check_token("eventId", wire.event_id.as_deref()).ok()?;
         check_timestamp("receivedAt", wire.received_at.as_deref()).ok()?;
         let occurred_at = check_timestamp("occurredAt", wire.occurred_at.as_deref()).ok()??;
@@ -461,6 +474,7 @@ impl<'a> EventRef<'a> {
             content_id: wire.content_id?,
             path: wire.path,
             event_id: wire.event_id,
+            visitor: wire.session_id.or(wire.visitor_id),
             occurred_at,
         })
     }
@@ -531,6 +545,35 @@ mod tests {
         assert_eq!(event.event_id, None);
         let wire: Value = serde_json::from_slice(&event.to_json()).expect("json");
         assert!(wire.get("eventId").is_none(), "{wire}");
+    }
+
+    #[test]
+    fn the_visitor_is_the_session_else_the_visitor_id() {
+        let parse = |json: &str| {
+            EventRef::parse(json.as_bytes(), &ns())
+                .map(|e| e.visitor.map(|v| v.into_owned()))
+                .map_err(|e| e.to_string())
+        };
+        let base =
+            r#""v":1,"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z""#;
+        assert_eq!(parse(&format!("{{{base}}}")), Ok(None));
+        assert_eq!(
+            parse(&format!(r#"{{{base},"visitorId":"h1"}}"#)),
+            Ok(Some("h1".into()))
+        );
+        assert_eq!(
+            parse(&format!(r#"{{{base},"visitorId":"h1","sessionId":"s1"}}"#)),
+            Ok(Some("s1".into()))
+        );
+        let bad = parse(&format!(r#"{{{base},"visitorId":""}}"#)).expect_err("empty id");
+        assert!(bad.contains("visitorId"), "{bad}");
+        // The owning parser keeps the field, and writes it only when present.
+        let event =
+            ViewEvent::from_slice(format!(r#"{{{base},"visitorId":"h1"}}"#).as_bytes(), &ns())
+                .expect("valid");
+        assert_eq!(event.visitor_id.as_deref(), Some("h1"));
+        let wire: Value = serde_json::from_slice(&event.to_json()).expect("json");
+        assert_eq!(wire["visitorId"], "h1");
     }
 
     #[test]

@@ -33,7 +33,10 @@ pub enum SchemaState {
 impl SchemaState {
     /// Whether a service of this build may run on the database.
     pub fn runnable(&self) -> bool {
-        matches!(self, SchemaState::Current | SchemaState::AheadAdditive { .. })
+        matches!(
+            self,
+            SchemaState::Current | SchemaState::AheadAdditive { .. }
+        )
     }
 }
 

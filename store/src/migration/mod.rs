@@ -13,6 +13,7 @@ mod m20261121_000004_fillfactor;
 mod m20261121_000005_event_ids;
 mod m20261121_000006_log_marks;
 mod m20261122_000007_schema_changes;
+mod m20261122_000008_visitors;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000005_event_ids::Migration),
             Box::new(m20261121_000006_log_marks::Migration),
             Box::new(m20261122_000007_schema_changes::Migration),
+            Box::new(m20261122_000008_visitors::Migration),
         ]
     }
 }
@@ -52,6 +54,7 @@ pub const CHANGES: &[(&str, Change)] = &[
     ("m20261121_000005_event_ids", Change::Breaking),
     ("m20261121_000006_log_marks", Change::Additive),
     ("m20261122_000007_schema_changes", Change::Additive),
+    ("m20261122_000008_visitors", Change::Additive),
 ];
 
 #[cfg(test)]
