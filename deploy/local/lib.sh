@@ -2,8 +2,23 @@
 # State (pid files, logs, markers) lives in .local/ at the repository root.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-STATE="$ROOT/.local"
+STATE="${VIEWPIPE_STATE:-$ROOT/.local}"
 mkdir -p "$STATE"
+
+# The machine's Postgres, and the private cluster deploy/local/up creates when that
+# one does not let it in: as root under /var/lib/postgresql (the postgres user must
+# reach it), otherwise in .local/.
+PG_MACHINE_PORT="${VIEWPIPE_PG_MACHINE_PORT:-5432}"
+PG_PRIVATE_PORT="${VIEWPIPE_PG_PORT:-5439}"
+if [ "$(id -u)" -eq 0 ]; then
+  PG_PRIVATE_DIR="/var/lib/postgresql/viewpipe-$(printf '%s' "$STATE" | cksum | cut -d' ' -f1)"
+else
+  PG_PRIVATE_DIR="$STATE/pg"
+fi
+
+# The port of the stack's Postgres, as deploy/local/up chose it.
+pg_port() { cat "$STATE/postgres.port" 2>/dev/null || echo 5432; }
+database_url() { echo "postgres://postgres@127.0.0.1:$(pg_port)/viewpipe"; }
 
 say() { printf '[viewpipe] %s\n' "$*"; }
 die() { printf '[viewpipe] error: %s\n' "$*" >&2; exit 1; }
