@@ -258,6 +258,17 @@ impl Stack {
         Service::process(Kind::Aggregator, &self.id, self.env_with(extra)).await
     }
 
+    /// Starts another build of `kind`'s binary, `exe`, as a child process with this
+    /// stack's settings and `extra`.
+    pub async fn spawn_process_of(
+        &self,
+        kind: Kind,
+        exe: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Service> {
+        Service::process_of(kind, exe, &self.id, self.env_with(extra)).await
+    }
+
     fn env_with(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env = self.env();
         env.extend(
@@ -275,7 +286,17 @@ impl Stack {
         name: &str,
         args: &[&str],
     ) -> anyhow::Result<(i32, String, String)> {
-        let out = tokio::process::Command::new(bin(name))
+        self.command_of(&bin(name), args).await
+    }
+
+    /// [`Stack::command`] with the binary at `exe`.
+    pub async fn command_of(
+        &self,
+        exe: &std::path::Path,
+        args: &[&str],
+    ) -> anyhow::Result<(i32, String, String)> {
+        let name = exe.display();
+        let out = tokio::process::Command::new(exe)
             .args(args)
             .envs(self.env())
             .kill_on_drop(true)

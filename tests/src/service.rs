@@ -168,14 +168,25 @@ impl Service {
     /// Starts `kind`'s binary with `env` as its environment, listening on `addr`,
     /// and waits until it is ready. Its output goes to
     /// `target/test-logs/<id>-<name>-<port>.log`.
-    pub async fn process(kind: Kind, id: &str, mut env: Env) -> anyhow::Result<Self> {
+    pub async fn process(kind: Kind, id: &str, env: Env) -> anyhow::Result<Self> {
+        Self::process_of(kind, &bin(kind.name()), id, env).await
+    }
+
+    /// [`Service::process`] with another build of the binary, `exe` (e.g. the
+    /// previous release's, for the rolling-upgrade test).
+    pub async fn process_of(
+        kind: Kind,
+        exe: &std::path::Path,
+        id: &str,
+        mut env: Env,
+    ) -> anyhow::Result<Self> {
         // The child binds this port again; another test's port-0 bind may take it in
         // between, in which case the child fails to start and says so in its log.
         let addr = crate::free_addr();
         env.push((kind.addr_setting().to_owned(), addr.to_string()));
         let log_path = log_dir().join(format!("{id}-{}-{}.log", kind.name(), addr.port()));
         let log = std::fs::File::create(&log_path)?;
-        let child = Command::new(bin(kind.name()))
+        let child = Command::new(exe)
             .envs(env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
