@@ -10,8 +10,12 @@
 //! (`security.protocol=ssl`) and plain Kafka to the mock broker behind it: enough to
 //! test a client's TLS settings, CA and hostname check against a real handshake.
 //!
-//! Limits worth knowing (see `../shared/KAFKA.md`): data lives in memory only, and a
-//! partition keeps at most about 5 MiB or 100k batches.
+//! Limits worth knowing, all librdkafka's mock cluster's: data lives in memory only;
+//! a partition keeps a bounded log (about 5 MiB or 100k batches) and drops its oldest
+//! batches silently, like a short retention; there is no CreateTopics or
+//! DeleteTopics (topics are made here), no `offsets_for_times`, and no transaction
+//! markers; a new group's first join waits 3 s unless the initial rebalance delay is
+//! set to 0, as `advertise` does.
 
 use std::ffi::CString;
 use std::net::SocketAddr;
