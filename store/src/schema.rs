@@ -3,9 +3,10 @@
 //!
 //! The rule (`docs/upgrades.md`): a binary runs on a schema that is *ahead* of it
 //! when every migration it does not know was recorded as additive in `schema_changes`
-//! by the newer `aggregator migrate` that applied it. So during a rolling upgrade a pod of the previous release that restarts keeps working; a
-//! breaking migration makes older binaries stop with a clear error instead of
-//! writing what the new code would misread.
+//! by the newer `aggregator migrate` that applied it. So during a rolling upgrade a
+//! pod of the previous release that restarts keeps working; a breaking migration
+//! makes older binaries stop with a clear error instead of writing what the new code
+//! would misread.
 
 use std::collections::HashSet;
 
