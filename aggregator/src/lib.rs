@@ -11,6 +11,7 @@ pub mod log_check;
 pub mod metrics;
 pub mod partition;
 pub mod pending;
+pub mod retention;
 pub mod retry;
 pub mod settings;
 
@@ -38,7 +39,7 @@ use crate::consumer::AggregatorContext;
 use crate::dlq::Dlq;
 use crate::log_check::LogProbe;
 use crate::pending::Pending;
-use crate::settings::{FlushArgs, ResetArgs, Settings};
+use crate::settings::{FlushArgs, ResetArgs, RetentionSettings, Settings};
 
 /// How often each aggregator looks for flush requests.
 const FLUSH_REQUEST_POLL: Duration = Duration::from_millis(100);
@@ -165,6 +166,7 @@ pub struct App {
     db: DatabaseConnection,
     group: String,
     requested_flush: Arc<AtomicI64>,
+    retention: RetentionSettings,
     shutdown: Shutdown,
 }
 
@@ -277,6 +279,7 @@ impl App {
             db,
             group: common.consumer_group.clone(),
             requested_flush,
+            retention: settings.retention,
             shutdown,
         })
     }
@@ -303,6 +306,7 @@ impl App {
             db,
             group,
             requested_flush,
+            retention,
             shutdown,
         } = self;
         probes.spawn(health.clone(), shutdown.clone());
@@ -313,7 +317,8 @@ impl App {
                 .await
         });
         spawn_flush_request_watch(db.clone(), group, requested_flush, shutdown.clone());
-        spawn_event_id_expiry(db, shutdown.clone());
+        spawn_event_id_expiry(db.clone(), shutdown.clone());
+        let pruner = retention::spawn(db, retention, shutdown.clone());
 
         let (loop_health, loop_shutdown) = (health.clone(), shutdown.clone());
         let consumer_thread = std::thread::Builder::new()
@@ -326,6 +331,8 @@ impl App {
         if joined.is_err() {
             anyhow::bail!("the consumer thread panicked");
         }
+        // It stops between batches; a batch cut short rolls back with its session.
+        let _ = tokio::time::timeout(Duration::from_secs(5), pruner).await;
         server.await??;
         Ok(())
     }

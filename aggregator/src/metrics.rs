@@ -15,6 +15,8 @@ pub const REDIS_RESTORES: &str = "viewpipe_aggregator_redis_restores_total";
 /// Beyond the contract: partitions assigned to this aggregator that it may not write
 /// (paused): another aggregator claimed them, or Postgres went back in time.
 pub const HELD_PARTITIONS: &str = "viewpipe_aggregator_held_partitions";
+/// Beyond the contract: rows deleted by retention, by table.
+pub const PRUNED_ROWS: &str = "viewpipe_aggregator_pruned_rows_total";
 
 /// The aggregator's histograms and their buckets.
 pub const HISTOGRAMS: &[(&str, &[f64])] = &[(
@@ -62,6 +64,13 @@ pub fn describe() {
         REDIS_RESTORES,
         "Times Redis had lost a partition's pending counts and they were restored from memory"
     );
+    describe_counter!(
+        PRUNED_ROWS,
+        "Rows deleted by retention, by table: view_counter_daily, view_visitors_daily, jobs, visitor_salts"
+    );
+    for table in viewpipe_store::retention::Table::ALL {
+        metrics::counter!(PRUNED_ROWS, "table" => table.name()).increment(0);
+    }
     for result in ["counted", "duplicate", "invalid"] {
         metrics::counter!(EVENTS, "result" => result).increment(0);
     }

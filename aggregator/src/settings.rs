@@ -175,4 +175,114 @@ pub struct Settings {
     /// Kafka consumer session timeout; a dead aggregator's partitions move after it.
     #[arg(long = "kafka-session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
     pub kafka_session_timeout: Duration,
+    #[command(flatten)]
+    pub retention: RetentionSettings,
+}
+
+/// What the aggregators delete from Postgres, and how often they look. One
+/// aggregator of the group prunes at a time, in small batches beside the flushes;
+/// see docs/privacy.md.
+#[derive(Args, Debug, Clone)]
+pub struct RetentionSettings {
+    /// Days of daily rows to keep (views and unique visitors per key and UTC day):
+    /// rows of days more than this many days before today (UTC) are deleted. 0 keeps
+    /// them forever, so that every total stays the sum of its key's daily counts.
+    /// Totals are never deleted. A backfill refuses months whose rows were deleted.
+    #[arg(long, env = "RETAIN_DAILY_DAYS", default_value = "0", value_parser = days)]
+    pub retain_daily_days: u32,
+    /// Delete finished (completed or failed) flush and backfill jobs this many days
+    /// after they finished; queued and running jobs are never deleted. 0 keeps them
+    /// forever.
+    #[arg(long, env = "RETAIN_JOBS_DAYS", default_value = "30", value_parser = days)]
+    pub retain_jobs_days: u32,
+    /// How often to prune (e.g. 30s, 15m, 1h). Each run also deletes the visitor
+    /// salts of days before yesterday, whatever the settings above.
+    #[arg(long, env = "RETENTION_INTERVAL", default_value = "1h", value_parser = retention_interval)]
+    pub retention_interval: Duration,
+}
+
+/// Longest retention accepted, in days (a century): beyond it a value is a typo.
+const MAX_RETAIN_DAYS: u32 = 36_525;
+
+/// `RETAIN_*_DAYS`: a whole number of days, 0 meaning forever.
+fn days(s: &str) -> Result<u32, String> {
+    let bad = || {
+        format!(
+            "{s:?} is not a number of days: expected a whole number from 0 (keep forever) to {MAX_RETAIN_DAYS}"
+        )
+    };
+    let n: u32 = s.trim().parse().map_err(|_| bad())?;
+    if n > MAX_RETAIN_DAYS {
+        return Err(bad());
+    }
+    Ok(n)
+}
+
+/// `RETENTION_INTERVAL`: `500ms`, `30s`, `15m` or `1h`; from 100 ms to 24 h.
+fn retention_interval(s: &str) -> Result<Duration, String> {
+    let interval = match s.trim().strip_suffix('h') {
+        Some(hours) => hours
+            .parse::<u64>()
+            .map(|h| Duration::from_secs(h * 3600))
+            .map_err(|_| format!("{s:?} is not a duration: expected e.g. 30s, 15m or 1h"))?,
+        None => parse_duration(s.trim())
+            .map_err(|_| format!("{s:?} is not a duration: expected e.g. 30s, 15m or 1h"))?,
+    };
+    if interval < Duration::from_millis(100) || interval > Duration::from_secs(24 * 3600) {
+        return Err(format!("{s:?}: must be from 100ms to 24h"));
+    }
+    Ok(interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Settings, clap::Error> {
+        let argv = std::iter::once("aggregator").chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(|cli| cli.run)
+    }
+
+    #[test]
+    fn retention_defaults_keep_daily_rows_and_a_month_of_jobs() {
+        let r = run(&[]).expect("defaults").retention;
+        assert_eq!(r.retain_daily_days, 0, "daily rows forever by default");
+        assert_eq!(r.retain_jobs_days, 30);
+        assert_eq!(r.retention_interval, Duration::from_secs(3600));
+        let r = run(&[
+            "--retain-daily-days=400",
+            "--retain-jobs-days=0",
+            "--retention-interval=250ms",
+        ])
+        .expect("set")
+        .retention;
+        assert_eq!(
+            (r.retain_daily_days, r.retain_jobs_days),
+            (400, 0),
+            "0 keeps jobs forever"
+        );
+        assert_eq!(r.retention_interval, Duration::from_millis(250));
+        let r = run(&["--retention-interval=2h"]).expect("hours").retention;
+        assert_eq!(r.retention_interval, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn nonsense_retention_is_refused_naming_the_setting() {
+        for (flag, value, says) in [
+            ("--retain-daily-days", "-1", "whole number from 0"),
+            ("--retain-daily-days", "7d", "not a number of days"),
+            ("--retain-jobs-days", "99999", "to 36525"),
+            ("--retention-interval", "0s", "from 100ms to 24h"),
+            ("--retention-interval", "3d", "not a duration"),
+            ("--retention-interval", "25h", "from 100ms to 24h"),
+        ] {
+            let err = run(&[&format!("{flag}={value}")])
+                .expect_err(value)
+                .to_string();
+            assert!(
+                err.contains(flag) && err.contains(says),
+                "{flag}={value}: {err}"
+            );
+        }
+    }
 }

@@ -5,6 +5,9 @@
 //! released when its worker lets go, fails, or dies (Postgres ends the session with
 //! the connection). The rebuild replaces the month's daily rows and moves each key's
 //! total by the difference, so `total = Σ daily` holds and a rerun changes nothing.
+//! A month that starts before the retention mark (daily rows pruned, see
+//! [`crate::retention`]) is refused inside the rebuild's transaction: its totals
+//! would gain the pruned days' views a second time.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +24,7 @@ use uuid::Uuid;
 use crate::counts::Counts;
 use crate::entities::JobStatus;
 use crate::postgres::{add_counts, FlushOutcome};
+use crate::retention;
 use crate::sql::stmt;
 
 /// The first key of every backfill lock (`pg_advisory_lock(LOCK_CLASS, month)`), so
@@ -275,9 +279,23 @@ pub struct Rebuilt {
     pub views_written: i64,
 }
 
+/// Why a month was not rebuilt; nothing changed either way.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// Retention deleted daily rows of the month.
+    #[error("{}", retention::pruned_reason(*month_start, *pruned_before))]
+    Pruned {
+        month_start: NaiveDate,
+        pruned_before: NaiveDate,
+    },
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
 /// Replaces `month`'s daily rows with `counts` (views of that month only) and moves
 /// each key's total by the difference, in one transaction on `db`. Deadlocks with
-/// live flushes are retried.
+/// live flushes are retried. A month retention pruned rows of is refused
+/// ([`RebuildError::Pruned`]).
 ///
 /// The same transaction marks `job` completed with `result(&outcome)`, so the
 /// moment the month's lock is released, another run waiting for it sees that the
@@ -288,12 +306,14 @@ pub async fn rebuild_month(
     counts: &Counts,
     job: Uuid,
     result: &(dyn Fn(&Rebuilt) -> serde_json::Value + Sync),
-) -> Result<Rebuilt, DbErr> {
+) -> Result<Rebuilt, RebuildError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         match rebuild_once(db, month, counts, job, result).await {
-            Err(e) if attempt < 5 && e.to_string().contains("deadlock detected") => {
+            Err(RebuildError::Db(e))
+                if attempt < 5 && e.to_string().contains("deadlock detected") =>
+            {
                 tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
             }
             other => return other,
@@ -307,11 +327,22 @@ async fn rebuild_once(
     counts: &Counts,
     job: Uuid,
     result: &(dyn Fn(&Rebuilt) -> serde_json::Value + Sync),
-) -> Result<Rebuilt, DbErr> {
+) -> Result<Rebuilt, RebuildError> {
     let txn = db.begin().await?;
     // A large month takes longer than the live services' limits allow.
     txn.execute_unprepared("SET LOCAL statement_timeout = '15min'; SET LOCAL lock_timeout = '60s'")
         .await?;
+    // First, and share-locked to the commit: the pruner cannot delete rows of this
+    // month while we rebuild it, nor can we rebuild a month it has begun to prune.
+    if let Some(pruned_before) = retention::mark_for_rebuild(&txn).await? {
+        if month.first_day() < pruned_before {
+            txn.rollback().await?;
+            return Err(RebuildError::Pruned {
+                month_start: month.first_day(),
+                pruned_before,
+            });
+        }
+    }
     // What the month held, as it is deleted: also rows a live flush wrote a moment ago.
     let removed = Removed::find_by_statement(stmt(
         "WITH gone AS (

@@ -9,6 +9,7 @@
 //! - [`redis_conn`]: one Redis server or a Redis Cluster behind one connection type.
 //! - [`jobs`]: flush requests that every aggregator of a group answers.
 //! - [`event_ids`]: client-chosen `eventId`s, remembered in Postgres for 24 h.
+//! - [`retention`]: deleting old daily rows, finished jobs and visitor salts.
 //! - [`migration`]: the Postgres schema, as SeaORM migrations.
 //!
 //! The protocol that makes these exact is described in `docs/exactly-once.md` and in
@@ -24,6 +25,7 @@ pub mod pending;
 pub mod postgres;
 pub mod read;
 pub mod redis_conn;
+pub mod retention;
 pub mod schema;
 mod sql;
 

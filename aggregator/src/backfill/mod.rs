@@ -9,7 +9,9 @@
 //!
 //! A month whose events the replay may no longer hold (a partition's log no longer
 //! starts where the month began, or at 0 when that is not known) is refused: partial
-//! counts are never written. See `docs/backfill.md`.
+//! counts are never written. So is a month retention deleted daily rows of
+//! (`RETAIN_DAILY_DAYS`): its totals would count the deleted days again. See
+//! `docs/backfill.md`.
 
 pub mod replay;
 
@@ -26,6 +28,7 @@ use uuid::Uuid;
 use viewpipe_runtime::db;
 use viewpipe_store::backfill::{self, Month, MonthLock};
 use viewpipe_store::entities::JobStatus;
+use viewpipe_store::retention;
 
 use crate::settings::BackfillArgs;
 use replay::{MonthReplay, Replay};
@@ -123,8 +126,16 @@ pub async fn run(args: &BackfillArgs) -> anyhow::Result<i32> {
     );
 
     let mut work = Vec::with_capacity(jobs.len());
+    let pruned_before = retention::pruned_before(&db).await?;
     for (month, id) in &jobs {
-        let incomplete = incomplete(&db, &replay, *month, &args.topic).await?;
+        // Checked again, authoritatively, inside the rebuild's transaction.
+        let pruned = pruned_before
+            .filter(|day| month.first_day() < *day)
+            .map(|day| retention::pruned_reason(month.first_day(), day));
+        let incomplete = match pruned {
+            Some(why) => Some(why),
+            None => incomplete(&db, &replay, *month, &args.topic).await?,
+        };
         let data = replay.months.remove(month).unwrap_or_default();
         work.push((*month, *id, data, incomplete));
     }
@@ -227,6 +238,7 @@ async fn rebuild(
             let result = |r: &backfill::Rebuilt| rebuilt_result(data, r);
             match backfill::rebuild_month(lock.db(), month, &data.counts, job, &result).await {
                 Ok(rebuilt) => Outcome::Rebuilt(rebuilt),
+                Err(e @ backfill::RebuildError::Pruned { .. }) => Outcome::Refused(e.to_string()),
                 Err(e) => Outcome::Failed(format!("the rebuild failed, nothing changed: {e}")),
             }
         }

@@ -14,6 +14,7 @@ mod m20261121_000005_event_ids;
 mod m20261121_000006_log_marks;
 mod m20261122_000007_schema_changes;
 mod m20261122_000008_visitors;
+mod m20261122_000009_retention;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000006_log_marks::Migration),
             Box::new(m20261122_000007_schema_changes::Migration),
             Box::new(m20261122_000008_visitors::Migration),
+            Box::new(m20261122_000009_retention::Migration),
         ]
     }
 }
@@ -55,6 +57,7 @@ pub const CHANGES: &[(&str, Change)] = &[
     ("m20261121_000006_log_marks", Change::Additive),
     ("m20261122_000007_schema_changes", Change::Additive),
     ("m20261122_000008_visitors", Change::Additive),
+    ("m20261122_000009_retention", Change::Additive),
 ];
 
 #[cfg(test)]

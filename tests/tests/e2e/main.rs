@@ -18,6 +18,7 @@ mod pipeline;
 mod protect;
 mod rebalance;
 mod redis_cluster;
+mod retention;
 mod store;
 mod store_faults;
 mod tls;
