@@ -64,6 +64,15 @@ ensure_build_tools() {
   if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 
+# The browser tests (tests/tests/e2e/browser.rs) drive a real headless Chromium.
+ensure_chromium() {
+  if [ -n "${CHROMIUM:-}" ]; then
+    [ -x "$CHROMIUM" ] || die "CHROMIUM=$CHROMIUM is not an executable"
+    return 0
+  fi
+  command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || apt_install chromium
+}
+
 build_bins() {
   say "building the binaries (cargo build --bins)"
   (cd "$ROOT" && cargo build --quiet --workspace --bins) || die "cargo build failed"

@@ -18,7 +18,9 @@ pub enum ApiError {
     Invalid(FieldError),
     #[error("request body is not valid JSON: {0}")]
     BadJson(String),
-    #[error("request body must be JSON (Content-Type: application/json)")]
+    #[error(
+        "request body must be JSON (Content-Type: application/json, or text/plain holding JSON)"
+    )]
     NotJson,
     #[error("request body is larger than {0}")]
     TooLarge(&'static str),

@@ -10,15 +10,23 @@ use crate::error::ApiError;
 /// Most bytes a single-event body may have.
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// A JSON body: 415 unless the content type is JSON, 413 over the limit, 400 when it
-/// does not parse.
+/// A JSON body: 415 unless the content type is JSON or `text/plain`, 413 over the
+/// limit, 400 when it does not parse.
+///
+/// `text/plain` is what `navigator.sendBeacon(url, JSON.stringify(view))` sends: a
+/// browser posts it to another origin without a CORS preflight, so a page can count
+/// views without the ingest allowing its origin. The body is read as JSON whatever
+/// the charset parameter says (a beacon's string is always UTF-8).
 pub struct JsonBody(pub Value);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+        if !matches!(
+            media(req.headers().get(header::CONTENT_TYPE)),
+            Some(Media::Json | Media::Text)
+        ) {
             return Err(ApiError::NotJson);
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
@@ -34,17 +42,34 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
-pub fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
-    let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
+/// The body types the write endpoints read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Media {
+    /// `application/json` or `application/*+json`.
+    Json,
+    /// `text/plain` holding JSON (a beacon).
+    Text,
+    /// `application/x-ndjson` (batches only).
+    Ndjson,
+}
+
+/// The body type a `Content-Type` names, by its media type alone (parameters such
+/// as `charset` are ignored); `None` for any other or none.
+pub fn media(content_type: Option<&header::HeaderValue>) -> Option<Media> {
+    let value = content_type.and_then(|v| v.to_str().ok())?;
     let mime = value
         .split(';')
         .next()
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+    match mime.as_str() {
+        "application/json" => Some(Media::Json),
+        "text/plain" => Some(Media::Text),
+        "application/x-ndjson" => Some(Media::Ndjson),
+        m if m.starts_with("application/") && m.ends_with("+json") => Some(Media::Json),
+        _ => None,
+    }
 }
 
 /// Query parameters as raw strings, each validated by the handler.
@@ -108,13 +133,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_content_types() {
+    fn body_media_types() {
         let v = |s: &'static str| header::HeaderValue::from_static(s);
-        assert!(is_json(Some(&v("application/json"))));
-        assert!(is_json(Some(&v("application/json; charset=utf-8"))));
-        assert!(is_json(Some(&v("application/merge+json"))));
-        assert!(!is_json(Some(&v("text/plain"))));
-        assert!(!is_json(None));
+        let cases = [
+            ("application/json", Some(Media::Json)),
+            ("application/json; charset=utf-8", Some(Media::Json)),
+            ("Application/JSON", Some(Media::Json)),
+            ("application/merge+json", Some(Media::Json)),
+            ("text/plain", Some(Media::Text)),
+            ("text/plain;charset=UTF-8", Some(Media::Text)),
+            ("text/plain; charset=iso-8859-1", Some(Media::Text)),
+            ("application/x-ndjson", Some(Media::Ndjson)),
+            ("text/html", None),
+            ("text/plainx", None),
+            ("application/x-www-form-urlencoded", None),
+            ("multipart/form-data; boundary=x", None),
+            ("", None),
+        ];
+        for (given, want) in cases {
+            assert_eq!(media(Some(&v(given))), want, "{given}");
+        }
+        assert_eq!(media(None), None);
     }
 
     #[test]

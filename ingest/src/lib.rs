@@ -10,6 +10,7 @@ pub mod protect;
 pub mod publish;
 pub mod routes;
 pub mod settings;
+pub mod visitor;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,8 +43,9 @@ use viewpipe_store::Scope;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::protect::Protect;
-use crate::routes::{admin, batch, series, views};
+use crate::routes::{admin, batch, pixel, script, series, views};
 use crate::settings::Settings;
+use crate::visitor::{VisitorHash, Visitors};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -59,6 +61,8 @@ pub struct AppState {
     pub admin_token: Option<Arc<Secret>>,
     /// Keys, rate limits and the crawler filter (all off by default).
     pub protect: Arc<Protect>,
+    /// Cookieless visitor ids (`None`: `VISITOR_HASH=off`).
+    pub visitors: Option<Arc<Visitors>>,
 }
 
 /// Every API route, each with its description.
@@ -72,6 +76,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(series::get_top))
         .routes(routes!(admin::post_flush))
         .routes(routes!(admin::get_job))
+        .routes(routes!(pixel::get_pixel))
+        .routes(routes!(script::get_script))
         .merge(batch)
 }
 
@@ -186,7 +192,8 @@ impl App {
             ),
             None => None,
         };
-        protect.log();
+        let visitor_ids = settings.visitor_hash == VisitorHash::On;
+        protect.log(visitor_ids);
         if protect.bots.is_some() {
             if let Namespaces::List(list) = &common.namespaces {
                 for ns in list {
@@ -214,6 +221,7 @@ impl App {
                 scope.clone(),
                 redis.map(|conn| PendingStore::new(conn, layout)),
             ),
+            visitors: visitor_ids.then(|| Arc::new(Visitors::new(db.clone(), health.clone()))),
             db,
             scope,
             health: health.clone(),
@@ -262,6 +270,7 @@ impl App {
             metrics_addr = ?metrics.as_ref().and_then(|(l, _)| l.local_addr().ok()),
             topic = %common.views_topic,
             database = %common.database_url,
+            visitor_hash = ?settings.visitor_hash,
             "ingest listening"
         );
         Ok(Self {

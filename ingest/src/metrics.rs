@@ -14,6 +14,7 @@ pub const EVENTS: &str = "viewpipe_ingest_events_total";
 pub const PUBLISH_DURATION: &str = "viewpipe_ingest_publish_duration_seconds";
 pub const REFUSALS: &str = "viewpipe_ingest_refusals_total";
 pub const BOT_VIEWS: &str = "viewpipe_ingest_bot_views_total";
+pub const VISITOR_IDS: &str = "viewpipe_ingest_visitor_ids_total";
 
 /// The `reason` labels of [`REFUSALS`]: the error codes of the API's protection.
 pub const REFUSAL_REASONS: &[&str] = &[
@@ -69,6 +70,15 @@ pub fn describe() {
         "Views from known crawlers answered but not published (BOT_FILTER=drop), by \
          content_type (`other` for a namespace NAMESPACES does not list)"
     );
+    describe_counter!(
+        VISITOR_IDS,
+        "Requests from a browser with views lacking a sessionId (VISITOR_HASH=on), one per \
+         request (a batch counts once): derived (they got a visitorId), or no_salt \
+         (Postgres gave no salt; they were published without one)"
+    );
+    for result in ["derived", "no_salt"] {
+        metrics::counter!(VISITOR_IDS, "result" => result).increment(0);
+    }
     for result in ["accepted", "rejected"] {
         metrics::counter!(EVENTS, "result" => result).increment(0);
     }

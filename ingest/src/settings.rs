@@ -50,6 +50,12 @@ pub struct Settings {
     /// empty none.
     #[arg(long, env = "CORS_ORIGINS", default_value = "")]
     pub cors_origins: CorsOrigins,
+    /// `on`: a view a browser sent (the pixel, a text/plain beacon, a JSON POST with
+    /// an Origin header) without a sessionId gets a cookieless `visitorId`, a hash of
+    /// the day's salt, the client's address and its User-Agent (neither is stored).
+    /// `off`: no view gets one.
+    #[arg(long, env = "VISITOR_HASH", value_enum, default_value_t)]
+    pub visitor_hash: crate::visitor::VisitorHash,
     #[command(flatten)]
     pub protect: crate::protect::ProtectSettings,
 }

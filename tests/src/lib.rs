@@ -19,6 +19,7 @@ use tokio::process::Command;
 use crate::broker::Broker;
 
 pub mod broker;
+pub mod browser;
 pub mod chaos;
 pub mod faults;
 pub mod openapi;
@@ -444,5 +445,14 @@ pub(crate) fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a child we spawned; no memory is shared.
     unsafe {
         libc::kill(pid as i32, sig);
+    }
+}
+
+/// Sends `sig` to the process group `pgid` (a child started as a group leader).
+#[allow(unsafe_code)]
+pub(crate) fn signal_group(pgid: u32, sig: i32) {
+    // SAFETY: kill(2) on the group of a child we spawned; no memory is shared.
+    unsafe {
+        libc::kill(-(pgid as i32), sig);
     }
 }

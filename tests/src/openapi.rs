@@ -257,4 +257,9 @@ impl Checked {
     pub async fn text(&self) -> Result<String, std::string::FromUtf8Error> {
         String::from_utf8(self.body.clone())
     }
+
+    /// The body as it came (an image, a script).
+    pub fn bytes(&self) -> &[u8] {
+        &self.body
+    }
 }

@@ -28,6 +28,8 @@ use crate::api::ErrorBody;
     modifiers(&BearerToken),
     tags(
         (name = "views", description = "Report views and read counts"),
+        (name = "browser", description = "Count views from web pages and e-mail without writing code: \
+                                          the script a page embeds, and the image pixel"),
         (name = "admin", description = "Operator endpoints; need Authorization: Bearer <ADMIN_TOKEN>"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
@@ -74,3 +76,55 @@ fn metrics() {}
     responses((status = 200, content_type = "application/json", body = Object)))]
 #[allow(dead_code)]
 fn openapi_json() {}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use viewpipe_event::Namespaces;
+
+    fn operation(api: &Value, path: &str, method: &str) -> Value {
+        api["paths"][path][method].clone()
+    }
+
+    #[test]
+    fn the_browser_ways_in_are_documented() {
+        let api = crate::document(&"resource,page".parse::<Namespaces>().expect("namespaces"));
+        for path in ["/api/views", "/api/views/batch"] {
+            let content = &operation(&api, path, "post")["requestBody"]["content"];
+            assert_eq!(
+                content["text/plain"]["schema"], content["application/json"]["schema"],
+                "{path}: a text/plain body is the same JSON"
+            );
+        }
+        let pixel = operation(&api, "/p.gif", "get");
+        let ok = &pixel["responses"]["200"];
+        assert!(ok["content"]["image/gif"].is_object(), "{ok}");
+        for header in ["Cache-Control", "Pragma", "Expires"] {
+            assert!(ok["headers"][header].is_object(), "{header}");
+        }
+        let params: Vec<(String, bool)> = pixel["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or_default().to_owned(),
+                    p["required"] == json!(true),
+                )
+            })
+            .collect();
+        let want = [
+            ("contentType", true),
+            ("contentId", true),
+            ("path", false),
+            ("sessionId", false),
+            ("eventId", false),
+        ]
+        .map(|(n, r)| (n.to_owned(), r));
+        assert_eq!(params, want);
+        let script = operation(&api, "/v.js", "get");
+        assert!(script["responses"]["200"]["content"]["text/javascript"].is_object());
+        assert_eq!(pixel["tags"], json!(["browser"]));
+    }
+}

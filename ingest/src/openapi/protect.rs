@@ -8,7 +8,14 @@ use serde_json::{json, Value};
 use crate::protect::{Protect, KEY_HEADER, KEY_PARAM};
 
 /// The operations the write key and the rate limits guard, as (path, method).
-const WRITES: &[Op] = &[("/api/views", "post"), ("/api/views/batch", "post")];
+const WRITES: &[Op] = &[
+    ("/api/views", "post"),
+    ("/api/views/batch", "post"),
+    ("/p.gif", "get"),
+];
+/// The writes of one view, refused whole when the key may not write its namespace
+/// (a batch lists such elements instead).
+const SINGLE_WRITES: &[Op] = &[("/api/views", "post"), ("/p.gif", "get")];
 /// The operations the read key guards.
 const READS: &[Op] = &[
     ("/api/views", "get"),
@@ -39,13 +46,15 @@ pub fn apply(api: &mut Value, protect: &Protect) {
             );
         }
         if keys.any_limited() {
-            respond(
-                api,
-                &("/api/views", "post"),
-                "403",
-                "The write key may not write this contentType (namespace_not_allowed); \
-                 nothing was published",
-            );
+            for op in SINGLE_WRITES {
+                respond(
+                    api,
+                    op,
+                    "403",
+                    "The write key may not write this contentType (namespace_not_allowed); \
+                     nothing was published",
+                );
+            }
         }
     }
     if protect.per_addr.is_some() || protect.per_key.is_some() {
@@ -177,6 +186,18 @@ mod tests {
                 "POST /api/views {post:?}"
             );
         }
+        let pixel = statuses(&api, "/p.gif", "get");
+        for status in ["401", "403", "429"] {
+            assert!(pixel.contains(&status.to_owned()), "GET /p.gif {pixel:?}");
+        }
+        assert_eq!(
+            api["paths"]["/p.gif"]["get"]["security"],
+            serde_json::json!([{"writeKey": []}, {"writeKeyQuery": []}])
+        );
+        assert!(
+            api["paths"]["/v.js"]["get"]["security"].is_null(),
+            "the script needs no key"
+        );
         let batch = statuses(&api, "/api/views/batch", "post");
         assert!(batch.contains(&"401".to_owned()) && batch.contains(&"429".to_owned()));
         assert!(

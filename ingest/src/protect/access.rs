@@ -71,6 +71,12 @@ impl WriteAccess {
         Some(keys.entry(self.entry?)?.app)
     }
 
+    /// The name of the key's app (`None` while keys are off).
+    pub fn app_name<'a>(&self, protect: &'a Protect) -> Option<&'a str> {
+        let app = self.app(protect)?;
+        Some(protect.write_keys.as_ref()?.app_name(app))
+    }
+
     /// Refuses a namespace the key may not write (not counted: the caller counts).
     pub fn may_write(&self, protect: &Protect, namespace: &str) -> Result<(), ApiError> {
         let (Some(keys), Some(entry)) = (&protect.write_keys, self.entry) else {

@@ -1,5 +1,6 @@
-//! The client's address, for `RATE_LIMIT_PER_ADDR`: the TCP peer, or, behind a
-//! proxy named by `TRUSTED_PROXY_HEADER`, the address that proxy put in its header.
+//! The client's address, for `RATE_LIMIT_PER_ADDR` and visitor ids (`VISITOR_HASH`):
+//! the TCP peer, or, behind a proxy named by `TRUSTED_PROXY_HEADER`, the address
+//! that proxy put in its header.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
@@ -36,6 +37,14 @@ impl ClientAddr {
                     Self(IpAddr::V6(Ipv6Addr::from(network)))
                 }
             },
+        }
+    }
+
+    /// The address as 16 bytes (an IPv4 address in its IPv6-mapped form).
+    pub fn octets(&self) -> [u8; 16] {
+        match self.0 {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
         }
     }
 }

@@ -76,8 +76,9 @@ impl Protect {
         })
     }
 
-    /// Says at start-up what is on (app names, never keys).
-    pub fn log(&self) {
+    /// Says at start-up what is on (app names, never keys). `visitor_ids`:
+    /// `VISITOR_HASH` is on, which also reads the client's address.
+    pub fn log(&self, visitor_ids: bool) {
         let rate = |r: Option<&Rate>| r.map_or_else(|| "off".to_owned(), Rate::to_string);
         tracing::info!(
             write_keys = ?self.write_keys.as_ref().map(WriteKeys::apps),
@@ -88,9 +89,9 @@ impl Protect {
             bot_filter = if self.bots.is_some() { "drop" } else { "off" },
             "API protection"
         );
-        if self.proxy_header.is_some() && self.per_addr.is_none() {
+        if self.proxy_header.is_some() && self.per_addr.is_none() && !visitor_ids {
             tracing::warn!(
-                "TRUSTED_PROXY_HEADER is set but unused: it only serves RATE_LIMIT_PER_ADDR"
+                "TRUSTED_PROXY_HEADER is set but unused: it serves RATE_LIMIT_PER_ADDR and VISITOR_HASH, both off"
             );
         }
     }

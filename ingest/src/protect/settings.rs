@@ -32,8 +32,8 @@ pub struct ProtectSettings {
     pub rate_limit_per_key: Option<Rate>,
     /// The header a proxy in front of the ingest sets to the client's address
     /// (`X-Forwarded-For`: its rightmost entry; `X-Real-IP`; `Forwarded`), used by
-    /// RATE_LIMIT_PER_ADDR. Set it only behind a proxy you control that always sets
-    /// it. Unset (default): the TCP peer's address.
+    /// RATE_LIMIT_PER_ADDR and VISITOR_HASH. Set it only behind a proxy you control
+    /// that always sets it. Unset (default): the TCP peer's address.
     #[arg(long, env = "TRUSTED_PROXY_HEADER")]
     pub trusted_proxy_header: Option<ProxyHeader>,
     /// `drop`: a view from a known crawler's User-Agent is answered 202 but not

@@ -11,11 +11,12 @@ use viewpipe_event::{FieldError, ViewInput};
 
 use crate::api::{BatchAccepted, ErrorBody, ErrorDetail, Rejection, ViewRequest};
 use crate::error::ApiError;
-use crate::extract::is_json;
+use crate::extract::{media, Media};
 use crate::metrics as m;
 use crate::protect;
 use crate::protect::access::WriteAccess;
 use crate::routes::views::{broker_available, publish};
+use crate::visitor::Visit;
 use crate::AppState;
 
 /// Most views in one batch.
@@ -30,15 +31,12 @@ impl<S: Send + Sync> FromRequest<S> for BatchBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
-        let ndjson = content_type
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-ndjson"));
-        if !ndjson && !is_json(content_type.as_ref()) {
-            return Err(ApiError::NotJson);
-        }
+        // A JSON array, also as `text/plain` (a beacon), or NDJSON.
+        let ndjson = match media(req.headers().get(header::CONTENT_TYPE)) {
+            Some(Media::Ndjson) => true,
+            Some(Media::Json | Media::Text) => false,
+            None => return Err(ApiError::NotJson),
+        };
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::TooLarge("10 MiB")
@@ -94,22 +92,26 @@ fn rejection(index: usize, code: &str, message: String, field: Option<&str>) -> 
 /// `accepted: 0` and every element in `rejected`. Where write keys are required, an
 /// element of a namespace the key may not write is listed with
 /// `namespace_not_allowed`; where rate limits apply, each element costs one view.
+/// Sent as `text/plain` or with an `Origin` header (by a browser), views without a
+/// `sessionId` get a cookieless `visitorId` (`VISITOR_HASH=on`).
 #[utoipa::path(
     post,
     path = "/api/views/batch",
     tag = "views",
-    request_body(content = Vec<ViewRequest>, description = "JSON array, or NDJSON with Content-Type: application/x-ndjson"),
+    request_body(description = "A JSON array (also sent as text/plain, as a beacon sends it), or NDJSON with Content-Type: application/x-ndjson",
+        content((Vec<ViewRequest> = "application/json"), (Vec<ViewRequest> = "text/plain"))),
     responses(
         (status = 202, description = "Valid views acknowledged; the rest listed by index (all of them when none is valid, with accepted 0)", body = BatchAccepted),
         (status = 400, description = "Not an array (or NDJSON), empty, or over 1000 views", body = ErrorBody),
         (status = 413, description = "Body over 10 MiB", body = ErrorBody),
-        (status = 415, description = "Body is neither JSON nor NDJSON", body = ErrorBody),
+        (status = 415, description = "Content-Type is neither JSON, text/plain nor NDJSON", body = ErrorBody),
         (status = 503, description = "Broker unavailable; no view was accepted", body = ErrorBody),
     )
 )]
 pub async fn post_batch(
     State(state): State<AppState>,
     access: WriteAccess,
+    visit: Visit,
     BatchBody(items): BatchBody,
 ) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
     if items.is_empty() {
@@ -175,6 +177,14 @@ pub async fn post_batch(
                 rejected,
             }),
         ));
+    }
+    // One browser sent them all: one visitor id for those without a session.
+    if valid.iter().any(|(_, _, e)| e.session_id.is_none()) {
+        if let Some(id) = visit.id(&state, &access).await {
+            for (_, _, event) in valid.iter_mut().filter(|(_, _, e)| e.session_id.is_none()) {
+                event.visitor_id = Some(id.clone());
+            }
+        }
     }
     let outcomes = futures::future::join_all(
         valid

@@ -3,5 +3,7 @@
 pub mod admin;
 pub mod batch;
 pub mod params;
+pub mod pixel;
+pub mod script;
 pub mod series;
 pub mod views;

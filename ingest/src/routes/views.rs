@@ -18,6 +18,7 @@ use crate::extract::{JsonBody, RawQuery};
 use crate::metrics as m;
 use crate::protect::access::{ReadAccess, WriteAccess};
 use crate::protect::{self, refused_by};
+use crate::visitor::Visit;
 use crate::AppState;
 
 /// Longest wait for the broker's acknowledgement before answering 503.
@@ -29,22 +30,30 @@ const POST_COUNT_WAIT: Duration = Duration::from_millis(250);
 ///
 /// Validates the view, publishes it to Kafka and answers once the broker has
 /// acknowledged it durably (acks=all).
+///
+/// The body is JSON, sent as `application/json` or as `text/plain` (what
+/// `navigator.sendBeacon(url, JSON.stringify(view))` sends: a browser posts it to
+/// any origin without a CORS preflight). With `VISITOR_HASH=on`, a view without a
+/// `sessionId` sent as `text/plain` or with an `Origin` header gets a cookieless
+/// `visitorId` in the published event.
 #[utoipa::path(
     post,
     path = "/api/views",
     tag = "views",
-    request_body = ViewRequest,
+    request_body(description = "One view, as JSON; `text/plain` holding the same JSON is read alike",
+        content((ViewRequest = "application/json"), (ViewRequest = "text/plain"))),
     responses(
         (status = 202, description = "Published and acknowledged", body = ViewAccepted),
         (status = 400, description = "Invalid view; the error names the field", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 415, description = "Content-Type is neither JSON nor text/plain", body = ErrorBody),
         (status = 503, description = "Broker unavailable or producer queue full; see Retry-After", body = ErrorBody),
     )
 )]
 pub async fn post_view(
     State(state): State<AppState>,
     access: WriteAccess,
+    visit: Visit,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<ViewAccepted>), ApiError> {
     let now = Utc::now();
@@ -70,7 +79,10 @@ pub async fn post_view(
         ));
     }
     broker_available(&state)?;
-    let event = input.into_event(now);
+    let mut event = input.into_event(now);
+    if event.session_id.is_none() {
+        event.visitor_id = visit.id(&state, &access).await;
+    }
     // The count is read while the publish is in flight; it cannot include this view.
     let (published, count) = tokio::join!(
         publish(&state, &key, &event),

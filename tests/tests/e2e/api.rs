@@ -549,6 +549,8 @@ async fn metrics_openapi_and_cors() {
         ("/readyz", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/p.gif", "get"),
+        ("/v.js", "get"),
     ]
     .iter()
     .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))

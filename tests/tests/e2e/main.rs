@@ -8,6 +8,7 @@ mod backfill;
 mod backfill_locks;
 mod backlog;
 mod bench;
+mod browser;
 mod dedupe;
 mod deploy_metrics;
 mod failures;

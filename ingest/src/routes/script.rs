@@ -1,0 +1,48 @@
+//! `GET /v.js`: the script a page embeds to count its views (`ingest/assets/v.js`,
+//! built into the binary).
+
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+/// The script, as kept in the repository.
+pub const SCRIPT: &str = include_str!("../../assets/v.js");
+
+/// The view-counting script.
+///
+/// Embedded with
+/// `<script defer src="https://views.example.com/v.js" data-type="page"></script>`,
+/// it counts one view when the page loads and one per navigation of a single-page
+/// app, with `navigator.sendBeacon` (a `text/plain` POST to `/api/views`, which
+/// needs no CORS). Attributes: `data-type` (the `contentType`, required),
+/// `data-id` (the `contentId`; default derived from the path: `/docs/intro/` is
+/// `docs:intro`, `/` is `index`), `data-key` (the write key, where `WRITE_KEYS` is
+/// set), `data-dnt="respect"` (send nothing when the browser asks not to be
+/// tracked). `window.viewpipe.view(fields)` counts one more view by hand. Cached
+/// for an hour.
+#[utoipa::path(
+    get,
+    path = "/v.js",
+    tag = "browser",
+    responses(
+        (status = 200, description = "The script", content_type = "text/javascript", body = String,
+            headers(("Cache-Control" = String, description = "public, max-age=3600"))),
+    )
+)]
+pub async fn get_script() -> Response {
+    let mut response = SCRIPT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    // Pages that require it (Cross-Origin-Embedder-Policy) may still load it.
+    headers.insert(
+        HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("cross-origin"),
+    );
+    response
+}
