@@ -9,6 +9,8 @@
 //! - [`redis_conn`]: one Redis server or a Redis Cluster behind one connection type.
 //! - [`jobs`]: flush requests that every aggregator of a group answers.
 //! - [`event_ids`]: client-chosen `eventId`s, remembered in Postgres for 24 h.
+//! - [`visitors`]: unique visitors per key and day, HyperLogLog sketches merged by
+//!   the flush.
 //! - [`migration`]: the Postgres schema, as SeaORM migrations.
 //!
 //! The protocol that makes these exact is described in `docs/exactly-once.md` and in
@@ -26,6 +28,7 @@ pub mod read;
 pub mod redis_conn;
 pub mod schema;
 mod sql;
+pub mod visitors;
 
 pub use counts::{Counts, KeyCounts};
 pub use pending::PendingStore;

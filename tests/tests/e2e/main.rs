@@ -21,3 +21,4 @@ mod redis_cluster;
 mod store;
 mod store_faults;
 mod tls;
+mod visitors;
