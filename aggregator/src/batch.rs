@@ -1,13 +1,15 @@
 //! A polled batch: each message is parsed as it arrives (borrowing from librdkafka's
 //! buffer) and summed per partition and key, so that nothing is allocated per event
-//! and Redis gets one write per key and partition, not one per event.
+//! and Redis gets one write per key and partition, not one per event. A view's
+//! visitor (its `sessionId`, else its `visitorId`) is hashed here and goes into the
+//! key's sketch of that day; views without one cost nothing more.
 
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 
 use viewpipe_event::{EventRef, Namespaces};
-use viewpipe_store::Counts;
+use viewpipe_store::{visitors, Counts};
 
 use crate::log_check;
 use crate::partition::Partition;
@@ -68,6 +70,8 @@ pub struct IdEvent {
     pub event_id: String,
     pub day: NaiveDate,
     pub path: Option<String>,
+    /// The hash of its visitor, if it has one.
+    pub visitor: Option<u64>,
     /// At an offset Redis already holds.
     pub replayed: bool,
 }
@@ -134,6 +138,7 @@ impl Batch {
         };
         match parsed {
             Ok(event) => {
+                let visitor = event.visitor.as_deref().map(visitors::hash);
                 self.key.clear();
                 self.key.push_str(&event.content_type);
                 self.key.push(':');
@@ -145,6 +150,7 @@ impl Batch {
                         event_id: id.to_string(),
                         day: event.day(),
                         path: event.path.as_deref().map(str::to_owned),
+                        visitor,
                         replayed,
                     });
                 } else {
@@ -153,7 +159,7 @@ impl Batch {
                     } else {
                         &mut part.fresh
                     };
-                    counts.add(&self.key, event.day(), event.path.as_deref());
+                    counts.add_view(&self.key, event.day(), event.path.as_deref(), visitor);
                 }
             }
             Err(reason) => part.invalid.push(Invalid {
@@ -279,5 +285,39 @@ mod tests {
             part.invalid[0].reason
         );
         assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn visitors_are_hashed_into_their_key_and_day_and_ride_along_with_ids() {
+        let mut batch = Batch::default();
+        let owner = state(Some(0), 1, -1);
+        let view = |session: &str, extra: &str| {
+            format!(r#"{{"v":1,"contentType":"resource","contentId":"a","occurredAt":"2026-11-20T10:00:00Z"{session}{extra}}}"#)
+                .into_bytes()
+        };
+        let payloads = [
+            view(r#","sessionId":"s1""#, ""),
+            view(r#","sessionId":"s1""#, ""),
+            view(r#","visitorId":"h2""#, ""),
+            view(r#","visitorId":"h3","sessionId":"s1""#, ""),
+            view("", ""),
+            view(r#","sessionId":"s4""#, r#","eventId":"e1""#),
+        ];
+        for (offset, payload) in payloads.iter().enumerate() {
+            batch.add(&Polled::new(0, offset as i64, Some(payload)), &owner, &ns());
+        }
+        let parts = batch.take();
+        let part = &parts[&0];
+        let a = part.fresh.get("resource:a").expect("key");
+        assert_eq!(a.total(), 5);
+        let day = NaiveDate::from_ymd_opt(2026, 11, 20).expect("date");
+        let visitors: Vec<(NaiveDate, u64)> =
+            a.visitors().map(|(d, s)| (d, s.estimate())).collect();
+        assert_eq!(
+            visitors,
+            vec![(day, 2)],
+            "s1 (the session wins over h3) and h2"
+        );
+        assert_eq!(part.with_ids[0].visitor, Some(visitors::hash("s4")));
     }
 }

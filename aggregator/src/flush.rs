@@ -14,8 +14,10 @@
 //!    progress (memory moves on to the next generation, Redis to the next hash) and
 //!    writes, in ONE Postgres transaction, in the background while consuming goes on:
 //!    the partition rows locked and their epoch and position checked, the sealed
-//!    counts added to the total and daily rows, and each partition's `next_offset` and
-//!    `flushed_gen` moved to the end of the sealed generation.
+//!    counts added to the total and daily rows, their visitor sketches merged into
+//!    the visitor rows (a merge is idempotent: merging the same visitors again adds
+//!    no one), and each partition's `next_offset` and `flushed_gen` moved to the end
+//!    of the sealed generation.
 //! 3. Only after that commit are the offsets committed to the Kafka group and the
 //!    sealed generation dropped from Redis. At most one flush is in flight, so at most
 //!    two generations of a partition are unflushed at any time.

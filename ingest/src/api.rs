@@ -65,11 +65,20 @@ pub struct BatchAccepted {
     pub rejected: Vec<Rejection>,
 }
 
+/// One UTC day of a key's series.
 #[derive(Serialize, ToSchema)]
 pub struct DayCount {
     #[schema(value_type = String, format = Date, example = "2026-11-20")]
     pub day: NaiveDate,
+    /// Views that day, pending ones included.
     pub count: i64,
+    /// Distinct visitors that day (`sessionId`, else `visitorId`; views with neither
+    /// have none), estimated: exact but for rare hash collisions up to about 3,000
+    /// per day, within about 1% (standard error 0.81%) beyond. As of the last flush
+    /// (`FLUSH_INTERVAL_MS`), so it may trail `count`, and never above it; 0 when no
+    /// flushed view of the day carried a visitor.
+    #[schema(minimum = 0)]
+    pub visitors: i64,
 }
 
 /// `GET /api/views/daily` answer: one entry per UTC day, ascending, zero-filled.

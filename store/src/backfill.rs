@@ -5,9 +5,13 @@
 //! released when its worker lets go, fails, or dies (Postgres ends the session with
 //! the connection). The rebuild replaces the month's daily rows and moves each key's
 //! total by the difference, so `total = Σ daily` holds and a rerun changes nothing.
+<<<<<<< HEAD
 //! A month that starts before the retention mark (daily rows pruned, see
 //! [`crate::retention`]) is refused inside the rebuild's transaction: its totals
 //! would gain the pruned days' views a second time.
+=======
+//! It replaces the month's visitor rows with the replay's sketches too.
+>>>>>>> visitors
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -277,8 +281,12 @@ pub struct Rebuilt {
     /// Daily rows written, and their views.
     pub rows_written: u64,
     pub views_written: i64,
+    /// `view_visitors_daily` rows the month had before, and rows written.
+    pub visitor_rows_removed: u64,
+    pub visitor_rows_written: u64,
 }
 
+<<<<<<< HEAD
 /// Why a month was not rebuilt; nothing changed either way.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -296,6 +304,12 @@ pub enum RebuildError {
 /// each key's total by the difference, in one transaction on `db`. Deadlocks with
 /// live flushes are retried. A month retention pruned rows of is refused
 /// ([`RebuildError::Pruned`]).
+=======
+/// Replaces `month`'s daily rows with `counts` (views of that month only), moves
+/// each key's total by the difference and replaces the month's visitor rows with the
+/// sketches in `counts`, in one transaction on `db`. Deadlocks with
+/// live flushes are retried.
+>>>>>>> visitors
 ///
 /// The same transaction marks `job` completed with `result(&outcome)`, so the
 /// moment the month's lock is released, another run waiting for it sees that the
@@ -379,6 +393,15 @@ async fn rebuild_once(
     let FlushOutcome { daily_rows, .. } = add_counts(&txn, &[counts]).await?;
     outcome.rows_written = daily_rows;
     outcome.views_written = counts.views();
+    let (removed, written) = crate::visitors::rows::replace_days(
+        &txn,
+        month.first_day(),
+        month.next().first_day(),
+        counts,
+    )
+    .await?;
+    outcome.visitor_rows_removed = removed;
+    outcome.visitor_rows_written = written;
     update_job(&txn, job, JobStatus::Completed, result(&outcome), None).await?;
     txn.commit().await?;
     Ok(outcome)

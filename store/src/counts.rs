@@ -1,10 +1,13 @@
 //! Counts held in memory: what one batch, or one partition generation, adds to each
 //! key. A key's total is the sum of its days, so `total = Σ daily` holds by
-//! construction.
+//! construction. Views that carry a visitor also add its hash to a sketch of the
+//! key's visitors of that day (see [`crate::visitors`]).
 
 use std::collections::HashMap;
 
 use chrono::NaiveDate;
+
+use crate::visitors::{DayVisitors, Sketch};
 
 /// What a batch or generation adds to one key. Small on purpose: an aggregator may
 /// hold a million of these between flushes.
@@ -13,6 +16,8 @@ pub struct KeyCounts {
     days: Days,
     /// The latest path seen, if any.
     path: Option<Box<str>>,
+    /// Visitors per day; boxed so that keys whose views carry none pay one pointer.
+    visitors: Option<Box<DayVisitors>>,
 }
 
 /// Views per UTC day, in arrival order. Nearly every key gets views of one day only
@@ -48,6 +53,11 @@ impl KeyCounts {
         }
     }
 
+    /// Adds a visitor's hash ([`crate::visitors::hash`]) to `day`'s visitors.
+    pub fn add_visitor(&mut self, day: NaiveDate, hash: u64) {
+        self.visitors.get_or_insert_default().add(day, hash);
+    }
+
     /// Remembers `path` as the latest, copying it only when it changed.
     pub fn set_path(&mut self, path: &str) {
         if self.path.as_deref() != Some(path) {
@@ -67,6 +77,11 @@ impl KeyCounts {
         self.path.as_deref()
     }
 
+    /// The visitor sketch of each day whose views carried visitors.
+    pub fn visitors(&self) -> impl Iterator<Item = (NaiveDate, &Sketch)> {
+        self.visitors.iter().flat_map(|v| v.iter())
+    }
+
     /// Adds `other` (later views of the same key) to this.
     pub fn merge(&mut self, other: &KeyCounts) {
         for (day, n) in other.days() {
@@ -74,6 +89,9 @@ impl KeyCounts {
         }
         if let Some(path) = &other.path {
             self.set_path(path);
+        }
+        if let Some(visitors) = &other.visitors {
+            self.visitors.get_or_insert_default().merge(visitors);
         }
     }
 }
@@ -104,12 +122,27 @@ impl Counts {
         self.keys.get_mut(key).expect("inserted above")
     }
 
-    /// Adds one view.
-    pub fn add(&mut self, key: &str, day: NaiveDate, path: Option<&str>) {
+    /// Adds one view; returns the key's counts (to add its visitor, say).
+    pub fn add(&mut self, key: &str, day: NaiveDate, path: Option<&str>) -> &mut KeyCounts {
         let counts = self.entry(key);
         counts.add(day, 1);
         if let Some(path) = path {
             counts.set_path(path);
+        }
+        counts
+    }
+
+    /// Adds one view of `visitor` (its hash, if the view carried one).
+    pub fn add_view(
+        &mut self,
+        key: &str,
+        day: NaiveDate,
+        path: Option<&str>,
+        visitor: Option<u64>,
+    ) {
+        let counts = self.add(key, day, path);
+        if let Some(hash) = visitor {
+            counts.add_visitor(day, hash);
         }
     }
 
@@ -181,7 +214,7 @@ mod tests {
         assert_eq!(c.days(), &[(day(20), 3), (day(21), 2), (day(22), 1)]);
         assert_eq!(c.total(), 6);
         assert!(
-            std::mem::size_of::<KeyCounts>() <= 40,
+            std::mem::size_of::<KeyCounts>() <= 48,
             "{}",
             std::mem::size_of::<KeyCounts>()
         );
@@ -203,5 +236,27 @@ mod tests {
         assert_eq!(a.views(), 4);
         let y = a.get("resource:y").expect("y");
         assert_eq!(y.days(), &[(day(21), 1)]);
+        assert_eq!(y.visitors().count(), 0, "no visitor, no sketch");
+    }
+
+    #[test]
+    fn visitors_follow_their_key_and_day_through_absorbing() {
+        let mut a = Counts::default();
+        a.add_view("resource:x", day(20), None, Some(1 << 40));
+        a.add_view("resource:x", day(20), None, Some(1 << 40));
+        a.add_view("resource:x", day(20), None, None);
+        let mut b = Counts::default();
+        b.add_view("resource:x", day(20), None, Some(2 << 40));
+        b.add_view("resource:x", day(21), None, Some(1 << 40));
+        b.add_view("resource:y", day(21), None, Some(1 << 40));
+        a.absorb(b);
+        let visitors = |key: &str| -> Vec<(NaiveDate, u64)> {
+            a.get(key)
+                .map(|c| c.visitors().map(|(d, s)| (d, s.estimate())).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(visitors("resource:x"), vec![(day(20), 2), (day(21), 1)]);
+        assert_eq!(visitors("resource:y"), vec![(day(21), 1)]);
+        assert_eq!(a.get("resource:x").map(KeyCounts::total), Some(5));
     }
 }

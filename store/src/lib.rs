@@ -10,6 +10,8 @@
 //! - [`jobs`]: flush requests that every aggregator of a group answers.
 //! - [`event_ids`]: client-chosen `eventId`s, remembered in Postgres for 24 h.
 //! - [`retention`]: deleting old daily rows, finished jobs and visitor salts.
+//! - [`visitors`]: unique visitors per key and day, HyperLogLog sketches merged by
+//!   the flush.
 //! - [`migration`]: the Postgres schema, as SeaORM migrations.
 //!
 //! The protocol that makes these exact is described in `docs/exactly-once.md` and in
@@ -28,6 +30,7 @@ pub mod redis_conn;
 pub mod retention;
 pub mod schema;
 mod sql;
+pub mod visitors;
 
 pub use counts::{Counts, KeyCounts};
 pub use pending::PendingStore;

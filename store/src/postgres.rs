@@ -7,10 +7,12 @@
 //! 2. adds the deltas to `view_counter_total` and `view_counter_daily` with one
 //!    multi-row upsert each, keys in sorted order so concurrent flushers cannot
 //!    deadlock on counter rows;
-//! 3. moves each partition's `next_offset` and `flushed_gen` forward, and records the
+//! 3. merges the visitor sketches of the same views into `view_visitors_daily`
+//!    (see [`crate::visitors`]), key-days in sorted order;
+//! 4. moves each partition's `next_offset` and `flushed_gen` forward, and records the
 //!    flush request it answers (see [`crate::jobs`]).
 //!
-//! Counts and offsets therefore commit together or not at all.
+//! Counts, visitors and offsets therefore commit together or not at all.
 
 use std::collections::BTreeMap;
 
@@ -79,6 +81,8 @@ pub struct PartitionCommit {
 pub struct FlushOutcome {
     pub total_rows: u64,
     pub daily_rows: u64,
+    /// `view_visitors_daily` rows changed (not in [`FlushOutcome::rows`]).
+    pub visitor_rows: u64,
     /// This very flush had committed before (its reply was lost); nothing was
     /// written again.
     pub already_committed: bool,
@@ -157,6 +161,8 @@ struct SnapshotRow {
     gens: Vec<i64>,
     days: Vec<NaiveDate>,
     counts: Vec<i64>,
+    visitor_days: Vec<NaiveDate>,
+    visitors: Vec<i64>,
 }
 
 #[derive(FromQueryResult)]
@@ -312,7 +318,8 @@ pub async fn flush(
         });
     }
 
-    let outcome = add_counts(&txn, counts).await?;
+    let mut outcome = add_counts(&txn, counts).await?;
+    outcome.visitor_rows = crate::visitors::rows::merge_into(&txn, counts).await?;
 
     if !commits.is_empty() {
         // 0 stands for "no mark" in the arrays (a mark is never 0).
@@ -496,6 +503,8 @@ pub struct Snapshot {
     pub total: i64,
     /// Daily rows in the asked range, ascending (days without a row are absent).
     pub days: Vec<(NaiveDate, i64)>,
+    /// Estimated visitors of the days in the asked range that have a row, ascending.
+    pub visitors: Vec<(NaiveDate, i64)>,
     /// `(partition, flushed_gen)` of every partition of the scope.
     pub gens: Vec<(i32, i64)>,
 }
@@ -519,7 +528,11 @@ pub async fn snapshot(
                 ARRAY(SELECT day FROM view_counter_daily
                       WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day) AS days,
                 ARRAY(SELECT count FROM view_counter_daily
-                      WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day) AS counts",
+                      WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day) AS counts,
+                ARRAY(SELECT day FROM view_visitors_daily
+                      WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day) AS visitor_days,
+                ARRAY(SELECT visitors FROM view_visitors_daily
+                      WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day) AS visitors",
         vec![
             key.into(),
             scope.group.clone().into(),
@@ -534,6 +547,7 @@ pub async fn snapshot(
     Ok(Snapshot {
         total: row.total,
         days: row.days.into_iter().zip(row.counts).collect(),
+        visitors: row.visitor_days.into_iter().zip(row.visitors).collect(),
         gens: row.partitions.into_iter().zip(row.gens).collect(),
     })
 }

@@ -66,6 +66,16 @@ pub struct Reader {
     seen: Arc<Mutex<std::collections::HashMap<i32, Seen>>>,
 }
 
+/// One day of [`Reader::daily`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DayViews {
+    pub day: NaiveDate,
+    /// Views, pending ones included.
+    pub count: i64,
+    /// Estimated distinct visitors, as of the last flush; never above `count`.
+    pub visitors: i64,
+}
+
 /// How far a read saw Redis hold a live partition: under the owner's `epoch`, its
 /// newest unflushed generation `gen` applied up to `offset`. Offsets only grow
 /// across a partition's generations, so while `gen` is unflushed and the owner
@@ -155,30 +165,48 @@ impl Reader {
     }
 
     /// The key's views per UTC day over `from..=to`, ascending, zero-filled, pending
-    /// counts included.
+    /// counts included; and each day's estimated visitors as of the last flush (0
+    /// without a row: no flushed view of that day carried a visitor).
     pub async fn daily(
         &self,
         key: &ContentKey,
         from: NaiveDate,
         to: NaiveDate,
-    ) -> Result<Vec<(NaiveDate, i64)>, ReadError> {
+    ) -> Result<Vec<DayViews>, ReadError> {
         let merged = self.merged(key, Some((from, to)), RECOVERY_WAIT).await?;
-        let mut days: BTreeMap<NaiveDate, i64> = from
+        let mut days: BTreeMap<NaiveDate, DayViews> = from
             .iter_days()
             .take_while(|d| *d <= to)
-            .map(|d| (d, 0))
+            .map(|day| {
+                let zero = DayViews {
+                    day,
+                    count: 0,
+                    visitors: 0,
+                };
+                (day, zero)
+            })
             .collect();
         for (day, n) in &merged.snap.days {
             if let Some(slot) = days.get_mut(day) {
-                *slot += n;
+                slot.count += n;
+            }
+        }
+        for (day, n) in &merged.snap.visitors {
+            if let Some(slot) = days.get_mut(day) {
+                slot.visitors = *n;
             }
         }
         for values in merged.unflushed() {
             for (slot, n) in days.values_mut().zip(&values[1..]) {
-                *slot += n;
+                slot.count += n;
             }
         }
-        Ok(days.into_iter().collect())
+        // A day has no more visitors than views: a dense sketch's estimate may
+        // overshoot by about 1% when nearly every view is a new visitor.
+        for slot in days.values_mut() {
+            slot.visitors = slot.visitors.min(slot.count);
+        }
+        Ok(days.into_values().collect())
     }
 
     /// The key's pending counts and the Postgres snapshot taken after them, once every

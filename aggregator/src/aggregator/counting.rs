@@ -197,7 +197,7 @@ impl Aggregator {
                 } else {
                     &mut part.fresh
                 };
-                counts.add(&e.key, e.day, e.path.as_deref());
+                counts.add_view(&e.key, e.day, e.path.as_deref(), e.visitor);
             }
         }
         Some(duplicates)

@@ -261,6 +261,8 @@ fn rebuilt_result(data: &MonthReplay, r: &backfill::Rebuilt) -> serde_json::Valu
         "viewsRemoved": r.views_removed,
         "rowsWritten": r.rows_written,
         "viewsWritten": r.views_written,
+        "visitorRowsRemoved": r.visitor_rows_removed,
+        "visitorRowsWritten": r.visitor_rows_written,
         "firstOffsets": data.first_offsets.iter()
             .map(|(p, o)| (p.to_string(), json!(o)))
             .collect::<serde_json::Map<_, _>>(),
@@ -287,14 +289,16 @@ async fn record(db: &DatabaseConnection, job: Uuid, outcome: &Outcome) {
 fn describe(outcome: &Outcome, data: &MonthReplay) -> String {
     match outcome {
         Outcome::Rebuilt(r) => format!(
-            "rebuilt: {} views over {} keys ({} repeated eventIds dropped); daily rows {} -> {}, views {} -> {}",
+            "rebuilt: {} views over {} keys ({} repeated eventIds dropped); daily rows {} -> {}, views {} -> {}, visitor rows {} -> {}",
             data.events,
             data.counts.len(),
             data.duplicates,
             r.rows_removed,
             r.rows_written,
             r.views_removed,
-            r.views_written
+            r.views_written,
+            r.visitor_rows_removed,
+            r.visitor_rows_written
         ),
         Outcome::Skipped(why) => format!("skipped: {why}"),
         Outcome::Refused(why) => format!("refused: {why}"),

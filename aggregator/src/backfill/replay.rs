@@ -15,7 +15,7 @@ use viewpipe_event::{EventRef, Namespaces};
 use viewpipe_runtime::kafka::{self, KafkaSettings};
 use viewpipe_runtime::progress::Progress;
 use viewpipe_store::backfill::Month;
-use viewpipe_store::Counts;
+use viewpipe_store::{visitors, Counts};
 
 /// A read that makes no progress for this long gives up.
 const STALL: Duration = Duration::from_secs(60);
@@ -161,7 +161,10 @@ pub fn read(
                 continue;
             }
         }
-        month.counts.add(&key, day, event.path.as_deref());
+        let visitor = event.visitor.as_deref().map(visitors::hash);
+        month
+            .counts
+            .add_view(&key, day, event.path.as_deref(), visitor);
         month.events += 1;
     }
     progress.finish(

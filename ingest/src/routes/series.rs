@@ -14,10 +14,13 @@ use crate::routes::params;
 use crate::routes::views::{check_namespace, key_from_query};
 use crate::AppState;
 
-/// A key's views per UTC day.
+/// A key's views and unique visitors per UTC day.
 ///
 /// One entry per day, ascending and zero-filled, pending counts included. Either
 /// `days` (1..=366, default 30) ending today, or `from` and `to` (at most 366 days).
+/// `visitors` is an estimate of the distinct sessions (`sessionId`, else the
+/// ingest's `visitorId`) that viewed the key that day, as of the aggregators' last
+/// flush: views still pending add to `count` but not yet to `visitors`.
 #[utoipa::path(
     get,
     path = "/api/views/daily",
@@ -52,7 +55,11 @@ pub async fn get_daily(
         content_type: key.content_type().to_owned(),
         days: days
             .into_iter()
-            .map(|(day, count)| DayCount { day, count })
+            .map(|d| DayCount {
+                day: d.day,
+                count: d.count,
+                visitors: d.visitors,
+            })
             .collect(),
     }))
 }

@@ -24,3 +24,4 @@ mod store;
 mod store_faults;
 mod tls;
 mod upgrade;
+mod visitors;
