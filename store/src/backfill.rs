@@ -5,13 +5,10 @@
 //! released when its worker lets go, fails, or dies (Postgres ends the session with
 //! the connection). The rebuild replaces the month's daily rows and moves each key's
 //! total by the difference, so `total = Σ daily` holds and a rerun changes nothing.
-<<<<<<< HEAD
+//! It replaces the month's visitor rows with the replay's sketches too.
 //! A month that starts before the retention mark (daily rows pruned, see
 //! [`crate::retention`]) is refused inside the rebuild's transaction: its totals
 //! would gain the pruned days' views a second time.
-=======
-//! It replaces the month's visitor rows with the replay's sketches too.
->>>>>>> visitors
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -286,7 +283,6 @@ pub struct Rebuilt {
     pub visitor_rows_written: u64,
 }
 
-<<<<<<< HEAD
 /// Why a month was not rebuilt; nothing changed either way.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -300,16 +296,10 @@ pub enum RebuildError {
     Db(#[from] DbErr),
 }
 
-/// Replaces `month`'s daily rows with `counts` (views of that month only) and moves
-/// each key's total by the difference, in one transaction on `db`. Deadlocks with
-/// live flushes are retried. A month retention pruned rows of is refused
-/// ([`RebuildError::Pruned`]).
-=======
 /// Replaces `month`'s daily rows with `counts` (views of that month only), moves
 /// each key's total by the difference and replaces the month's visitor rows with the
-/// sketches in `counts`, in one transaction on `db`. Deadlocks with
-/// live flushes are retried.
->>>>>>> visitors
+/// sketches in `counts`, in one transaction on `db`. Deadlocks with live flushes are
+/// retried. A month retention pruned rows of is refused ([`RebuildError::Pruned`]).
 ///
 /// The same transaction marks `job` completed with `result(&outcome)`, so the
 /// moment the month's lock is released, another run waiting for it sees that the
