@@ -311,6 +311,28 @@ impl Stack {
         ))
     }
 
+    /// Messages in the views topic: the sum of its partitions' high watermarks.
+    pub async fn published(&self) -> i64 {
+        let brokers = self.broker.addr().to_string();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .create()
+                .expect("consumer");
+            (0..PARTITIONS)
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks("views", p, Duration::from_secs(10))
+                        .expect("watermarks")
+                        .1
+                })
+                .sum()
+        })
+        .await
+        .expect("watermarks task")
+    }
+
     /// Drops the database and this stack's Redis keys now (dropping the stack does
     /// the same, errors aside).
     pub async fn cleanup(mut self) -> anyhow::Result<()> {

@@ -29,33 +29,12 @@ const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 
 const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 const WEB_KEY: &str = "web-key-0123456789abcdef";
 
-/// Messages in the views topic: the sum of its partitions' high watermarks.
-async fn published(stack: &Stack) -> i64 {
-    let brokers = stack.broker.addr().to_string();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .create()
-            .expect("consumer");
-        (0..PARTITIONS)
-            .map(|p| {
-                consumer
-                    .fetch_watermarks("views", p, Duration::from_secs(10))
-                    .expect("watermarks")
-                    .1
-            })
-            .sum()
-    })
-    .await
-    .expect("watermarks task")
-}
-
 /// Waits until the views topic holds `n` messages (failing if it holds more, or
 /// fewer after 30 s).
 async fn wait_published(stack: &Stack, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let now = published(stack).await;
+        let now = stack.published().await;
         assert!(
             now <= n,
             "{now} views published, more than the {n} expected"
@@ -582,7 +561,7 @@ async fn the_pixel_beacons_and_visitor_ids_follow_the_rules() {
         .into_iter()
         .map(|(_, e)| (e["contentId"].as_str().unwrap_or_default().to_owned(), e))
         .collect();
-    assert_eq!(published(&stack).await, 11);
+    assert_eq!(stack.published().await, 11);
     let salt = todays_salt(&stack).await;
     let chrome = local_visitor(&salt, CHROME, None);
     let visitor = |id: &str| events[id]["visitorId"].as_str().map(str::to_owned);

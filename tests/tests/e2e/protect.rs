@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use viewpipe_tests::chaos::metric;
 use viewpipe_tests::openapi::{Api, Document};
-use viewpipe_tests::{Service, Stack, PARTITIONS};
+use viewpipe_tests::{Service, Stack};
 
 const WEB_KEY: &str = "web-key-0123456789abcdef";
 const MOBILE_KEY: &str = "mobile-key-0123456789abc";
@@ -26,28 +26,6 @@ const BINGBOT: &str = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compat
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36";
 const SAFARI: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15";
 const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0";
-
-/// Messages in the views topic: the sum of its partitions' high watermarks.
-async fn published(stack: &Stack) -> i64 {
-    let brokers = stack.broker.addr().to_string();
-    tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .create()
-            .expect("consumer");
-        (0..PARTITIONS)
-            .map(|p| {
-                consumer
-                    .fetch_watermarks("views", p, Duration::from_secs(10))
-                    .expect("watermarks")
-                    .1
-            })
-            .sum()
-    })
-    .await
-    .expect("watermarks task")
-}
 
 fn view(id: &str) -> Value {
     json!({"contentId": id, "contentType": "resource"})
@@ -250,7 +228,7 @@ async fn a_flood_from_one_address_is_limited_while_others_are_served_and_counted
 
     // Every 202 is in the topic and counted, exactly; nothing refused is.
     let total: i64 = accepted.values().sum();
-    assert_eq!(published(&stack).await, total, "messages in the topic");
+    assert_eq!(stack.published().await, total, "messages in the topic");
     let _aggregator = stack
         .spawn_aggregator(&[("FLUSH_INTERVAL_MS", "300")])
         .await
@@ -365,7 +343,7 @@ async fn write_keys_are_required_and_limit_namespaces_and_apps() {
         "{body}"
     );
     assert_eq!(body["error"]["field"], "contentType");
-    assert_eq!(published(&stack).await, 0, "nothing refused was published");
+    assert_eq!(stack.published().await, 0, "nothing refused was published");
 
     // The right keys: header or query, and a limited key in its namespace.
     for request in [
@@ -412,7 +390,7 @@ async fn write_keys_are_required_and_limit_namespaces_and_apps() {
             (3, "missing_field".into())
         ]
     );
-    assert_eq!(published(&stack).await, 5);
+    assert_eq!(stack.published().await, 5);
 
     // RATE_LIMIT_PER_KEY: per app, whatever the address.
     let limited = stack
@@ -456,7 +434,7 @@ async fn write_keys_are_required_and_limit_namespaces_and_apps() {
     )
     .await;
     assert_eq!(mobile.status, 202, "another app has its own budget");
-    assert_eq!(published(&stack).await, 10);
+    assert_eq!(stack.published().await, 10);
 
     // Settings that cannot work stop start-up, naming the setting and not the key.
     for (settings, says) in [
@@ -522,7 +500,7 @@ async fn crawler_views_are_answered_but_not_published_with_bot_filter_drop() {
         "{body}"
     );
     assert_eq!(body["rejected"][0]["index"], 3);
-    assert_eq!(published(&stack).await, 0, "no crawler view published");
+    assert_eq!(stack.published().await, 0, "no crawler view published");
     let series = "viewpipe_ingest_bot_views_total{content_type=\"resource\"}";
     assert_eq!(metric(&dropping, series).await, 4.0, "{series}");
 
@@ -531,7 +509,7 @@ async fn crawler_views_are_answered_but_not_published_with_bot_filter_drop() {
         let r = post(&dropping, ua, view("page")).await.expect("post");
         assert_eq!(r.status().as_u16(), 202, "{ua}");
     }
-    assert_eq!(published(&stack).await, 4);
+    assert_eq!(stack.published().await, 4);
     assert_eq!(metric(&dropping, series).await, 4.0, "{series}");
 
     // BOT_FILTER=off (the default) counts crawlers too.
@@ -540,7 +518,7 @@ async fn crawler_views_are_answered_but_not_published_with_bot_filter_drop() {
         .await
         .expect("post");
     assert_eq!(r.status().as_u16(), 202);
-    assert_eq!(published(&stack).await, 5);
+    assert_eq!(stack.published().await, 5);
     println!("BOT_FILTER=drop: 4 crawler views answered 202 (single and batch), none published, {series} = 4; Chrome, Safari, Firefox and curl published; BOT_FILTER=off publishes Googlebot's");
 }
 
