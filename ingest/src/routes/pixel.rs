@@ -7,15 +7,13 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Map, Value};
 
-use viewpipe_event::ViewInput;
-
 use crate::api::ErrorBody;
 use crate::error::ApiError;
 use crate::extract::RawQuery;
 use crate::metrics as m;
+use crate::protect;
 use crate::protect::access::WriteAccess;
-use crate::protect::{self, refused_by};
-use crate::routes::views::{broker_available, publish};
+use crate::routes::views::{admit_one, broker_available, event_of, publish};
 use crate::visitor::Visit;
 use crate::AppState;
 
@@ -97,24 +95,14 @@ pub async fn get_pixel(
         .iter()
         .filter_map(|name| Some(((*name).to_owned(), Value::from(query.get(name)?))))
         .collect();
-    let input =
-        ViewInput::from_json(&Value::Object(fields), &state.namespaces, now).inspect_err(|_| {
-            metrics::counter!(m::EVENTS, "result" => "rejected").increment(1);
-        })?;
-    access
-        .may_write(&state.protect, &input.content_type)
-        .map_err(refused_by)?;
-    access.admit(&state.protect, 1)?;
+    let input = admit_one(&state, &access, &Value::Object(fields), now)?;
     if access.bot {
         protect::count_bot_views(&state.namespaces, &input.content_type, 1);
         return Ok(gif());
     }
     broker_available(&state)?;
     let key = input.key();
-    let mut event = input.into_event(now);
-    if event.session_id.is_none() {
-        event.visitor_id = visit.id(&state, &access).await;
-    }
+    let event = event_of(input, now, &state, &access, &visit).await;
     publish(&state, &key, &event).await?;
     metrics::counter!(m::EVENTS, "result" => "accepted").increment(1);
     Ok(gif())

@@ -57,13 +57,7 @@ pub async fn post_view(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<ViewAccepted>), ApiError> {
     let now = Utc::now();
-    let input = ViewInput::from_json(&body, &state.namespaces, now).inspect_err(|_| {
-        metrics::counter!(m::EVENTS, "result" => "rejected").increment(1);
-    })?;
-    access
-        .may_write(&state.protect, &input.content_type)
-        .map_err(refused_by)?;
-    access.admit(&state.protect, 1)?;
+    let input = admit_one(&state, &access, &body, now)?;
     let key = input.key();
     if access.bot {
         // Answered as if accepted, so the crawler does not retry; the count is the
@@ -79,10 +73,7 @@ pub async fn post_view(
         ));
     }
     broker_available(&state)?;
-    let mut event = input.into_event(now);
-    if event.session_id.is_none() {
-        event.visitor_id = visit.id(&state, &access).await;
-    }
+    let event = event_of(input, now, &state, &access, &visit).await;
     // The count is read while the publish is in flight; it cannot include this view.
     let (published, count) = tokio::join!(
         publish(&state, &key, &event),
@@ -98,6 +89,41 @@ pub async fn post_view(
             count,
         }),
     ))
+}
+
+/// A single view's way in, for `POST /api/views` and the pixel: the view validated
+/// (counted as rejected otherwise), then the write key's namespaces and the rate
+/// limits. A crawler's view passes too (`access.bot`); the caller drops it.
+pub fn admit_one(
+    state: &AppState,
+    access: &WriteAccess,
+    body: &serde_json::Value,
+    now: chrono::DateTime<Utc>,
+) -> Result<ViewInput, ApiError> {
+    let input = ViewInput::from_json(body, &state.namespaces, now).inspect_err(|_| {
+        metrics::counter!(m::EVENTS, "result" => "rejected").increment(1);
+    })?;
+    access
+        .may_write(&state.protect, &input.content_type)
+        .map_err(refused_by)?;
+    access.admit(&state.protect, 1)?;
+    Ok(input)
+}
+
+/// The event to publish for an admitted view, with the cookieless visitor id when
+/// the view has no `sessionId` and came from a browser.
+pub async fn event_of(
+    input: ViewInput,
+    now: chrono::DateTime<Utc>,
+    state: &AppState,
+    access: &WriteAccess,
+    visit: &Visit,
+) -> ViewEvent {
+    let mut event = input.into_event(now);
+    if event.session_id.is_none() {
+        event.visitor_id = visit.id(state, access).await;
+    }
+    event
 }
 
 /// The key's count as GET would answer it, for a POST's answer. It is a courtesy,
