@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 
-use viewpipe_event::{EventRef, Namespaces};
+use viewpipe_event::{ContentKey, EventRef};
 use viewpipe_store::{visitors, Counts};
 
 use crate::log_check;
@@ -106,7 +106,7 @@ pub struct Batch {
 impl Batch {
     /// Takes one polled message of `partition` (whose state is `state`). Returns false
     /// when it was dropped as a re-delivery.
-    pub fn add(&mut self, m: &Polled<'_>, state: &Partition, namespaces: &Namespaces) -> bool {
+    pub fn add(&mut self, m: &Polled<'_>, state: &Partition) -> bool {
         let Polled {
             partition,
             offset,
@@ -131,18 +131,14 @@ impl Batch {
         self.messages += 1;
         let replayed = state.replay_to.is_some_and(|x| offset <= x);
         let parsed = match payload {
-            Some(bytes) => {
-                EventRef::parse(bytes, namespaces).map_err(|e| format!("{}: {e}", e.code()))
-            }
+            Some(bytes) => EventRef::parse(bytes).map_err(|e| format!("{}: {e}", e.code())),
             None => Err("invalid_json: empty message".to_owned()),
         };
         match parsed {
             Ok(event) => {
                 let visitor = event.visitor.as_deref().map(visitors::hash);
                 self.key.clear();
-                self.key.push_str(&event.content_type);
-                self.key.push(':');
-                self.key.push_str(&event.content_id);
+                ContentKey::write(&mut self.key, &event.content_type, &event.content_id);
                 if let Some(id) = &event.event_id {
                     part.with_ids.push(IdEvent {
                         offset,
@@ -215,29 +211,17 @@ mod tests {
             .into_bytes()
     }
 
-    fn ns() -> Namespaces {
-        "resource".parse().expect("namespaces")
-    }
-
     #[test]
     fn each_offset_is_taken_once_even_when_polled_again_after_a_rebalance() {
         let mut batch = Batch::default();
         let owner = state(Some(100), 3, -1);
         for offset in 100..110 {
-            assert!(batch.add(
-                &Polled::new(0, offset, Some(&event("a", None))),
-                &owner,
-                &ns()
-            ));
+            assert!(batch.add(&Polled::new(0, offset, Some(&event("a", None))), &owner));
         }
         // The partition is revoked and assigned again at the same position before the
         // batch was processed; the consumer fetches 100.. once more.
         for offset in 100..112 {
-            batch.add(
-                &Polled::new(0, offset, Some(&event("a", None))),
-                &owner,
-                &ns(),
-            );
+            batch.add(&Polled::new(0, offset, Some(&event("a", None))), &owner);
         }
         assert_eq!(batch.len(), 12);
         let parts = batch.take();
@@ -251,28 +235,19 @@ mod tests {
         batch.add(
             &Polled::new(0, 0, Some(&event("a", None))),
             &state(Some(0), 1, -1),
-            &ns(),
         );
         // Claimed again (epoch 2) at offset 0, with Redis holding up to offset 1.
         let again = state(Some(0), 2, 1);
         for offset in 0..4 {
-            batch.add(
-                &Polled::new(0, offset, Some(&event("a", None))),
-                &again,
-                &ns(),
-            );
+            batch.add(&Polled::new(0, offset, Some(&event("a", None))), &again);
         }
-        batch.add(
-            &Polled::new(0, 4, Some(&event("a", Some("e1")))),
-            &again,
-            &ns(),
-        );
+        batch.add(&Polled::new(0, 4, Some(&event("a", Some("e1")))), &again);
         let keyed = Polled {
             key: Some(b"k"),
             ..Polled::new(0, 5, Some(b"not json"))
         };
-        batch.add(&keyed, &again, &ns());
-        batch.add(&Polled::new(0, 6, None), &again, &ns());
+        batch.add(&keyed, &again);
+        batch.add(&Polled::new(0, 6, None), &again);
         let parts = batch.take();
         let part = &parts[&0];
         assert_eq!((part.replayed.views(), part.fresh.views()), (2, 2));
@@ -304,7 +279,7 @@ mod tests {
             view(r#","sessionId":"s4""#, r#","eventId":"e1""#),
         ];
         for (offset, payload) in payloads.iter().enumerate() {
-            batch.add(&Polled::new(0, offset as i64, Some(payload)), &owner, &ns());
+            batch.add(&Polled::new(0, offset as i64, Some(payload)), &owner);
         }
         let parts = batch.take();
         let part = &parts[&0];

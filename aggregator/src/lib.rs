@@ -130,7 +130,10 @@ fn spawn_flush_request_watch(
         let mut tick = tokio::time::interval(FLUSH_REQUEST_POLL);
         while !shutdown.is_triggered() {
             tick.tick().await;
-            match jobs::newest_flush_request(&db, &group).await {
+            let newest = jobs::newest_flush_request(&db, &group);
+            match viewpipe_store::deadline::within(viewpipe_store::deadline::ROUND_TRIP, newest)
+                .await
+            {
                 Ok(seq) => requested.store(seq, Ordering::Relaxed),
                 Err(e) => tracing::debug!(error = %e, "cannot read flush requests"),
             }
@@ -145,7 +148,9 @@ fn spawn_event_id_expiry(db: sea_orm::DatabaseConnection, shutdown: Shutdown) {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         while !shutdown.is_triggered() {
             tick.tick().await;
-            match viewpipe_store::event_ids::forget_expired(&db, 50_000).await {
+            let forget = viewpipe_store::event_ids::forget_expired(&db, 50_000);
+            // Far longer than a batch takes; only a silent connection runs into it.
+            match viewpipe_store::deadline::within(Duration::from_secs(60), forget).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(forgotten = n, "expired client ids forgotten"),
                 Err(e) => tracing::debug!(error = %e, "cannot forget expired client ids"),
@@ -238,7 +243,6 @@ impl App {
             scope,
             pending,
             dlq,
-            namespaces: common.namespaces.clone(),
             shutdown: shutdown.clone(),
             health: health.clone(),
             requested_flush: requested_flush.clone(),

@@ -11,10 +11,14 @@ use sea_orm::{DatabaseConnection, DbErr};
 use tokio::task::JoinHandle;
 
 use viewpipe_runtime::Shutdown;
+use viewpipe_store::deadline::{within, ROUND_TRIP};
 use viewpipe_store::retention::{self, Batch, Raised, Table, Target, BATCH};
 
 use crate::metrics::PRUNED_ROWS;
 use crate::settings::RetentionSettings;
+
+/// How long one batch may go unanswered (a batch takes well under a second).
+const BATCH_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Pause between two batches, so that flushes get Postgres' attention in between.
 const BETWEEN_BATCHES: Duration = Duration::from_millis(20);
@@ -124,7 +128,7 @@ pub async fn prune(
         let cutoff = days_before(today, settings.retain_daily_days);
         // The mark first: a backfill must never find rows of a month gone that it
         // was allowed to rebuild.
-        let mark = match retention::raise_mark(db, cutoff).await? {
+        let mark = match within(ROUND_TRIP, retention::raise_mark(db, cutoff)).await? {
             Raised::To(mark) => Some(mark),
             Raised::HeldAt(mark) => {
                 run.mark_held = true;
@@ -156,7 +160,7 @@ pub async fn prune(
                 run.stopped = true;
                 return Ok(run);
             }
-            match retention::delete_batch(db, target, BATCH).await? {
+            match within(BATCH_DEADLINE, retention::delete_batch(db, target, BATCH)).await? {
                 Batch::Busy => {
                     run.busy = true;
                     return Ok(run);

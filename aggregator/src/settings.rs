@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use viewpipe_event::Namespaces;
 use viewpipe_runtime::kafka::KafkaSettings;
 use viewpipe_runtime::settings::{millis, parse_duration, CommonSettings, SecretUrl};
 use viewpipe_runtime::telemetry::LogFormat;
@@ -79,9 +78,6 @@ pub struct BackfillArgs {
     pub database_url: SecretUrl,
     #[command(flatten)]
     pub kafka: KafkaSettings,
-    /// Content types counted, comma-separated.
-    #[arg(long, env = "NAMESPACES", default_value = "resource,course")]
-    pub namespaces: Namespaces,
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,

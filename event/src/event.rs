@@ -4,8 +4,6 @@
 //! Validation works on a parsed `serde_json::Value` rather than a derived struct so
 //! that every refusal names the field and says what was wrong with it.
 
-use std::borrow::Cow;
-
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -225,7 +223,7 @@ impl ViewEvent {
 }
 
 /// Field-by-field readers over a JSON object; `null` counts as absent. The checks
-/// themselves are the `check_*` functions, shared with [`EventRef::parse`].
+/// themselves are the `check_*` functions.
 struct Fields<'a>(&'a Map<String, Value>);
 
 impl Fields<'_> {
@@ -388,103 +386,6 @@ fn timestamp_error(name: &'static str) -> FieldError {
     )
 }
 
-/// A valid event read from Kafka, borrowing its strings from the message where the
-/// JSON allows (no escapes): what the aggregator needs to count it, without an
-/// allocation per event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRef<'a> {
-    pub content_type: Cow<'a, str>,
-    pub content_id: Cow<'a, str>,
-    pub path: Option<Cow<'a, str>>,
-    pub event_id: Option<Cow<'a, str>>,
-    /// Who viewed, for unique visitors: the `sessionId`, else the `visitorId`.
-    pub visitor: Option<Cow<'a, str>>,
-    pub occurred_at: DateTime<Utc>,
-}
-
-/// The event JSON as serde reads it without copying. Only a shape check: the values
-/// are validated by the same functions as [`ViewEvent::from_slice`] uses.
-#[derive(Deserialize)]
-struct Wire<'a> {
-    v: u64,
-    #[serde(borrow, default, rename = "eventId", deserialize_with = "borrowed")]
-    event_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "contentType", deserialize_with = "borrowed")]
-    content_type: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "contentId", deserialize_with = "borrowed")]
-    content_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "borrowed")]
-    path: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "sessionId", deserialize_with = "borrowed")]
-    session_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "visitorId", deserialize_with = "borrowed")]
-    visitor_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "occurredAt", deserialize_with = "borrowed")]
-    occurred_at: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "receivedAt", deserialize_with = "borrowed")]
-    received_at: Option<Cow<'a, str>>,
-}
-
-/// An optional string that borrows from the input when it has no escapes. (serde
-/// borrows a `Cow<str>` only when it is a field's whole type; inside an `Option` it
-/// would copy every string.)
-fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Cow<'a, str>>, D::Error> {
-    #[derive(Deserialize)]
-    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-    Ok(Option::<Text<'a>>::deserialize(d)?.map(|t| t.0))
-}
-
-impl<'a> EventRef<'a> {
-    /// Parses and validates a message value read from Kafka. It accepts exactly what
-    /// [`ViewEvent::from_slice`] accepts, with the same values: the common shape is read
-    /// without copies, and anything else (an invalid event, duplicate fields, numbers
-    /// written oddly) is decided by `ViewEvent::from_slice` itself, whose error names
-    /// the field.
-    pub fn parse(bytes: &'a [u8], namespaces: &Namespaces) -> Result<Self, EventError> {
-        if let Some(event) = Self::fast(bytes, namespaces) {
-            return Ok(event);
-        }
-        ViewEvent::from_slice(bytes, namespaces).map(|e| EventRef {
-            content_type: Cow::Owned(e.content_type),
-            content_id: Cow::Owned(e.content_id),
-            path: e.path.map(Cow::Owned),
-            event_id: e.event_id.map(Cow::Owned),
-            visitor: e.session_id.or(e.visitor_id).map(Cow::Owned),
-            occurred_at: e.occurred_at,
-        })
-    }
-
-    fn fast(bytes: &'a [u8], namespaces: &Namespaces) -> Option<Self> {
-        let wire: Wire<'a> = serde_json::from_slice(bytes).ok()?;
-        if wire.v != EVENT_VERSION {
-            return None;
-        }
-        check_content_type(wire.content_type.as_deref(), namespaces).ok()?;
-        check_content_id(wire.content_id.as_deref()).ok()?;
-        check_path(wire.path.as_deref()).ok()?;
-        check_token("sessionId", wire.session_id.as_deref()).ok()?;
-        check_token("visitorId", wire.visitor_id.as_deref()).ok()?;
-        check_token("eventId", wire.event_id.as_deref()).ok()?;
-        check_timestamp("receivedAt", wire.received_at.as_deref()).ok()?;
-        let occurred_at = check_timestamp("occurredAt", wire.occurred_at.as_deref()).ok()??;
-        Some(EventRef {
-            content_type: wire.content_type?,
-            content_id: wire.content_id?,
-            path: wire.path,
-            event_id: wire.event_id,
-            visitor: wire.session_id.or(wire.visitor_id),
-            occurred_at,
-        })
-    }
-
-    /// The UTC day the view counts towards.
-    pub fn day(&self) -> NaiveDate {
-        self.occurred_at.date_naive()
-    }
-}
-
 fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -548,85 +449,21 @@ mod tests {
     }
 
     #[test]
-    fn the_visitor_is_the_session_else_the_visitor_id() {
-        let parse = |json: &str| {
-            EventRef::parse(json.as_bytes(), &ns())
-                .map(|e| e.visitor.map(|v| v.into_owned()))
-                .map_err(|e| e.to_string())
-        };
+    fn the_visitor_id_is_kept_and_written_only_when_present() {
         let base =
             r#""v":1,"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z""#;
-        assert_eq!(parse(&format!("{{{base}}}")), Ok(None));
-        assert_eq!(
-            parse(&format!(r#"{{{base},"visitorId":"h1"}}"#)),
-            Ok(Some("h1".into()))
-        );
-        assert_eq!(
-            parse(&format!(r#"{{{base},"visitorId":"h1","sessionId":"s1"}}"#)),
-            Ok(Some("s1".into()))
-        );
-        let bad = parse(&format!(r#"{{{base},"visitorId":""}}"#)).expect_err("empty id");
-        assert!(bad.contains("visitorId"), "{bad}");
-        // The owning parser keeps the field, and writes it only when present.
+        let bad = ViewEvent::from_slice(format!(r#"{{{base},"visitorId":""}}"#).as_bytes(), &ns())
+            .expect_err("empty id");
+        assert!(bad.to_string().contains("visitorId"), "{bad}");
         let event =
             ViewEvent::from_slice(format!(r#"{{{base},"visitorId":"h1"}}"#).as_bytes(), &ns())
                 .expect("valid");
         assert_eq!(event.visitor_id.as_deref(), Some("h1"));
         let wire: Value = serde_json::from_slice(&event.to_json()).expect("json");
         assert_eq!(wire["visitorId"], "h1");
-    }
-
-    #[test]
-    fn the_borrowing_parser_agrees_with_the_owning_one() {
-        let cases: &[&str] = &[
-            r#"{"v":1,"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z"}"#,
-            r#"{"v":1,"eventId":"e\"1","contentType":"resource","contentId":"a","path":"/r/\u00e9","sessionId":null,"occurredAt":"2026-11-21T23:59:59+02:00","receivedAt":"2026-11-21T10:00:00.123Z","extra":[1]}"#,
-            r#"{"v":1,"contentType":"resource","contentId":"a","contentId":"b","occurredAt":"2026-11-21T10:00:00Z"}"#,
-            r#"{"v":1.0,"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z"}"#,
-            r#"{"v":2,"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z"}"#,
-            r#"{"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z"}"#,
-            r#"{"v":1,"contentType":"video","contentId":"a","occurredAt":"2026-11-21T10:00:00Z"}"#,
-            r#"{"v":1,"contentType":"resource","contentId":"a b","occurredAt":"2026-11-21T10:00:00Z"}"#,
-            r#"{"v":1,"contentType":"resource","contentId":"a","occurredAt":"yesterday"}"#,
-            r#"{"v":1,"contentType":"resource","contentId":"a"}"#,
-            r#"{"v":1,"contentType":"resource","contentId":"a","eventId":"","occurredAt":"2026-11-21T10:00:00Z"}"#,
-            r#"{"v":1,"contentType":"resource","contentId":"a","path":5,"occurredAt":"2026-11-21T10:00:00Z"}"#,
-            r#"[1]"#,
-            r#"not json"#,
-        ];
-        for case in cases {
-            let owned = ViewEvent::from_slice(case.as_bytes(), &ns());
-            let borrowed = EventRef::parse(case.as_bytes(), &ns());
-            match (owned, borrowed) {
-                (Ok(o), Ok(b)) => {
-                    assert_eq!(
-                        (
-                            o.content_type.as_str(),
-                            o.content_id.as_str(),
-                            o.path.as_deref(),
-                            o.event_id.as_deref(),
-                            o.occurred_at
-                        ),
-                        (
-                            &*b.content_type,
-                            &*b.content_id,
-                            b.path.as_deref(),
-                            b.event_id.as_deref(),
-                            b.occurred_at
-                        ),
-                        "{case}"
-                    );
-                }
-                (Err(o), Err(b)) => assert_eq!(o, b, "{case}"),
-                (o, b) => panic!("{case}: owned {o:?}, borrowed {b:?}"),
-            }
-        }
-        let plain = cases[0].as_bytes();
-        let event = EventRef::parse(plain, &ns()).expect("valid");
-        assert!(
-            matches!(event.content_id, Cow::Borrowed(_)),
-            "no copy for plain strings"
-        );
+        let plain = ViewEvent::from_slice(format!("{{{base}}}").as_bytes(), &ns()).expect("valid");
+        let wire: Value = serde_json::from_slice(&plain.to_json()).expect("json");
+        assert!(wire.get("visitorId").is_none(), "{wire}");
     }
 
     #[test]

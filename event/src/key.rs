@@ -37,13 +37,19 @@ impl ContentKey {
     /// Builds a key from parts already validated by the caller's rules.
     pub fn new(content_type: &str, content_id: &str) -> Self {
         let mut key = String::with_capacity(content_type.len() + 1 + content_id.len());
-        key.push_str(content_type);
-        key.push(':');
-        key.push_str(content_id);
+        Self::write(&mut key, content_type, content_id);
         Self {
             key,
             split: content_type.len(),
         }
+    }
+
+    /// Appends the key text `"{contentType}:{contentId}"` to `out`: the one place the
+    /// format is written, for callers that reuse a buffer per event.
+    pub fn write(out: &mut String, content_type: &str, content_id: &str) {
+        out.push_str(content_type);
+        out.push(':');
+        out.push_str(content_id);
     }
 
     /// Parses `"{contentType}:{contentId}"`, checking both parts' formats.

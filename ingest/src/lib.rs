@@ -165,7 +165,7 @@ impl App {
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let common = &settings.common;
-        let protect = Protect::build(&settings.protect, &common.namespaces)?;
+        let protect = Protect::build(&settings.protect, &settings.namespaces)?;
         metrics::describe();
         let db = db::connect_current(&common.database_url, 16).await?;
         let redis = match common.redis_url.url() {
@@ -195,9 +195,9 @@ impl App {
         let visitor_ids = settings.visitor_hash == VisitorHash::On;
         protect.log(visitor_ids);
         if protect.bots.is_some() {
-            if let Namespaces::List(list) = &common.namespaces {
+            if let Namespaces::List(list) = &settings.namespaces {
                 for ns in list {
-                    protect::count_bot_views(&common.namespaces, ns, 0);
+                    protect::count_bot_views(&settings.namespaces, ns, 0);
                 }
             }
         }
@@ -215,7 +215,7 @@ impl App {
         let state = AppState {
             producer: producer.clone(),
             topic: common.views_topic.as_str().into(),
-            namespaces: Arc::new(common.namespaces.clone()),
+            namespaces: Arc::new(settings.namespaces.clone()),
             reader: Reader::new(
                 db.clone(),
                 scope.clone(),

@@ -43,6 +43,10 @@ pub struct Settings {
     /// HTTP listener.
     #[arg(long, env = "INGEST_ADDR", default_value = "127.0.0.1:8080")]
     pub ingest_addr: SocketAddr,
+    /// Allowed contentType values, comma-separated; `*` allows any valid name. An
+    /// edge rule: aggregators count every namespace, so ingests may add one first.
+    #[arg(long, env = "NAMESPACES", default_value = "resource,course")]
+    pub namespaces: viewpipe_event::Namespaces,
     /// Bearer token for admin endpoints; unset, they refuse everyone.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,

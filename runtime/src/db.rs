@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sea_orm::sqlx::{self, ConnectOptions as _, Connection as _};
+use sea_orm::{DatabaseConnection, SqlxPostgresConnector};
 
 use crate::settings::SecretUrl;
 use viewpipe_store::schema::{self, SchemaState};
@@ -25,33 +27,67 @@ pub enum DbStartError {
 /// vanished (a half-open connection keeps its transaction, and its `FOR UPDATE`
 /// locks, until the server gives up on it), a claim queued behind such a lock.
 /// A statement that runs into one fails and is retried like any other error.
-const SESSION_LIMITS: [(&str, &str); 3] = [
+/// The keepalives make the server find a vanished client within about 25 s even
+/// outside a transaction (the client's own sockets get no keepalive from sqlx: its
+/// side is covered by the deadlines of `viewpipe_store::deadline`).
+const SESSION_LIMITS: [(&str, &str); 6] = [
     ("statement_timeout", "30s"),
     ("lock_timeout", "10s"),
     ("idle_in_transaction_session_timeout", "15s"),
+    ("tcp_keepalives_idle", "10"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
 ];
 
+/// How long a connection handed back to the pool may take to answer a ping before
+/// it is closed instead of kept.
+const RELEASE_CHECK: Duration = Duration::from_secs(2);
+
 /// Opens a pool; fails fast (a few seconds) when Postgres does not answer.
+///
+/// A round trip abandoned at its deadline (`viewpipe_store::deadline`) hands its
+/// connection back mid-conversation. sqlx pings such a connection before reusing
+/// it, and that ping has no deadline: on a silent connection it would wait forever
+/// and hold one of the pool's places with it. So every returned connection must
+/// first answer a ping within [`RELEASE_CHECK`], or it is closed.
 pub async fn connect(
     url: &SecretUrl,
     max_connections: u32,
 ) -> Result<DatabaseConnection, DbStartError> {
-    let mut opts = ConnectOptions::new(url.expose());
-    opts.max_connections(max_connections)
+    let unreachable = |reason: String| DbStartError::Unreachable {
+        address: url.address(),
+        reason,
+    };
+    let options: PgConnectOptions = url
+        .expose()
+        .parse()
+        .map_err(|e: sqlx::Error| unreachable(root_cause(&e)))?;
+    let options = options.options(SESSION_LIMITS).disable_statement_logging();
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
         .min_connections(1)
-        .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
-        .sqlx_logging(false)
-        .map_sqlx_postgres_opts(|pg| pg.options(SESSION_LIMITS));
-    Database::connect(opts)
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                match tokio::time::timeout(RELEASE_CHECK, conn.ping()).await {
+                    Ok(Ok(())) => Ok(true),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "a connection handed back did not answer a ping",
+                    ))),
+                }
+            })
+        })
+        .connect_with(options)
         .await
-        .map_err(|e| DbStartError::Unreachable {
-            address: url.address(),
-            reason: crate::connect::tls_hint(
+        .map_err(|e| {
+            unreachable(crate::connect::tls_hint(
                 root_cause(&e),
                 "sslrootcert (or the system's trust store)",
-            ),
-        })
+            ))
+        })?;
+    Ok(SqlxPostgresConnector::from_sqlx_postgres_pool(pool))
 }
 
 /// The innermost error's message: driver errors repeat their sources in their own

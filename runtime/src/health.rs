@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -85,8 +85,20 @@ struct Inner {
     ready: AtomicBool,
     stopping: AtomicBool,
     failing: std::sync::Mutex<Vec<Dependency>>,
-    /// Conditions the service found itself, by name, with what to tell the operator.
-    faults: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// Conditions the service found itself, by name, with what to tell the operator
+    /// and, for one reported for a while, when it lapses.
+    faults: std::sync::Mutex<std::collections::BTreeMap<String, Fault>>,
+}
+
+struct Fault {
+    detail: String,
+    until: Option<Instant>,
+}
+
+impl Fault {
+    fn stands(&self) -> bool {
+        self.until.is_none_or(|until| Instant::now() < until)
+    }
 }
 
 /// Shared health state of one process.
@@ -118,7 +130,12 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         self.0.ready.load(Ordering::Relaxed)
             && !self.0.stopping.load(Ordering::Relaxed)
-            && self.0.faults.lock().map(|f| f.is_empty()).unwrap_or(true)
+            && self
+                .0
+                .faults
+                .lock()
+                .map(|f| !f.values().any(Fault::stands))
+                .unwrap_or(true)
     }
 
     /// Reports (`Some(detail)`) or clears (`None`) a fault the service found itself;
@@ -126,9 +143,25 @@ impl Health {
     pub fn set_fault(&self, name: &str, detail: Option<String>) {
         if let Ok(mut faults) = self.0.faults.lock() {
             match detail {
-                Some(detail) => faults.insert(name.to_owned(), detail),
+                Some(detail) => faults.insert(
+                    name.to_owned(),
+                    Fault {
+                        detail,
+                        until: None,
+                    },
+                ),
                 None => faults.remove(name),
             };
+        }
+    }
+
+    /// Reports a fault that lapses by itself after `lasting` unless reported again:
+    /// one seen in passing (a store that left a request unanswered) rather than a
+    /// state the service will clear.
+    pub fn set_fault_for(&self, name: &str, detail: String, lasting: Duration) {
+        if let Ok(mut faults) = self.0.faults.lock() {
+            let until = Some(Instant::now() + lasting);
+            faults.insert(name.to_owned(), Fault { detail, until });
         }
     }
 
@@ -164,7 +197,8 @@ impl Health {
             failing.extend(
                 faults
                     .iter()
-                    .map(|(name, detail)| format!("{name}: {detail}")),
+                    .filter(|(_, fault)| fault.stands())
+                    .map(|(name, fault)| format!("{name}: {}", fault.detail)),
             );
         }
         if self.0.stopping.load(Ordering::Relaxed) {

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use clap::Args;
 
-use viewpipe_event::Namespaces;
-
 use crate::kafka::KafkaSettings;
 use crate::telemetry::LogFormat;
 
@@ -46,9 +44,6 @@ pub struct CommonSettings {
     /// Prefix of every Redis key, so deployments and tests can share one Redis.
     #[arg(long, env = "REDIS_PREFIX", default_value = "viewpipe")]
     pub redis_prefix: String,
-    /// Allowed contentType values, comma-separated; `*` allows any valid name.
-    #[arg(long, env = "NAMESPACES", default_value = "resource,course")]
-    pub namespaces: Namespaces,
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,

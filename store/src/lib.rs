@@ -1,6 +1,7 @@
 //! How viewpipe keeps counts, shared by the aggregator (writes) and the ingest (reads).
 //!
 //! - [`counts`]: counts held in memory, per batch and per partition generation.
+//! - [`deadline`]: client-side deadlines on Postgres round trips.
 //! - [`pending`]: the Redis side, counts consumed but not yet in Postgres, kept per
 //!   partition and flush generation and applied as a compare-and-set on the offset.
 //! - [`postgres`]: the Postgres side, claiming partitions, the fenced flush that
@@ -19,6 +20,7 @@
 
 pub mod backfill;
 pub mod counts;
+pub mod deadline;
 pub mod entities;
 pub mod event_ids;
 pub mod jobs;

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use viewpipe_event::ContentKey;
 
+use crate::deadline;
 use crate::pending::{PartitionView, PendingStore};
 use crate::postgres::{self, Scope, Snapshot};
 
@@ -234,7 +235,8 @@ impl Reader {
                 Some(pending) => pending.read(key.as_str(), &day_list, &known).await?,
                 None => Vec::new(),
             };
-            let snap = postgres::snapshot(&self.db, &self.scope, key.as_str(), days).await?;
+            let snap = postgres::snapshot(&self.db, &self.scope, key.as_str(), days);
+            let snap = deadline::within(deadline::ROUND_TRIP, snap).await?;
             if snap.gens.iter().any(|(p, _)| !known.contains(p)) {
                 // A partition we did not read: read again, knowing it.
                 *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -273,7 +275,8 @@ impl Reader {
                 Some(pending) => pending.read_totals(keys, &known).await.ok()?,
                 None => Vec::new(),
             };
-            let (mut totals, gens) = postgres::totals_snapshot(&self.db, &self.scope, keys)
+            let snapshot = postgres::totals_snapshot(&self.db, &self.scope, keys);
+            let (mut totals, gens) = deadline::within(deadline::ROUND_TRIP, snapshot)
                 .await
                 .ok()?;
             if gens.iter().any(|(p, _)| !known.contains(p)) {

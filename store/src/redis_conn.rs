@@ -19,8 +19,11 @@ use futures::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::io::tcp::socket2::TcpKeepalive;
+use redis::io::tcp::TcpSettings;
 use redis::{
-    Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, ServerErrorKind, TlsCertificates, Value,
+    Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, ServerErrorKind,
+    TlsCertificates, Value,
 };
 
 /// The scheme that names a Redis Cluster, and the scheme of its nodes' URLs.
@@ -49,6 +52,20 @@ impl Default for Timeouts {
             response: Duration::from_secs(5),
         }
     }
+}
+
+/// TCP keepalive and a user timeout on every Redis socket: a flow dropped without a
+/// FIN or RST (a NAT, a load balancer, a failover) is found dead within about 20 s
+/// even while nothing is asked, instead of after the kernel's two hours. Requests in
+/// flight have their own deadline ([`Timeouts::response`]).
+fn tcp_settings() -> TcpSettings {
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(2);
+    TcpSettings::default()
+        .set_keepalive(keepalive)
+        .set_user_timeout(Duration::from_secs(20))
 }
 
 /// The node URLs of a `redis+cluster://` URL, or `None` for a single server's URL.
@@ -117,6 +134,7 @@ impl RedisConn {
         match cluster_nodes(url).map_err(invalid)? {
             Some(nodes) => {
                 let mut builder = ClusterClient::builder(nodes)
+                    .tcp_settings(tcp_settings())
                     .connection_timeout(timeouts.connect)
                     .response_timeout(timeouts.response)
                     .retries(2);
@@ -127,9 +145,10 @@ impl RedisConn {
                 Ok(Self::Cluster(client.get_async_connection().await?))
             }
             None => {
+                let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
                 let client = match root_ca {
-                    Some(ca) => redis::Client::build_with_tls(url, certs(ca))?,
-                    None => redis::Client::open(url)?,
+                    Some(ca) => redis::Client::build_with_tls(info, certs(ca))?,
+                    None => redis::Client::open(info)?,
                 };
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeouts.connect))

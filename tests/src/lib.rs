@@ -462,6 +462,32 @@ impl Stack {
     }
 }
 
+/// The directory holding the previous release's `ingest` and `aggregator`, built by
+/// `deploy/local/previous` from the commit in `deploy/local/previous-release`.
+pub fn previous_release() -> PathBuf {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let named = std::fs::read_to_string(repo.join("deploy/local/previous-release"))
+        .expect("deploy/local/previous-release");
+    let commit = named
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .expect("a commit in deploy/local/previous-release");
+    let built = bin("ingest").canonicalize().expect("this build's ingest");
+    let dir = built
+        .parent()
+        .and_then(|debug| debug.parent())
+        .expect("target dir")
+        .join("previous")
+        .join(commit);
+    assert!(
+        dir.join("ingest").exists() && dir.join("aggregator").exists(),
+        "the previous release's binaries are not built in {}: run deploy/local/previous",
+        dir.display()
+    );
+    dir
+}
+
 #[allow(unsafe_code)]
 pub(crate) fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a child we spawned; no memory is shared.

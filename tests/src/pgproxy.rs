@@ -1,14 +1,16 @@
 //! A TCP proxy in front of Postgres that loses COMMIT replies: it forwards every n-th
-//! of the `COMMIT`s it sees to the server and closes the client's connection before the
-//! server's reply can reach it. The transaction commits; the client sees an error.
-//! Failovers, pooler restarts and network resets do the same to real deployments.
+//! of the `COMMIT`s it sees to the server, and the server's reply never reaches the
+//! client. The transaction commits; the client either sees its connection closed
+//! ([`Loss::Close`]: failovers, pooler restarts and network resets do that) or hears
+//! nothing more on a socket that stays open ([`Loss::Silent`]: a NAT, a load balancer
+//! or a failover that dropped the flow without a FIN or RST).
 //!
 //! The proxy reads the client's side of the wire protocol (startup, then typed
 //! messages) and copies the server's side untouched. It answers SSL and GSS
 //! encryption requests with "no" itself, so the conversation stays readable.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +24,15 @@ const GSS_REQUEST: i32 = 80_877_104;
 /// Longest message the proxy accepts from a client (ours send at most a few MiB).
 const MAX_MESSAGE: usize = 256 << 20;
 
+/// What happens to a connection whose COMMIT reply is lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// The client's connection is closed.
+    Close,
+    /// Nothing more reaches the client; its socket stays open until it closes it.
+    Silent,
+}
+
 /// A running proxy; stops when dropped.
 pub struct PgProxy {
     pub addr: SocketAddr,
@@ -29,26 +40,46 @@ pub struct PgProxy {
     task: JoinHandle<()>,
 }
 
-#[derive(Default)]
 struct Stats {
     commits: AtomicU64,
     lost: AtomicU64,
+    lose_every: u64,
+    /// Replies lost at most (`u64::MAX`: no limit).
+    lose_at_most: u64,
+    loss: Loss,
 }
 
 impl PgProxy {
     /// Listens on a free loopback port and forwards to `upstream`, losing the reply
     /// of every `lose_every`-th COMMIT (deterministic, so a run always has losses).
     pub async fn start(upstream: SocketAddr, lose_every: u64) -> anyhow::Result<Self> {
+        Self::start_with(upstream, lose_every, u64::MAX, Loss::Close).await
+    }
+
+    /// Like [`PgProxy::start`], losing at most `at_most` replies, in the way `loss`
+    /// says.
+    pub async fn start_with(
+        upstream: SocketAddr,
+        lose_every: u64,
+        at_most: u64,
+        loss: Loss,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats {
+            commits: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            lose_every: lose_every.max(1),
+            lose_at_most: at_most,
+            loss,
+        });
         let shared = stats.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let stats = shared.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        let _ = relay(client, server, lose_every, &stats).await;
+                        let _ = relay(client, server, &stats).await;
                     }
                 });
             }
@@ -84,12 +115,7 @@ impl Drop for PgProxy {
 
 /// One client connection: the server's bytes are copied back as they come; the
 /// client's are read message by message.
-async fn relay(
-    mut client: TcpStream,
-    server: TcpStream,
-    lose_every: u64,
-    stats: &Stats,
-) -> anyhow::Result<()> {
+async fn relay(mut client: TcpStream, server: TcpStream, stats: &Stats) -> anyhow::Result<()> {
     let (mut from_server, mut to_server) = server.into_split();
     let (mut from_client, mut to_client) = client.split();
     // Startup: answer encryption requests ourselves, forward the startup message.
@@ -108,9 +134,26 @@ async fn relay(
         break;
     }
     let (mut client_read, mut client_write) = client.into_split();
+    // Once muted, the server's bytes are read and dropped; the client's socket stays
+    // open and hears nothing.
+    let muted = Arc::new(AtomicBool::new(false));
+    let mute = muted.clone();
     let back = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut from_server, &mut client_write).await;
-        let _ = client_write.shutdown().await;
+        let mut buf = vec![0; 64 << 10];
+        while let Ok(n) = from_server.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            if !mute.load(Ordering::SeqCst) && client_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        if !mute.load(Ordering::SeqCst) {
+            let _ = client_write.shutdown().await;
+        } else {
+            // Hold the client's socket open until the client lets go.
+            std::future::pending::<()>().await;
+        }
     });
     while let Ok(tag) = client_read.read_u8().await {
         let len = client_read.read_i32().await?;
@@ -120,7 +163,14 @@ async fn relay(
         } else {
             0
         };
-        if nth > 0 && nth % lose_every.max(1) == 0 {
+        let lose = nth > 0
+            && nth % stats.lose_every == 0
+            && stats.lost.load(Ordering::Relaxed) < stats.lose_at_most;
+        if lose && stats.loss == Loss::Silent {
+            // Nothing more reaches the client, and nothing tells it so.
+            muted.store(true, Ordering::SeqCst);
+            stats.lost.fetch_add(1, Ordering::Relaxed);
+        } else if lose {
             // Nothing more reaches the client: stop the copy back first, then let the
             // server have the COMMIT, then cut the client off.
             back.abort();

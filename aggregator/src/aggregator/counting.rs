@@ -177,11 +177,22 @@ impl Aggregator {
             return Some(0);
         }
         let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
+        let until = Instant::now() + STORE_PATIENCE;
         let firsts = retry(
             "checking eventIds in Postgres",
             backoff,
-            Until::Deadline(Instant::now() + STORE_PATIENCE),
-            || self.rt.block_on(event_ids::first_sightings(&self.db, &ids)),
+            Until::Deadline(until),
+            || {
+                // Each attempt ends at the patience's end at the latest: a silent
+                // connection must not hold the consumer thread.
+                let left = until.saturating_duration_since(Instant::now());
+                let decided = event_ids::first_sightings(&self.db, &ids);
+                let answer = self.rt.block_on(deadline::within(left, decided));
+                if answer.as_ref().is_err_and(deadline::is_silent) {
+                    self.silent_postgres("deciding eventIds");
+                }
+                answer
+            },
         )?;
         drop(ids);
         let mut firsts = firsts.into_iter();

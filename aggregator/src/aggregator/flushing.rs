@@ -10,7 +10,16 @@ impl Aggregator {
         if let Some(Some(offsets)) = self.finish_flush(&mut state, None) {
             let _ = consumer.commit(&offsets, CommitMode::Async);
         }
-        if state.flush.is_some() {
+        if let Some(flight) = &state.flush {
+            let waited = flight.started.elapsed();
+            if flight.task.is_some() && waited >= FLUSH_SLOW {
+                // Renewed every turn while it lasts, so it lapses soon after.
+                self.health.set_fault_for(
+                    SILENT_FAULT,
+                    format!("a flush has waited {} s for Postgres", waited.as_secs()),
+                    Duration::from_secs(2),
+                );
+            }
             return;
         }
         let requested = self.requested();
@@ -40,17 +49,20 @@ impl Aggregator {
     }
 
     pub(super) fn start_flush(&self, unit: FlushUnit) -> InFlight {
-        let task = self.spawn_flush(&unit);
+        let task = self.spawn_flush(&unit, FLUSH_DEADLINE);
         InFlight {
             unit,
             task: Some(task),
             started: Instant::now(),
             retry_at: Instant::now(),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            deadline: FLUSH_DEADLINE,
         }
     }
 
-    fn spawn_flush(&self, unit: &FlushUnit) -> FlushTask {
+    /// Runs the flush's transaction in the background; an attempt that hears nothing
+    /// within `deadline` ends as a cut connection would, and is retried as it was.
+    fn spawn_flush(&self, unit: &FlushUnit, deadline: Duration) -> FlushTask {
         let (db, scope, unit) = (self.db.clone(), self.scope.clone(), unit.clone());
         self.rt.spawn(async move {
             let counts: Vec<&Counts> = unit
@@ -59,8 +71,18 @@ impl Aggregator {
                 .filter_map(|p| p.counts.as_deref())
                 .collect();
             let commits: Vec<_> = unit.parts.iter().map(|p| p.commit.clone()).collect();
-            postgres::flush(&db, &scope, &counts, &commits).await
+            deadline::within(deadline, postgres::flush(&db, &scope, &counts, &commits)).await
         })
+    }
+
+    /// Reports on `/readyz` that Postgres left a round trip unanswered; the report
+    /// lasts [`SILENT_FAULT_FOR`] unless a flush succeeds first.
+    pub(super) fn silent_postgres(&self, what: &str) {
+        self.health.set_fault_for(
+            SILENT_FAULT,
+            format!("{what} got no answer in time; retrying on a new connection"),
+            SILENT_FAULT_FOR,
+        );
     }
 
     /// Handles the flush in flight if it finished (or, with `wait_until`, once it
@@ -74,7 +96,7 @@ impl Aggregator {
         let flight = state.flush.as_mut()?;
         let Some(task) = flight.task.as_mut() else {
             if Instant::now() >= flight.retry_at {
-                flight.task = Some(self.spawn_flush(&flight.unit));
+                flight.task = Some(self.spawn_flush(&flight.unit, flight.deadline));
                 flight.started = Instant::now();
             }
             return None;
@@ -102,6 +124,7 @@ impl Aggregator {
         match result {
             Ok(outcome) => {
                 let flight = state.flush.take()?;
+                self.health.set_fault(SILENT_FAULT, None);
                 if outcome.already_committed {
                     tracing::info!("the flush had committed already (its reply was lost); nothing written twice");
                 }
@@ -143,6 +166,10 @@ impl Aggregator {
             Err(e) => {
                 let wait = flight.backoff.next_wait();
                 flight.retry_at = Instant::now() + wait;
+                if matches!(&e, FlushError::Db(db) if deadline::is_silent(db)) {
+                    flight.deadline = (flight.deadline * 2).min(FLUSH_DEADLINE_MAX);
+                    self.silent_postgres("a flush");
+                }
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "flush failed; retrying it as it was");
                 None
             }

@@ -27,10 +27,9 @@ use sea_orm::DatabaseConnection;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use viewpipe_event::Namespaces;
 use viewpipe_runtime::{Health, Shutdown};
 use viewpipe_store::pending::{Applied, PartitionBatch, TakeOver};
-use viewpipe_store::{postgres, Claim, Counts, FlushError, FlushOutcome, Scope};
+use viewpipe_store::{deadline, postgres, Claim, Counts, FlushError, FlushOutcome, Scope};
 
 use crate::batch::{Batch, PartBatch, Polled};
 use crate::dlq::Dlq;
@@ -72,7 +71,6 @@ pub struct Aggregator {
     scope: Scope,
     pending: Pending,
     dlq: Dlq,
-    namespaces: Namespaces,
     shutdown: Shutdown,
     health: Health,
     /// The group's newest open flush request (`jobs.seq`, 0 for none), kept current
@@ -135,7 +133,25 @@ struct InFlight {
     started: Instant,
     retry_at: Instant,
     backoff: Backoff,
+    /// How long the attempt may go without an answer before it is handled as a cut
+    /// connection: [`FLUSH_DEADLINE`], doubled after each attempt that ran out of
+    /// it (a flush that is merely slow still gets through).
+    deadline: Duration,
 }
+
+/// The first attempt's deadline of a flush (see [`InFlight::deadline`]).
+pub const FLUSH_DEADLINE: Duration = Duration::from_secs(8);
+/// The longest deadline a flush attempt gets.
+const FLUSH_DEADLINE_MAX: Duration = Duration::from_secs(120);
+/// A flush waiting longer than this for Postgres shows on `/readyz` (a flush takes
+/// milliseconds to a second).
+const FLUSH_SLOW: Duration = Duration::from_secs(4);
+/// Readiness fault reported while a flush waits long for Postgres, and for a while
+/// after a Postgres round trip got no answer.
+const SILENT_FAULT: &str = "postgres_silent";
+/// How long [`SILENT_FAULT`] stays reported after the last round trip that got no
+/// answer (a successful flush clears it at once).
+const SILENT_FAULT_FOR: Duration = Duration::from_secs(30);
 
 /// What fencing a partition in Redis found.
 enum Fence {
@@ -154,7 +170,6 @@ pub struct Parts {
     pub scope: Scope,
     pub pending: Pending,
     pub dlq: Dlq,
-    pub namespaces: Namespaces,
     pub shutdown: Shutdown,
     pub health: Health,
     pub requested_flush: Arc<AtomicI64>,
@@ -171,7 +186,6 @@ impl Aggregator {
             scope: parts.scope,
             pending: parts.pending,
             dlq: parts.dlq,
-            namespaces: parts.namespaces,
             shutdown: parts.shutdown,
             health: parts.health,
             requested_flush: parts.requested_flush,
@@ -229,8 +243,9 @@ impl Aggregator {
             backoff,
             Until::Stopped(&stopped),
             || {
+                let claim = postgres::claim(&self.db, &self.scope, partition);
                 self.rt
-                    .block_on(postgres::claim(&self.db, &self.scope, partition))
+                    .block_on(deadline::within(deadline::ROUND_TRIP, claim))
             },
         ) else {
             return Claimed::Stopped;
@@ -270,9 +285,10 @@ impl Aggregator {
             TakeOver::Stale => {
                 // Redis knows a newer epoch. If Postgres' newest is still ours, nobody
                 // claimed after us: Postgres lost claims it had made.
-                let newest =
-                    self.rt
-                        .block_on(postgres::partition_epoch(&self.db, &self.scope, partition));
+                let newest = self.rt.block_on(deadline::within(
+                    deadline::ROUND_TRIP,
+                    postgres::partition_epoch(&self.db, &self.scope, partition),
+                ));
                 match newest {
                     Ok(newest) if newest == epoch => Fence::Refused(Hold::Behind),
                     _ => Fence::Refused(Hold::Fenced),
@@ -390,7 +406,7 @@ impl Aggregator {
         } = &mut *state;
         for m in messages {
             if let Some(owner) = partitions.get(&m.partition) {
-                batch.add(&m, owner, &self.namespaces);
+                batch.add(&m, owner);
             }
         }
     }

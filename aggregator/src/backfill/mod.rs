@@ -92,14 +92,8 @@ pub async fn run(args: &BackfillArgs) -> anyhow::Result<i32> {
     );
 
     let wanted: BTreeSet<Month> = months.iter().copied().collect();
-    let (brokers, topic, namespaces) = (
-        args.kafka.clone(),
-        args.topic.clone(),
-        args.namespaces.clone(),
-    );
-    let read =
-        tokio::task::spawn_blocking(move || replay::read(&brokers, &topic, &wanted, &namespaces))
-            .await?;
+    let (brokers, topic) = (args.kafka.clone(), args.topic.clone());
+    let read = tokio::task::spawn_blocking(move || replay::read(&brokers, &topic, &wanted)).await?;
     let mut replay = match read {
         Ok(replay) => replay,
         Err(e) => {

@@ -11,7 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use viewpipe_event::{EventRef, Namespaces};
+use viewpipe_event::EventRef;
 use viewpipe_runtime::kafka::{self, KafkaSettings};
 use viewpipe_runtime::progress::Progress;
 use viewpipe_store::backfill::Month;
@@ -50,7 +50,6 @@ pub fn read(
     kafka: &KafkaSettings,
     topic: &str,
     months: &BTreeSet<Month>,
-    namespaces: &Namespaces,
 ) -> anyhow::Result<Replay> {
     let consumer: BaseConsumer = kafka::base_config(kafka)
         // Needed by librdkafka, never joined: partitions are assigned by hand.
@@ -141,7 +140,7 @@ pub fn read(
             replay.messages,
             &format!("{} messages", replay.messages),
         );
-        let Some(Ok(event)) = m.payload().map(|b| EventRef::parse(b, namespaces)) else {
+        let Some(Ok(event)) = m.payload().map(|b| EventRef::parse(b)) else {
             replay.invalid += 1;
             continue;
         };

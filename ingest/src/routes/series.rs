@@ -14,6 +14,9 @@ use crate::routes::params;
 use crate::routes::views::{check_namespace, key_from_query};
 use crate::AppState;
 
+/// How long a `/top` read may go unanswered.
+const TOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A key's views and unique visitors per UTC day.
 ///
 /// One entry per day, ascending and zero-filled, pending counts included. Either
@@ -104,7 +107,10 @@ pub async fn get_top(
     }
     let (from, to) = params::range(&query, 1)?;
     let limit = params::int(&query, &params::LIMIT)?;
-    let rows = postgres::top(&state.db, namespace, from, to, limit as u32)
+    // A year of a busy namespace is a big scan: longer than a point read, and still
+    // bounded should the connection go silent.
+    let top = postgres::top(&state.db, namespace, from, to, limit as u32);
+    let rows = viewpipe_store::deadline::within(TOP_DEADLINE, top)
         .await
         .map_err(|e| ApiError::store("top read", e))?;
     Ok(Json(TopResponse {

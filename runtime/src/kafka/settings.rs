@@ -180,6 +180,25 @@ const OWNED: [(&str, &str); 8] = [
     ),
 ];
 
+/// Why a property's value would break the aggregator's partition hand-over, if it
+/// would. The aggregator claims and flushes partitions in eager rebalance callbacks
+/// (the whole assignment is revoked, then assigned); cooperative rebalancing
+/// delivers increments instead and fails with "Erroneous state" under eager calls,
+/// leaving an aggregator that looks ready and counts nothing.
+fn unsupported(name: &str, value: &str) -> Option<&'static str> {
+    match name {
+        "partition.assignment.strategy"
+            if value.split(',').any(|s| s.trim() == "cooperative-sticky") =>
+        {
+            Some("the aggregator hands partitions over with eager rebalances; use range or roundrobin")
+        }
+        "group.protocol" if value != "classic" => Some(
+            "the aggregator needs the classic group protocol's eager rebalances; leave group.protocol unset",
+        ),
+        _ => None,
+    }
+}
+
 /// One librdkafka property; its value is hidden when its name suggests a secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KafkaProperty {
@@ -223,9 +242,13 @@ impl std::str::FromStr for KafkaProperty {
         if let Some((_, why)) = OWNED.iter().find(|(owned, _)| *owned == name) {
             return Err(format!("{name} cannot be changed: {why}"));
         }
+        let value = value.trim();
+        if let Some(why) = unsupported(name, value) {
+            return Err(format!("{name}={value} is not supported: {why}"));
+        }
         Ok(Self {
             name: name.to_owned(),
-            value: value.trim().to_owned(),
+            value: value.to_owned(),
         })
     }
 }
@@ -388,6 +411,24 @@ mod tests {
             .expect_err("refused");
         assert!(e.contains("enable.auto.commit cannot be changed"), "{e}");
         assert!("acks=1".parse::<KafkaProperty>().is_err());
+        // Cooperative rebalancing is refused by name, eager strategies pass.
+        for bad in [
+            "partition.assignment.strategy=cooperative-sticky",
+            "partition.assignment.strategy=range, cooperative-sticky",
+            "group.protocol=consumer",
+        ] {
+            let e = bad.parse::<KafkaProperty>().expect_err(bad);
+            assert!(
+                e.contains("is not supported") && e.contains(bad.split('=').next().unwrap_or("")),
+                "{e}"
+            );
+        }
+        for good in [
+            "partition.assignment.strategy=roundrobin",
+            "group.protocol=classic",
+        ] {
+            assert!(good.parse::<KafkaProperty>().is_ok(), "{good}");
+        }
         assert!("no-equals".parse::<KafkaProperty>().is_err());
         assert!("Bad Name=1".parse::<KafkaProperty>().is_err());
         let parsed = parse_properties("# tuned\n\nlinger.ms=5\nsasl.password=pw=with=equals\n")

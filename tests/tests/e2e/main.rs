@@ -20,6 +20,8 @@ mod protect;
 mod rebalance;
 mod redis_cluster;
 mod retention;
+mod rollout;
+mod silent;
 mod store;
 mod store_faults;
 mod tls;

@@ -58,7 +58,6 @@ async fn aggregator(stack: &Stack) -> Arc<Aggregator> {
             .expect("producer"),
             topic: "views.dlq".into(),
         },
-        namespaces: "resource".parse().expect("namespaces"),
         shutdown: viewpipe_runtime::Shutdown::default(),
         health: viewpipe_runtime::Health::new(),
         requested_flush: Arc::new(AtomicI64::new(0)),

@@ -7,7 +7,6 @@
 //! command runs it) from the commit named in `deploy/local/previous-release`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -18,33 +17,6 @@ use viewpipe_tests::{chaos, Kind, Service, Stack};
 
 const KEYS: usize = 12;
 const DAYS: usize = 2;
-
-/// The directory holding the previous release's `ingest` and `aggregator`.
-fn previous_release() -> PathBuf {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let named = std::fs::read_to_string(repo.join("deploy/local/previous-release"))
-        .expect("deploy/local/previous-release");
-    let commit = named
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .expect("a commit in deploy/local/previous-release");
-    let built = viewpipe_tests::bin("ingest")
-        .canonicalize()
-        .expect("this build's ingest");
-    let dir = built
-        .parent()
-        .and_then(|debug| debug.parent())
-        .expect("target dir")
-        .join("previous")
-        .join(commit);
-    assert!(
-        dir.join("ingest").exists() && dir.join("aggregator").exists(),
-        "the previous release's binaries are not built in {}: run deploy/local/previous",
-        dir.display()
-    );
-    dir
-}
 
 fn view(i: usize, now: DateTime<Utc>) -> (String, DateTime<Utc>) {
     let at = now - chrono::Duration::days((i / KEYS % DAYS) as i64) - chrono::Duration::minutes(1);
@@ -82,7 +54,7 @@ async fn post_all(http: &reqwest::Client, ingest: &Service, range: std::ops::Ran
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn previous_release_binaries_count_exactly_on_the_new_schema() {
     const VIEWS: usize = 1200;
-    let previous = previous_release();
+    let previous = viewpipe_tests::previous_release();
     let stack = Stack::start().await.expect("stack");
 
     // The previous release's `aggregator migrate` finds the schema ahead of it by

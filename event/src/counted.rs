@@ -1,0 +1,413 @@
+//! What the aggregator counts: a message of the `views` topic held to what counting
+//! needs, and nothing more.
+//!
+//! Edge rules (which namespaces a deployment takes, how long a path or an id may be)
+//! are the ingest's: they may differ between two releases, or two settings, during a
+//! rolling deploy, and an event an ingest acknowledged must count whatever the
+//! aggregator's own release or settings say (guarantee 1). So the aggregator refuses
+//! only what cannot be counted:
+//! - not a JSON object of version 1;
+//! - no key: `contentType` or `contentId` missing, not a string, or outside the key
+//!   format's characters (a lowercase letter, then `a-z 0-9 _ -`; `A-Z a-z 0-9 . _ ~ : -`),
+//!   or longer than [`MAX_COUNTED_TYPE_LEN`] / [`MAX_COUNTED_ID_LEN`] bytes, past which
+//!   the key no longer fits Postgres' index;
+//! - no day: `occurredAt` missing or not an RFC 3339 timestamp.
+//!
+//! Everything else is made countable rather than refused: a `path` that is not text,
+//! or holds a NUL (Postgres text cannot), is dropped, and one that is too long is cut;
+//! a `sessionId` or `visitorId` that is not text is ignored (it only feeds unique
+//! visitors); an `eventId` outside the ingest's rule is kept as the idempotency key
+//! it is, through a digest when it is too long or not printable ASCII.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::event::{EventError, FieldError, EVENT_VERSION, MAX_PATH_CHARS, MAX_TOKEN_LEN};
+
+/// The longest `contentType` counted, in bytes (the ingest allows 32).
+pub const MAX_COUNTED_TYPE_LEN: usize = 64;
+/// The longest `contentId` counted, in bytes (the ingest allows 128). The key stays
+/// well under the 2,704 bytes a Postgres B-tree entry may hold.
+pub const MAX_COUNTED_ID_LEN: usize = 1024;
+
+/// A countable event read from Kafka, borrowing its strings from the message where
+/// the JSON allows (no escapes): what the aggregator needs to count it, without an
+/// allocation per event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub content_type: Cow<'a, str>,
+    pub content_id: Cow<'a, str>,
+    pub path: Option<Cow<'a, str>>,
+    /// The idempotency key: the client's `eventId`, or a digest of it when it is not
+    /// 1 to 128 printable ASCII characters.
+    pub event_id: Option<Cow<'a, str>>,
+    /// Who viewed, for unique visitors: the `sessionId`, else the `visitorId`.
+    pub visitor: Option<Cow<'a, str>>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// The event JSON as serde reads it without copying: the common shape, every field
+/// a string or absent. Anything else goes to [`EventRef::parse_value`].
+#[derive(Deserialize)]
+struct Wire<'a> {
+    v: u64,
+    #[serde(borrow, default, rename = "eventId", deserialize_with = "borrowed")]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "contentType", deserialize_with = "borrowed")]
+    content_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "contentId", deserialize_with = "borrowed")]
+    content_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    path: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "sessionId", deserialize_with = "borrowed")]
+    session_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "visitorId", deserialize_with = "borrowed")]
+    visitor_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "occurredAt", deserialize_with = "borrowed")]
+    occurred_at: Option<Cow<'a, str>>,
+}
+
+/// An optional string that borrows from the input when it has no escapes. (serde
+/// borrows a `Cow<str>` only when it is a field's whole type; inside an `Option` it
+/// would copy every string.)
+fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text<'a>>::deserialize(d)?.map(|t| t.0))
+}
+
+impl<'a> EventRef<'a> {
+    /// Reads a message value of the `views` (or replay) topic as something to count,
+    /// or says why it cannot be counted. The common shape is read without copies;
+    /// anything else (a field of another JSON type, duplicate fields, an invalid
+    /// event) is decided by [`EventRef::parse_value`], with the same result.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, EventError> {
+        if let Some(event) = Self::fast(bytes) {
+            return Ok(event);
+        }
+        Self::parse_value(bytes)
+    }
+
+    fn fast(bytes: &'a [u8]) -> Option<Self> {
+        let wire: Wire<'a> = serde_json::from_slice(bytes).ok()?;
+        if wire.v != EVENT_VERSION {
+            return None;
+        }
+        counted_type(wire.content_type.as_deref()).ok()?;
+        counted_id(wire.content_id.as_deref()).ok()?;
+        let occurred_at = counted_time(wire.occurred_at.as_deref()).ok()?;
+        Some(EventRef {
+            content_type: wire.content_type?,
+            content_id: wire.content_id?,
+            path: wire.path.and_then(counted_path),
+            event_id: wire.event_id.and_then(counted_event_id),
+            visitor: wire
+                .session_id
+                .filter(|s| !s.is_empty())
+                .or(wire.visitor_id.filter(|v| !v.is_empty())),
+            occurred_at,
+        })
+    }
+
+    /// [`EventRef::parse`] through a `serde_json::Value`: every shape, with errors
+    /// that name the field.
+    pub fn parse_value(bytes: &[u8]) -> Result<EventRef<'static>, EventError> {
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| EventError::NotJson(e.to_string()))?;
+        let obj = value.as_object().ok_or(EventError::NotObject)?;
+        match obj.get("v") {
+            Some(Value::Number(n)) if n.as_u64() == Some(EVENT_VERSION) => {}
+            Some(other) => return Err(EventError::Version(other.to_string())),
+            None => return Err(EventError::Version("(missing)".to_owned())),
+        }
+        let get = |name: &str| obj.get(name).filter(|v| !v.is_null());
+        let string = |name: &'static str| match get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(FieldError::new(name, "invalid_type", "must be a string")),
+        };
+        let text = |name: &str| match get(name) {
+            Some(Value::String(s)) if !s.is_empty() => Some(Cow::Owned(s.clone())),
+            _ => None,
+        };
+        let content_type = counted_type(string("contentType")?)?.to_owned();
+        let content_id = counted_id(string("contentId")?)?.to_owned();
+        let occurred_at = counted_time(string("occurredAt")?)?;
+        let event_id = match get("eventId") {
+            None => None,
+            Some(Value::String(s)) => counted_event_id(Cow::Owned(s.clone())),
+            // A number (or anything else) a producer chose is still its key.
+            Some(other) => counted_event_id(Cow::Owned(other.to_string())),
+        };
+        Ok(EventRef {
+            content_type: Cow::Owned(content_type),
+            content_id: Cow::Owned(content_id),
+            path: match get("path") {
+                Some(Value::String(s)) => counted_path(Cow::Owned(s.clone())),
+                _ => None,
+            },
+            event_id,
+            visitor: text("sessionId").or_else(|| text("visitorId")),
+            occurred_at,
+        })
+    }
+
+    /// The UTC day the view counts towards.
+    pub fn day(&self) -> NaiveDate {
+        self.occurred_at.date_naive()
+    }
+}
+
+fn missing(name: &'static str) -> FieldError {
+    FieldError::new(name, "missing_field", "is required in event JSON")
+}
+
+/// `contentType`: the key format's form, any namespace.
+fn counted_type(value: Option<&str>) -> Result<&str, FieldError> {
+    let ns = value.ok_or_else(|| missing("contentType"))?;
+    let mut bytes = ns.bytes();
+    let form = matches!(bytes.next(), Some(b'a'..=b'z'))
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+    if !form || ns.len() > MAX_COUNTED_TYPE_LEN {
+        return Err(FieldError::new(
+            "contentType",
+            "invalid_value",
+            format!("must be a lowercase letter followed by a-z 0-9 _ -, at most {MAX_COUNTED_TYPE_LEN} bytes"),
+        ));
+    }
+    Ok(ns)
+}
+
+/// `contentId`: the key format's characters.
+fn counted_id(value: Option<&str>) -> Result<&str, FieldError> {
+    let id = value.ok_or_else(|| missing("contentId"))?;
+    let chars = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b':' | b'-'));
+    if id.is_empty() || id.len() > MAX_COUNTED_ID_LEN || !chars {
+        return Err(FieldError::new(
+            "contentId",
+            "invalid_value",
+            format!("must be 1 to {MAX_COUNTED_ID_LEN} bytes of A-Z a-z 0-9 . _ ~ : -"),
+        ));
+    }
+    Ok(id)
+}
+
+/// `occurredAt`: RFC 3339 (a space between date and time is fine here).
+fn counted_time(value: Option<&str>) -> Result<DateTime<Utc>, FieldError> {
+    let text = value.ok_or_else(|| missing("occurredAt"))?;
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|_| {
+            FieldError::new(
+                "occurredAt",
+                "invalid_value",
+                "must be an RFC 3339 timestamp such as 2026-11-21T10:00:00Z",
+            )
+        })
+}
+
+/// A path Postgres can store: none when empty or holding a NUL, cut to
+/// [`MAX_PATH_CHARS`] characters when longer.
+fn counted_path(path: Cow<'_, str>) -> Option<Cow<'_, str>> {
+    if path.is_empty() || path.contains('\0') {
+        return None;
+    }
+    match path.char_indices().nth(MAX_PATH_CHARS) {
+        Some((cut, _)) => Some(Cow::Owned(path[..cut].to_owned())),
+        None => Some(path),
+    }
+}
+
+/// The idempotency key of an `eventId`: itself when it is 1 to 128 printable ASCII
+/// characters (every id the ingest accepts), else `sha256:` and the hex digest of
+/// its bytes, so that a longer or stranger id still de-duplicates and stays small.
+fn counted_event_id(id: Cow<'_, str>) -> Option<Cow<'_, str>> {
+    if id.is_empty() {
+        return None;
+    }
+    if id.len() <= MAX_TOKEN_LEN && id.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Some(id);
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    let mut key = String::with_capacity(7 + 64);
+    key.push_str("sha256:");
+    for b in digest {
+        key.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        key.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    Some(Cow::Owned(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Namespaces, ViewEvent};
+
+    const BASE: &str =
+        r#""v":1,"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z""#;
+
+    fn with(extra: &str) -> String {
+        format!("{{{BASE}{extra}}}")
+    }
+
+    #[test]
+    fn counts_every_event_the_ingest_accepts_with_the_same_values() {
+        let ns: Namespaces = "resource".parse().expect("namespaces");
+        let cases = [
+            with(""),
+            r#"{"v":1,"eventId":"e\"1","contentType":"resource","contentId":"a","path":"/r/\u00e9","sessionId":null,"occurredAt":"2026-11-21T23:59:59+02:00","receivedAt":"2026-11-21T10:00:00.123Z","extra":[1]}"#.to_owned(),
+            with(r#","visitorId":"h1","sessionId":"s1","path":"/x"}"#).replace("}}", "}"),
+        ];
+        for case in &cases {
+            let owned = ViewEvent::from_slice(case.as_bytes(), &ns).expect("the ingest's rules");
+            let counted = EventRef::parse(case.as_bytes()).expect("counted");
+            assert_eq!(
+                (
+                    owned.content_type.as_str(),
+                    owned.content_id.as_str(),
+                    owned.path.as_deref(),
+                    owned.event_id.as_deref(),
+                    owned.session_id.or(owned.visitor_id).as_deref(),
+                    owned.occurred_at
+                ),
+                (
+                    &*counted.content_type,
+                    &*counted.content_id,
+                    counted.path.as_deref(),
+                    counted.event_id.as_deref(),
+                    counted.visitor.as_deref(),
+                    counted.occurred_at
+                ),
+                "{case}"
+            );
+        }
+        let plain = EventRef::parse(cases[0].as_bytes()).expect("valid");
+        assert!(
+            matches!(plain.content_id, Cow::Borrowed(_)),
+            "no copy for plain strings"
+        );
+    }
+
+    #[test]
+    fn edge_rules_of_other_releases_and_settings_still_count() {
+        // Each case through the borrowing reader, kept as owned values.
+        fn parse(json: &str) -> EventRef<'static> {
+            let e = EventRef::parse(json.as_bytes()).expect(json);
+            let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+            EventRef {
+                content_type: own(e.content_type),
+                content_id: own(e.content_id),
+                path: e.path.map(own),
+                event_id: e.event_id.map(own),
+                visitor: e.visitor.map(own),
+                occurred_at: e.occurred_at,
+            }
+        }
+        // Any namespace of the key's form, longer ids than the ingest takes.
+        let video = parse(&with("").replace("resource", "video"));
+        assert_eq!(video.content_type, "video");
+        let long_id = "x".repeat(MAX_COUNTED_ID_LEN);
+        let long = parse(&with("").replace(r#""a""#, &format!("\"{long_id}\"")));
+        assert_eq!(long.content_id.len(), MAX_COUNTED_ID_LEN);
+        // A path that is too long is cut, one Postgres cannot store is dropped, one
+        // of another type ignored.
+        let path = "p".repeat(MAX_PATH_CHARS + 10);
+        let cut = parse(&with(&format!(r#","path":"{path}""#)));
+        assert_eq!(cut.path.map(|p| p.chars().count()), Some(MAX_PATH_CHARS));
+        assert_eq!(parse(&with(r#","path":"/a\u0000b""#)).path, None);
+        assert_eq!(parse(&with(r#","path":5"#)).path, None);
+        // Visitor ids the ingest would refuse are ignored or kept, never refused.
+        assert_eq!(parse(&with(r#","visitorId":"""#)).visitor, None);
+        assert_eq!(parse(&with(r#","visitorId":7"#)).visitor, None);
+        let odd = parse(&with(r#","visitorId":"\u0007h""#));
+        assert_eq!(odd.visitor.as_deref(), Some("\u{7}h"));
+        // eventIds: the ingest's kind is kept as it is; others by digest, so they
+        // still de-duplicate.
+        assert_eq!(
+            parse(&with(r#","eventId":"e1""#)).event_id.as_deref(),
+            Some("e1")
+        );
+        assert_eq!(parse(&with(r#","eventId":"""#)).event_id, None);
+        let long_id = format!(r#","eventId":"{}""#, "e".repeat(300));
+        let digest = parse(&with(&long_id)).event_id.expect("an id");
+        assert!(
+            digest.starts_with("sha256:") && digest.len() == 71,
+            "{digest}"
+        );
+        assert_eq!(parse(&with(&long_id)).event_id, Some(digest));
+        assert_eq!(
+            parse(&with(r#","eventId":42"#)).event_id.as_deref(),
+            Some("42")
+        );
+        // A space for the `T`, as some producers write.
+        let spaced = with("").replace("2026-11-21T10", "2026-11-21 10");
+        assert_eq!(parse(&spaced).day().to_string(), "2026-11-21");
+    }
+
+    #[test]
+    fn only_what_cannot_be_counted_is_refused() {
+        let code = |json: &str| {
+            EventRef::parse(json.as_bytes())
+                .map(|_| "counted")
+                .unwrap_or_else(|e| e.code())
+        };
+        assert_eq!(code("not json"), "invalid_json");
+        assert_eq!(code("[1]"), "invalid_type");
+        assert_eq!(
+            code(&with("").replace(r#""v":1"#, r#""v":2"#)),
+            "unsupported_version"
+        );
+        assert_eq!(
+            code(&with("").replace(r#""v":1,"#, "")),
+            "unsupported_version"
+        );
+        assert_eq!(
+            code(r#"{"v":1,"contentType":"resource","contentId":"a"}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            code(&with("").replace("2026-11-21T10:00:00Z", "yesterday")),
+            "invalid_value"
+        );
+        assert_eq!(
+            code(&with("").replace(r#""a""#, r#""a b""#)),
+            "invalid_value"
+        );
+        assert_eq!(code(&with("").replace(r#""a""#, "5")), "invalid_type");
+        assert_eq!(
+            code(&with("").replace("resource", "Re:source")),
+            "invalid_value"
+        );
+        let too_long = "x".repeat(MAX_COUNTED_ID_LEN + 1);
+        assert_eq!(
+            code(&with("").replace(r#""a""#, &format!("\"{too_long}\""))),
+            "invalid_value"
+        );
+        assert_eq!(code(&with("")), "counted");
+    }
+
+    #[test]
+    fn the_borrowing_reader_agrees_with_the_value_reader() {
+        let cases = [
+            with(""),
+            with(r#","contentId":"b""#),
+            with(r#","path":"/\u00e9","sessionId":"","visitorId":"v""#),
+            with(r#","eventId":"\u0001x","path":"""#),
+            with("").replace(r#""v":1"#, r#""v":1.0"#),
+            with(r#","occurredAt":"2026-11-21 10:00:00+01:00""#),
+        ];
+        for case in &cases {
+            let fast = EventRef::parse(case.as_bytes()).map_err(|e| e.to_string());
+            let slow = EventRef::parse_value(case.as_bytes()).map_err(|e| e.to_string());
+            assert_eq!(fast, slow, "{case}");
+        }
+    }
+}
