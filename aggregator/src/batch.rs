@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 
 use viewpipe_event::{ContentKey, EventRef};
 use viewpipe_store::{visitors, Counts};
@@ -60,6 +60,8 @@ pub struct PartBatch {
     pub with_ids: Vec<IdEvent>,
     /// Messages that are not valid events, for the DLQ.
     pub invalid: Vec<Invalid>,
+    /// The newest `occurredAt` among its events: the partition's event clock.
+    pub latest: Option<DateTime<Utc>>,
 }
 
 /// A view with a client-chosen `eventId`.
@@ -68,6 +70,7 @@ pub struct IdEvent {
     pub offset: i64,
     pub key: String,
     pub event_id: String,
+    pub occurred_at: DateTime<Utc>,
     pub day: NaiveDate,
     pub path: Option<String>,
     /// The hash of its visitor, if it has one.
@@ -136,6 +139,7 @@ impl Batch {
         };
         match parsed {
             Ok(event) => {
+                part.latest = part.latest.max(Some(event.occurred_at));
                 let visitor = event.visitor.as_deref().map(visitors::hash);
                 self.key.clear();
                 ContentKey::write(&mut self.key, &event.content_type, &event.content_id);
@@ -144,6 +148,7 @@ impl Batch {
                         offset,
                         key: self.key.clone(),
                         event_id: id.to_string(),
+                        occurred_at: event.occurred_at,
                         day: event.day(),
                         path: event.path.as_deref().map(str::to_owned),
                         visitor,

@@ -118,6 +118,7 @@ pub fn seal(partitions: &mut BTreeMap<i32, Partition>, requested: i64) -> FlushU
                     seals: true,
                     flush_seq: requested,
                     marks: p.marks,
+                    event_clock: p.event_clock,
                 },
                 counts: Some(counts.clone()),
             });
@@ -138,6 +139,7 @@ pub fn seal(partitions: &mut BTreeMap<i32, Partition>, requested: i64) -> FlushU
                     seals: false,
                     flush_seq: requested,
                     marks: LogMarks::default(),
+                    event_clock: None,
                 },
                 counts: None,
             });

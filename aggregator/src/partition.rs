@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use viewpipe_store::{Claim, Counts, LogMarks};
 
 /// One owned partition.
@@ -46,6 +48,9 @@ pub struct Partition {
     /// this claim counts the log from its beginning, the first message's offset and
     /// mark: what the next flush records of the log (see `log_check`).
     pub marks: LogMarks,
+    /// The newest `occurredAt` counted under this claim (see
+    /// `PartitionCommit::event_clock`).
+    pub event_clock: Option<DateTime<Utc>>,
 }
 
 /// A generation handed to the flush, kept until Postgres has it.
@@ -79,6 +84,7 @@ impl Partition {
             fenced,
             flush_seq: 0,
             marks: LogMarks::default(),
+            event_clock: None,
         }
     }
 

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult, TransactionTrait};
 
 use crate::counts::{Counts, KeyCounts};
@@ -75,6 +75,9 @@ pub struct PartitionCommit {
     pub flush_seq: i64,
     /// Written with a sealing commit.
     pub marks: LogMarks,
+    /// The newest `occurredAt` counted from the partition so far; a sealing commit
+    /// moves the partition's `event_clock` up to it (never past the flush's time).
+    pub event_clock: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -336,11 +339,15 @@ pub async fn flush(
                  anchor_mark = CASE WHEN u.anchor_mark <> 0
                                      AND (u.new_log OR a.anchor_mark IS NULL)
                                 THEN u.anchor_mark ELSE a.anchor_mark END,
+                 event_clock = CASE WHEN u.seals AND u.clock_ms <> 0
+                                THEN GREATEST(a.event_clock,
+                                              LEAST(to_timestamp(u.clock_ms / 1000.0), now()))
+                                ELSE a.event_clock END,
                  updated_at = now()
              FROM unnest($3::int4[], $4::int8[], $5::int8[], $6::int8[], $7::bool[],
-                         $8::int8[], $9::int8[], $10::int8[], $11::bool[])
+                         $8::int8[], $9::int8[], $10::int8[], $11::bool[], $12::int8[])
                   AS u(partition, next_offset, gen, flush_seq, seals,
-                       last_mark, anchor_offset, anchor_mark, new_log)
+                       last_mark, anchor_offset, anchor_mark, new_log, clock_ms)
              WHERE a.consumer_group = $1 AND a.topic = $2 AND a.partition = u.partition",
             vec![
                 scope.group.clone().into(),
@@ -385,6 +392,12 @@ pub async fn flush(
                     .iter()
                     .map(|c| c.marks.new_log)
                     .collect::<Vec<bool>>()
+                    .into(),
+                // 0 stands for "no clock" (no event is dated at the epoch's first ms).
+                commits
+                    .iter()
+                    .map(|c| c.event_clock.map_or(0, |t| t.timestamp_millis()))
+                    .collect::<Vec<i64>>()
                     .into(),
             ],
         ))

@@ -150,6 +150,7 @@ impl Aggregator {
             p.current.absorb(part.fresh);
             p.current.absorb(part.replayed);
             p.consumed(last, part.last_mark, part.first);
+            p.event_clock = p.event_clock.max(part.latest);
         }
         metrics::counter!(m::EVENTS, "result" => "counted").increment(counted as u64);
         metrics::counter!(m::EVENTS, "result" => "duplicate").increment(applying.duplicates);
@@ -170,6 +171,7 @@ impl Aggregator {
                     key: e.key.as_str(),
                     event_id: e.event_id.as_str(),
                     message: format!("{topic}:{p}:{}", e.offset),
+                    occurred_at: e.occurred_at,
                 })
             })
             .collect();

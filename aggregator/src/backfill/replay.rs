@@ -140,7 +140,7 @@ pub fn read(
             replay.messages,
             &format!("{} messages", replay.messages),
         );
-        let Some(Ok(event)) = m.payload().map(|b| EventRef::parse(b)) else {
+        let Some(Ok(event)) = m.payload().map(EventRef::parse) else {
             replay.invalid += 1;
             continue;
         };

@@ -15,6 +15,7 @@ mod m20261121_000006_log_marks;
 mod m20261122_000007_schema_changes;
 mod m20261122_000008_visitors;
 mod m20261122_000009_retention;
+mod m20261206_000010_event_time;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000007_schema_changes::Migration),
             Box::new(m20261122_000008_visitors::Migration),
             Box::new(m20261122_000009_retention::Migration),
+            Box::new(m20261206_000010_event_time::Migration),
         ]
     }
 }
@@ -58,6 +60,7 @@ pub const CHANGES: &[(&str, Change)] = &[
     ("m20261122_000007_schema_changes", Change::Additive),
     ("m20261122_000008_visitors", Change::Additive),
     ("m20261122_000009_retention", Change::Additive),
+    ("m20261206_000010_event_time", Change::Additive),
 ];
 
 #[cfg(test)]

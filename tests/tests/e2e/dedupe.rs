@@ -10,6 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 use viewpipe_tests::chaos::metric;
@@ -157,4 +158,46 @@ async fn repeated_event_ids_count_once_and_poison_goes_to_the_dlq() {
     );
     // Close the Kafka clients while their broker still runs.
     drop((producer, dlq));
+}
+
+/// Guarantee 3 in event time: a client's retry, consumed after its id's row is more
+/// than 24 h old by the clock of consumption (as a lagging consumer, a held
+/// partition or a Postgres restore leave it), carries the same `occurredAt` and is
+/// still a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_consumed_more_than_a_day_after_the_first_counts_once() {
+    let stack = Stack::start().await.expect("stack");
+    let _aggregator = stack
+        .spawn_aggregator(&[("FLUSH_INTERVAL_MS", "200")])
+        .await
+        .expect("aggregator");
+    let ingest = stack.spawn_ingest(&[]).await.expect("ingest");
+    let http = reqwest::Client::new();
+    let at = (Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let post = |event_id: &'static str| {
+        let body = json!({"contentId": "late", "contentType": "resource",
+                          "eventId": event_id, "occurredAt": at});
+        let request = http.post(ingest.url("/api/views")).json(&body).send();
+        async move { request.await.map_or(0, |r| r.status().as_u16()) }
+    };
+    assert_eq!(post("E1").await, 202);
+    stack
+        .wait_flushed_total(1, Duration::from_secs(30))
+        .await
+        .expect("flushed");
+    stack
+        .db
+        .execute_unprepared("UPDATE view_event_ids SET seen_at = seen_at - interval '25 hours'")
+        .await
+        .expect("age the id row");
+    // The retry, then a marker view behind it on the same key (and partition).
+    assert_eq!(post("E1").await, 202);
+    assert_eq!(post("E2").await, 202);
+    stack
+        .wait_flushed_total(2, Duration::from_secs(30))
+        .await
+        .expect("the retry is not counted, the marker is");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(stack.flushed_total().await.expect("total"), 2);
+    println!("a retry consumed 25 h after its first sighting (same occurredAt): counted 0 times; total 2 with the marker");
 }
