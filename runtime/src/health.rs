@@ -32,6 +32,11 @@ pub fn describe_metrics() {
         "1 when the dependency answered its last readiness probe, else 0"
     );
     metrics::gauge!(READY).set(0.0);
+    metrics::describe_counter!(
+        viewpipe_store::deadline::TIMEOUTS,
+        "Store round trips that got no answer within their deadline (handled as a cut connection)"
+    );
+    metrics::counter!(viewpipe_store::deadline::TIMEOUTS, "store" => "postgres").increment(0);
 }
 
 /// What a service needs to be ready.

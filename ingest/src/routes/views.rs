@@ -74,11 +74,11 @@ pub async fn post_view(
     }
     broker_available(&state)?;
     let event = event_of(input, now, &state, &access, &visit).await;
-    // The count is read while the publish is in flight; it cannot include this view.
-    let (published, count) = tokio::join!(
+    let (count, published) = count_then_publish(
+        count_for_answer(&state, &key),
         publish(&state, &key, &event),
-        count_for_answer(&state, &key)
-    );
+    )
+    .await;
     published?;
     metrics::counter!(m::EVENTS, "result" => "accepted").increment(1);
     let count = count.map(|n| n + 1);
@@ -108,6 +108,21 @@ pub fn admit_one(
         .map_err(refused_by)?;
     access.admit(&state.protect, 1)?;
     Ok(input)
+}
+
+/// Reads the count a POST answers with to its end, then publishes. Read beside the
+/// publish, the count could already hold the view (the aggregator may consume it
+/// while the read runs), and the answer, the count plus this view, would then count
+/// it twice: the next GET would look like a decrease. Read first, the answer is at
+/// most what GET says once the view is consumed. The read costs the POST at most
+/// `POST_COUNT_WAIT`.
+async fn count_then_publish<C, P>(count: C, publish: P) -> (Option<i64>, P::Output)
+where
+    C: std::future::Future<Output = Option<i64>>,
+    P: std::future::Future,
+{
+    let count = count.await;
+    (count, publish.await)
 }
 
 /// The event to publish for an admitted view, with the cookieless visitor id when
@@ -249,4 +264,28 @@ pub fn key_from_query(state: &AppState, query: &RawQuery) -> Result<ContentKey, 
         ..e
     })?;
     Ok(ContentKey::new(ns, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn the_answer_is_read_to_its_end_before_the_view_is_published() {
+        let log = Mutex::new(Vec::new());
+        let note = |what: &'static str| log.lock().map(|mut l| l.push(what)).unwrap_or(());
+        let count = async {
+            note("read starts");
+            // A read that waits on a store (Redis, then Postgres) yields meanwhile.
+            tokio::task::yield_now().await;
+            note("read ends");
+            Some(4)
+        };
+        let publish = async { note("publish") };
+        let (count, ()) = count_then_publish(count, publish).await;
+        assert_eq!(count, Some(4));
+        let order = log.lock().map(|l| l.clone()).unwrap_or_default();
+        assert_eq!(order, ["read starts", "read ends", "publish"]);
+    }
 }
