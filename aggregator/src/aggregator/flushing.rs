@@ -49,14 +49,25 @@ impl Aggregator {
     }
 
     pub(super) fn start_flush(&self, unit: FlushUnit) -> InFlight {
-        let task = self.spawn_flush(&unit, FLUSH_DEADLINE);
+        // A large generation (a backlog caught up while the previous flush ran) takes
+        // Postgres longer: it gets time for its rows on top, so that only a silent
+        // connection runs into the deadline.
+        let keys: usize = unit
+            .parts
+            .iter()
+            .filter_map(|p| p.counts.as_deref())
+            .map(Counts::len)
+            .sum();
+        let deadline =
+            FLUSH_DEADLINE + FLUSH_TIME_PER_KEY * u32::try_from(keys).unwrap_or(u32::MAX);
+        let task = self.spawn_flush(&unit, deadline);
         InFlight {
             unit,
             task: Some(task),
             started: Instant::now(),
             retry_at: Instant::now(),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
-            deadline: FLUSH_DEADLINE,
+            deadline,
         }
     }
 
@@ -167,7 +178,8 @@ impl Aggregator {
                 let wait = flight.backoff.next_wait();
                 flight.retry_at = Instant::now() + wait;
                 if matches!(&e, FlushError::Db(db) if deadline::is_silent(db)) {
-                    flight.deadline = (flight.deadline * 2).min(FLUSH_DEADLINE_MAX);
+                    flight.deadline =
+                        (flight.deadline * 2).min(FLUSH_DEADLINE_MAX.max(flight.deadline));
                     self.silent_postgres("a flush");
                 }
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "flush failed; retrying it as it was");
