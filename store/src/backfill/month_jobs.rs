@@ -63,8 +63,14 @@ pub async fn update_job(
     Ok(())
 }
 
-/// Another rebuild of `month` that completed after job `ours` was created: the month
-/// was rebuilt meanwhile, by a run that read the replay at least as late as ours.
+/// Another rebuild of `month` from the same topic that completed after job `ours`
+/// was created, and read the replay at least as far as ours on every partition ours
+/// read: it counted every event ours would, so ours may skip the month.
+///
+/// How far a run read is `result.readTo` (partition → the offset after the last
+/// message read), recorded by the run before it asks and kept in its final result.
+/// A rebuild that finished meanwhile but read less (events were published between
+/// the two reads) does not count: ours rebuilds the month again.
 pub async fn rebuilt_since(
     db: &impl ConnectionTrait,
     month: Month,
@@ -73,8 +79,15 @@ pub async fn rebuilt_since(
     let newer = JobId::find_by_statement(stmt(
         "SELECT j.id FROM jobs j, jobs o
          WHERE o.id = $2 AND j.kind = 'backfill' AND j.id <> o.id
-           AND j.params->>'month' = $1 AND j.status = 'completed'
-           AND j.result->>'outcome' = 'rebuilt' AND j.finished_at > o.created_at
+           AND j.params->>'month' = $1 AND j.params->>'topic' = o.params->>'topic'
+           AND j.status = 'completed' AND j.result->>'outcome' = 'rebuilt'
+           AND j.finished_at > o.created_at
+           AND NOT EXISTS (
+               SELECT 1 FROM jsonb_each_text(CASE
+                   WHEN jsonb_typeof(o.result->'readTo') = 'object' THEN o.result->'readTo'
+                   ELSE '{}'::jsonb END) AS r(partition, read_to)
+               WHERE COALESCE((j.result->'readTo'->>r.partition)::int8, -1)
+                     < r.read_to::int8)
          ORDER BY j.finished_at DESC LIMIT 1",
         vec![month.to_string().into(), ours.into()],
     ))

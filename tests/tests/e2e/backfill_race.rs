@@ -2,7 +2,8 @@
 //! against a real Postgres: a flush that writes a new row of the month while the
 //! rebuild runs cannot leave it beside the replay; a flush of another month does not
 //! wait on the rebuild's total rows while the month's rows are written; a rebuild
-//! keeps the paths of existing keys.
+//! keeps the paths of existing keys; and a run skips a month only for a rebuild that
+//! read the replay at least as far as it did.
 //!
 //! The interleavings are forced by a blocker: a session holding an uncommitted
 //! visitor row, which any transaction that writes that row waits for. The tests wait
@@ -15,6 +16,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, Transact
 use serde_json::json;
 
 use viewpipe_store::backfill::{self, Month};
+use viewpipe_store::entities::JobStatus;
 use viewpipe_store::postgres::{self, FlushError, FlushOutcome, LogMarks, PartitionCommit, Scope};
 use viewpipe_store::Counts;
 use viewpipe_tests::Stack;
@@ -252,4 +254,53 @@ async fn a_rebuild_moves_totals_last_and_keeps_their_paths() {
         vec![(format!("{NEW_KEY}=/first"), 2), (format!("{KEY}=/now"), 7),],
         "totals moved by the difference; an existing key keeps its path"
     );
+}
+
+/// Records that job `id` read the replay's partitions to `read_to`, as a run does
+/// before it asks whether to skip.
+async fn read(stack: &Stack, id: uuid::Uuid, read_to: serde_json::Value) {
+    let result = json!({"stage": "waiting for the month's lock", "readTo": read_to});
+    backfill::update_job(&stack.db, id, JobStatus::Running, result, None)
+        .await
+        .expect("record the read");
+}
+
+/// Run A reads the replay, then events are published and run B reads them too; A
+/// rebuilds first. B must not skip the month for A's rebuild, which lacks those
+/// events. Run C, which read no further than A, still skips.
+#[tokio::test]
+async fn a_run_skips_only_a_rebuild_that_read_the_replay_as_far() {
+    let stack = Stack::start().await.expect("stack");
+    let month: Month = "2024-09".parse().expect("month");
+    let a = backfill::create_job(&stack.db, month, REPLAY)
+        .await
+        .expect("job");
+    read(&stack, a, json!({"0": 10, "1": 4})).await;
+    let b = backfill::create_job(&stack.db, month, REPLAY)
+        .await
+        .expect("job");
+    read(&stack, b, json!({"0": 12, "1": 4})).await;
+    let c = backfill::create_job(&stack.db, month, REPLAY)
+        .await
+        .expect("job");
+    read(&stack, c, json!({"0": 10, "1": 3})).await;
+
+    let mut counts = Counts::default();
+    counts.add(KEY, month.first_day(), None);
+    let result = |_: &backfill::Rebuilt| json!({"outcome": "rebuilt", "readTo": {"0": 10, "1": 4}});
+    backfill::rebuild_month(&stack.db, month, &counts, a, &result)
+        .await
+        .expect("rebuild A");
+
+    let for_b = backfill::rebuilt_since(&stack.db, month, b)
+        .await
+        .expect("jobs");
+    let for_c = backfill::rebuilt_since(&stack.db, month, c)
+        .await
+        .expect("jobs");
+    println!(
+        "skip rule: A read to {{0: 10, 1: 4}} and rebuilt; B read to {{0: 12, 1: 4}}: {for_b:?}; C read to {{0: 10, 1: 3}}: {for_c:?}"
+    );
+    assert_eq!(for_b, None, "B read events A never saw: it rebuilds");
+    assert_eq!(for_c, Some(a), "C read nothing A did not: it skips");
 }
