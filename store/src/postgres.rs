@@ -4,12 +4,14 @@
 //! 1. locks the flushed partitions' rows in `aggregator_partitions` (`FOR UPDATE`, in
 //!    partition order) and checks that their `epoch` is still the flusher's, so a
 //!    partition taken over by another aggregator is never written by its old owner;
-//! 2. adds the deltas to `view_counter_total` and `view_counter_daily` with one
+//! 2. takes, shared, the write lock of every month its rows touch, so that no
+//!    rebuild of such a month runs meanwhile (see [`crate::backfill::lock_months`]);
+//! 3. adds the deltas to `view_counter_total` and `view_counter_daily` with one
 //!    multi-row upsert each, keys in sorted order so concurrent flushers cannot
 //!    deadlock on counter rows;
-//! 3. merges the visitor sketches of the same views into `view_visitors_daily`
+//! 4. merges the visitor sketches of the same views into `view_visitors_daily`
 //!    (see [`crate::visitors`]), key-days in sorted order;
-//! 4. moves each partition's `next_offset` and `flushed_gen` forward, and records the
+//! 5. moves each partition's `next_offset` and `flushed_gen` forward, and records the
 //!    flush request it answers (see [`crate::jobs`]).
 //!
 //! Counts, visitors and offsets therefore commit together or not at all.
@@ -321,6 +323,7 @@ pub async fn flush(
         });
     }
 
+    crate::backfill::lock_months(&txn, counts).await?;
     let mut outcome = add_counts(&txn, counts).await?;
     outcome.visitor_rows = crate::visitors::rows::merge_into(&txn, counts).await?;
 

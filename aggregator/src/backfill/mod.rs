@@ -5,7 +5,9 @@
 //! 3. Months are rebuilt by up to `--workers` workers. Each takes its month's
 //!    advisory lock on a session of its own (waiting up to `--lock-timeout`, then
 //!    skipping the month), and replaces the month in one transaction
-//!    ([`viewpipe_store::backfill::rebuild_month`]).
+//!    ([`viewpipe_store::backfill::rebuild_month`]). A month another run rebuilt
+//!    meanwhile is skipped only if that run read the replay at least as far on every
+//!    partition (`readTo` in the jobs' results).
 //!
 //! A month whose events the replay may no longer hold (a partition's log no longer
 //! starts where the month began, or at 0 when that is not known) is refused: partial
@@ -119,6 +121,11 @@ pub async fn run(args: &BackfillArgs) -> anyhow::Result<i32> {
         replay.other_months
     );
 
+    let read_to = json!(replay
+        .read_to
+        .iter()
+        .map(|(p, o)| (p.to_string(), json!(o)))
+        .collect::<serde_json::Map<_, _>>());
     let mut work = Vec::with_capacity(jobs.len());
     let pruned_before = retention::pruned_before(&db).await?;
     for (month, id) in &jobs {
@@ -136,11 +143,17 @@ pub async fn run(args: &BackfillArgs) -> anyhow::Result<i32> {
     let url = args.database_url.expose().to_owned();
     let outcomes: Vec<(Month, Outcome)> = stream::iter(work)
         .map(|(month, id, data, incomplete)| {
-            let (db, url) = (db.clone(), url.clone());
+            let (db, url, read_to) = (db.clone(), url.clone(), &read_to);
             async move {
                 let outcome = match incomplete {
                     Some(why) => Outcome::Refused(why),
-                    None => rebuild(&db, &url, month, id, &data, args.lock_timeout).await,
+                    None => {
+                        let read = Read {
+                            data: &data,
+                            read_to,
+                        };
+                        rebuild(&db, &url, month, id, read, args.lock_timeout).await
+                    }
                 };
                 record(&db, id, &outcome).await;
                 println!("{month}: {} (job {id})", describe(&outcome, &data));
@@ -204,17 +217,30 @@ async fn incomplete(
     }))
 }
 
-/// Takes the month's lock and rebuilds it, unless another run rebuilt it meanwhile.
+/// What a run read of one month: its events, and how far the replay was read.
+#[derive(Clone, Copy)]
+struct Read<'a> {
+    data: &'a MonthReplay,
+    /// `readTo` of the job results: partition -> the offset after the last read.
+    read_to: &'a serde_json::Value,
+}
+
+/// Takes the month's lock and rebuilds it, unless another run that read the replay
+/// at least as far rebuilt it meanwhile.
 async fn rebuild(
     db: &DatabaseConnection,
     url: &str,
     month: Month,
     job: Uuid,
-    data: &MonthReplay,
+    read: Read<'_>,
     lock_timeout: Duration,
 ) -> Outcome {
-    let waiting = json!({"stage": "waiting for the month's lock"});
-    let _ = backfill::update_job(db, job, JobStatus::Running, waiting, None).await;
+    let Read { data, read_to } = read;
+    // Recorded before the skip rule compares it with other runs' reads.
+    let waiting = json!({"stage": "waiting for the month's lock", "readTo": read_to});
+    if let Err(e) = backfill::update_job(db, job, JobStatus::Running, waiting, None).await {
+        return Outcome::Failed(format!("cannot record how far the replay was read: {e}"));
+    }
     let lock = match MonthLock::acquire(url, month, lock_timeout).await {
         Ok(Some(lock)) => lock,
         Ok(None) => {
@@ -227,9 +253,10 @@ async fn rebuild(
     let outcome = match backfill::rebuilt_since(db, month, job).await {
         Ok(Some(other)) => Outcome::Skipped(format!("rebuilt meanwhile by job {other}")),
         Ok(None) => {
-            let rebuilding = json!({"stage": "rebuilding", "events": data.events});
+            let rebuilding =
+                json!({"stage": "rebuilding", "events": data.events, "readTo": read_to});
             let _ = backfill::update_job(db, job, JobStatus::Running, rebuilding, None).await;
-            let result = |r: &backfill::Rebuilt| rebuilt_result(data, r);
+            let result = |r: &backfill::Rebuilt| rebuilt_result(read, r);
             match backfill::rebuild_month(lock.db(), month, &data.counts, job, &result).await {
                 Ok(rebuilt) => Outcome::Rebuilt(rebuilt),
                 Err(e @ backfill::RebuildError::Pruned { .. }) => Outcome::Refused(e.to_string()),
@@ -245,7 +272,8 @@ async fn rebuild(
 }
 
 /// The job result of a rebuilt month (written by the rebuild's own transaction).
-fn rebuilt_result(data: &MonthReplay, r: &backfill::Rebuilt) -> serde_json::Value {
+fn rebuilt_result(read: Read<'_>, r: &backfill::Rebuilt) -> serde_json::Value {
+    let data = read.data;
     json!({
         "outcome": "rebuilt",
         "events": data.events,
@@ -260,6 +288,7 @@ fn rebuilt_result(data: &MonthReplay, r: &backfill::Rebuilt) -> serde_json::Valu
         "firstOffsets": data.first_offsets.iter()
             .map(|(p, o)| (p.to_string(), json!(o)))
             .collect::<serde_json::Map<_, _>>(),
+        "readTo": read.read_to,
     })
 }
 

@@ -37,6 +37,10 @@ pub struct Replay {
     pub months: BTreeMap<Month, MonthReplay>,
     /// Where each partition's log started (retention may have moved it past 0).
     pub log_starts: BTreeMap<i32, i64>,
+    /// How far each partition was read: the offset after the last message read, or
+    /// where its log started when it held none. A run may skip a month only for a
+    /// rebuild that read at least as far (see `backfill::rebuilt_since`).
+    pub read_to: BTreeMap<i32, i64>,
     pub messages: u64,
     /// Messages that are not valid events (skipped, as the live aggregator does).
     pub invalid: u64,
@@ -76,6 +80,7 @@ pub fn read(
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     let mut log_starts = BTreeMap::new();
     let mut total = 0u64;
+    let mut read_to: BTreeMap<i32, i64> = BTreeMap::new();
     for p in partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
@@ -83,6 +88,7 @@ pub fn read(
                 format!("cannot read where partition {p} of {topic} starts and ends")
             })?;
         log_starts.insert(p, low);
+        read_to.insert(p, low);
         if high > low {
             tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
             ends.insert(p, high);
@@ -97,6 +103,7 @@ pub fn read(
             .map(|m| (*m, MonthReplay::default()))
             .collect(),
         log_starts,
+        read_to: BTreeMap::new(),
         messages: 0,
         invalid: 0,
         other_months: 0,
@@ -104,7 +111,6 @@ pub fn read(
     let mut progress = Progress::new(&format!("reading {topic}"), Some(total));
     let mut key = String::new();
     let mut last_progress = Instant::now();
-    let mut read_to: BTreeMap<i32, i64> = BTreeMap::new();
     while !ends.is_empty() {
         let Some(polled) = consumer.poll(Duration::from_millis(200)) else {
             if last_progress.elapsed() > STALL {
@@ -174,5 +180,6 @@ pub fn read(
     for month in replay.months.values_mut() {
         month.ids = HashSet::new();
     }
+    replay.read_to = read_to;
     Ok(replay)
 }

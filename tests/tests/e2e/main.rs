@@ -6,6 +6,7 @@ mod api;
 mod api_errors;
 mod backfill;
 mod backfill_locks;
+mod backfill_race;
 mod backlog;
 mod bench;
 mod browser;
