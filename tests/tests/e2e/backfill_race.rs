@@ -50,6 +50,7 @@ async fn live_flush(
         seals: true,
         flush_seq: 0,
         marks: LogMarks::default(),
+        event_clock: None,
     };
     postgres::flush(db, scope, &[counts], &[commit]).await
 }
