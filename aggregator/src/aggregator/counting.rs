@@ -185,13 +185,22 @@ impl Aggregator {
             backoff,
             Until::Deadline(until),
             || {
-                // Each attempt ends at the patience's end at the latest: a silent
-                // connection must not hold the consumer thread.
-                let left = until.saturating_duration_since(Instant::now());
+                // A silent connection must not hold the consumer thread for good;
+                // a slow Postgres must still get its answers through.
+                let limit = Duration::from_millis(self.ids_deadline_ms.load(Ordering::Relaxed));
                 let decided = event_ids::first_sightings(&self.db, &ids);
-                let answer = self.rt.block_on(deadline::within(left, decided));
-                if answer.as_ref().is_err_and(deadline::is_silent) {
-                    self.silent_postgres("deciding eventIds");
+                let answer = self.rt.block_on(deadline::within(limit, decided));
+                match &answer {
+                    Err(e) if deadline::is_silent(e) => {
+                        self.silent_postgres("deciding eventIds");
+                        let longer = (limit * 2).min(Duration::from_secs(60));
+                        self.ids_deadline_ms
+                            .store(longer.as_millis() as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => {}
+                    Ok(_) => self
+                        .ids_deadline_ms
+                        .store(deadline::ROUND_TRIP.as_millis() as u64, Ordering::Relaxed),
                 }
                 answer
             },

@@ -82,6 +82,10 @@ pub struct Aggregator {
     /// Bumped by every assignment and revocation, so the loop can tell messages
     /// polled before a rebalance from those after it.
     rebalances: AtomicU64,
+    /// How long an id decision may go unanswered (ms): [`deadline::ROUND_TRIP`],
+    /// doubled after each decision that ran out of it, so that a Postgres merely
+    /// slower than that still gets through; back to the start after an answer.
+    ids_deadline_ms: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -195,6 +199,7 @@ impl Aggregator {
             tuning: parts.tuning,
             probe: parts.probe,
             rebalances: AtomicU64::new(0),
+            ids_deadline_ms: AtomicU64::new(deadline::ROUND_TRIP.as_millis() as u64),
             state: Mutex::new(State {
                 partitions: BTreeMap::new(),
                 batch: Batch::default(),
