@@ -36,10 +36,23 @@ pub struct ViewRequest {
 #[derive(Serialize, ToSchema)]
 pub struct ViewAccepted {
     pub success: bool,
-    /// The key's count including this view (null if the count could not be read).
-    /// For a view dropped as a known crawler's (`BOT_FILTER=drop`): the key's count
-    /// as GET returns it, without this view.
+    /// The key's count including this view. Null when it could not be read in
+    /// time, when `READ_KEY` is set and the request does not carry the read key
+    /// (as a read would: Bearer, `X-Viewpipe-Key` or `?key=`), and for a view
+    /// dropped as a crawler's.
     pub count: Option<i64>,
+    /// Present when the view was answered but not counted: `crawler`, a known
+    /// crawler's view dropped by `BOT_FILTER=drop`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<Dropped>,
+}
+
+/// Why an answered view was not counted.
+#[derive(Serialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Dropped {
+    /// A known crawler's User-Agent, with `BOT_FILTER=drop`.
+    Crawler,
 }
 
 /// `GET /api/views` answer.

@@ -1,6 +1,7 @@
 //! The ingest: viewpipe's HTTP API. It validates view events, publishes them to
 //! Kafka and answers only after the broker acknowledged them; it also serves counts.
 
+pub mod age;
 pub mod api;
 pub mod error;
 pub mod extract;
@@ -40,6 +41,7 @@ use viewpipe_store::pending::{Layout, PendingStore};
 use viewpipe_store::read::Reader;
 use viewpipe_store::Scope;
 
+use crate::age::MaxEventAge;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::protect::Protect;
@@ -63,6 +65,8 @@ pub struct AppState {
     pub protect: Arc<Protect>,
     /// Cookieless visitor ids (`None`: `VISITOR_HASH=off`).
     pub visitors: Option<Arc<Visitors>>,
+    /// How old an `occurredAt` the API takes (`MAX_EVENT_AGE`).
+    pub max_event_age: MaxEventAge,
 }
 
 /// Every API route, each with its description.
@@ -82,13 +86,15 @@ fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The OpenAPI document an ingest allowing `namespaces` and running without API
-/// protection serves: every route's description with the rules its handler
-/// enforces ([`api_router`] serves each ingest's own, its protection included).
+/// protection, with the default `MAX_EVENT_AGE`, serves: every route's description
+/// with the rules its handler enforces ([`api_router`] serves each ingest's own, its
+/// protection included).
 pub fn document(namespaces: &Namespaces) -> serde_json::Value {
     stated(
         routes().split_for_parts().1,
         namespaces,
         &Protect::default(),
+        MaxEventAge::default(),
     )
 }
 
@@ -96,11 +102,12 @@ fn stated(
     api: utoipa::openapi::OpenApi,
     namespaces: &Namespaces,
     protect: &Protect,
+    max_event_age: MaxEventAge,
 ) -> serde_json::Value {
     // The derived document always serialises: it holds only strings, maps and
     // numbers.
     let mut api = serde_json::to_value(api).unwrap_or_default();
-    openapi::rules::apply(&mut api, namespaces);
+    openapi::rules::apply(&mut api, namespaces, max_event_age);
     openapi::protect::apply(&mut api, protect);
     api
 }
@@ -109,7 +116,7 @@ fn stated(
 /// metrics are merged in by [`App::build`]).
 pub fn api_router(state: AppState) -> Router {
     let (router, api) = routes().split_for_parts();
-    let document: Arc<str> = stated(api, &state.namespaces, &state.protect)
+    let document: Arc<str> = stated(api, &state.namespaces, &state.protect, state.max_event_age)
         .to_string()
         .into();
     let router = router.with_state(state);
@@ -227,6 +234,7 @@ impl App {
             health: health.clone(),
             admin_token: settings.admin_token.clone().map(Arc::new),
             protect: Arc::new(protect),
+            max_event_age: settings.max_event_age,
         };
         if state.admin_token.is_none() {
             tracing::info!("ADMIN_TOKEN is not set: admin endpoints refuse every request");

@@ -60,6 +60,11 @@ pub struct Settings {
     /// `off`: no view gets one.
     #[arg(long, env = "VISITOR_HASH", value_enum, default_value_t)]
     pub visitor_hash: crate::visitor::VisitorHash,
+    /// How far in the past a view's `occurredAt` may lie: a whole number with `d`,
+    /// `h`, `m` or `s` (from 1m to 3650d). Older views are refused (`too_old`); load
+    /// history with `ingest publish --topic views.replay` and `aggregator backfill`.
+    #[arg(long, env = "MAX_EVENT_AGE", default_value_t)]
+    pub max_event_age: crate::age::MaxEventAge,
     #[command(flatten)]
     pub protect: crate::protect::ProtectSettings,
 }

@@ -1,8 +1,9 @@
 """Keeps schemathesis's valid requests inside the API's rules that JSON Schema
 cannot state, each of which the document says in words:
 
-- `occurredAt` is refused when more than 5 minutes in the future (the document
-  can say the format, not "before now");
+- `occurredAt` is refused when more than 5 minutes in the future, or older than
+  `MAX_EVENT_AGE` (30 days unless set; the document can say the format, not
+  "about now");
 - `from` must not be after `to`, the two may span at most 366 days, and `days`
   excludes `from`/`to` (rules between parameters).
 
@@ -23,20 +24,26 @@ def _positive(case):
     return meta is None or meta.generation.mode.is_positive
 
 
-def _in_future(text):
+MAX_EVENT_AGE = timedelta(days=30)
+
+
+def _out_of_range(text):
     now = datetime.now(timezone.utc)
     try:
         at = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
     except ValueError:
-        # Valid RFC 3339 that Python does not read (a leap second): by its year.
-        return text[:4] > str(now.year)
-    return at.tzinfo is not None and at > now
+        # Valid RFC 3339 that Python does not read (a leap second): replaced.
+        return True
+    if at.tzinfo is None:
+        return False
+    # A day's margin inside the age, for the clock between here and the ingest.
+    return at > now or at < now - MAX_EVENT_AGE + timedelta(days=1)
 
 
-def _not_in_future(view):
+def _about_now(view):
     if not isinstance(view, dict) or not isinstance(view.get("occurredAt"), str):
         return
-    if _in_future(view["occurredAt"]):
+    if _out_of_range(view["occurredAt"]):
         view["occurredAt"] = datetime.now(timezone.utc).isoformat()
 
 
@@ -69,7 +76,7 @@ def map_case(context, case):
         return case
     body = case.body
     for view in body if isinstance(body, list) else [body]:
-        _not_in_future(view)
+        _about_now(view)
     if isinstance(case.query, dict):
         _range_within_rules(case.query)
     return case

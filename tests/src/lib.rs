@@ -228,6 +228,9 @@ impl Stack {
             ("LOG_FORMAT", "text".to_owned()),
             ("RUST_LOG", "info,sqlx=warn".to_owned()),
             ("KAFKA_SESSION_TIMEOUT_MS", "6000".to_owned()),
+            // The suites post past days and months through the API to build their
+            // history; the tests of the limit itself set their own.
+            ("MAX_EVENT_AGE", "3650d".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -13,18 +13,23 @@ use serde_json::{json, Map, Value};
 use viewpipe_event::rules::{self, TextRule};
 use viewpipe_event::Namespaces;
 
+use crate::age::MaxEventAge;
 use crate::routes::batch::MAX_EVENTS;
 use crate::routes::params::INT_PARAMS;
 
-/// States every request rule in `api` (the document as JSON), `namespaces` being
-/// this deployment's. It edits the JSON rather than utoipa's types because those
+/// States every request rule in `api` (the document as JSON), `namespaces` and
+/// `max_event_age` being this deployment's. It edits the JSON rather than utoipa's types because those
 /// cannot say everything needed here (utoipa 5.5 writes a link's `operationId` as
 /// `operation_id`).
-pub fn apply(api: &mut Value, namespaces: &Namespaces) {
+pub fn apply(api: &mut Value, namespaces: &Namespaces, max_event_age: MaxEventAge) {
+    let deployment = Deployment {
+        namespaces,
+        max_event_age,
+    };
     let view = api.pointer_mut("/components/schemas/ViewRequest/properties");
     if let Some(properties) = view.and_then(Value::as_object_mut) {
         for (name, schema) in properties {
-            constrain(schema, name, namespaces);
+            constrain(schema, name, &deployment);
         }
     }
     if let Some(paths) = api["paths"].as_object_mut() {
@@ -35,7 +40,7 @@ pub fn apply(api: &mut Value, namespaces: &Namespaces) {
                     .and_then(Value::as_array_mut);
                 for parameter in parameters.into_iter().flatten() {
                     let name = parameter["name"].as_str().unwrap_or_default().to_owned();
-                    constrain(&mut parameter["schema"], &name, namespaces);
+                    constrain(&mut parameter["schema"], &name, &deployment);
                 }
                 if path == "/api/views/batch" {
                     describe_batch(operation);
@@ -47,11 +52,17 @@ pub fn apply(api: &mut Value, namespaces: &Namespaces) {
     link_flush_to_job(api);
 }
 
+/// This deployment's settings the rules depend on.
+struct Deployment<'a> {
+    namespaces: &'a Namespaces,
+    max_event_age: MaxEventAge,
+}
+
 /// The rule of the field called `name`, if it has one.
-fn constrain(schema: &mut Value, name: &str, namespaces: &Namespaces) {
+fn constrain(schema: &mut Value, name: &str, deployment: &Deployment) {
     match name {
         "contentId" => text(schema, &rules::CONTENT_ID),
-        "contentType" => match namespaces {
+        "contentType" => match deployment.namespaces {
             Namespaces::Any => text(schema, &rules::CONTENT_TYPE),
             Namespaces::List(names) => {
                 schema["enum"] = json!(names);
@@ -66,9 +77,12 @@ fn constrain(schema: &mut Value, name: &str, namespaces: &Namespaces) {
             schema["pattern"] = json!(rules::TIMESTAMP_PATTERN);
             schema["description"] = json!(format!(
                 "RFC 3339 with `T` between date and time. Default: when the ingest \
-                 received the view. Refused when more than {} minutes in the future \
-                 (a rule JSON Schema cannot state).",
-                rules::MAX_FUTURE_SKEW_MINUTES
+                 received the view. Refused when more than {} minutes in the future, or \
+                 more than {} in the past (`MAX_EVENT_AGE`, code `too_old`): rules JSON \
+                 Schema cannot state. Older history is loaded with `ingest publish \
+                 --topic views.replay` and `aggregator backfill`.",
+                rules::MAX_FUTURE_SKEW_MINUTES,
+                deployment.max_event_age
             ));
         }
         "from" | "to" => {

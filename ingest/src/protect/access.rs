@@ -95,6 +95,12 @@ impl WriteAccess {
     pub fn admit(&self, protect: &Protect, cost: usize) -> Result<(), ApiError> {
         protect.admit(self.addr, self.app(protect), cost as u64)
     }
+
+    /// Charges a request refused for another reason `cost` views (see
+    /// [`Protect::charge`]); 429 when the budget was already spent.
+    pub fn charge(&self, protect: &Protect, cost: usize) -> Result<(), ApiError> {
+        protect.charge(self.addr, self.app(protect), cost as u64)
+    }
 }
 
 /// A read that passed the read key check (always, while `READ_KEY` is unset).
@@ -107,22 +113,47 @@ impl FromRequestParts<AppState> for ReadAccess {
         let Some(key) = &state.protect.read_key else {
             return Ok(ReadAccess);
         };
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned);
-        let given = match bearer.or_else(|| header_value(parts, &KEY_HEADER)) {
-            Some(given) => Some(given),
-            None => query_key(parts, state).await?,
-        };
-        match given {
+        match read_key_given(parts, state).await? {
             None => Err(refused_by(ApiError::MissingReadKey)),
             Some(given) if key.matches(&given) => Ok(ReadAccess),
             Some(_) => Err(refused_by(ApiError::InvalidReadKey)),
         }
+    }
+}
+
+/// Whether a write's answer may carry a count: always while `READ_KEY` is unset,
+/// otherwise only when the request carries the read key as a read would (Bearer,
+/// header or `?key=`). A write without it is not refused; its answer leaves the
+/// count out, so writing does not become a way around the read key.
+pub struct CountVisible(pub bool);
+
+impl FromRequestParts<AppState> for CountVisible {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(key) = &state.protect.read_key else {
+            return Ok(CountVisible(true));
+        };
+        // A query that does not parse carries no key; the write itself is judged
+        // by the extractors that need the query.
+        let given = read_key_given(parts, state).await.ok().flatten();
+        Ok(CountVisible(given.is_some_and(|given| key.matches(&given))))
+    }
+}
+
+/// The read key a request carries: `Authorization: Bearer`, else the key header,
+/// else `?key=`.
+async fn read_key_given(parts: &mut Parts, state: &AppState) -> Result<Option<String>, ApiError> {
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    match bearer.or_else(|| header_value(parts, &KEY_HEADER)) {
+        Some(given) => Ok(Some(given)),
+        None => query_key(parts, state).await,
     }
 }
 

@@ -123,6 +123,34 @@ impl Protect {
         }
         Ok(())
     }
+
+    /// Charges a request refused for another reason `cost` views, from the
+    /// client's and the app's budgets as far as each holds them, so refused
+    /// requests cannot be sent without limit. Answers 429 once either budget was
+    /// already empty.
+    pub fn charge(
+        &self,
+        addr: Option<ClientAddr>,
+        app: Option<usize>,
+        cost: u64,
+    ) -> Result<(), ApiError> {
+        let mut outcome = Ok(());
+        if let (Some(limiter), Some(addr)) = (&self.per_addr, addr) {
+            if let Err(refused) = limiter.charge(&addr, cost, limiter.now()) {
+                outcome = Err(rate_limited(refused, &limiter.rate, cost, "this address"));
+            }
+        }
+        if let (Some(limiter), Some(app)) = (&self.per_key, app) {
+            if let Err(refused) = limiter.charge(&app, cost, limiter.now()) {
+                if outcome.is_ok() {
+                    let name = self.write_keys.as_ref().map_or("", |k| k.app_name(app));
+                    let who = format!("app {name}");
+                    outcome = Err(rate_limited(refused, &limiter.rate, cost, &who));
+                }
+            }
+        }
+        outcome
+    }
 }
 
 fn rate_limited(refused: Refused, rate: &Rate, cost: u64, who: &str) -> ApiError {

@@ -143,6 +143,32 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         Ok(())
     }
 
+    /// Charges `cost` views to `client` for a request refused for another reason,
+    /// as far as its bucket holds them (it is emptied at most, never put in debt).
+    /// Refused only when the bucket is already empty, saying how long until one
+    /// view fits.
+    pub fn charge(&self, client: &K, cost: u64, now: u64) -> Result<(), Refused> {
+        let capacity = self.rate.period.as_nanos() as u64;
+        let Ok(mut table) = self.table.lock() else {
+            return Ok(());
+        };
+        table.sweep(now);
+        let full_at = table.full_at.get(client).copied().unwrap_or(now).max(now);
+        let one_more = (full_at - now).saturating_add(self.refill(1));
+        if one_more > capacity {
+            return Err(Refused::Wait(Duration::from_nanos(one_more - capacity)));
+        }
+        if table.full_at.len() >= MAX_CLIENTS && !table.full_at.contains_key(client) {
+            table.warn_full(now);
+            return Ok(());
+        }
+        let after = full_at
+            .saturating_add(self.refill(cost))
+            .min(now.saturating_add(capacity));
+        table.full_at.insert(client.clone(), after);
+        Ok(())
+    }
+
     /// Gives back what [`Limiter::take`] took, when another limit refused the request.
     pub fn give_back(&self, client: &K, cost: u64) {
         let refill = self.refill(cost);
@@ -277,6 +303,24 @@ mod tests {
         limiter.give_back(&0u8, 2);
         assert_eq!(limiter.take(&0u8, 2, 0), Ok(()));
         assert!(limiter.take(&0u8, 1, 0).is_err());
+    }
+
+    #[test]
+    fn a_refused_request_empties_the_bucket_at_most() {
+        let limiter = Limiter::new(rate("10/s"));
+        // A charge larger than the bucket empties it rather than being refused.
+        assert_eq!(limiter.charge(&0u8, 1001, 0), Ok(()));
+        let refused = limiter.take(&0u8, 1, 0).expect_err("empty");
+        assert_eq!(refused, Refused::Wait(Duration::from_millis(100)));
+        // Once empty, a further charge is refused with the wait for one view.
+        let refused = limiter.charge(&0u8, 1, 0).expect_err("empty");
+        assert_eq!(refused, Refused::Wait(Duration::from_millis(100)));
+        // No debt was taken on: a second later the bucket is full again.
+        assert_eq!(limiter.take(&0u8, 10, SEC), Ok(()));
+        // A small charge takes what it costs.
+        assert_eq!(limiter.charge(&1u8, 4, 0), Ok(()));
+        assert_eq!(limiter.take(&1u8, 6, 0), Ok(()));
+        assert!(limiter.take(&1u8, 1, 0).is_err());
     }
 
     #[test]

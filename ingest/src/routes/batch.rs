@@ -4,10 +4,10 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::Json;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use viewpipe_event::{FieldError, ViewInput};
+use viewpipe_event::ViewInput;
 
 use crate::api::{BatchAccepted, ErrorBody, ErrorDetail, Rejection, ViewRequest};
 use crate::error::ApiError;
@@ -15,6 +15,7 @@ use crate::extract::{media, Media};
 use crate::metrics as m;
 use crate::protect;
 use crate::protect::access::WriteAccess;
+use crate::routes::batch_read::{read_elements, ElementError, Refusal};
 use crate::routes::views::{broker_available, publish};
 use crate::visitor::Visit;
 use crate::AppState;
@@ -24,8 +25,12 @@ pub const MAX_EVENTS: usize = 1000;
 /// Most bytes a batch body may have.
 pub const MAX_BODY: usize = 10 * 1024 * 1024;
 
-/// The elements of a batch body: parsed JSON, or why an NDJSON line did not parse.
-pub struct BatchBody(Vec<Result<Value, String>>);
+/// A batch body as sent, at most [`MAX_BODY`] bytes, and whether it is NDJSON; its
+/// elements are read by [`read_elements`] as the handler validates them.
+pub struct BatchBody {
+    bytes: Bytes,
+    ndjson: bool,
+}
 
 impl<S: Send + Sync> FromRequest<S> for BatchBody {
     type Rejection = ApiError;
@@ -44,29 +49,31 @@ impl<S: Send + Sync> FromRequest<S> for BatchBody {
                 ApiError::BadJson(e.body_text())
             }
         })?;
-        let items = if ndjson {
-            bytes
-                .split(|b| *b == b'\n')
-                .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-                .map(|line| {
-                    serde_json::from_slice(line).map_err(|e| format!("line is not valid JSON: {e}"))
-                })
-                .collect()
-        } else {
-            match serde_json::from_slice::<Value>(&bytes) {
-                Ok(Value::Array(items)) => items.into_iter().map(Ok).collect(),
-                Ok(_) => {
-                    return Err(FieldError::new(
-                        "body",
-                        "invalid_type",
-                        "expected a JSON array of views (or NDJSON with Content-Type: application/x-ndjson)",
-                    )
-                    .into())
-                }
-                Err(e) => return Err(ApiError::BadJson(e.to_string())),
-            }
-        };
-        Ok(BatchBody(items))
+        Ok(BatchBody { bytes, ndjson })
+    }
+}
+
+/// One element checked as `POST /api/views` checks a view (`MAX_EVENT_AGE`
+/// included), before the write key's namespaces.
+fn validate(
+    state: &AppState,
+    index: usize,
+    element: Result<Value, ElementError>,
+    now: DateTime<Utc>,
+) -> Result<ViewInput, Rejection> {
+    let value = element.map_err(|(code, message)| rejection(index, code, message, None))?;
+    ViewInput::from_json(&value, &state.namespaces, now)
+        .and_then(|input| state.max_event_age.check(&input, now).map(|()| input))
+        .map_err(|e| rejection(index, e.code, e.to_string(), Some(e.field)))
+}
+
+/// A batch refused whole (not a batch, empty, too many views, over 10 MiB) still
+/// costs what was read of it, at least one view, so a client cannot send such
+/// bodies without limit: once its budget is spent it is answered 429 instead.
+fn refused(state: &AppState, access: &WriteAccess, refusal: Refusal) -> ApiError {
+    match access.charge(&state.protect, refusal.read.max(1)) {
+        Ok(()) => refusal.error,
+        Err(limited) => limited,
     }
 }
 
@@ -92,6 +99,10 @@ fn rejection(index: usize, code: &str, message: String, field: Option<&str>) -> 
 /// `accepted: 0` and every element in `rejected`. Where write keys are required, an
 /// element of a namespace the key may not write is listed with
 /// `namespace_not_allowed`; where rate limits apply, each element costs one view.
+/// The elements are read and checked one by one, and the reading stops at the
+/// 1001st (answered `too_many_events`, the rest unread). A batch refused whole
+/// (400, 413, 415) costs the elements read before it was refused, at least one
+/// view: once the budget is spent such a batch is answered 429.
 /// Sent as `text/plain` or with an `Origin` header (by a browser), views without a
 /// `sessionId` get a cookieless `visitorId` (`VISITOR_HASH=on`).
 #[utoipa::path(
@@ -112,49 +123,41 @@ pub async fn post_batch(
     State(state): State<AppState>,
     access: WriteAccess,
     visit: Visit,
-    BatchBody(items): BatchBody,
+    body: Result<BatchBody, ApiError>,
 ) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
-    if items.is_empty() {
-        return Err(FieldError::new("body", "empty_batch", "the batch holds no views").into());
-    }
-    if items.len() > MAX_EVENTS {
-        return Err(FieldError::new(
-            "body",
-            "too_many_events",
-            format!(
-                "a batch holds at most {MAX_EVENTS} views; this one has {}",
-                items.len()
-            ),
-        )
-        .into());
-    }
+    let now = Utc::now();
+    let mut items = Vec::new();
+    let read = body
+        .map_err(|error| Refusal { error, read: 0 })
+        .and_then(|body| {
+            read_elements(&body.bytes, body.ndjson, |index, element| {
+                items.push(validate(&state, index, element, now));
+            })
+        });
+    let count = match read {
+        Ok(count) => count,
+        Err(refusal) => return Err(refused(&state, &access, refusal)),
+    };
     // Every element costs one view, valid or not: the batch is admitted whole or
     // refused whole.
-    access.admit(&state.protect, items.len())?;
+    access.admit(&state.protect, count)?;
     if !access.bot {
         broker_available(&state)?;
     }
-    let now = Utc::now();
     let mut rejected = Vec::new();
     let mut valid = Vec::with_capacity(items.len());
     let mut not_allowed = 0;
     for (index, item) in items.into_iter().enumerate() {
-        let parsed = item
-            .map_err(|message| rejection(index, "invalid_json", message, None))
-            .and_then(|value| {
-                ViewInput::from_json(&value, &state.namespaces, now)
-                    .map_err(|e| rejection(index, e.code, e.to_string(), Some(e.field)))
+        let parsed = item.and_then(|input| {
+            let allowed = access.may_write(&state.protect, &input.content_type);
+            allowed.map(|()| input).map_err(|e| {
+                not_allowed += 1;
+                Rejection {
+                    index,
+                    error: e.detail(),
+                }
             })
-            .and_then(|input| {
-                let allowed = access.may_write(&state.protect, &input.content_type);
-                allowed.map(|()| input).map_err(|e| {
-                    not_allowed += 1;
-                    Rejection {
-                        index,
-                        error: e.detail(),
-                    }
-                })
-            });
+        });
         match parsed {
             Ok(input) => valid.push((index, input.key(), input.into_event(now))),
             Err(r) => rejected.push(r),

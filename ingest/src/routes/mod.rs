@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod batch;
+pub mod batch_read;
 pub mod params;
 pub mod pixel;
 pub mod script;

@@ -12,11 +12,11 @@ use viewpipe_event::event::{check_content_id, check_content_type, CONTENT_ID_RUL
 use viewpipe_event::{ContentKey, FieldError, ViewEvent, ViewInput};
 use viewpipe_runtime::health::Dependency;
 
-use crate::api::{CountResponse, ErrorBody, ViewAccepted, ViewRequest};
+use crate::api::{CountResponse, Dropped, ErrorBody, ViewAccepted, ViewRequest};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, RawQuery};
 use crate::metrics as m;
-use crate::protect::access::{ReadAccess, WriteAccess};
+use crate::protect::access::{CountVisible, ReadAccess, WriteAccess};
 use crate::protect::{self, refused_by};
 use crate::visitor::Visit;
 use crate::AppState;
@@ -29,7 +29,10 @@ const POST_COUNT_WAIT: Duration = Duration::from_millis(250);
 /// Count one view.
 ///
 /// Validates the view, publishes it to Kafka and answers once the broker has
-/// acknowledged it durably (acks=all).
+/// acknowledged it durably (acks=all). The answer carries the key's count only
+/// for a caller allowed to read it: where `READ_KEY` is set, the request must carry
+/// the read key too (else `count` is null). A known crawler's view dropped by
+/// `BOT_FILTER=drop` is answered 202 with `dropped: "crawler"` and no count.
 ///
 /// The body is JSON, sent as `application/json` or as `text/plain` (what
 /// `navigator.sendBeacon(url, JSON.stringify(view))` sends: a browser posts it to
@@ -53,6 +56,7 @@ const POST_COUNT_WAIT: Duration = Duration::from_millis(250);
 pub async fn post_view(
     State(state): State<AppState>,
     access: WriteAccess,
+    CountVisible(count_visible): CountVisible,
     visit: Visit,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<ViewAccepted>), ApiError> {
@@ -60,25 +64,28 @@ pub async fn post_view(
     let input = admit_one(&state, &access, &body, now)?;
     let key = input.key();
     if access.bot {
-        // Answered as if accepted, so the crawler does not retry; the count is the
-        // key's, without this view.
+        // Answered as if accepted, so the crawler does not retry, and saying so: a
+        // count here would read as if the view had been counted.
         protect::count_bot_views(&state.namespaces, &input.content_type, 1);
-        let count = count_for_answer(&state, &key).await;
         return Ok((
             StatusCode::ACCEPTED,
             Json(ViewAccepted {
                 success: true,
-                count,
+                count: None,
+                dropped: Some(Dropped::Crawler),
             }),
         ));
     }
     broker_available(&state)?;
     let event = event_of(input, now, &state, &access, &visit).await;
-    let (count, published) = count_then_publish(
-        count_for_answer(&state, &key),
-        publish(&state, &key, &event),
-    )
-    .await;
+    let count = async {
+        if count_visible {
+            count_for_answer(&state, &key).await
+        } else {
+            None
+        }
+    };
+    let (count, published) = count_then_publish(count, publish(&state, &key, &event)).await;
     published?;
     metrics::counter!(m::EVENTS, "result" => "accepted").increment(1);
     let count = count.map(|n| n + 1);
@@ -87,22 +94,26 @@ pub async fn post_view(
         Json(ViewAccepted {
             success: true,
             count,
+            dropped: None,
         }),
     ))
 }
 
 /// A single view's way in, for `POST /api/views` and the pixel: the view validated
-/// (counted as rejected otherwise), then the write key's namespaces and the rate
-/// limits. A crawler's view passes too (`access.bot`); the caller drops it.
+/// (`MAX_EVENT_AGE` included; counted as rejected otherwise), then the write key's
+/// namespaces and the rate limits. A crawler's view passes too (`access.bot`); the
+/// caller drops it.
 pub fn admit_one(
     state: &AppState,
     access: &WriteAccess,
     body: &serde_json::Value,
     now: chrono::DateTime<Utc>,
 ) -> Result<ViewInput, ApiError> {
-    let input = ViewInput::from_json(body, &state.namespaces, now).inspect_err(|_| {
-        metrics::counter!(m::EVENTS, "result" => "rejected").increment(1);
-    })?;
+    let input = ViewInput::from_json(body, &state.namespaces, now)
+        .and_then(|input| state.max_event_age.check(&input, now).map(|()| input))
+        .inspect_err(|_| {
+            metrics::counter!(m::EVENTS, "result" => "rejected").increment(1);
+        })?;
     access
         .may_write(&state.protect, &input.content_type)
         .map_err(refused_by)?;

@@ -28,3 +28,4 @@ mod store_faults;
 mod tls;
 mod upgrade;
 mod visitors;
+mod write_limits;
