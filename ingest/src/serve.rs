@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -120,20 +121,33 @@ pub async fn nosniff(request: Request, next: Next) -> Response {
     response
 }
 
-/// Gives the request's body `timeout` from now to arrive whole.
+/// Gives the request's body `timeout` from now to arrive whole. An answer given
+/// before the body was read to its end (413, 415, 401, a timeout) says
+/// `Connection: close`: hyper closes such a connection anyway, and a client told so
+/// does not send its next request on it.
 async fn body_deadline(
     axum::extract::State(timeout): axum::extract::State<Duration>,
     request: Request,
     next: Next,
 ) -> Response {
+    let read = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(
+        request.body(),
+    )));
     let request = request.map(|body| {
         Body::new(Deadline {
             body,
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
+            read: read.clone(),
         })
     });
-    next.run(request).await
+    let mut response = next.run(request).await;
+    if !read.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// A body that fails once its deadline passes, however steadily it trickles in
@@ -142,6 +156,8 @@ struct Deadline {
     body: Body,
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
+    /// Set once the body was read to its end.
+    read: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +173,9 @@ impl http_body::Body for Deadline {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            if frame.is_none() || self.body.is_end_stream() {
+                self.read.store(true, Ordering::Release);
+            }
             return Poll::Ready(frame);
         }
         match self.sleep.as_mut().poll(cx) {
