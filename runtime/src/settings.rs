@@ -264,14 +264,21 @@ impl<T: Clone + Send + Sync + 'static> TypedValueParser for SecretParser<T> {
         arg: Option<&clap::Arg>,
         value: &OsStr,
     ) -> Result<T, clap::Error> {
-        let name = arg
-            .and_then(|a| a.get_env())
-            .and_then(OsStr::to_str)
-            .or_else(|| arg.and_then(|a| a.get_long()))
-            .unwrap_or("a secret setting")
-            .to_owned();
+        // The flag and the variable both, never the value.
+        let env = arg.and_then(|a| a.get_env()).and_then(OsStr::to_str);
+        let long = arg.and_then(|a| a.get_long());
+        let name = match (long, env) {
+            (Some(long), Some(env)) => format!("--{long} or {env}"),
+            (Some(long), None) => format!("--{long}"),
+            (None, Some(env)) => env.to_owned(),
+            (None, None) => "a secret setting".to_owned(),
+        };
         let fail = |why: String| {
-            clap::Error::raw(ErrorKind::ValueValidation, format!("{name}: {why}\n")).with_cmd(cmd)
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value for {name}: {why}\n"),
+            )
+            .with_cmd(cmd)
         };
         let text = value
             .to_str()

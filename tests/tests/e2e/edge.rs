@@ -193,7 +193,7 @@ async fn secrets_stay_out_of_help_logs_and_errors() -> anyhow::Result<()> {
     for (setting, value) in [
         ("DATABASE_URL", format!("{PASSWORD}-not-a-url")),
         ("REDIS_URL", format!("{PASSWORD}-not-a-url")),
-        ("KAFKA_PROPERTIES", format!("{PASSWORD}")),
+        ("KAFKA_PROPERTIES", PASSWORD.to_string()),
     ] {
         let mut env = stack.env();
         env.push((setting.to_owned(), value));
