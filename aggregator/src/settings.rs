@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use viewpipe_runtime::kafka::KafkaSettings;
-use viewpipe_runtime::settings::{millis, parse_duration, CommonSettings, SecretUrl};
+use viewpipe_runtime::settings::{millis, parse_duration, CommonSettings, SecretParser, SecretUrl};
 use viewpipe_runtime::telemetry::LogFormat;
 use viewpipe_store::backfill::Month;
 
@@ -73,6 +73,8 @@ pub struct BackfillArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
+        value_parser = SecretParser::<SecretUrl>::new(),
         default_value = "postgres://postgres@127.0.0.1:5432/viewpipe"
     )]
     pub database_url: SecretUrl,
@@ -95,7 +97,13 @@ fn flush_interval(s: &str) -> Result<Duration, String> {
 #[derive(Args, Debug, Clone)]
 pub struct ResetArgs {
     /// Redis URL.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        value_parser = SecretParser::<SecretUrl>::new(),
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: SecretUrl,
     /// PEM file of the CA certificates that sign the Redis servers' certificates, for
     /// `rediss://` URLs.
@@ -124,6 +132,8 @@ pub struct FlushArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
+        value_parser = SecretParser::<SecretUrl>::new(),
         default_value = "postgres://postgres@127.0.0.1:5432/viewpipe"
     )]
     pub database_url: SecretUrl,
@@ -147,6 +157,8 @@ pub struct MigrateArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
+        value_parser = SecretParser::<SecretUrl>::new(),
         default_value = "postgres://postgres@127.0.0.1:5432/viewpipe"
     )]
     pub database_url: SecretUrl,

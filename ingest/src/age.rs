@@ -11,12 +11,12 @@ use chrono::{DateTime, Duration, Utc};
 
 use viewpipe_event::{FieldError, ViewInput};
 
-/// The longest `MAX_EVENT_AGE` may be: ten years, so that every setting keeps
+/// The longest `MAX_EVENT_AGE` may be: a hundred years, so that every setting keeps
 /// year-0001 timestamps out and `now - age` stays far from chrono's range ends.
-const MAX_DAYS: i64 = 3650;
+const MAX_DAYS: i64 = 36500;
 
 /// `MAX_EVENT_AGE`: a whole number with its unit, `d`, `h`, `m` or `s` (`30d`,
-/// `72h`), from one minute to ten years.
+/// `72h`), from one minute to a hundred years.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaxEventAge {
     age: Duration,
@@ -114,7 +114,7 @@ mod tests {
         assert_eq!(age("30d"), MaxEventAge::default());
         assert_eq!(age("72h").age, Duration::hours(72));
         assert_eq!(age(" 90m ").to_string(), "90m");
-        assert_eq!(age("3650d").age, Duration::days(3650));
+        assert_eq!(age("36500d").age, Duration::days(36500));
         for bad in [
             "",
             "30",

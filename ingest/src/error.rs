@@ -63,6 +63,9 @@ pub enum ApiError {
     #[error("the read key is not valid")]
     InvalidReadKey,
 
+    /// `MAX_TOP_READS` range scans are running already.
+    #[error("too many top reads are running on this ingest; retry shortly")]
+    Busy,
     /// A flush job did not complete in time.
     #[error("{0}")]
     FlushIncomplete(String),
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BrokerUnavailable
             | ApiError::StoreUnavailable
+            | ApiError::Busy
             | ApiError::FlushIncomplete(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized
             | ApiError::AdminDisabled
@@ -111,6 +115,7 @@ impl ApiError {
             ApiError::AdminDisabled => "admin_disabled",
             ApiError::NoSuchJob => "job_not_found",
             ApiError::FlushIncomplete(_) => "flush_incomplete",
+            ApiError::Busy => "busy",
             ApiError::MissingWriteKey => "missing_write_key",
             ApiError::InvalidWriteKey => "invalid_write_key",
             ApiError::NamespaceNotAllowed { .. } => "namespace_not_allowed",

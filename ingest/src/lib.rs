@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod protect;
 pub mod publish;
 pub mod routes;
+pub mod serve;
 pub mod settings;
 pub mod visitor;
 
@@ -155,6 +156,7 @@ pub struct App {
     router: Router,
     /// `METRICS_ADDR`'s listener and its routes (`/metrics`, `/healthz`, `/readyz`).
     metrics: Option<(TcpListener, Router)>,
+    limits: serve::Limits,
     producer: FutureProducer,
     health: Health,
     probes: Probes,
@@ -247,7 +249,8 @@ impl App {
                     .router(prometheus.clone())
                     .fallback(not_found)
                     .method_not_allowed_fallback(method_not_allowed)
-                    .layer(axum::middleware::from_fn(metrics::track));
+                    .layer(axum::middleware::from_fn(metrics::track))
+                    .layer(axum::middleware::from_fn(serve::nosniff));
                 let public = health
                     .router(prometheus)
                     .layer(axum::middleware::from_fn(hide_metrics));
@@ -273,6 +276,7 @@ impl App {
             };
             router = router.layer(cors);
         }
+        let router = router.layer(axum::middleware::from_fn(serve::nosniff));
         tracing::info!(
             addr = %listener.local_addr()?,
             metrics_addr = ?metrics.as_ref().and_then(|(l, _)| l.local_addr().ok()),
@@ -285,6 +289,7 @@ impl App {
             listener,
             router,
             metrics,
+            limits: settings.limits(),
             producer,
             health,
             probes,
@@ -317,6 +322,7 @@ impl App {
             listener,
             router,
             metrics,
+            limits,
             producer,
             health,
             probes,
@@ -334,25 +340,16 @@ impl App {
         });
         let stop = shutdown.clone();
         // The peer's address is the client's, for RATE_LIMIT_PER_ADDR.
-        let api = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let api = serve::serve(listener, router, limits, async move {
             shutdown.wait().await;
             health.stopping();
         });
         let metrics = async move {
-            match metrics {
-                Some((listener, router)) => {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(async move { stop.wait().await })
-                        .await
-                }
-                None => Ok(()),
+            if let Some((listener, router)) = metrics {
+                serve::serve(listener, router, limits, async move { stop.wait().await }).await;
             }
         };
-        tokio::try_join!(async move { api.await }, metrics)?;
+        tokio::join!(api, metrics);
         tracing::info!("draining the producer");
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
         Ok(())

@@ -15,6 +15,7 @@ pub const PUBLISH_DURATION: &str = "viewpipe_ingest_publish_duration_seconds";
 pub const REFUSALS: &str = "viewpipe_ingest_refusals_total";
 pub const BOT_VIEWS: &str = "viewpipe_ingest_bot_views_total";
 pub const VISITOR_IDS: &str = "viewpipe_ingest_visitor_ids_total";
+pub const ADMIN_AUTH_FAILURES: &str = "viewpipe_ingest_admin_auth_failures_total";
 
 /// The `reason` labels of [`REFUSALS`]: the error codes of the API's protection.
 pub const REFUSAL_REASONS: &[&str] = &[
@@ -46,6 +47,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 pub fn describe() {
     viewpipe_runtime::health::describe_metrics();
     describe_counter!(REQUESTS, "HTTP requests by route template and status");
+    describe_counter!(
+        ADMIN_AUTH_FAILURES,
+        "Admin requests refused: token missing or wrong, or ADMIN_TOKEN unset"
+    );
+    metrics::counter!(ADMIN_AUTH_FAILURES).increment(0);
     describe_histogram!(
         REQUEST_DURATION,
         Unit::Seconds,

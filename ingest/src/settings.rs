@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use axum::http::{header, HeaderValue, Method};
 use clap::{Args, Parser, Subcommand};
@@ -9,7 +10,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use viewpipe_event::Namespaces;
 use viewpipe_runtime::kafka::KafkaSettings;
-use viewpipe_runtime::settings::{CommonSettings, Secret};
+use viewpipe_runtime::settings::{parse_duration, CommonSettings, Secret, SecretParser};
 use viewpipe_runtime::telemetry::LogFormat;
 
 #[derive(Parser, Debug)]
@@ -47,9 +48,22 @@ pub struct Settings {
     /// edge rule: aggregators count every namespace, so ingests may add one first.
     #[arg(long, env = "NAMESPACES", default_value = "resource,course")]
     pub namespaces: viewpipe_event::Namespaces,
-    /// Bearer token for admin endpoints; unset, they refuse everyone.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    /// Bearer token for admin endpoints, at least 32 characters; unset, they refuse
+    /// everyone.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = SecretParser::with(admin_token))]
     pub admin_token: Option<Secret>,
+    /// How long a client has to send a request's headers (e.g. 500ms, 10s, 2m);
+    /// a connection that has not sent them all by then is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// How long a client has to send a request's body, from the end of its headers;
+    /// a body not complete by then is answered 400 and its connection closed.
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Most connections open at once (on the API port, and again on METRICS_ADDR);
+    /// at the cap the ingest accepts no more until one closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Origins allowed to call the API from a browser, comma-separated; `*` any;
     /// empty none.
     #[arg(long, env = "CORS_ORIGINS", default_value = "")]
@@ -61,12 +75,37 @@ pub struct Settings {
     #[arg(long, env = "VISITOR_HASH", value_enum, default_value_t)]
     pub visitor_hash: crate::visitor::VisitorHash,
     /// How far in the past a view's `occurredAt` may lie: a whole number with `d`,
-    /// `h`, `m` or `s` (from 1m to 3650d). Older views are refused (`too_old`); load
+    /// `h`, `m` or `s` (from 1m to 36500d). Older views are refused (`too_old`); load
     /// history with `ingest publish --topic views.replay` and `aggregator backfill`.
     #[arg(long, env = "MAX_EVENT_AGE", default_value_t)]
     pub max_event_age: crate::age::MaxEventAge,
     #[command(flatten)]
     pub protect: crate::protect::ProtectSettings,
+}
+
+/// Fewest characters an `ADMIN_TOKEN` may have: a shorter one could be guessed.
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
+/// `ADMIN_TOKEN`: refused when short (without repeating it).
+fn admin_token(s: &str) -> Result<Secret, String> {
+    let length = s.chars().count();
+    if length < MIN_ADMIN_TOKEN {
+        return Err(format!(
+            "must be at least {MIN_ADMIN_TOKEN} characters (this one has {length}); e.g. `openssl rand -hex 32`"
+        ));
+    }
+    s.parse()
+}
+
+impl Settings {
+    /// The HTTP server's limits.
+    pub fn limits(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections: self.max_connections as usize,
+        }
+    }
 }
 
 /// `CORS_ORIGINS`, parsed when the settings are read: a bad origin stops start-up

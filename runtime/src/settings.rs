@@ -1,10 +1,13 @@
 //! Settings both services share. Each is an environment variable and the matching
 //! long flag; the services flatten [`CommonSettings`] into their own clap structs.
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::Args;
 
 use crate::kafka::KafkaSettings;
@@ -31,11 +34,19 @@ pub struct CommonSettings {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
+        value_parser = SecretParser::<SecretUrl>::new(),
         default_value = "postgres://postgres@127.0.0.1:5432/viewpipe"
     )]
     pub database_url: SecretUrl,
-    /// Redis URL, or `none` for database-only mode.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    /// Redis URL, or `none` for database-only mode (its password is never logged).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        value_parser = SecretParser::<RedisSetting>::new(),
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: RedisSetting,
     /// PEM file of the CA certificates that sign the Redis servers' certificates, for
     /// `rediss://` URLs (default: the system's trust store).
@@ -85,10 +96,51 @@ impl SecretUrl {
 
     /// `host:port` (or whatever follows the credentials up to the path), for messages.
     pub fn address(&self) -> String {
-        let rest = self.0.split_once("://").map_or(self.0.as_str(), |(_, r)| r);
-        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-        rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+        let (_, host, _) = self.parts();
+        host.split('/').next().unwrap_or(host).to_owned()
     }
+
+    /// The URL cut where a password can hide: credentials (before the last `@`),
+    /// host and path, and query. The query starts at the first `?`, unless the
+    /// credentials hold a `?` (an unencoded password), seen as an `@` after it
+    /// with no `=` or `&` before.
+    fn parts(&self) -> (Option<&str>, &str, Option<&str>) {
+        let rest = self.0.split_once("://").map_or(self.0.as_str(), |(_, r)| r);
+        let (main, query) = match rest.split_once('?') {
+            Some((main, query)) => (main, Some(query)),
+            None => (rest, None),
+        };
+        if let Some((userinfo, host)) = main.rsplit_once('@') {
+            return (Some(userinfo), host, query);
+        }
+        if let Some((userinfo, host)) = rest.rsplit_once('@') {
+            if !userinfo.contains(['=', '&']) {
+                let (host, query) = match host.split_once('?') {
+                    Some((host, query)) => (host, Some(query)),
+                    None => (host, None),
+                };
+                return (Some(userinfo), host, query);
+            }
+        }
+        (None, main, query)
+    }
+}
+
+/// Whether a URL's query parameter may carry a secret (`password`, `sslpassword`,
+/// `auth_token`, ..): its value is not shown.
+fn secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "key", "auth", "cred"]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
+/// Whether `s` is plainly a name (a user, a parameter), not a fragment of a
+/// malformed URL that might hold a secret.
+fn plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '%'))
 }
 
 impl std::str::FromStr for SecretUrl {
@@ -103,21 +155,38 @@ impl std::str::FromStr for SecretUrl {
 }
 
 impl fmt::Display for SecretUrl {
+    /// The URL with its password, and every query value that may be one, as `***`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Some((scheme, rest)) = self.0.split_once("://") else {
+        let Some((scheme, _)) = self.0.split_once("://") else {
             return f.write_str("(url)");
         };
-        match rest.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or_default();
-                if userinfo.contains(':') {
-                    write!(f, "{scheme}://{user}:***@{host}")
-                } else {
-                    write!(f, "{scheme}://{user}@{host}")
+        let (userinfo, host, query) = self.parts();
+        write!(f, "{scheme}://")?;
+        if let Some(userinfo) = userinfo {
+            match userinfo.split_once(':') {
+                Some(("", _)) => f.write_str(":***@")?,
+                Some((user, _)) if plain_name(user) => write!(f, "{user}:***@")?,
+                None if plain_name(userinfo) => write!(f, "{userinfo}@")?,
+                _ => f.write_str("***@")?,
+            }
+        }
+        f.write_str(host)?;
+        if let Some(query) = query {
+            f.write_str("?")?;
+            for (i, pair) in query.split('&').enumerate() {
+                if i > 0 {
+                    f.write_str("&")?;
+                }
+                match pair.split_once('=') {
+                    Some((name, value)) if plain_name(name) && !secret_param(name) => {
+                        write!(f, "{name}={value}")?
+                    }
+                    Some((name, _)) if plain_name(name) => write!(f, "{name}=***")?,
+                    _ => f.write_str("***")?,
                 }
             }
-            None => write!(f, "{scheme}://{rest}"),
         }
+        Ok(())
     }
 }
 
@@ -152,6 +221,69 @@ impl std::str::FromStr for RedisSetting {
         } else {
             s.parse().map(RedisSetting::Url)
         }
+    }
+}
+
+/// Parses a secret setting (`DATABASE_URL`, `ADMIN_TOKEN`, ..). Unlike clap's own
+/// error, which repeats the value it could not parse, its error names the setting
+/// and says what is wrong without showing the value.
+pub struct SecretParser<T>(fn(&str) -> Result<T, String>);
+
+impl<T> Clone for SecretParser<T> {
+    fn clone(&self) -> Self {
+        Self(self.0)
+    }
+}
+
+impl<T: std::str::FromStr<Err = String>> SecretParser<T> {
+    /// With `T::from_str`.
+    pub fn new() -> Self {
+        Self(|s| s.parse())
+    }
+}
+
+impl<T: std::str::FromStr<Err = String>> Default for SecretParser<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> SecretParser<T> {
+    /// With `parse`, whose errors must not repeat the value.
+    pub fn with(parse: fn(&str) -> Result<T, String>) -> Self {
+        Self(parse)
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for SecretParser<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        // The flag and the variable both, never the value.
+        let env = arg.and_then(|a| a.get_env()).and_then(OsStr::to_str);
+        let long = arg.and_then(|a| a.get_long());
+        let name = match (long, env) {
+            (Some(long), Some(env)) => format!("--{long} or {env}"),
+            (Some(long), None) => format!("--{long}"),
+            (None, Some(env)) => env.to_owned(),
+            (None, None) => "a secret setting".to_owned(),
+        };
+        let fail = |why: String| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value for {name}: {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| fail("is not valid UTF-8".to_owned()))?;
+        (self.0)(text).map_err(fail)
     }
 }
 
@@ -204,6 +336,48 @@ mod tests {
         let plain: SecretUrl = "redis://127.0.0.1:6379".parse().expect("url");
         assert_eq!(plain.to_string(), "redis://127.0.0.1:6379");
         assert_eq!(plain.address(), "127.0.0.1:6379");
+    }
+
+    #[test]
+    fn every_form_of_password_is_hidden() {
+        for (url, shown, address) in [
+            (
+                "postgres://app@db:5432/vp?sslmode=require&password=hunter2",
+                "postgres://app@db:5432/vp?sslmode=require&password=***",
+                "db:5432",
+            ),
+            (
+                "postgres://db/vp?password=hunter2@x&user=app",
+                "postgres://db/vp?password=***&user=app",
+                "db",
+            ),
+            (
+                "postgres://app:hun@ter2@db/vp",
+                "postgres://app:***@db/vp",
+                "db",
+            ),
+            (
+                "postgres://app:hun?ter2@db/vp",
+                "postgres://app:***@db/vp",
+                "db",
+            ),
+            (
+                "redis://:hunter2@cache:6379",
+                "redis://:***@cache:6379",
+                "cache:6379",
+            ),
+            (
+                "postgres://db/vp?sslpassword=hunter2&x&hunter2",
+                "postgres://db/vp?sslpassword=***&***&***",
+                "db",
+            ),
+            ("postgres://hun/ter2@db/vp", "postgres://***@db/vp", "db"),
+        ] {
+            let parsed: SecretUrl = url.parse().expect("url");
+            assert_eq!(parsed.to_string(), shown, "{url}");
+            assert_eq!(parsed.address(), address, "{url}");
+            assert!(!format!("{parsed:?}").contains("hunter2"), "{url}");
+        }
     }
 
     #[test]

@@ -230,7 +230,7 @@ impl Stack {
             ("KAFKA_SESSION_TIMEOUT_MS", "6000".to_owned()),
             // The suites post past days and months through the API to build their
             // history; the tests of the limit itself set their own.
-            ("MAX_EVENT_AGE", "3650d".to_owned()),
+            ("MAX_EVENT_AGE", "36500d".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -45,13 +45,7 @@ impl FromRequestParts<AppState> for WriteAccess {
             }
         };
         let addr = match protect.per_addr {
-            Some(_) => {
-                let peer = parts
-                    .extensions
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0);
-                client_addr(peer, &parts.headers, protect.proxy_header.as_ref())
-            }
+            Some(_) => peer_client(parts, protect),
             None => None,
         };
         let bot = protect.bots.as_ref().is_some_and(|bots| {
@@ -110,14 +104,18 @@ impl FromRequestParts<AppState> for ReadAccess {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Some(key) = &state.protect.read_key else {
-            return Ok(ReadAccess);
-        };
-        match read_key_given(parts, state).await? {
-            None => Err(refused_by(ApiError::MissingReadKey)),
-            Some(given) if key.matches(&given) => Ok(ReadAccess),
-            Some(_) => Err(refused_by(ApiError::InvalidReadKey)),
+        let protect = &state.protect;
+        if let Some(key) = &protect.read_key {
+            match read_key_given(parts, state).await? {
+                None => return Err(refused_by(ApiError::MissingReadKey)),
+                Some(given) if key.matches(&given) => {}
+                Some(_) => return Err(refused_by(ApiError::InvalidReadKey)),
+            }
         }
+        if protect.reads_per_addr.is_some() {
+            protect.admit_read(peer_client(parts, protect))?;
+        }
+        Ok(ReadAccess)
     }
 }
 
@@ -144,17 +142,29 @@ impl FromRequestParts<AppState> for CountVisible {
 /// The read key a request carries: `Authorization: Bearer`, else the key header,
 /// else `?key=`.
 async fn read_key_given(parts: &mut Parts, state: &AppState) -> Result<Option<String>, ApiError> {
-    let bearer = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned);
+    let bearer = bearer(parts).map(str::to_owned);
     match bearer.or_else(|| header_value(parts, &KEY_HEADER)) {
         Some(given) => Ok(Some(given)),
         None => query_key(parts, state).await,
     }
+}
+
+/// The client's address: the peer's, or the trusted proxy header's.
+fn peer_client(parts: &Parts, protect: &Protect) -> Option<ClientAddr> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    client_addr(peer, &parts.headers, protect.proxy_header.as_ref())
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme's case does
+/// not matter, RFC 7235), unless absent or empty.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// A header's value, unless absent or empty.

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 
 use anyhow::bail;
 use axum::http::HeaderName;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use viewpipe_event::Namespaces;
 
@@ -43,6 +44,11 @@ pub struct Protect {
     pub write_keys: Option<WriteKeys>,
     pub read_key: Option<ApiKey>,
     pub per_addr: Option<Limiter<ClientAddr>>,
+    /// `READ_RATE_LIMIT_PER_ADDR`: reads per client address.
+    pub reads_per_addr: Option<Limiter<ClientAddr>>,
+    /// `MAX_TOP_READS`: permits for the range scans of `GET /api/views/top`
+    /// (`None`: unbounded, as in [`Protect::default`]).
+    pub top_reads: Option<Semaphore>,
     /// Keyed by the app's index in [`WriteKeys::apps`].
     pub per_key: Option<Limiter<usize>>,
     pub proxy_header: Option<HeaderName>,
@@ -69,6 +75,8 @@ impl Protect {
             write_keys: settings.write_keys.clone(),
             read_key: settings.read_key.clone(),
             per_addr: settings.rate_limit_per_addr.map(Limiter::new),
+            reads_per_addr: settings.read_rate_limit_per_addr.map(Limiter::new),
+            top_reads: Some(Semaphore::new(settings.max_top_reads as usize)),
             per_key: settings.rate_limit_per_key.map(Limiter::new),
             proxy_header: settings.trusted_proxy_header.clone().map(|h| h.0),
             bots: (settings.bot_filter == BotFilter::Drop).then(Bots::new),
@@ -85,13 +93,18 @@ impl Protect {
             read_key = self.read_key.is_some(),
             rate_limit_per_addr = %rate(self.per_addr.as_ref().map(|l| &l.rate)),
             rate_limit_per_key = %rate(self.per_key.as_ref().map(|l| &l.rate)),
+            read_rate_limit_per_addr = %rate(self.reads_per_addr.as_ref().map(|l| &l.rate)),
             trusted_proxy_header = ?self.proxy_header.as_ref().map(HeaderName::as_str),
             bot_filter = if self.bots.is_some() { "drop" } else { "off" },
             "API protection"
         );
-        if self.proxy_header.is_some() && self.per_addr.is_none() && !visitor_ids {
+        if self.proxy_header.is_some()
+            && self.per_addr.is_none()
+            && self.reads_per_addr.is_none()
+            && !visitor_ids
+        {
             tracing::warn!(
-                "TRUSTED_PROXY_HEADER is set but unused: it serves RATE_LIMIT_PER_ADDR and VISITOR_HASH, both off"
+                "TRUSTED_PROXY_HEADER is set but unused: it serves RATE_LIMIT_PER_ADDR, READ_RATE_LIMIT_PER_ADDR and VISITOR_HASH, all off"
             );
         }
     }
@@ -106,7 +119,13 @@ impl Protect {
         if let (Some(limiter), Some(addr)) = (&self.per_addr, addr) {
             let now = limiter.now();
             if let Err(refused) = limiter.take(&addr, cost, now) {
-                return Err(rate_limited(refused, &limiter.rate, cost, "this address"));
+                return Err(rate_limited(
+                    refused,
+                    &limiter.rate,
+                    cost,
+                    "views",
+                    "this address",
+                ));
             }
         }
         if let (Some(limiter), Some(app)) = (&self.per_key, app) {
@@ -118,7 +137,7 @@ impl Protect {
                 let name = self.write_keys.as_ref().map_or("", |k| k.app_name(app));
                 let who = format!("app {name}");
                 tracing::debug!(app = name, "rate limited");
-                return Err(rate_limited(refused, &limiter.rate, cost, &who));
+                return Err(rate_limited(refused, &limiter.rate, cost, "views", &who));
             }
         }
         Ok(())
@@ -137,7 +156,13 @@ impl Protect {
         let mut outcome = Ok(());
         if let (Some(limiter), Some(addr)) = (&self.per_addr, addr) {
             if let Err(refused) = limiter.charge(&addr, cost, limiter.now()) {
-                outcome = Err(rate_limited(refused, &limiter.rate, cost, "this address"));
+                outcome = Err(rate_limited(
+                    refused,
+                    &limiter.rate,
+                    cost,
+                    "views",
+                    "this address",
+                ));
             }
         }
         if let (Some(limiter), Some(app)) = (&self.per_key, app) {
@@ -145,7 +170,7 @@ impl Protect {
                 if outcome.is_ok() {
                     let name = self.write_keys.as_ref().map_or("", |k| k.app_name(app));
                     let who = format!("app {name}");
-                    outcome = Err(rate_limited(refused, &limiter.rate, cost, &who));
+                    outcome = Err(rate_limited(refused, &limiter.rate, cost, "views", &who));
                 }
             }
         }
@@ -153,20 +178,48 @@ impl Protect {
     }
 }
 
-fn rate_limited(refused: Refused, rate: &Rate, cost: u64, who: &str) -> ApiError {
+/// The 429 for `cost` `unit`s (views, reads) from `who`.
+fn rate_limited(refused: Refused, rate: &Rate, cost: u64, unit: &str, who: &str) -> ApiError {
     let retry_after = refused.retry_after_secs(rate);
     let message = match refused {
         Refused::TooLarge { burst } => format!(
             "this batch holds {cost} views, more than the limit of {rate} for {who} allows at once ({burst}); send smaller batches"
         ),
         Refused::Wait(_) => {
-            format!("too many views from {who} (limit {rate}); retry after {retry_after} s")
+            format!("too many {unit} from {who} (limit {rate}); retry after {retry_after} s")
         }
     };
     refused_by(ApiError::RateLimited {
         retry_after,
         message,
     })
+}
+
+impl Protect {
+    /// Takes one read from the client's read budget (`READ_RATE_LIMIT_PER_ADDR`).
+    pub fn admit_read(&self, addr: Option<ClientAddr>) -> Result<(), ApiError> {
+        if let (Some(limiter), Some(addr)) = (&self.reads_per_addr, addr) {
+            if let Err(refused) = limiter.take(&addr, 1, limiter.now()) {
+                return Err(rate_limited(
+                    refused,
+                    &limiter.rate,
+                    1,
+                    "reads",
+                    "this address",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A permit for one range scan of `GET /api/views/top`, or 503 `busy` while
+    /// `MAX_TOP_READS` are running.
+    pub fn top_read(&self) -> Result<Option<SemaphorePermit<'_>>, ApiError> {
+        match &self.top_reads {
+            None => Ok(None),
+            Some(permits) => permits.try_acquire().map(Some).map_err(|_| ApiError::Busy),
+        }
+    }
 }
 
 /// Counts a refusal under its code, and returns it.

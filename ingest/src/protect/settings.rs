@@ -1,13 +1,10 @@
 //! The protection settings. Every one is off when unset: the ingest then behaves
 //! as it did before they existed.
 
-use std::ffi::OsStr;
-use std::marker::PhantomData;
 use std::net::SocketAddr;
 
-use clap::builder::TypedValueParser;
-use clap::error::ErrorKind;
 use clap::Args;
+pub use viewpipe_runtime::settings::SecretParser;
 
 use crate::protect::bots::BotFilter;
 use crate::protect::client::ProxyHeader;
@@ -26,6 +23,15 @@ pub struct ProtectSettings {
     /// period); a batch costs its number of views. Unset (default): no limit.
     #[arg(long, env = "RATE_LIMIT_PER_ADDR")]
     pub rate_limit_per_addr: Option<Rate>,
+    /// Reads (GET /api/views, /api/views/daily, /api/views/top) per client address:
+    /// `<N>/s` or `<N>/m`, each read costing 1; over it, 429 with Retry-After. Unset
+    /// (default): no limit.
+    #[arg(long, env = "READ_RATE_LIMIT_PER_ADDR")]
+    pub read_rate_limit_per_addr: Option<Rate>,
+    /// Most GET /api/views/top reads (range scans) this ingest runs at once; one
+    /// more is answered 503 `busy` with Retry-After.
+    #[arg(long, env = "MAX_TOP_READS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_top_reads: u32,
     /// Views per app of WRITE_KEYS (an app's keys share it): `<N>/s` or `<N>/m`.
     /// Needs WRITE_KEYS. Unset (default): no limit.
     #[arg(long, env = "RATE_LIMIT_PER_KEY")]
@@ -50,52 +56,6 @@ pub struct ProtectSettings {
     /// /metrics is served on the API port.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
-}
-
-/// Parses a secret setting with `T::from_str`. Unlike clap's own error, which
-/// repeats the value it could not parse, its error names the setting and says what
-/// is wrong without showing the value.
-#[derive(Clone)]
-pub struct SecretParser<T>(PhantomData<fn() -> T>);
-
-impl<T> SecretParser<T> {
-    pub fn new() -> Self {
-        Self(PhantomData)
-    }
-}
-
-impl<T> Default for SecretParser<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T> TypedValueParser for SecretParser<T>
-where
-    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
-{
-    type Value = T;
-
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &OsStr,
-    ) -> Result<T, clap::Error> {
-        let name = arg
-            .and_then(|a| a.get_env())
-            .and_then(OsStr::to_str)
-            .or_else(|| arg.and_then(|a| a.get_long()))
-            .unwrap_or("a secret setting")
-            .to_owned();
-        let fail = |why: String| {
-            clap::Error::raw(ErrorKind::ValueValidation, format!("{name}: {why}\n")).with_cmd(cmd)
-        };
-        let text = value
-            .to_str()
-            .ok_or_else(|| fail("is not valid UTF-8".to_owned()))?;
-        text.parse().map_err(fail)
-    }
 }
 
 #[cfg(test)]

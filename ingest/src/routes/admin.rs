@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Path, State};
-use axum::http::{header, request::Parts, StatusCode};
+use axum::http::{request::Parts, StatusCode};
 use axum::Json;
 use uuid::Uuid;
 
@@ -14,6 +14,8 @@ use viewpipe_store::jobs;
 use crate::api::{ErrorBody, FlushResponse, JobResponse};
 use crate::error::ApiError;
 use crate::extract::RawQuery;
+use crate::metrics as m;
+use crate::protect::access::bearer;
 use crate::protect::keys::constant_time_eq;
 use crate::AppState;
 
@@ -27,19 +29,24 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Some(token) = &state.admin_token else {
-            return Err(ApiError::AdminDisabled);
+        let refused = |error: ApiError| {
+            // Never the token: only that one was refused, where, and why.
+            tracing::warn!(
+                path = parts.uri.path(),
+                code = error.code(),
+                "admin request refused"
+            );
+            metrics::counter!(m::ADMIN_AUTH_FAILURES).increment(1);
+            error
         };
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
+        let Some(token) = &state.admin_token else {
+            return Err(refused(ApiError::AdminDisabled));
+        };
+        let given = bearer(parts).unwrap_or_default();
         if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
             Ok(Admin)
         } else {
-            Err(ApiError::Unauthorized)
+            Err(refused(ApiError::Unauthorized))
         }
     }
 }

@@ -85,7 +85,7 @@ pub async fn get_daily(
     responses(
         (status = 200, body = TopResponse),
         (status = 400, description = "Missing or invalid parameter", body = ErrorBody),
-        (status = 503, description = "Postgres is unavailable", body = ErrorBody),
+        (status = 503, description = "Postgres is unavailable, or MAX_TOP_READS top reads are running (busy)", body = ErrorBody),
     )
 )]
 pub async fn get_top(
@@ -107,6 +107,8 @@ pub async fn get_top(
     }
     let (from, to) = params::range(&query, 1)?;
     let limit = params::int(&query, &params::LIMIT)?;
+    // Held until the scan ends: at most MAX_TOP_READS run at once.
+    let _permit = state.protect.top_read()?;
     // A year of a busy namespace is a big scan: longer than a point read, and still
     // bounded should the connection go silent.
     let top = postgres::top(&state.db, namespace, from, to, limit as u32);

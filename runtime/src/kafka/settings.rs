@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::settings::Secret;
+use crate::settings::{Secret, SecretParser};
 
 /// How every viewpipe process connects to Kafka.
 #[derive(Args, Clone, Debug)]
@@ -45,7 +45,8 @@ pub struct KafkaSettings {
     #[arg(
         long = "kafka-sasl-password",
         env = "KAFKA_SASL_PASSWORD",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = SecretParser::<Secret>::new()
     )]
     pub sasl_password: Option<Secret>,
     /// PEM file of the CA certificates that sign the brokers' certificates (default:
@@ -62,7 +63,8 @@ pub struct KafkaSettings {
     #[arg(
         long = "kafka-tls-key-password",
         env = "KAFKA_TLS_KEY_PASSWORD",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = SecretParser::<Secret>::new()
     )]
     pub tls_key_password: Option<Secret>,
     /// Check that the broker's certificate names the host connected to. Turn off only
@@ -81,7 +83,8 @@ pub struct KafkaSettings {
         long = "kafka-property",
         env = "KAFKA_PROPERTIES",
         value_delimiter = ';',
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = SecretParser::<KafkaProperty>::new()
     )]
     pub properties: Vec<KafkaProperty>,
     /// A file of librdkafka properties, one `name=value` per line (`#` starts a
@@ -236,7 +239,13 @@ impl std::str::FromStr for KafkaProperty {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_')
         {
             return Err(format!(
-                "{name:?} is not a librdkafka property name (lower case, dots, e.g. client.id)"
+                "a property name is lower case letters, digits, dots and underscores (e.g. client.id){}",
+                // A malformed name may hold a secret: shown only when plainly a name.
+                if name.chars().all(|c| c.is_ascii_graphic()) && !name.contains("pass") {
+                    format!("; {name:?} is not one")
+                } else {
+                    String::new()
+                }
             ));
         }
         if let Some((_, why)) = OWNED.iter().find(|(owned, _)| *owned == name) {
@@ -244,6 +253,7 @@ impl std::str::FromStr for KafkaProperty {
         }
         let value = value.trim();
         if let Some(why) = unsupported(name, value) {
+            // Only a few non-secret properties are refused by value.
             return Err(format!("{name}={value} is not supported: {why}"));
         }
         Ok(Self {

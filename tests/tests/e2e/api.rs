@@ -12,7 +12,7 @@ use viewpipe_tests::chaos::metric;
 use viewpipe_tests::openapi::{Api, Checked};
 use viewpipe_tests::{Service, Stack};
 
-const TOKEN: &str = "t0ken-for-tests";
+const TOKEN: &str = "t0ken-for-tests-long-enough-for-32";
 
 async fn get_json(http: &Api, url: String) -> (u16, Value) {
     let r = http.get(url).send().await.expect("GET");

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use viewpipe_tests::openapi::Api;
 use viewpipe_tests::Stack;
 
-const TOKEN: &str = "t0ken-for-tests";
+const TOKEN: &str = "t0ken-for-tests-long-enough-for-32";
 
 /// One malformed request and what it must get.
 struct Case {

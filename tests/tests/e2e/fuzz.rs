@@ -17,7 +17,7 @@ use tokio::process::Command;
 
 use viewpipe_tests::{Service, Stack};
 
-const TOKEN: &str = "fuzz-admin-token";
+const TOKEN: &str = "fuzz-admin-token-long-enough-for-32";
 const FIXED_SEED: u64 = 13;
 
 #[tokio::test(flavor = "multi_thread")]

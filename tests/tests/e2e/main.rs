@@ -12,6 +12,7 @@ mod bench;
 mod browser;
 mod dedupe;
 mod deploy_metrics;
+mod edge;
 mod failures;
 mod flush_cases;
 mod fuzz;

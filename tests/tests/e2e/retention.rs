@@ -17,7 +17,7 @@ use viewpipe_store::retention::{self, Batch, Raised, Table, Target};
 use viewpipe_tests::openapi::Api;
 use viewpipe_tests::Stack;
 
-const TOKEN: &str = "t0ken-for-tests";
+const TOKEN: &str = "t0ken-for-tests-long-enough-for-32";
 
 /// (key, day) -> views
 type Daily = BTreeMap<(String, NaiveDate), i64>;

@@ -205,7 +205,7 @@ async fn a_post_answers_the_count_only_to_a_caller_that_may_read_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_older_than_max_event_age_are_refused_but_publish_loads_history() {
     let stack = Stack::start().await.expect("stack");
-    // The stack's services accept ten years back; this ingest the default, 30 days.
+    // The stack's services accept a hundred years back; this ingest the default, 30 days.
     let ingest = stack
         .spawn_ingest(&[("MAX_EVENT_AGE", "30d")])
         .await

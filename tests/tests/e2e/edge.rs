@@ -1,0 +1,307 @@
+//! The ingest at the edge: slow clients cut off, secrets kept out of `--help`,
+//! logs and parse errors, the admin token's length and scheme, the read limit, and
+//! `nosniff` on every answer.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use viewpipe_tests::chaos::metric;
+use viewpipe_tests::{bin, Stack};
+
+const ADMIN_TOKEN: &str = "edge-admin-token-0123456789abcdef";
+const PASSWORD: &str = "hunter2edge";
+
+/// Opens `n` connections that send `head` then one byte of `trickle` every 300
+/// ms, and says how many are still open after `within`.
+async fn slow_clients(
+    addr: std::net::SocketAddr,
+    n: usize,
+    head: &'static str,
+    trickle: &'static str,
+    within: Duration,
+) -> usize {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut stream) = TcpStream::connect(addr).await else {
+                return false;
+            };
+            let start = Instant::now();
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return false;
+            }
+            let mut bytes = trickle.bytes().cycle();
+            let mut buf = [0u8; 1024];
+            while start.elapsed() < within {
+                let byte = [bytes.next().unwrap_or(b'a')];
+                // A closed connection fails a write, or reads its end (or an answer).
+                if stream.write_all(&byte).await.is_err() {
+                    return false;
+                }
+                match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await
+                {
+                    Ok(Ok(_)) | Ok(Err(_)) => return false,
+                    Err(_) => {}
+                }
+            }
+            true
+        }));
+    }
+    let mut open = 0;
+    for task in tasks {
+        if task.await.unwrap_or(false) {
+            open += 1;
+        }
+    }
+    open
+}
+
+#[tokio::test]
+async fn slow_headers_and_bodies_are_cut_off() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let ingest = stack
+        .spawn_ingest(&[("HEADER_READ_TIMEOUT", "2s"), ("BODY_READ_TIMEOUT", "3s")])
+        .await?;
+    let within = Duration::from_secs(8);
+    let (headers, bodies) = tokio::join!(
+        slow_clients(ingest.addr, 20, "GET /healthz HTTP/1.1\r\n", "X-Slow: a\r\n", within),
+        slow_clients(
+            ingest.addr,
+            20,
+            "POST /api/views HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
+            " ",
+            within,
+        )
+    );
+    println!(
+        "slow clients still open after {} s: {headers}/20 sending headers (HEADER_READ_TIMEOUT=2s), {bodies}/20 sending a body (BODY_READ_TIMEOUT=3s)",
+        within.as_secs()
+    );
+    assert_eq!((headers, bodies), (0, 0));
+    // The ingest still serves, and still stops.
+    let ok = reqwest::get(ingest.url("/healthz")).await?;
+    assert_eq!(ok.status(), 200);
+    ingest.stop(Duration::from_secs(10)).await?;
+    stack.cleanup().await
+}
+
+#[tokio::test]
+async fn every_answer_says_nosniff() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let ingest = stack
+        .spawn_ingest(&[("METRICS_ADDR", "127.0.0.1:0")])
+        .await?;
+    let client = reqwest::Client::new();
+    let mut missing = Vec::new();
+    for path in [
+        "/healthz",
+        "/openapi.json",
+        "/api/views?contentType=resource&contentId=a",
+        "/api/views?contentType=nope&contentId=a",
+        "/no/such/route",
+        "/metrics",
+    ] {
+        let answer = client.get(ingest.url(path)).send().await?;
+        let header = answer.headers().get("x-content-type-options").cloned();
+        if header.as_ref().and_then(|h| h.to_str().ok()) != Some("nosniff") {
+            missing.push(format!("{path} ({})", answer.status()));
+        }
+    }
+    println!("answers without X-Content-Type-Options: nosniff: {missing:?}");
+    assert!(missing.is_empty());
+    ingest.stop(Duration::from_secs(10)).await?;
+    stack.cleanup().await
+}
+
+/// Runs `name` with `env` (on top of the parent's) to its end or `within`: its exit
+/// code (`None`: still running, killed) and all it printed.
+async fn run(
+    name: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    within: Duration,
+) -> (Option<i32>, String) {
+    let child = tokio::process::Command::new(bin(name))
+        .args(args)
+        .envs(env.iter().cloned())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(within, child).await {
+        Ok(Ok(out)) => (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ),
+        Ok(Err(e)) => (None, format!("cannot run {name}: {e}")),
+        Err(_) => (None, String::new()),
+    }
+}
+
+#[tokio::test]
+async fn secrets_stay_out_of_help_logs_and_errors() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let secret_env = |database_url: &str| {
+        let mut env = stack.env();
+        env.retain(|(k, _)| k != "DATABASE_URL");
+        env.push(("DATABASE_URL".into(), database_url.into()));
+        env.push((
+            "REDIS_URL".into(),
+            format!("redis://:{PASSWORD}@127.0.0.1:6379"),
+        ));
+        env.push(("ADMIN_TOKEN".into(), format!("{PASSWORD}-{ADMIN_TOKEN}")));
+        env
+    };
+    let db_url = stack
+        .env()
+        .into_iter()
+        .find(|(k, _)| k == "DATABASE_URL")
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    let mut leaks = Vec::new();
+    let mut check = |what: &str, printed: &str| {
+        if printed.contains(PASSWORD) {
+            leaks.push(what.to_owned());
+        }
+    };
+    let with_userinfo = secret_env(&format!("postgres://app:{PASSWORD}@127.0.0.1:5432/x"));
+    for (name, args) in [
+        ("ingest", vec!["--help"]),
+        ("aggregator", vec!["--help"]),
+        ("aggregator", vec!["migrate", "--help"]),
+    ] {
+        let (_, printed) = run(name, &args, &with_userinfo, Duration::from_secs(20)).await;
+        check(&format!("{name} {}", args.join(" ")), &printed);
+    }
+    // A password in the query: Postgres trusts this test user, so migrate succeeds
+    // and logs the URL it migrated.
+    let in_query = secret_env(&format!("{db_url}?sslmode=disable&password={PASSWORD}"));
+    let (code, printed) = run(
+        "aggregator",
+        &["migrate"],
+        &in_query,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(code, Some(0), "migrate: {printed}");
+    check("aggregator migrate with ?password=", &printed);
+    // Malformed settings: refused, named, not repeated.
+    for (setting, value) in [
+        ("DATABASE_URL", format!("{PASSWORD}-not-a-url")),
+        ("REDIS_URL", format!("{PASSWORD}-not-a-url")),
+        ("KAFKA_PROPERTIES", PASSWORD.to_string()),
+    ] {
+        let mut env = stack.env();
+        env.push((setting.to_owned(), value));
+        env.push(("INGEST_ADDR".into(), "127.0.0.1:0".into()));
+        let (code, printed) = run("ingest", &[], &env, Duration::from_secs(20)).await;
+        assert!(
+            code.is_some_and(|c| c != 0),
+            "ingest with a bad {setting}: {code:?} {printed}"
+        );
+        assert!(
+            printed.contains(setting),
+            "the error names {setting}: {printed}"
+        );
+        check(&format!("ingest with a malformed {setting}"), &printed);
+    }
+    println!("outputs showing the password: {leaks:?}");
+    assert!(leaks.is_empty());
+    stack.cleanup().await
+}
+
+#[tokio::test]
+async fn a_short_admin_token_is_refused_at_start_up() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let short = "short-admin-token-31-characters";
+    let mut env = stack.env();
+    env.push(("ADMIN_TOKEN".into(), short.into()));
+    env.push(("INGEST_ADDR".into(), "127.0.0.1:0".into()));
+    let (code, printed) = run("ingest", &[], &env, Duration::from_secs(20)).await;
+    println!("ingest with a 31-character ADMIN_TOKEN: exit {code:?}, said {printed:?}");
+    assert!(code.is_some_and(|c| c != 0), "refused");
+    assert!(printed.contains("ADMIN_TOKEN") && printed.contains("32"));
+    assert!(!printed.contains(short));
+    assert_eq!(printed.trim().lines().count(), 1, "one line");
+    stack.cleanup().await
+}
+
+#[tokio::test]
+async fn admin_bearer_scheme_is_case_insensitive_and_failures_counted() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let ingest = stack
+        .spawn_ingest_process(&[("ADMIN_TOKEN", ADMIN_TOKEN)])
+        .await?;
+    let client = reqwest::Client::new();
+    let flush = |auth: String| {
+        client
+            .post(ingest.url("/api/views/flush?wait=false"))
+            .header("authorization", auth)
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        statuses.push(
+            flush(format!("{scheme} {ADMIN_TOKEN}"))
+                .await?
+                .status()
+                .as_u16(),
+        );
+    }
+    let failures = "viewpipe_ingest_admin_auth_failures_total";
+    let before = metric(&ingest, failures).await;
+    let wrong = flush("bearer wrong-token".into()).await?.status().as_u16();
+    let after = metric(&ingest, failures).await;
+    println!("flush with Bearer/bearer/BEARER: {statuses:?}; wrong token: {wrong}; {failures} {before} -> {after}");
+    assert_eq!(statuses, [202, 202, 202]);
+    assert_eq!(wrong, 401);
+    assert_eq!(after - before, 1.0);
+    let log = std::fs::read_to_string(&ingest.log_path).unwrap_or_default();
+    assert!(log.contains("admin request refused") && !log.contains("wrong-token"));
+    ingest.stop(Duration::from_secs(10)).await?;
+    stack.cleanup().await
+}
+
+#[tokio::test]
+async fn reads_over_the_read_limit_get_429() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let ingest = stack
+        .spawn_ingest(&[("READ_RATE_LIMIT_PER_ADDR", "5/m")])
+        .await?;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    let mut retry_after = Vec::new();
+    for path in [
+        "/api/views?contentType=resource&contentId=a",
+        "/api/views/daily?contentType=resource&contentId=a",
+        "/api/views/top?contentType=resource",
+    ]
+    .iter()
+    .cycle()
+    .take(8)
+    {
+        let answer = client.get(ingest.url(path)).send().await?;
+        statuses.push(answer.status().as_u16());
+        if answer.status() == 429 {
+            retry_after.push(answer.headers().get("retry-after").cloned());
+        }
+    }
+    // A write is not a read: still accepted.
+    let write = client
+        .post(ingest.url("/api/views"))
+        .json(&serde_json::json!({"contentType": "resource", "contentId": "a"}))
+        .send()
+        .await?
+        .status()
+        .as_u16();
+    println!("8 reads at READ_RATE_LIMIT_PER_ADDR=5/m: {statuses:?}; then a write: {write}");
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    assert!(retry_after.iter().all(Option::is_some));
+    assert_eq!(write, 202);
+    ingest.stop(Duration::from_secs(10)).await?;
+    stack.cleanup().await
+}
