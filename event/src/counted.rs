@@ -26,7 +26,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::event::{EventError, FieldError, EVENT_VERSION, MAX_PATH_CHARS, MAX_TOKEN_LEN};
+use crate::event::{
+    event_object, EventError, FieldError, EVENT_VERSION, MAX_PATH_CHARS, MAX_TOKEN_LEN,
+};
 
 /// The longest `contentType` counted, in bytes (the ingest allows 32).
 pub const MAX_COUNTED_TYPE_LEN: usize = 64;
@@ -120,12 +122,7 @@ impl<'a> EventRef<'a> {
     pub fn parse_value(bytes: &[u8]) -> Result<EventRef<'static>, EventError> {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| EventError::NotJson(e.to_string()))?;
-        let obj = value.as_object().ok_or(EventError::NotObject)?;
-        match obj.get("v") {
-            Some(Value::Number(n)) if n.as_u64() == Some(EVENT_VERSION) => {}
-            Some(other) => return Err(EventError::Version(other.to_string())),
-            None => return Err(EventError::Version("(missing)".to_owned())),
-        }
+        let obj = event_object(&value)?;
         let get = |name: &str| obj.get(name).filter(|v| !v.is_null());
         let string = |name: &'static str| match get(name) {
             None => Ok(None),

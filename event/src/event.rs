@@ -185,13 +185,7 @@ impl ViewEvent {
     pub fn from_slice(bytes: &[u8], namespaces: &Namespaces) -> Result<Self, EventError> {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| EventError::NotJson(e.to_string()))?;
-        let obj = value.as_object().ok_or(EventError::NotObject)?;
-        match obj.get("v") {
-            Some(Value::Number(n)) if n.as_u64() == Some(EVENT_VERSION) => {}
-            Some(other) => return Err(EventError::Version(other.to_string())),
-            None => return Err(EventError::Version("(missing)".to_owned())),
-        }
-        let fields = Fields(obj);
+        let fields = Fields(event_object(&value)?);
         Ok(Self {
             v: EVENT_VERSION,
             event_id: fields.token("eventId")?,
@@ -219,6 +213,16 @@ impl ViewEvent {
     /// The UTC day the view counts towards.
     pub fn day(&self) -> NaiveDate {
         self.occurred_at.date_naive()
+    }
+}
+
+/// The object of an event JSON value of this build's version.
+pub(crate) fn event_object(value: &Value) -> Result<&Map<String, Value>, EventError> {
+    let obj = value.as_object().ok_or(EventError::NotObject)?;
+    match obj.get("v") {
+        Some(Value::Number(n)) if n.as_u64() == Some(EVENT_VERSION) => Ok(obj),
+        Some(other) => Err(EventError::Version(other.to_string())),
+        None => Err(EventError::Version("(missing)".to_owned())),
     }
 }
 

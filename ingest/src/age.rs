@@ -123,7 +123,7 @@ mod tests {
             "-1d",
             "1.5d",
             "30s",
-            "3651d",
+            "36501d",
             "99999999999999d",
         ] {
             let err = bad.parse::<MaxEventAge>().expect_err(bad);

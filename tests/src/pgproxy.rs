@@ -107,6 +107,17 @@ impl PgProxy {
     }
 }
 
+/// The host and port of a `postgres://` URL with a literal address, for a proxy in
+/// front of it.
+pub fn server_of(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    host_port
+        .parse()
+        .unwrap_or_else(|_| panic!("a literal host:port in the test database URL: {url}"))
+}
+
 impl Drop for PgProxy {
     fn drop(&mut self) {
         self.task.abort();

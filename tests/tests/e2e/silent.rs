@@ -6,7 +6,6 @@
 //! the stuck dependency must show on `/readyz` and in a metric meanwhile.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,20 +13,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use viewpipe_tests::chaos::metric;
-use viewpipe_tests::pgproxy::{Loss, PgProxy};
+use viewpipe_tests::pgproxy::{server_of, Loss, PgProxy};
 use viewpipe_tests::{Service, Stack};
 
 const VIEWS: usize = 1_200;
 const KEYS: usize = 20;
-
-fn server_of(url: &str) -> SocketAddr {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    let host_port = rest.split('/').next().unwrap_or(rest);
-    host_port
-        .parse()
-        .unwrap_or_else(|_| panic!("a literal host:port in the test database URL: {url}"))
-}
 
 /// Watches the aggregator's `/readyz` until `stop`; true once it named
 /// `postgres_silent`.

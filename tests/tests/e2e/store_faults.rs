@@ -3,7 +3,6 @@
 //! starts the faulty part itself (a proxy in front of the shared Postgres, a private
 //! `redis-server`) and never breaks the shared servers.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sea_orm::ConnectionTrait;
@@ -11,19 +10,9 @@ use sea_orm::ConnectionTrait;
 use viewpipe_tests::chaos::{self, Load};
 use viewpipe_tests::faults::{aggregators, kill_randomly, Running, RECOVERY};
 use viewpipe_tests::pg_server::PgServer;
-use viewpipe_tests::pgproxy::PgProxy;
+use viewpipe_tests::pgproxy::{server_of, PgProxy};
 use viewpipe_tests::redis_server::RedisServer;
 use viewpipe_tests::Stack;
-
-/// The host and port of a `postgres://` URL.
-fn server_of(url: &str) -> SocketAddr {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    let host_port = rest.split('/').next().unwrap_or(rest);
-    host_port
-        .parse()
-        .unwrap_or_else(|_| panic!("a literal host:port in the test database URL: {url}"))
-}
 
 /// The aggregators reach Postgres through a proxy that loses the reply of every third
 /// COMMIT: the transaction is in, the aggregator sees a broken connection and sends
