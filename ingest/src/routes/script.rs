@@ -1,19 +1,22 @@
-//! `GET /v.js`: the script a page embeds to count its views (`ingest/assets/v.js`,
-//! built into the binary).
+//! `GET /v.js`: the script a page embeds to count its views (`ingest/js/script/v.js`,
+//! built into the binary as it is: plain JavaScript, no build step).
 
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 /// The script, as kept in the repository.
-pub const SCRIPT: &str = include_str!("../../assets/v.js");
+pub const SCRIPT: &str = include_str!("../../js/script/v.js");
 
 /// The view-counting script.
 ///
 /// Embedded with
 /// `<script defer src="https://views.example.com/v.js" data-type="page"></script>`,
 /// it counts one view when the page loads and one per navigation of a single-page
-/// app, with `navigator.sendBeacon` (a `text/plain` POST to `/api/views`, which
-/// needs no CORS). Attributes: `data-type` (the `contentType`, required),
+/// app, with `fetch` and `keepalive` (a `text/plain` POST to `/api/views`, which
+/// needs no CORS preflight; `navigator.sendBeacon` where fetch is missing), and says
+/// in the console why a view was refused (the error's code and message) where
+/// `CORS_ORIGINS` lets the page read the answer. Attributes: `data-type` (the
+/// `contentType`, required),
 /// `data-id` (the `contentId`; default derived from the path: `/docs/intro/` is
 /// `docs:intro`, `/` is `index`), `data-key` (the write key, where `WRITE_KEYS` is
 /// set), `data-dnt="respect"` (send nothing when the browser asks not to be

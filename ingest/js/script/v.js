@@ -20,9 +20,16 @@
  *
  *   viewpipe.view({ contentType: "video", contentId: "intro" })
  *
- * Views go out with navigator.sendBeacon as a text/plain body: a browser sends
- * that to another origin without a CORS preflight, even while the page unloads.
- * Where sendBeacon is missing or refuses, fetch with keepalive does the same.
+ * Views go out with fetch and keepalive, as a text/plain body: a browser sends
+ * that to another origin without a CORS preflight, and keepalive lets it finish
+ * while the page unloads, as a beacon would. Unlike a beacon, its answer can be
+ * read: a view the ingest refuses (an unknown data-type, a missing key, a rate
+ * limit) is reported in the console with the API's error code and message.
+ * Reading needs the page's origin in the ingest's CORS_ORIGINS; where it is not,
+ * the browser logs a CORS error once, the view still counts, and the script sends
+ * the page's later views without reading their answers (mode no-cors), saying so
+ * once. Where fetch is missing or refuses, navigator.sendBeacon sends the view
+ * (its answer is never known).
  * Nothing is stored in the browser: no cookie, no local storage.
  */
 (function () {
@@ -55,19 +62,51 @@
     return id || "index";
   }
 
+  // "cors" until an answer proves unreadable from this origin, then "no-cors".
+  var mode = "cors";
+
+  // Says in the console why the ingest refused a view: its error code and message.
+  function report(view, response) {
+    if (response.ok || response.type === "opaque") return;
+    response.json().then(function (body) {
+      var error = (body && body.error) || {};
+      console.warn("viewpipe: the view of " + view.contentType + ":" + view.contentId +
+        " was not counted (" + response.status + " " + error.code + "): " + error.message);
+    }, function () {
+      console.warn("viewpipe: the view of " + view.contentType + ":" + view.contentId +
+        " was not counted (" + response.status + ")");
+    });
+  }
+
+  function unreadable() {
+    // A network failure, or an ingest that does not list this origin in
+    // CORS_ORIGINS: the request went out all the same (a text/plain POST needs no
+    // preflight), only its answer is hidden.
+    if (mode === "no-cors") return;
+    mode = "no-cors";
+    console.warn("viewpipe: the ingest's answers cannot be read from this page " +
+      "(add " + location.origin + " to its CORS_ORIGINS to see refused views here); " +
+      "views are still sent");
+  }
+
   function send(view) {
     var body = JSON.stringify(view);
-    try {
-      if (navigator.sendBeacon && navigator.sendBeacon(endpoint, body)) return true;
-    } catch (e) {
-      // A content security policy may forbid it: fetch below is tried.
+    if (window.fetch) {
+      try {
+        var sent = fetch(endpoint, {
+          method: "POST", body: body, keepalive: true, mode: mode, credentials: "omit"
+        });
+        sent.then(function (response) { report(view, response); }, unreadable);
+        return true;
+      } catch (e) {
+        // A content security policy or the keepalive quota: the beacon below.
+      }
     }
-    if (!window.fetch) return false;
-    // A string body is sent as text/plain, and no-cors needs no preflight; the
-    // answer cannot be read, and none is needed.
-    fetch(endpoint, { method: "POST", body: body, keepalive: true, mode: "no-cors" })
-      .catch(function () {});
-    return true;
+    try {
+      return !!(navigator.sendBeacon && navigator.sendBeacon(endpoint, body));
+    } catch (e) {
+      return false;
+    }
   }
 
   // Counts one view of the current page; false when nothing was sent.
