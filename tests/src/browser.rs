@@ -143,7 +143,8 @@ impl Drop for Chromium {
 }
 
 /// Serves fixed pages over HTTP/1.1 on a port of its own, and passes on every JSON
-/// body posted to `/report`.
+/// body posted to `/report`. A path's extension sets the `Content-Type` (`.js`,
+/// `.css`, `.svg`, `.json`; HTML otherwise), so a built app's module scripts load.
 pub struct PageServer {
     pub addr: SocketAddr,
     reports: mpsc::UnboundedReceiver<Value>,
@@ -238,11 +239,23 @@ async fn serve(
         _ => ("404 Not Found", "not found".to_owned()),
     };
     let answer = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+        "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nConnection: close\r\n\r\n{content}",
+        content_type(path),
         content.len()
     );
     stream.write_all(answer.as_bytes()).await?;
     stream.shutdown().await?;
     Ok(())
+}
+
+/// The `Content-Type` of a page server path, by its extension.
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("json") => "application/json",
+        _ => "text/html; charset=utf-8",
+    }
 }

@@ -16,6 +16,7 @@ mod edge;
 mod failures;
 mod flush_cases;
 mod fuzz;
+mod js;
 mod log_changes;
 mod pipeline;
 mod protect;
