@@ -255,8 +255,9 @@ impl Health {
     }
 }
 
-/// Tells browsers not to guess an answer's type from its content.
-async fn nosniff(mut response: axum::response::Response) -> axum::response::Response {
+/// Tells browsers not to guess an answer's type from its content (a
+/// `map_response` layer; both services put it on every answer).
+pub async fn nosniff(mut response: axum::response::Response) -> axum::response::Response {
     response.headers_mut().insert(
         axum::http::header::X_CONTENT_TYPE_OPTIONS,
         axum::http::HeaderValue::from_static("nosniff"),

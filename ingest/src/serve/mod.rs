@@ -117,16 +117,6 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
-/// Every response tells browsers not to guess its type from its content.
-pub async fn nosniff(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
-}
-
 /// Gives the request's body `timeout` from now to arrive whole. An answer given
 /// before the body was read to its end (413, 415, 401, a timeout) says
 /// `Connection: close`: hyper closes such a connection anyway, and a client told so

@@ -137,7 +137,7 @@ mod tests {
     use super::*;
 
     fn answer(written: &[u8]) -> Option<(String, usize)> {
-        rewrite(written).map(|(a, n)| (String::from_utf8(a).unwrap(), n))
+        rewrite(written).map(|(a, n)| (String::from_utf8(a).expect("UTF-8"), n))
     }
 
     #[test]
