@@ -1,4 +1,4 @@
-//! The ingest at the edge: slow clients cut off, the server's own answers in the
+//! The ingest at the edge: slow clients cut off, the connection cap, the server's own answers in the
 //! error body, secrets kept out of `--help`,
 //! logs and parse errors, the admin token's length and scheme, the read limit, and
 //! `nosniff` on every answer.
@@ -84,6 +84,57 @@ async fn slow_headers_and_bodies_are_cut_off() -> anyhow::Result<()> {
     // The ingest still serves, and still stops.
     let ok = reqwest::get(ingest.url("/healthz")).await?;
     assert_eq!(ok.status(), 200);
+    ingest.stop(Duration::from_secs(10)).await?;
+    stack.cleanup().await
+}
+
+#[tokio::test]
+async fn past_max_connections_new_connections_wait_for_one_to_close() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let ingest = stack
+        .spawn_ingest(&[("MAX_CONNECTIONS", "5"), ("HEADER_READ_TIMEOUT", "60s")])
+        .await?;
+    // Five connections that send nothing hold every slot.
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(TcpStream::connect(ingest.addr).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let health = ingest.url("/healthz");
+    let client = || reqwest::Client::builder().pool_max_idle_per_host(0).build();
+    let at_cap = client()?
+        .get(&health)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    // One closes: the waiting request is served.
+    let waiting = tokio::spawn({
+        let health = health.clone();
+        let client = client()?;
+        async move {
+            client
+                .get(&health)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(idle.pop());
+    let after_one_closed = waiting.await?;
+    println!(
+        "MAX_CONNECTIONS=5 with 5 idle connections: a sixth request {}; after one closed: {:?}",
+        match &at_cap {
+            Ok(r) => format!("answered {}", r.status()),
+            Err(e) if e.is_timeout() => "not answered within 2 s".to_owned(),
+            Err(e) => format!("failed: {e}"),
+        },
+        after_one_closed.as_ref().map_err(ToString::to_string)
+    );
+    assert!(at_cap.is_err_and(|e| e.is_timeout()));
+    assert_eq!(after_one_closed.ok(), Some(200));
+    drop(idle);
     ingest.stop(Duration::from_secs(10)).await?;
     stack.cleanup().await
 }
