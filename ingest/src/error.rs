@@ -7,7 +7,10 @@ use axum::Json;
 
 use viewpipe_event::FieldError;
 
+use axum::extract::rejection::BytesRejection;
+
 use crate::api::{ErrorBody, ErrorDetail};
+use crate::serve::BodyTimedOut;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";
@@ -24,6 +27,18 @@ pub enum ApiError {
     NotJson,
     #[error("request body is larger than {0}")]
     TooLarge(&'static str),
+    /// The body did not arrive whole within `BODY_READ_TIMEOUT`.
+    #[error("the request body did not arrive within BODY_READ_TIMEOUT ({0:?})")]
+    BodyTimeout(std::time::Duration),
+    /// hyper could not parse the request's head (it answers before the router).
+    #[error("the request is not valid HTTP/1.1: its request line or a header could not be parsed")]
+    BadRequest,
+    /// The request's URI is over hyper's limit.
+    #[error("the request URI is too long (at most 65534 bytes)")]
+    UriTooLong,
+    /// The request's headers are over hyper's read buffer or more than 100.
+    #[error("the request's headers are too large (at most 100 headers in about 400 KiB)")]
+    HeadersTooLarge,
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -80,7 +95,12 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Invalid(_) | ApiError::BadJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) | ApiError::BadJson(_) | ApiError::BadRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -107,6 +127,10 @@ impl ApiError {
             ApiError::BadJson(_) => "invalid_json",
             ApiError::NotJson => "unsupported_media_type",
             ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::BadRequest => "bad_request",
+            ApiError::UriTooLong => "uri_too_long",
+            ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::BrokerUnavailable => "broker_unavailable",
@@ -123,6 +147,22 @@ impl ApiError {
             ApiError::MissingReadKey => "missing_read_key",
             ApiError::InvalidReadKey => "invalid_read_key",
         }
+    }
+
+    /// Why a body could not be read whole: over `limit`, past `BODY_READ_TIMEOUT`,
+    /// or cut off by the client.
+    pub fn unread_body(rejection: &BytesRejection, limit: &'static str) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::TooLarge(limit);
+        }
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+        while let Some(error) = cause {
+            if let Some(timed_out) = error.downcast_ref::<BodyTimedOut>() {
+                return ApiError::BodyTimeout(timed_out.0);
+            }
+            cause = error.source();
+        }
+        ApiError::BadJson(rejection.body_text())
     }
 
     /// The error as it is sent, in the shape the OpenAPI document describes.

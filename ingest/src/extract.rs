@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{header, request::Parts, StatusCode};
+use axum::http::{header, request::Parts};
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -29,13 +29,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         ) {
             return Err(ApiError::NotJson);
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge("1 MiB")
-            } else {
-                ApiError::BadJson(e.body_text())
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::unread_body(&e, "1 MiB"))?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::BadJson(e.to_string()))

@@ -250,7 +250,9 @@ impl App {
                     .fallback(not_found)
                     .method_not_allowed_fallback(method_not_allowed)
                     .layer(axum::middleware::from_fn(metrics::track))
-                    .layer(axum::middleware::from_fn(serve::nosniff));
+                    .layer(axum::middleware::map_response(
+                        viewpipe_runtime::health::nosniff,
+                    ));
                 let public = health
                     .router(prometheus)
                     .layer(axum::middleware::from_fn(hide_metrics));
@@ -276,7 +278,9 @@ impl App {
             };
             router = router.layer(cors);
         }
-        let router = router.layer(axum::middleware::from_fn(serve::nosniff));
+        let router = router.layer(axum::middleware::map_response(
+            viewpipe_runtime::health::nosniff,
+        ));
         tracing::info!(
             addr = %listener.local_addr()?,
             metrics_addr = ?metrics.as_ref().and_then(|(l, _)| l.local_addr().ok()),

@@ -57,7 +57,7 @@ pub struct Settings {
     #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
     /// How long a client has to send a request's body, from the end of its headers;
-    /// a body not complete by then is answered 400 and its connection closed.
+    /// a body not complete by then is answered 408 `body_timeout` and its connection closed.
     #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub body_read_timeout: Duration,
     /// Most connections open at once (on the API port, and again on METRICS_ADDR);

@@ -212,7 +212,7 @@ impl Health {
         failing
     }
 
-    /// `/healthz`, `/readyz` and `/metrics`.
+    /// `/healthz`, `/readyz` and `/metrics`, every answer with `nosniff`.
     pub fn router(&self, metrics: PrometheusHandle) -> Router {
         let live = self.clone();
         let ready = self.clone();
@@ -251,7 +251,18 @@ impl Health {
                     metrics.render()
                 }),
             )
+            .layer(axum::middleware::map_response(nosniff))
     }
+}
+
+/// Tells browsers not to guess an answer's type from its content (a
+/// `map_response` layer; both services put it on every answer).
+pub async fn nosniff(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 fn body(status: HealthStatus, failing: Vec<String>) -> Json<HealthBody> {

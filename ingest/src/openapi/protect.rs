@@ -1,5 +1,6 @@
 //! Writes the API protection this ingest runs with into the document: the key
-//! schemes and the 401, 403 and 429 answers of the routes they guard, only where
+//! schemes and the 401, 403 and 429 answers of the routes they guard (reads' 429
+//! with `READ_RATE_LIMIT_PER_ADDR`), only where
 //! the setting is given (the document is built at start-up, so it says what this
 //! ingest does), and `/metrics` left out when `METRICS_ADDR` serves it elsewhere.
 
@@ -59,20 +60,21 @@ pub fn apply(api: &mut Value, protect: &Protect) {
     }
     if protect.per_addr.is_some() || protect.per_key.is_some() {
         for op in WRITES {
-            respond(
+            too_many(
                 api,
                 op,
-                "429",
                 "Over RATE_LIMIT_PER_ADDR or RATE_LIMIT_PER_KEY (rate_limited), or a batch \
                  larger than the limit allows at once; nothing was published. See Retry-After",
             );
-            if let Some(response) = operation(api, op).and_then(|o| o.pointer_mut("/responses/429"))
-            {
-                response["headers"]["Retry-After"] = json!({
-                    "description": "Whole seconds to wait before retrying",
-                    "schema": {"type": "integer", "minimum": 1},
-                });
-            }
+        }
+    }
+    if protect.reads_per_addr.is_some() {
+        for op in READS {
+            too_many(
+                api,
+                op,
+                "Over READ_RATE_LIMIT_PER_ADDR (rate_limited). See Retry-After",
+            );
         }
     }
     if protect.read_key.is_some() {
@@ -99,6 +101,17 @@ pub fn apply(api: &mut Value, protect: &Protect) {
         if let Some(paths) = api["paths"].as_object_mut() {
             paths.remove("/metrics");
         }
+    }
+}
+
+/// A 429 answer with its `Retry-After`.
+fn too_many(api: &mut Value, op: &Op, description: &str) {
+    respond(api, op, "429", description);
+    if let Some(response) = operation(api, op).and_then(|o| o.pointer_mut("/responses/429")) {
+        response["headers"]["Retry-After"] = json!({
+            "description": "Whole seconds to wait before retrying",
+            "schema": {"type": "integer", "minimum": 1},
+        });
     }
 }
 
@@ -177,6 +190,7 @@ mod tests {
             "--write-keys=web:0123456789abcdef,m:0123456789abcdeg:course",
             "--rate-limit-per-addr=10/s",
             "--read-key=0123456789abcdef-read",
+            "--read-rate-limit-per-addr=50/s",
             "--metrics-addr=127.0.0.1:0",
         ]);
         let post = statuses(&api, "/api/views", "post");
@@ -214,9 +228,10 @@ mod tests {
             serde_json::json!([{"writeKey": []}, {"writeKeyQuery": []}])
         );
         for path in ["/api/views", "/api/views/daily", "/api/views/top"] {
+            let read = statuses(&api, path, "get");
             assert!(
-                statuses(&api, path, "get").contains(&"401".to_owned()),
-                "{path}"
+                read.contains(&"401".to_owned()) && read.contains(&"429".to_owned()),
+                "{path} {read:?}"
             );
             assert!(api["paths"][path]["get"]["security"].is_array(), "{path}");
         }
@@ -242,6 +257,6 @@ mod tests {
         assert!(!post.contains(&"429".to_owned()));
         assert!(statuses(&api, "/api/views", "get")
             .iter()
-            .all(|s| s != "401"));
+            .all(|s| s != "401" && s != "429"));
     }
 }

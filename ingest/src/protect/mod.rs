@@ -315,4 +315,20 @@ mod tests {
         );
         assert_eq!(too_big.code(), "rate_limited");
     }
+
+    #[test]
+    fn top_reads_past_max_top_reads_are_busy_until_one_ends() {
+        let protect = build(&["--max-top-reads=2"], "resource").expect("protect");
+        let first = protect.top_read().expect("first");
+        let second = protect.top_read().expect("second");
+        let busy = protect.top_read().expect_err("third");
+        assert_eq!(
+            (busy.code(), busy.status().as_u16()),
+            ("busy", 503),
+            "{busy}"
+        );
+        drop(first);
+        assert!(protect.top_read().is_ok(), "a permit back once a read ends");
+        drop(second);
+    }
 }

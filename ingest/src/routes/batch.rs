@@ -42,13 +42,9 @@ impl<S: Send + Sync> FromRequest<S> for BatchBody {
             Some(Media::Json | Media::Text) => false,
             None => return Err(ApiError::NotJson),
         };
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge("10 MiB")
-            } else {
-                ApiError::BadJson(e.body_text())
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::unread_body(&e, "10 MiB"))?;
         Ok(BatchBody { bytes, ndjson })
     }
 }
@@ -115,6 +111,7 @@ fn rejection(index: usize, code: &str, message: String, field: Option<&str>) -> 
         (status = 202, description = "Valid views acknowledged; the rest listed by index (all of them when none is valid, with accepted 0)", body = BatchAccepted),
         (status = 400, description = "Not an array (or NDJSON), empty, or over 1000 views", body = ErrorBody),
         (status = 413, description = "Body over 10 MiB", body = ErrorBody),
+        (status = 408, description = "The body did not arrive whole within BODY_READ_TIMEOUT (body_timeout)", body = ErrorBody),
         (status = 415, description = "Content-Type is neither JSON, text/plain nor NDJSON", body = ErrorBody),
         (status = 503, description = "Broker unavailable; no view was accepted", body = ErrorBody),
     )

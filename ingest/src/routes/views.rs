@@ -49,6 +49,7 @@ const POST_COUNT_WAIT: Duration = Duration::from_millis(250);
         (status = 202, description = "Published and acknowledged", body = ViewAccepted),
         (status = 400, description = "Invalid view; the error names the field", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
+        (status = 408, description = "The body did not arrive whole within BODY_READ_TIMEOUT (body_timeout)", body = ErrorBody),
         (status = 415, description = "Content-Type is neither JSON nor text/plain", body = ErrorBody),
         (status = 503, description = "Broker unavailable or producer queue full; see Retry-After", body = ErrorBody),
     )

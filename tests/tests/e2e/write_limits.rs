@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 
 use viewpipe_tests::openapi::Api;
 use viewpipe_tests::Stack;
@@ -28,6 +29,22 @@ fn days_ago(days: i64) -> String {
     (Utc::now() - chrono::Duration::days(days)).to_rfc3339()
 }
 
+/// Sends a batch's head, then its body a byte every 300 ms, until aborted.
+async fn trickle(addr: std::net::SocketAddr) {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return;
+    };
+    let head = format!(
+        "POST /api/views/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: {MAX_BODY}\r\n\r\n"
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    while stream.write_all(b"x").await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_ten_mib_of_lines_costs_bounded_memory_and_health_stays_quick() {
     let stack = Stack::start().await.expect("stack");
@@ -38,6 +55,10 @@ async fn a_batch_of_ten_mib_of_lines_costs_bounded_memory_and_health_stays_quick
     http.get(&health).send().await.expect("healthz");
     let start_kib = ingest.peak_rss_kib().expect("peak RSS");
 
+    // 20 clients sending a batch's body a byte every 300 ms all along.
+    let slow: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(trickle(ingest.addr)))
+        .collect();
     // 5,242,880 lines of `x`: exactly 10 MiB, so within the byte limit.
     let body = "x\n".repeat(MAX_BODY / 2);
     let floods: Vec<_> = (0..3)
@@ -57,7 +78,10 @@ async fn a_batch_of_ten_mib_of_lines_costs_bounded_memory_and_health_stays_quick
         .collect();
     let mut slowest = Duration::ZERO;
     let mut polls = 0;
-    while !floods.iter().all(tokio::task::JoinHandle::is_finished) {
+    let watched = Instant::now();
+    while !floods.iter().all(tokio::task::JoinHandle::is_finished)
+        || watched.elapsed() < Duration::from_secs(3)
+    {
         let asked = Instant::now();
         let r = http
             .get(&health)
@@ -80,8 +104,9 @@ async fn a_batch_of_ten_mib_of_lines_costs_bounded_memory_and_health_stays_quick
     }
     let peak_kib = ingest.peak_rss_kib().expect("peak RSS");
     let grew_mib = peak_kib.saturating_sub(start_kib) / 1024;
+    slow.iter().for_each(tokio::task::JoinHandle::abort);
     println!(
-        "3 x 10 MiB NDJSON of `x` lines: peak RSS {} MiB -> {} MiB (+{grew_mib} MiB); /healthz slowest {slowest:?} over {polls} polls",
+        "3 x 10 MiB NDJSON of `x` lines beside 20 clients trickling a body: peak RSS {} MiB -> {} MiB (+{grew_mib} MiB); /healthz slowest {slowest:?} over {polls} polls",
         start_kib / 1024,
         peak_kib / 1024,
     );

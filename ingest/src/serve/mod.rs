@@ -5,8 +5,9 @@
 //! (a socket, a task, buffers) for as long as it likes unless something closes it:
 //! hyper closes a connection whose headers are not complete within
 //! `HEADER_READ_TIMEOUT`, and [`body_deadline`] fails a body not complete within
-//! `BODY_READ_TIMEOUT` (the handler answers 400 and hyper closes the connection,
-//! since the body was not read to its end). At `MAX_CONNECTIONS` open connections
+//! `BODY_READ_TIMEOUT` (the handler answers 408 and hyper closes the connection,
+//! since the body was not read to its end). hyper's own answers to a head it cannot
+//! parse get the API's error body from [`parser_answers`]. At `MAX_CONNECTIONS` open connections
 //! the server stops accepting until one closes; the kernel's backlog holds the rest.
 
 use std::future::Future;
@@ -30,6 +31,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tower::Service;
+
+mod parser_answers;
+
+use parser_answers::ParserAnswers;
 
 /// How long a connection stays open while accepting fails (e.g. out of file
 /// descriptors) before the next try.
@@ -99,7 +104,8 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().call(request)
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connection = graceful
+            .watch(builder.serve_connection(TokioIo::new(ParserAnswers::new(stream)), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(peer = %peer, error = %e, "connection closed with an error");
@@ -109,16 +115,6 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
-}
-
-/// Every response tells browsers not to guess its type from its content.
-pub async fn nosniff(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
 }
 
 /// Gives the request's body `timeout` from now to arrive whole. An answer given
@@ -162,7 +158,7 @@ struct Deadline {
 
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive within BODY_READ_TIMEOUT ({0:?})")]
-struct BodyTimedOut(Duration);
+pub(crate) struct BodyTimedOut(pub(crate) Duration);
 
 impl http_body::Body for Deadline {
     type Data = Bytes;
