@@ -41,3 +41,34 @@ test("counts names the key at fault", async () => {
   expect(error?.status).toBe(400);
   expect(error?.code).toMatch(/namespace|content_type/);
 });
+
+test("100 keys: one counts request beside 100 single reads", async () => {
+  const reader = client();
+  const keys = Array.from({ length: 100 }, (_, i) => freshKey(`latency-${i}`));
+  await reader.view(keys[0]!);
+  await settledCount(keys[0]!, 1);
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const time = async (f: () => Promise<unknown>) => {
+    const started = performance.now();
+    await f();
+    return performance.now() - started;
+  };
+  const many: number[] = [];
+  const sequential: number[] = [];
+  const parallel: number[] = [];
+  for (let round = 0; round < 5; round++) {
+    many.push(await time(() => reader.counts(keys)));
+    sequential.push(
+      await time(async () => {
+        for (const key of keys) await reader.count(key);
+      }),
+    );
+    parallel.push(await time(() => Promise.all(keys.map((key) => reader.count(key)))));
+  }
+  const counts = await reader.counts(keys);
+  expect(counts.map((c) => c.count)).toEqual(keys.map((_, i) => (i === 0 ? 1 : 0)));
+  console.log(
+    `counts of 100 keys, median of 5 rounds: one POST /api/views/counts ${median(many).toFixed(1)} ms; ` +
+      `100 GET /api/views one after another ${median(sequential).toFixed(1)} ms, all at once ${median(parallel).toFixed(1)} ms`,
+  );
+});
