@@ -61,6 +61,39 @@ pub struct CountResponse {
     pub count: i64,
 }
 
+/// A key to read, in `POST /api/views/counts`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    #[schema(example = "resource")]
+    pub content_type: String,
+    #[schema(example = "f538f5c5-1a72-4804-8eb1-3f05cea64874")]
+    pub content_id: String,
+}
+
+/// `POST /api/views/counts` body: the keys to read.
+#[derive(Serialize, ToSchema)]
+pub struct CountsRequest {
+    /// 1 to 100 keys; a key may be asked more than once.
+    #[schema(min_items = 1, max_items = 100)]
+    pub keys: Vec<KeyRef>,
+}
+
+/// One key's count in `POST /api/views/counts`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyCount {
+    pub content_type: String,
+    pub content_id: String,
+    pub count: i64,
+}
+
+/// `POST /api/views/counts` answer: one count per key asked, in the order asked.
+#[derive(Serialize, ToSchema)]
+pub struct CountsResponse {
+    pub counts: Vec<KeyCount>,
+}
+
 /// Why one element of a batch was not accepted.
 #[derive(Serialize, ToSchema)]
 pub struct Rejection {

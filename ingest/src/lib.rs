@@ -46,7 +46,7 @@ use crate::age::MaxEventAge;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::protect::Protect;
-use crate::routes::{admin, batch, pixel, script, series, views};
+use crate::routes::{admin, badge, batch, counts, pixel, script, series, views};
 use crate::settings::Settings;
 use crate::visitor::{VisitorHash, Visitors};
 
@@ -77,6 +77,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .layer(DefaultBodyLimit::max(batch::MAX_BODY));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(views::get_views, views::post_view))
+        .routes(routes!(counts::post_counts))
+        .routes(routes!(badge::get_badge))
         .routes(routes!(series::get_daily))
         .routes(routes!(series::get_top))
         .routes(routes!(admin::post_flush))

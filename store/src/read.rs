@@ -165,6 +165,23 @@ impl Reader {
         Ok(merged.snap.total + merged.unflushed().map(|values| values[0]).sum::<i64>())
     }
 
+    /// [`Reader::total`] of each of `keys`, in order, from one Redis round trip and
+    /// one Postgres statement. When that cannot answer (a partition not marked live,
+    /// a store failed), each key is read the long way, as a single read would be.
+    pub async fn totals(&self, keys: &[ContentKey]) -> Result<Vec<i64>, ReadError> {
+        let names: Vec<&str> = keys.iter().map(ContentKey::as_str).collect();
+        if let Some(totals) = self.totals_together(&names).await {
+            return Ok(totals);
+        }
+        let mut totals = Vec::with_capacity(keys.len());
+        for key in keys {
+            let merged = self.merged(key, None, RECOVERY_WAIT).await?;
+            totals
+                .push(merged.snap.total + merged.unflushed().map(|values| values[0]).sum::<i64>());
+        }
+        Ok(totals)
+    }
+
     /// The key's views per UTC day over `from..=to`, ascending, zero-filled, pending
     /// counts included; and each day's estimated visitors as of the last flush (0
     /// without a row: no flushed view of that day carried a visitor).

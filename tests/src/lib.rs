@@ -336,6 +336,27 @@ impl Stack {
         .expect("watermarks task")
     }
 
+    /// Waits until the views topic holds `n` messages: fails if it holds more, or
+    /// fewer after 30 s.
+    pub async fn wait_published(&self, n: i64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.published().await;
+            assert!(
+                now <= n,
+                "{now} views published, more than the {n} expected"
+            );
+            if now == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{now} views published after 30 s; expected {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Drops the database and this stack's Redis keys now (dropping the stack does
     /// the same, errors aside).
     pub async fn cleanup(mut self) -> anyhow::Result<()> {

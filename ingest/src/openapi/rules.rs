@@ -14,6 +14,7 @@ use viewpipe_event::rules::{self, TextRule};
 use viewpipe_event::Namespaces;
 
 use crate::age::MaxEventAge;
+use crate::routes::badge;
 use crate::routes::batch::MAX_EVENTS;
 use crate::routes::params::INT_PARAMS;
 
@@ -26,10 +27,12 @@ pub fn apply(api: &mut Value, namespaces: &Namespaces, max_event_age: MaxEventAg
         namespaces,
         max_event_age,
     };
-    let view = api.pointer_mut("/components/schemas/ViewRequest/properties");
-    if let Some(properties) = view.and_then(Value::as_object_mut) {
-        for (name, schema) in properties {
-            constrain(schema, name, &deployment);
+    for request in ["ViewRequest", "KeyRef"] {
+        let fields = api.pointer_mut(&format!("/components/schemas/{request}/properties"));
+        if let Some(properties) = fields.and_then(Value::as_object_mut) {
+            for (name, schema) in properties {
+                constrain(schema, name, &deployment);
+            }
         }
     }
     if let Some(paths) = api["paths"].as_object_mut() {
@@ -90,6 +93,13 @@ fn constrain(schema: &mut Value, name: &str, deployment: &Deployment) {
             schema["pattern"] = json!(rules::DAY_PATTERN);
         }
         "id" => schema["format"] = json!("uuid"),
+        "label" => {
+            schema["maxLength"] = json!(badge::MAX_LABEL_CHARS);
+            schema["pattern"] = json!("^[^\\u0000-\\u001f\\u007f-\\u009f]*$");
+            schema["default"] = json!(badge::DEFAULT_LABEL);
+        }
+        "color" => schema["pattern"] = json!(badge::COLOR_PATTERN),
+        "style" => schema["enum"] = json!(badge::STYLES),
         _ => {
             if let Some(rule) = INT_PARAMS.iter().find(|p| p.name == name) {
                 schema["minimum"] = json!(rule.min);
@@ -263,7 +273,7 @@ mod tests {
         assert!(wrong.is_empty(), "{wrong:#?}");
     }
 
-    /// Every parameter and every `ViewRequest` field states a rule: a pattern, an
+    /// Every parameter and every `ViewRequest` and `KeyRef` field states a rule: a pattern, an
     /// enum, a format or a range.
     #[test]
     fn no_request_field_is_left_without_its_rule() {
@@ -284,10 +294,12 @@ mod tests {
                 }
             }
         }
-        let view = &api["components"]["schemas"]["ViewRequest"]["properties"];
-        for (name, schema) in view.as_object().expect("properties") {
-            if !ruled(schema) {
-                bare.push(format!("ViewRequest.{name}"));
+        for request in ["ViewRequest", "KeyRef"] {
+            let fields = &api["components"]["schemas"][request]["properties"];
+            for (name, schema) in fields.as_object().expect("properties") {
+                if !ruled(schema) {
+                    bare.push(format!("{request}.{name}"));
+                }
             }
         }
         assert!(bare.is_empty(), "without a rule: {bare:?}");

@@ -1,8 +1,10 @@
 //! HTTP routes of the ingest.
 
 pub mod admin;
+pub mod badge;
 pub mod batch;
 pub mod batch_read;
+pub mod counts;
 pub mod params;
 pub mod pixel;
 pub mod script;

@@ -29,27 +29,6 @@ const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 
 const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 const WEB_KEY: &str = "web-key-0123456789abcdef";
 
-/// Waits until the views topic holds `n` messages (failing if it holds more, or
-/// fewer after 30 s).
-async fn wait_published(stack: &Stack, n: i64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = stack.published().await;
-        assert!(
-            now <= n,
-            "{now} views published, more than the {n} expected"
-        );
-        if now == n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{now} views published after 30 s; expected {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Every event in the views topic, as (message key, event JSON), once all `n`
 /// were read.
 async fn events(stack: &Stack, n: usize) -> Vec<(String, Value)> {
@@ -233,7 +212,7 @@ async fn a_real_browser_counts_page_loads_navigations_pixels_and_beacons_exactly
             // Nothing may be on its way: give a stray beacon time to arrive.
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        wait_published(&stack, views_after).await;
+        stack.wait_published(views_after).await;
         browser.close().await;
         reports.insert(report["page"].as_str().unwrap_or(page).to_owned(), report);
     }
