@@ -73,11 +73,20 @@ export interface TopQuery {
 }
 
 export interface BadgeOptions extends ContentKey {
-  /** The text left of the count (default `views`). */
+  /** The text left of the count (default `views`, at most 40 characters). */
   label?: string;
-  /** The count's background, a hex colour without `#` (e.g. `4c1`) . */
+  /**
+   * The count's background: `blue` (default), `brightgreen`, `green`, `yellow`,
+   * `orange`, `red`, `purple`, `grey`, `lightgrey`, or 3 or 6 hex digits without `#`.
+   */
   color?: string;
+  /** `flat` (default) or `flat-square`. */
   style?: "flat" | "flat-square";
+  /**
+   * The read key, where the ingest sets `READ_KEY`: it is then part of the URL,
+   * for anyone who sees the page to read. Not taken from the client's `readKey`.
+   */
+  key?: string;
 }
 
 export interface Client {
@@ -305,6 +314,7 @@ export function createClient(options: ClientOptions): Client {
         label: badge.label,
         color: badge.color,
         style: badge.style,
+        key: badge.key,
       });
     },
   };

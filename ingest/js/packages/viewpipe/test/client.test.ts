@@ -131,6 +131,20 @@ describe("reads", () => {
     }
   });
 
+  test("badgeUrl's image shows the key's count", async () => {
+    const views = client();
+    const key = freshKey("badge");
+    for (let i = 0; i < 3; i++) await views.view(key);
+    await settledCount(key, 3);
+    const answer = await fetch(views.badgeUrl({ ...key, label: "reads", style: "flat-square" }));
+    expect(answer.status).toBe(200);
+    expect(answer.headers.get("content-type")).toMatch(/^image\/svg\+xml/);
+    const svg = await answer.text();
+    expect(svg).toMatch(/^<svg[^>]*>/);
+    expect(svg).toContain(">reads<");
+    expect(svg).toContain(">3<");
+  });
+
   test("badgeUrl is the badge endpoint with its options", () => {
     const url = new URL(
       createClient({ url: `${API_URL}/prefix` }).badgeUrl({

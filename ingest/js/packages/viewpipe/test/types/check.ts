@@ -69,10 +69,12 @@ ok<Fits<Answer<PostView, 400>, ErrorBody>>();
 ok<Fits<Answer<PostView, 400> extends { error: infer E } ? E : never, ErrorDetail>>();
 ok<Fits<Answer<PostCounts, 400>, ErrorBody>>();
 
-// The queries it sends.
-ok<Same<keyof Query<Op<"/api/views", "get">>, keyof ContentKey>>();
-ok<Same<keyof Query<Daily>, keyof (ContentKey & DayRange)>>();
-ok<Same<keyof Query<Top>, keyof TopQuery>>();
+// The queries it sends. `key` (a key in the query) is in the document only where
+// the deployment wants keys, so it is left out of the comparison.
+type Params<T> = Exclude<keyof T, "key">;
+ok<Same<Params<Query<Op<"/api/views", "get">>>, keyof ContentKey>>();
+ok<Same<Params<Query<Daily>>, keyof (ContentKey & DayRange)>>();
+ok<Same<Params<Query<Top>>, keyof TopQuery>>();
 type Badge = Query<Op<"/api/views/badge.svg", "get">>;
-ok<Same<keyof Badge, keyof BadgeOptions>>();
+ok<Same<Params<Badge>, Params<BadgeOptions>>>();
 ok<Same<NonNullable<Badge extends { style?: infer S } ? S : never>, NonNullable<BadgeOptions["style"]>>>();
