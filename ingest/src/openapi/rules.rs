@@ -98,7 +98,7 @@ fn constrain(schema: &mut Value, name: &str, deployment: &Deployment) {
             schema["pattern"] = json!("^[^\\u0000-\\u001f\\u007f-\\u009f]*$");
             schema["default"] = json!(badge::DEFAULT_LABEL);
         }
-        "color" => schema["pattern"] = json!(badge::COLOR_PATTERN),
+        "color" => schema["pattern"] = json!(badge::color_pattern()),
         "style" => schema["enum"] = json!(badge::STYLES),
         _ => {
             if let Some(rule) = INT_PARAMS.iter().find(|p| p.name == name) {
@@ -223,6 +223,50 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_badges_options_are_documented_as_they_are_checked() {
+        let api = crate::document(&Namespaces::Any);
+        let params = api["paths"]["/api/views/badge.svg"]["get"]["parameters"]
+            .as_array()
+            .expect("badge parameters")
+            .clone();
+        let mut values: Vec<String> = candidates();
+        values.extend(
+            [
+                "blue",
+                "orange",
+                "lightgrey",
+                "4c1",
+                "4C1",
+                "abcdef",
+                "abcdefa",
+                "fff0",
+                "chartreuse",
+                "#fff",
+                "flat",
+                "flat-square",
+                "plastic",
+            ]
+            .map(String::from),
+        );
+        let mut wrong = Vec::new();
+        for name in ["label", "color", "style"] {
+            let param = params.iter().find(|p| p["name"] == name).expect(name);
+            let schema = jsonschema::validator_for(&param["schema"]).expect("compiles");
+            for value in &values {
+                let by_schema = schema.is_valid(&json!(value));
+                let query = crate::extract::RawQuery(vec![(name.to_owned(), value.clone())]);
+                let by_service = crate::routes::badge::check_look(&query).is_ok();
+                if by_schema != by_service {
+                    wrong.push(format!(
+                        "{name}={value:?}: schema {by_schema}, service {by_service}"
+                    ));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
     }
 
     #[test]

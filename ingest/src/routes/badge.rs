@@ -17,9 +17,6 @@ use crate::AppState;
 /// The label's default and its longest form, in characters.
 pub const DEFAULT_LABEL: &str = "views";
 pub const MAX_LABEL_CHARS: usize = 40;
-/// `color`: a name below or 3 or 6 hex digits (no `#`, which a URL would need
-/// escaped).
-pub const COLOR_PATTERN: &str = "^([0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[a-z]+)$";
 const COLORS: [(&str, &str); 9] = [
     ("blue", "#007ec6"),
     ("brightgreen", "#4c1"),
@@ -31,6 +28,13 @@ const COLORS: [(&str, &str); 9] = [
     ("grey", "#555"),
     ("lightgrey", "#9f9f9f"),
 ];
+/// The rule of `color`: a name of [`COLORS`] or 3 or 6 hex digits (no `#`, which a
+/// URL would need escaped), as a pattern.
+pub fn color_pattern() -> String {
+    let names: Vec<&str> = COLORS.iter().map(|(name, _)| *name).collect();
+    format!("^([0-9a-fA-F]{{3}}|[0-9a-fA-F]{{6}}|{})$", names.join("|"))
+}
+
 /// `style`: rounded with a soft gradient, or square and flat.
 pub const STYLES: [&str; 2] = ["flat", "flat-square"];
 /// How long a badge may be cached: counts change, but a badge need not be live.
@@ -90,6 +94,12 @@ pub async fn get_badge(
         HeaderValue::from_static("cross-origin"),
     );
     Ok(response)
+}
+
+/// Whether `query`'s badge options are valid (for the document's tests).
+#[cfg(test)]
+pub(crate) fn check_look(query: &RawQuery) -> Result<(), FieldError> {
+    Look::from_query(query).map(drop)
 }
 
 /// How a badge looks.

@@ -552,6 +552,8 @@ async fn metrics_openapi_and_cors() {
         ("/openapi.json", "get"),
         ("/p.gif", "get"),
         ("/v.js", "get"),
+        ("/api/views/counts", "post"),
+        ("/api/views/badge.svg", "get"),
     ]
     .iter()
     .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))
