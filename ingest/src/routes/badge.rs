@@ -2,8 +2,8 @@
 //! page embeds.
 
 use axum::extract::State;
-use axum::http::{header, HeaderName, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::http::header;
+use axum::response::Response;
 
 use viewpipe_event::FieldError;
 
@@ -11,6 +11,7 @@ use crate::api::ErrorBody;
 use crate::error::ApiError;
 use crate::extract::RawQuery;
 use crate::protect::access::ReadAccess;
+use crate::routes::embeddable;
 use crate::routes::views::key_from_query;
 use crate::AppState;
 
@@ -78,22 +79,11 @@ pub async fn get_badge(
         .total(&key)
         .await
         .map_err(|e| ApiError::store("badge read", e))?;
-    let mut response = render(&look, &grouped(count)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("image/svg+xml; charset=utf-8"),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(CACHE_CONTROL),
-    );
-    // Pages that require it (Cross-Origin-Embedder-Policy) may still show it.
-    headers.insert(
-        HeaderName::from_static("cross-origin-resource-policy"),
-        HeaderValue::from_static("cross-origin"),
-    );
-    Ok(response)
+    Ok(embeddable(
+        render(&look, &grouped(count)),
+        "image/svg+xml; charset=utf-8",
+        &[(header::CACHE_CONTROL, CACHE_CONTROL)],
+    ))
 }
 
 /// Whether `query`'s badge options are valid (for the document's tests).

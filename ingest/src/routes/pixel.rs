@@ -2,8 +2,8 @@
 //! and for e-mail.
 
 use axum::extract::State;
-use axum::http::{header, HeaderName, HeaderValue, Method};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderName, Method};
+use axum::response::Response;
 use chrono::Utc;
 use serde_json::{Map, Value};
 
@@ -13,6 +13,7 @@ use crate::extract::RawQuery;
 use crate::metrics as m;
 use crate::protect;
 use crate::protect::access::WriteAccess;
+use crate::routes::embeddable;
 use crate::routes::views::{admit_one, broker_available, event_of, publish};
 use crate::visitor::Visit;
 use crate::AppState;
@@ -109,18 +110,7 @@ pub async fn get_pixel(
 }
 
 fn gif() -> Response {
-    let mut response = GIF.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/gif"));
-    for (name, value) in NO_CACHE {
-        headers.insert(name, HeaderValue::from_static(value));
-    }
-    // Pages that require it (Cross-Origin-Embedder-Policy) may still load it.
-    headers.insert(
-        HeaderName::from_static("cross-origin-resource-policy"),
-        HeaderValue::from_static("cross-origin"),
-    );
-    response
+    embeddable(GIF, "image/gif", &NO_CACHE)
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! `GET /v.js`: the script a page embeds to count its views (`ingest/js/script/v.js`,
 //! built into the binary as it is: plain JavaScript, no build step).
 
-use axum::http::{header, HeaderName, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::http::header;
+use axum::response::Response;
+
+use crate::routes::embeddable;
 
 /// The script, as kept in the repository.
 pub const SCRIPT: &str = include_str!("../../js/script/v.js");
@@ -32,20 +34,9 @@ pub const SCRIPT: &str = include_str!("../../js/script/v.js");
     )
 )]
 pub async fn get_script() -> Response {
-    let mut response = SCRIPT.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/javascript; charset=utf-8"),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=3600"),
-    );
-    // Pages that require it (Cross-Origin-Embedder-Policy) may still load it.
-    headers.insert(
-        HeaderName::from_static("cross-origin-resource-policy"),
-        HeaderValue::from_static("cross-origin"),
-    );
-    response
+    embeddable(
+        SCRIPT,
+        "text/javascript; charset=utf-8",
+        &[(header::CACHE_CONTROL, "public, max-age=3600")],
+    )
 }
