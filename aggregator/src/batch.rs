@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use viewpipe_event::{ContentKey, EventRef};
+use viewpipe_schema::{ContentKey, EventRef};
 use viewpipe_store::{visitors, Counts};
 
 use crate::log_check;

@@ -30,8 +30,8 @@ use viewpipe_runtime::connect::{check_eviction_policy, check_kafka, connect_redi
 use viewpipe_runtime::db;
 use viewpipe_runtime::settings::SecretUrl;
 use viewpipe_runtime::{kafka, Health, Probes, Shutdown};
+use viewpipe_schema::version::{self, Migrated};
 use viewpipe_store::pending::{Layout, PendingStore};
-use viewpipe_store::schema::{self, Migrated};
 use viewpipe_store::{jobs, Scope};
 
 use crate::aggregator::{Aggregator, Parts, Tuning};
@@ -47,7 +47,7 @@ const FLUSH_REQUEST_POLL: Duration = Duration::from_millis(100);
 /// `aggregator migrate`: applies every pending migration.
 pub async fn migrate(database_url: &SecretUrl) -> anyhow::Result<()> {
     let db = db::connect(database_url, 2).await?;
-    match schema::migrate(&db).await.context("migration failed")? {
+    match version::migrate(&db).await.context("migration failed")? {
         Migrated::Applied(applied) => {
             tracing::info!(database = %database_url, applied = applied.len(), "schema migrated");
         }

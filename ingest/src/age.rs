@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use viewpipe_event::{FieldError, ViewInput};
+use viewpipe_schema::{FieldError, ViewInput};
 
 /// The longest `MAX_EVENT_AGE` may be: a hundred years, so that every setting keeps
 /// year-0001 timestamps out and `now - age` stays far from chrono's range ends.

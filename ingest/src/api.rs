@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use viewpipe_store::entities::{JobKind, JobStatus};
+use viewpipe_schema::entities::{JobKind, JobStatus};
 
 /// One view, as a client posts it. Only `contentId` and `contentType` are required;
 /// `null` is the same as leaving a field out. Fields the API does not know are

@@ -5,7 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use viewpipe_event::FieldError;
+use viewpipe_schema::FieldError;
 
 use axum::extract::rejection::BytesRejection;
 

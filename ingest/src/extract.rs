@@ -77,7 +77,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RawQuery {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
         let pairs: Vec<(String, String)> = parse_query(query).ok_or_else(|| {
-            ApiError::Invalid(viewpipe_event::FieldError {
+            ApiError::Invalid(viewpipe_schema::FieldError {
                 field: "query",
                 code: "invalid_value",
                 message: "query string is not valid URL-encoded UTF-8".into(),

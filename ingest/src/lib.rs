@@ -33,11 +33,11 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use viewpipe_event::Namespaces;
 use viewpipe_runtime::connect::{check_kafka, connect_redis};
 use viewpipe_runtime::db;
 use viewpipe_runtime::settings::Secret;
 use viewpipe_runtime::{kafka, Health, Probes, Shutdown};
+use viewpipe_schema::Namespaces;
 use viewpipe_store::pending::{Layout, PendingStore};
 use viewpipe_store::read::Reader;
 use viewpipe_store::Scope;

@@ -19,9 +19,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
-use viewpipe_event::{ContentKey, Namespaces, ViewEvent, ViewInput};
 use viewpipe_runtime::progress::Progress;
 use viewpipe_runtime::{kafka, Shutdown};
+use viewpipe_schema::{ContentKey, Namespaces, ViewEvent, ViewInput};
 
 use crate::settings::PublishArgs;
 

@@ -8,10 +8,10 @@ use axum::http::{header, HeaderValue, Method};
 use clap::{Args, Parser, Subcommand};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use viewpipe_event::Namespaces;
 use viewpipe_runtime::kafka::KafkaSettings;
 use viewpipe_runtime::settings::{parse_duration, CommonSettings, Secret, SecretParser};
 use viewpipe_runtime::telemetry::LogFormat;
+use viewpipe_schema::Namespaces;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,7 +47,7 @@ pub struct Settings {
     /// Allowed contentType values, comma-separated; `*` allows any valid name. An
     /// edge rule: aggregators count every namespace, so ingests may add one first.
     #[arg(long, env = "NAMESPACES", default_value = "resource,course")]
-    pub namespaces: viewpipe_event::Namespaces,
+    pub namespaces: viewpipe_schema::Namespaces,
     /// Bearer token for admin endpoints, at least 32 characters; unset, they refuse
     /// everyone.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = SecretParser::with(admin_token))]

@@ -1,5 +1,5 @@
 //! Connecting to Postgres and refusing to run on a schema that is behind (or ahead
-//! by a breaking migration: see `viewpipe_store::schema`).
+//! by a breaking migration: see `viewpipe_schema::version`).
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use sea_orm::sqlx::{self, ConnectOptions as _, Connection as _};
 use sea_orm::{DatabaseConnection, SqlxPostgresConnector};
 
 use crate::settings::SecretUrl;
-use viewpipe_store::schema::{self, SchemaState};
+use viewpipe_schema::version::{self, SchemaState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbStartError {
@@ -114,7 +114,7 @@ pub async fn connect_current(
 /// Errors unless every migration of this build has been applied and any newer ones
 /// are additive. A schema ahead of this build is logged once.
 pub async fn ensure_schema_current(db: &DatabaseConnection) -> Result<(), DbStartError> {
-    match schema::state(db).await.map_err(DbStartError::Version)? {
+    match version::state(db).await.map_err(DbStartError::Version)? {
         SchemaState::Current => Ok(()),
         SchemaState::AheadAdditive { newer } => {
             tracing::info!(

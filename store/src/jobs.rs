@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use sea_orm::{ConnectionTrait, DbErr, EntityTrait, FromQueryResult};
 use uuid::Uuid;
 
-use crate::entities::{Job, JobRow, JobStatus};
 use crate::postgres::Scope;
 use crate::sql::stmt;
+use viewpipe_schema::entities::{Job, JobRow, JobStatus};
 
 /// How a flush request ended, as `aggregator flush` prints it and
 /// `POST /api/views/flush` answers it.

@@ -13,7 +13,6 @@
 //! - [`retention`]: deleting old daily rows, finished jobs and visitor salts.
 //! - [`visitors`]: unique visitors per key and day, HyperLogLog sketches merged by
 //!   the flush.
-//! - [`migration`]: the Postgres schema, as SeaORM migrations.
 //!
 //! The protocol that makes these exact is described in `docs/exactly-once.md` and in
 //! the aggregator's `flush` module.
@@ -21,16 +20,13 @@
 pub mod backfill;
 pub mod counts;
 pub mod deadline;
-pub mod entities;
 pub mod event_ids;
 pub mod jobs;
-pub mod migration;
 pub mod pending;
 pub mod postgres;
 pub mod read;
 pub mod redis_conn;
 pub mod retention;
-pub mod schema;
 mod sql;
 pub mod visitors;
 

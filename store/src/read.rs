@@ -22,7 +22,7 @@ use chrono::NaiveDate;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use viewpipe_event::ContentKey;
+use viewpipe_schema::ContentKey;
 
 use crate::deadline;
 use crate::pending::{PartitionView, PendingStore};

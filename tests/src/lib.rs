@@ -198,7 +198,7 @@ impl Stack {
         };
         let db_url = format!("{base}/{db_name}{query}");
         let db = Database::connect(&db_url).await?;
-        viewpipe_store::schema::migrate(&db).await?;
+        viewpipe_schema::version::migrate(&db).await?;
         Ok(Self {
             redis_prefix: format!("vp_test_{id}"),
             redis_url: redis_url(),

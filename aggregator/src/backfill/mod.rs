@@ -28,8 +28,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use viewpipe_runtime::db;
+use viewpipe_schema::entities::JobStatus;
 use viewpipe_store::backfill::{self, Month, MonthLock};
-use viewpipe_store::entities::JobStatus;
 use viewpipe_store::retention;
 
 use crate::settings::BackfillArgs;

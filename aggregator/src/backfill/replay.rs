@@ -11,9 +11,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use viewpipe_event::EventRef;
 use viewpipe_runtime::kafka::{self, KafkaSettings};
 use viewpipe_runtime::progress::Progress;
+use viewpipe_schema::EventRef;
 use viewpipe_store::backfill::Month;
 use viewpipe_store::{visitors, Counts};
 

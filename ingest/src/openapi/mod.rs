@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi};
 
 use viewpipe_runtime::health::{HealthBody, HealthStatus};
 
-use viewpipe_store::entities::{JobKind, JobStatus};
+use viewpipe_schema::entities::{JobKind, JobStatus};
 
 use crate::api::ErrorBody;
 
@@ -81,7 +81,7 @@ fn openapi_json() {}
 mod tests {
     use serde_json::{json, Value};
 
-    use viewpipe_event::Namespaces;
+    use viewpipe_schema::Namespaces;
 
     fn operation(api: &Value, path: &str, method: &str) -> Value {
         api["paths"][path][method].clone()

@@ -151,7 +151,7 @@ mod tests {
     use clap::Parser;
     use serde_json::Value;
 
-    use viewpipe_event::Namespaces;
+    use viewpipe_schema::Namespaces;
 
     use crate::protect::{Protect, ProtectSettings};
 

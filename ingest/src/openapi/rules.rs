@@ -1,5 +1,5 @@
 //! Writes the rules the handlers enforce into the document, from the constants the
-//! handlers themselves use: the text rules of [`viewpipe_event::rules`], this
+//! handlers themselves use: the text rules of [`viewpipe_schema::rules`], this
 //! deployment's `NAMESPACES`, the whole-number parameters of
 //! [`crate::routes::params`], the batch size, and the flush-to-job link.
 //!
@@ -10,8 +10,8 @@
 
 use serde_json::{json, Map, Value};
 
-use viewpipe_event::rules::{self, TextRule};
-use viewpipe_event::Namespaces;
+use viewpipe_schema::rules::{self, TextRule};
+use viewpipe_schema::Namespaces;
 
 use crate::age::MaxEventAge;
 use crate::routes::badge;
@@ -176,7 +176,7 @@ mod tests {
     use chrono::Utc;
     use serde_json::{json, Value};
 
-    use viewpipe_event::{Namespaces, ViewInput};
+    use viewpipe_schema::{Namespaces, ViewInput};
 
     /// `ViewRequest` as the document states it, compiled with formats asserted.
     fn view_schema(namespaces: &Namespaces) -> jsonschema::Validator {

@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-use viewpipe_event::key::is_valid_content_type;
 use viewpipe_runtime::settings::Secret;
+use viewpipe_schema::key::is_valid_content_type;
 
 /// Fewest characters a key may have.
 pub const MIN_KEY_CHARS: usize = 16;

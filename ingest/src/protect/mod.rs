@@ -21,7 +21,7 @@ use anyhow::bail;
 use axum::http::HeaderName;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use viewpipe_event::Namespaces;
+use viewpipe_schema::Namespaces;
 
 use crate::error::ApiError;
 use crate::metrics as m;

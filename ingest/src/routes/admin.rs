@@ -8,7 +8,7 @@ use axum::http::{request::Parts, StatusCode};
 use axum::Json;
 use uuid::Uuid;
 
-use viewpipe_event::FieldError;
+use viewpipe_schema::FieldError;
 use viewpipe_store::jobs;
 
 use crate::api::{ErrorBody, FlushResponse, JobResponse};

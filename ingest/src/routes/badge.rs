@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::Response;
 
-use viewpipe_event::FieldError;
+use viewpipe_schema::FieldError;
 
 use crate::api::ErrorBody;
 use crate::error::ApiError;

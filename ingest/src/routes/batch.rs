@@ -7,7 +7,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use viewpipe_event::ViewInput;
+use viewpipe_schema::ViewInput;
 
 use crate::api::{BatchAccepted, ErrorBody, ErrorDetail, Rejection, ViewRequest};
 use crate::error::ApiError;

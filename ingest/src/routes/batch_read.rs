@@ -15,7 +15,7 @@ use serde::Deserializer as _;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use viewpipe_event::FieldError;
+use viewpipe_schema::FieldError;
 
 use crate::error::ApiError;
 use crate::extract;

@@ -4,8 +4,8 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::Value;
 
-use viewpipe_event::event::{check_content_id, check_content_type};
-use viewpipe_event::{ContentKey, FieldError};
+use viewpipe_schema::event::{check_content_id, check_content_type};
+use viewpipe_schema::{ContentKey, FieldError};
 
 use crate::api::{CountsRequest, CountsResponse, ErrorBody, KeyCount};
 use crate::error::ApiError;

@@ -2,7 +2,7 @@
 
 use chrono::{NaiveDate, Utc};
 
-use viewpipe_event::FieldError;
+use viewpipe_schema::FieldError;
 
 use crate::error::ApiError;
 use crate::extract::RawQuery;
@@ -39,7 +39,7 @@ pub const LIMIT: IntParam = IntParam {
 /// Every whole-number parameter, for the API document.
 pub const INT_PARAMS: [IntParam; 2] = [DAYS, LIMIT];
 
-/// A `YYYY-MM-DD` day that exists ([`viewpipe_event::rules::DAY_PATTERN`]: four, two and two
+/// A `YYYY-MM-DD` day that exists ([`viewpipe_schema::rules::DAY_PATTERN`]: four, two and two
 /// digits; chrono alone would also take `2026-1-5` or `+2026-01-05`).
 pub fn day(query: &RawQuery, field: &'static str) -> Result<Option<NaiveDate>, ApiError> {
     let Some(text) = query.get(field) else {

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::Json;
 
-use viewpipe_event::FieldError;
+use viewpipe_schema::FieldError;
 use viewpipe_store::postgres;
 
 use crate::api::{DailyResponse, DayCount, ErrorBody, TopItem, TopResponse};

@@ -8,9 +8,9 @@ use axum::Json;
 use chrono::Utc;
 use rdkafka::producer::FutureRecord;
 
-use viewpipe_event::event::{check_content_id, check_content_type, CONTENT_ID_RULE};
-use viewpipe_event::{ContentKey, FieldError, ViewEvent, ViewInput};
 use viewpipe_runtime::health::Dependency;
+use viewpipe_schema::event::{check_content_id, check_content_type, CONTENT_ID_RULE};
+use viewpipe_schema::{ContentKey, FieldError, ViewEvent, ViewInput};
 
 use crate::api::{CountResponse, Dropped, ErrorBody, ViewAccepted, ViewRequest};
 use crate::error::ApiError;

@@ -8,8 +8,8 @@ use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 use uuid::Uuid;
 
 use super::Month;
-use crate::entities::JobStatus;
 use crate::sql::stmt;
+use viewpipe_schema::entities::JobStatus;
 
 #[derive(FromQueryResult)]
 struct JobId {

@@ -25,9 +25,9 @@ use uuid::Uuid;
 
 use super::{month_writes, update_job, Month};
 use crate::counts::{Counts, KeyCounts};
-use crate::entities::JobStatus;
 use crate::retention;
 use crate::sql::stmt;
+use viewpipe_schema::entities::JobStatus;
 
 /// Daily rows per insert statement: bounds the memory a large month takes while it
 /// is encoded.

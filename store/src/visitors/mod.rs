@@ -1,7 +1,7 @@
 //! Unique visitors per key and UTC day.
 //!
 //! A view's visitor is its `sessionId`, else its `visitorId` (see
-//! `viewpipe_event::EventRef::visitor`); views without either have none. The
+//! `viewpipe_schema::EventRef::visitor`); views without either have none. The
 //! aggregator hashes it ([`hash`]) as the view is consumed and keeps, beside the
 //! key's views of the day, a HyperLogLog [`Sketch`] of the hashes in the partition's
 //! in-memory generation. The flush merges those sketches into `view_visitors_daily`

@@ -15,8 +15,8 @@ use chrono::NaiveDate;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use serde_json::json;
 
+use viewpipe_schema::entities::JobStatus;
 use viewpipe_store::backfill::{self, Month};
-use viewpipe_store::entities::JobStatus;
 use viewpipe_store::postgres::{self, FlushError, FlushOutcome, LogMarks, PartitionCommit, Scope};
 use viewpipe_store::Counts;
 use viewpipe_tests::Stack;

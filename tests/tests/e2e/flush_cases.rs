@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 
-use viewpipe_event::ContentKey;
+use viewpipe_schema::ContentKey;
 use viewpipe_store::pending::{Layout, PartitionBatch, PendingStore};
 use viewpipe_store::postgres::{self, PartitionCommit, Scope};
 use viewpipe_store::read::{ReadError, Reader};

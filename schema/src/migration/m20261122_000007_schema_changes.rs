@@ -1,6 +1,6 @@
 //! What each applied migration changed, as far as older binaries are concerned: a
 //! binary that finds migrations it does not know runs only when every one of them is
-//! recorded here as additive (see [`crate::schema`] and `docs/upgrades.md`).
+//! recorded here as additive (see [`crate::version`] and `docs/upgrades.md`).
 
 use sea_orm_migration::prelude::*;
 

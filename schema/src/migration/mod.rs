@@ -2,7 +2,7 @@
 //!
 //! Each one is also listed in [`CHANGES`] as additive or breaking: the rule that lets
 //! the previous release's binaries keep running on a schema one migration ahead of
-//! them (see [`crate::schema`] and `docs/upgrades.md`).
+//! them (see [`crate::version`] and `docs/upgrades.md`).
 
 use sea_orm_migration::prelude::*;
 

@@ -1,0 +1,22 @@
+//! What both services, the backfill and direct producers agree on:
+//!
+//! - the view event and its validation at the edge ([`event`]), what the aggregator
+//!   counts of it ([`counted`]), the counter key format with the namespaces a
+//!   deployment allows ([`key`]), their rules stated once for the validator and the
+//!   API document ([`rules`]);
+//! - the Postgres tables: their SeaORM [`entities`], the [`migration`]s that make
+//!   them, and how a database's schema relates to this build's ([`version`]).
+//!
+//! Nothing here knows about Kafka, Redis or how a service is run.
+
+pub mod counted;
+pub mod entities;
+pub mod event;
+pub mod key;
+pub mod migration;
+pub mod rules;
+pub mod version;
+
+pub use counted::EventRef;
+pub use event::{EventError, FieldError, ViewEvent, ViewInput};
+pub use key::{ContentKey, Namespaces};
