@@ -1,4 +1,4 @@
-//! The Postgres side of the counts.
+//! The flush.
 //!
 //! A flush is one transaction that
 //! 1. locks the flushed partitions' rows in `aggregator_partitions` (`FOR UPDATE`, in
@@ -21,45 +21,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult, TransactionTrait};
 
+use super::{LogMarks, Scope};
 use crate::counts::{Counts, KeyCounts};
 use crate::sql::stmt;
-
-/// Which consumer group and topic the partition rows belong to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Scope {
-    pub group: String,
-    pub topic: String,
-}
-
-/// What an aggregator learns when it takes a partition over.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Claim {
-    pub partition: i32,
-    /// Where to resume; `None` when nothing was ever flushed for the partition.
-    pub next_offset: Option<i64>,
-    pub flushed_gen: i64,
-    /// The new owner's epoch; flushes under an older epoch are refused.
-    pub epoch: i64,
-    /// The mark of the message at `next_offset - 1` (`None` for rows flushed before
-    /// marks were kept).
-    pub last_mark: Option<i64>,
-    /// The first message counted from the log's beginning: `(offset, mark)`.
-    pub anchor: Option<(i64, i64)>,
-}
-
-/// What a sealing flush records of the log it counted, so that a later owner can
-/// tell whether the log it finds is still that log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LogMarks {
-    /// The mark of the message at `next_offset - 1`; 0 when unknown.
-    pub last: i64,
-    /// The first message counted from the log's beginning, `(offset, mark)`; kept
-    /// once written, unless `new_log`.
-    pub anchor: Option<(i64, i64)>,
-    /// The log was found recreated and is counted from its beginning: its anchor
-    /// replaces the old log's.
-    pub new_log: bool,
-}
 
 /// A partition's new position, written with the counts it covers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -123,24 +87,6 @@ pub enum FlushError {
     Db(#[from] DbErr),
 }
 
-// The rows of this module's statements, read by column name.
-
-/// A partition's row as [`claim`] leaves it.
-#[derive(FromQueryResult)]
-struct Claimed {
-    next_offset: i64,
-    flushed_gen: i64,
-    epoch: i64,
-    last_mark: Option<i64>,
-    anchor_offset: Option<i64>,
-    anchor_mark: Option<i64>,
-}
-
-#[derive(FromQueryResult)]
-struct Epoch {
-    epoch: i64,
-}
-
 /// A partition's position as a [`flush`] finds it under its lock.
 #[derive(FromQueryResult)]
 struct Position {
@@ -155,87 +101,6 @@ struct Position {
 struct Upserted {
     total_rows: i64,
     daily_rows: i64,
-}
-
-/// What [`snapshot`] reads: the arrays run in parallel (`partitions` with `gens`,
-/// `days` with `counts`).
-#[derive(FromQueryResult)]
-struct SnapshotRow {
-    total: i64,
-    partitions: Vec<i32>,
-    gens: Vec<i64>,
-    days: Vec<NaiveDate>,
-    counts: Vec<i64>,
-    visitor_days: Vec<NaiveDate>,
-    visitors: Vec<i64>,
-}
-
-#[derive(FromQueryResult)]
-struct TopRow {
-    id: String,
-    n: i64,
-}
-
-/// One key's row of [`totals_snapshot`]: its total, and in every row the same
-/// partitions (`p`) and their `flushed_gen` (`f`), NULL without partition rows.
-#[derive(FromQueryResult)]
-struct KeyTotal {
-    total: i64,
-    p: Option<Vec<i32>>,
-    f: Option<Vec<i64>>,
-}
-
-/// Takes a partition over: bumps its epoch (creating the row on first use) and
-/// returns where it stands.
-pub async fn claim(
-    db: &impl ConnectionTrait,
-    scope: &Scope,
-    partition: i32,
-) -> Result<Claim, DbErr> {
-    let row = Claimed::find_by_statement(stmt(
-        "INSERT INTO aggregator_partitions AS a
-             (consumer_group, topic, partition, next_offset, flushed_gen, epoch, updated_at)
-         VALUES ($1, $2, $3, -1, 0, 1, now())
-         ON CONFLICT (consumer_group, topic, partition)
-         DO UPDATE SET epoch = a.epoch + 1, updated_at = now()
-         RETURNING next_offset, flushed_gen, epoch, last_mark, anchor_offset, anchor_mark",
-        vec![
-            scope.group.clone().into(),
-            scope.topic.clone().into(),
-            partition.into(),
-        ],
-    ))
-    .one(db)
-    .await?
-    .ok_or_else(|| DbErr::RecordNotFound("claim returned no row".into()))?;
-    Ok(Claim {
-        partition,
-        next_offset: (row.next_offset >= 0).then_some(row.next_offset),
-        flushed_gen: row.flushed_gen,
-        epoch: row.epoch,
-        last_mark: row.last_mark,
-        anchor: row.anchor_offset.zip(row.anchor_mark),
-    })
-}
-
-/// The epoch Postgres holds for a partition (0 without a row).
-pub async fn partition_epoch(
-    db: &impl ConnectionTrait,
-    scope: &Scope,
-    partition: i32,
-) -> Result<i64, DbErr> {
-    let row = Epoch::find_by_statement(stmt(
-        "SELECT epoch FROM aggregator_partitions
-         WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
-        vec![
-            scope.group.clone().into(),
-            scope.topic.clone().into(),
-            partition.into(),
-        ],
-    ))
-    .one(db)
-    .await?;
-    Ok(row.map_or(0, |r| r.epoch))
 }
 
 /// Writes `counts` (one per flushed partition; a key may appear in several) and the
@@ -510,132 +375,4 @@ async fn upsert(
     .await?
     .ok_or_else(|| DbErr::RecordNotFound("upsert returned no row".into()))?;
     Ok((row.total_rows as u64, row.daily_rows as u64))
-}
-
-/// What Postgres holds for one key, and every partition's `flushed_gen`, read in one
-/// statement (one snapshot).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    pub total: i64,
-    /// Daily rows in the asked range, ascending (days without a row are absent).
-    pub days: Vec<(NaiveDate, i64)>,
-    /// Estimated visitors of the days in the asked range that have a row, ascending.
-    pub visitors: Vec<(NaiveDate, i64)>,
-    /// `(partition, flushed_gen)` of every partition of the scope.
-    pub gens: Vec<(i32, i64)>,
-}
-
-/// Reads a key's flushed total, its daily rows in `days` (inclusive; `None` for
-/// none) and every partition's `flushed_gen`.
-pub async fn snapshot(
-    db: &impl ConnectionTrait,
-    scope: &Scope,
-    key: &str,
-    days: Option<(NaiveDate, NaiveDate)>,
-) -> Result<Snapshot, DbErr> {
-    // Without a range the bounds are NULL, and `BETWEEN` matches no row.
-    let (from, to) = (days.map(|d| d.0), days.map(|d| d.1));
-    let row = SnapshotRow::find_by_statement(stmt(
-        "SELECT COALESCE((SELECT total FROM view_counter_total WHERE key = $1), 0)::int8 AS total,
-                ARRAY(SELECT partition FROM aggregator_partitions
-                      WHERE consumer_group = $2 AND topic = $3 ORDER BY partition) AS partitions,
-                ARRAY(SELECT flushed_gen FROM aggregator_partitions
-                      WHERE consumer_group = $2 AND topic = $3 ORDER BY partition) AS gens,
-                ARRAY(SELECT day FROM view_counter_daily
-                      WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day) AS days,
-                ARRAY(SELECT count FROM view_counter_daily
-                      WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day) AS counts,
-                ARRAY(SELECT day FROM view_visitors_daily
-                      WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day) AS visitor_days,
-                ARRAY(SELECT visitors FROM view_visitors_daily
-                      WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day) AS visitors",
-        vec![
-            key.into(),
-            scope.group.clone().into(),
-            scope.topic.clone().into(),
-            from.into(),
-            to.into(),
-        ],
-    ))
-    .one(db)
-    .await?
-    .ok_or_else(|| DbErr::RecordNotFound("snapshot query returned no row".into()))?;
-    Ok(Snapshot {
-        total: row.total,
-        days: row.days.into_iter().zip(row.counts).collect(),
-        visitors: row.visitor_days.into_iter().zip(row.visitors).collect(),
-        gens: row.partitions.into_iter().zip(row.gens).collect(),
-    })
-}
-
-/// The most viewed keys of `namespace` over `from..=to` (flushed counts), count
-/// descending, ties by content id ascending (byte order). Returns `(content id, count)`.
-pub async fn top(
-    db: &impl ConnectionTrait,
-    namespace: &str,
-    from: NaiveDate,
-    to: NaiveDate,
-    limit: u32,
-) -> Result<Vec<(String, i64)>, DbErr> {
-    let rows = TopRow::find_by_statement(stmt(
-        "SELECT substr(key, length($1) + 2) AS id, SUM(count)::int8 AS n
-         FROM view_counter_daily
-         WHERE day BETWEEN $2 AND $3 AND starts_with(key, $1 || ':')
-         GROUP BY key
-         ORDER BY n DESC, key COLLATE \"C\" ASC
-         LIMIT $4",
-        vec![
-            namespace.into(),
-            from.into(),
-            to.into(),
-            i64::from(limit).into(),
-        ],
-    ))
-    .all(db)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.id, r.n)).collect())
-}
-
-/// The flushed totals of `keys` and every partition's `flushed_gen`, in one
-/// statement (one snapshot): what [`snapshot`] reads, for many keys at once.
-pub async fn totals_snapshot(
-    db: &impl ConnectionTrait,
-    scope: &Scope,
-    keys: &[&str],
-) -> Result<(Vec<i64>, Vec<(i32, i64)>), DbErr> {
-    let rows = KeyTotal::find_by_statement(stmt(
-        "WITH g AS (
-             SELECT array_agg(partition ORDER BY partition) AS p,
-                    array_agg(flushed_gen ORDER BY partition) AS f
-             FROM aggregator_partitions WHERE consumer_group = $2 AND topic = $3)
-         SELECT COALESCE(t.total, 0)::int8 AS total, g.p, g.f
-         FROM unnest($1::text[]) WITH ORDINALITY AS k(key, i)
-         LEFT JOIN view_counter_total t ON t.key = k.key
-         CROSS JOIN g
-         ORDER BY k.i",
-        vec![
-            keys.iter()
-                .map(|k| (*k).to_owned())
-                .collect::<Vec<String>>()
-                .into(),
-            scope.group.clone().into(),
-            scope.topic.clone().into(),
-        ],
-    ))
-    .all(db)
-    .await?;
-    let mut totals = Vec::with_capacity(rows.len());
-    let mut gens = Vec::new();
-    for (i, row) in rows.into_iter().enumerate() {
-        totals.push(row.total);
-        if i == 0 {
-            gens = row
-                .p
-                .unwrap_or_default()
-                .into_iter()
-                .zip(row.f.unwrap_or_default())
-                .collect();
-        }
-    }
-    Ok((totals, gens))
 }

@@ -1,0 +1,94 @@
+//! The readers' side: what each partition's generation hashes hold for a key, and
+//! whether the partition is marked live.
+
+use chrono::NaiveDate;
+
+use super::{day_field, total_field, PendingStore};
+
+/// What one partition's generation hashes hold for the fields a read asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionView {
+    pub partition: i32,
+    /// The epoch the partition is marked live under; `None` when not marked.
+    pub live: Option<i64>,
+    /// `(generation, the asked fields' values, 0 when absent)` of each generation
+    /// hash that holds one.
+    pub gens: Vec<(i64, Vec<i64>)>,
+    /// `(generation, the offset it is applied up to)` of each generation hash.
+    pub applied: Vec<(i64, i64)>,
+}
+
+impl PendingStore {
+    /// Reads what every listed partition holds for `key`: its total, then its count
+    /// on each of `days`.
+    pub async fn read(
+        &self,
+        key: &str,
+        days: &[NaiveDate],
+        partitions: &[i32],
+    ) -> redis::RedisResult<Vec<PartitionView>> {
+        let mut fields = vec![total_field(key)];
+        fields.extend(days.iter().map(|d| day_field(key, *d)));
+        self.read_fields(&fields, partitions).await
+    }
+
+    /// Reads what every listed partition holds for the totals of `keys`.
+    pub async fn read_totals(
+        &self,
+        keys: &[&str],
+        partitions: &[i32],
+    ) -> redis::RedisResult<Vec<PartitionView>> {
+        let fields: Vec<String> = keys.iter().map(|k| total_field(k)).collect();
+        self.read_fields(&fields, partitions).await
+    }
+
+    /// Reads every listed partition's live mark and `fields` of both its generation
+    /// hashes, atomically per partition.
+    async fn read_fields(
+        &self,
+        fields: &[String],
+        partitions: &[i32],
+    ) -> redis::RedisResult<Vec<PartitionView>> {
+        // Atomic per partition: a partition's generations rotate together with its
+        // live mark; partitions are independent of each other (see `read`).
+        let raw = self
+            .conn
+            .per_partition(
+                partitions,
+                true,
+                |p| self.layout.meta(*p),
+                |pipe, p| {
+                    pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
+                    for parity in 0..2 {
+                        pipe.cmd("HMGET")
+                            .arg(self.layout.gen(*p, parity))
+                            .arg("@g")
+                            .arg("@o")
+                            .arg(fields);
+                    }
+                },
+            )
+            .await?;
+        let mut it = raw.into_iter();
+        let mut next = || it.next().unwrap_or(redis::Value::Nil);
+        let mut out = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let mut view = PartitionView {
+                partition: *p,
+                live: redis::from_redis_value(next())?,
+                gens: Vec::new(),
+                applied: Vec::new(),
+            };
+            for _ in 0..2 {
+                let values: Vec<Option<i64>> = redis::from_redis_value(next())?;
+                if let [Some(gen), applied, rest @ ..] = values.as_slice() {
+                    view.applied.push((*gen, applied.unwrap_or(-1)));
+                    view.gens
+                        .push((*gen, rest.iter().map(|v| v.unwrap_or(0)).collect()));
+                }
+            }
+            out.push(view);
+        }
+        Ok(out)
+    }
+}
