@@ -36,7 +36,7 @@
 //! - After 3: nothing to recover.
 //!
 //! Readers see each flushed generation once: Redis hashes of a generation at or below
-//! `flushed_gen` are ignored (see `viewpipe_store::read`).
+//! `flushed_gen` are ignored (see the ingest's `read` module).
 //!
 //! A previous owner that still runs after a rebalance is fenced: its flush finds a
 //! newer epoch on the locked partition row and writes nothing, and Redis refuses its

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod protect;
 pub mod publish;
+pub mod read;
 pub mod routes;
 pub mod serve;
 pub mod settings;
@@ -33,13 +34,13 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::read::Reader;
 use viewpipe_runtime::connect::{check_kafka, connect_redis};
 use viewpipe_runtime::db;
 use viewpipe_runtime::settings::Secret;
 use viewpipe_runtime::{kafka, Health, Probes, Shutdown};
 use viewpipe_schema::Namespaces;
 use viewpipe_store::pending::{Layout, PendingStore};
-use viewpipe_store::read::Reader;
 use viewpipe_store::Scope;
 
 use crate::age::MaxEventAge;

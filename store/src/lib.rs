@@ -1,4 +1,5 @@
-//! How viewpipe keeps counts, shared by the aggregator (writes) and the ingest (reads).
+//! How viewpipe keeps counts, shared by the aggregator (writes) and the ingest (reads,
+//! whose merging of both is the ingest's own `read` module).
 //!
 //! - [`counts`]: counts held in memory, per batch and per partition generation.
 //! - [`deadline`]: client-side deadlines on Postgres round trips.
@@ -6,7 +7,6 @@
 //!   partition and flush generation and applied as a compare-and-set on the offset.
 //! - [`postgres`]: the Postgres side, claiming partitions, the fenced flush that
 //!   writes counts and offsets in one transaction, and the read queries.
-//! - [`read`]: reads that merge both without counting anything twice.
 //! - [`redis_conn`]: one Redis server or a Redis Cluster behind one connection type.
 //! - [`jobs`]: flush requests that every aggregator of a group answers.
 //! - [`event_ids`]: client-chosen `eventId`s, remembered in Postgres for 24 h.
@@ -24,10 +24,9 @@ pub mod event_ids;
 pub mod jobs;
 pub mod pending;
 pub mod postgres;
-pub mod read;
 pub mod redis_conn;
 pub mod retention;
-mod sql;
+pub mod sql;
 pub mod visitors;
 
 pub use counts::{Counts, KeyCounts};

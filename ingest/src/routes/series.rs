@@ -4,12 +4,12 @@ use axum::extract::State;
 use axum::Json;
 
 use viewpipe_schema::FieldError;
-use viewpipe_store::postgres;
 
 use crate::api::{DailyResponse, DayCount, ErrorBody, TopItem, TopResponse};
 use crate::error::ApiError;
 use crate::extract::RawQuery;
 use crate::protect::access::ReadAccess;
+use crate::read::sql;
 use crate::routes::params;
 use crate::routes::views::{check_namespace, key_from_query};
 use crate::AppState;
@@ -111,7 +111,7 @@ pub async fn get_top(
     let _permit = state.protect.top_read()?;
     // A year of a busy namespace is a big scan: longer than a point read, and still
     // bounded should the connection go silent.
-    let top = postgres::top(&state.db, namespace, from, to, limit as u32);
+    let top = sql::top(&state.db, namespace, from, to, limit as u32);
     let rows = viewpipe_store::deadline::within(TOP_DEADLINE, top)
         .await
         .map_err(|e| ApiError::store("top read", e))?;

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 
+use ingest::read::{ReadError, Reader};
 use viewpipe_schema::ContentKey;
 use viewpipe_store::pending::{Layout, PartitionBatch, PendingStore};
 use viewpipe_store::postgres::{self, PartitionCommit, Scope};
-use viewpipe_store::read::{ReadError, Reader};
 use viewpipe_store::Counts;
 use viewpipe_tests::{redis_url, Stack};
 

@@ -126,7 +126,7 @@ async fn a_revoke_and_reassign_inside_one_batch_counts_every_offset_once() {
     .await
     .expect("join");
     let key = viewpipe_schema::ContentKey::new("resource", "fast");
-    let reader = viewpipe_store::read::Reader::new(
+    let reader = ingest::read::Reader::new(
         stack.db.clone(),
         agg_scope(&stack),
         Some(store(&stack).await),

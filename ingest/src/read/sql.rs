@@ -4,8 +4,8 @@
 use chrono::NaiveDate;
 use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 
-use super::Scope;
-use crate::sql::stmt;
+use viewpipe_store::postgres::Scope;
+use viewpipe_store::sql::stmt;
 
 /// What [`snapshot`] reads: the arrays run in parallel (`partitions` with `gens`,
 /// `days` with `counts`).

@@ -7,7 +7,7 @@
 //! are added.
 //!
 //! Redis losing its data would make pending counts vanish until their owner restores
-//! them. The `live` marks (see [`crate::pending`]) are read in the same atomic step as
+//! them. The `live` marks (see [`viewpipe_store::pending`]) are read in the same atomic step as
 //! the partitions' generation hashes; while any partition Postgres knows of is not
 //! marked, the read waits for its owner to restore it, and answers
 //! [`ReadError::Recovering`] after [`RECOVERY_WAIT`] rather than a count that went
@@ -24,9 +24,13 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use viewpipe_schema::ContentKey;
 
-use crate::deadline;
-use crate::pending::{PartitionView, PendingStore};
-use crate::postgres::{self, Scope, Snapshot};
+use viewpipe_store::deadline;
+use viewpipe_store::pending::{PartitionView, PendingStore};
+use viewpipe_store::postgres::Scope;
+
+pub(crate) mod sql;
+
+use sql::Snapshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -252,7 +256,7 @@ impl Reader {
                 Some(pending) => pending.read(key.as_str(), &day_list, &known).await?,
                 None => Vec::new(),
             };
-            let snap = postgres::snapshot(&self.db, &self.scope, key.as_str(), days);
+            let snap = sql::snapshot(&self.db, &self.scope, key.as_str(), days);
             let snap = deadline::within(deadline::ROUND_TRIP, snap).await?;
             if snap.gens.iter().any(|(p, _)| !known.contains(p)) {
                 // A partition we did not read: read again, knowing it.
@@ -292,7 +296,7 @@ impl Reader {
                 Some(pending) => pending.read_totals(keys, &known).await.ok()?,
                 None => Vec::new(),
             };
-            let snapshot = postgres::totals_snapshot(&self.db, &self.scope, keys);
+            let snapshot = sql::totals_snapshot(&self.db, &self.scope, keys);
             let (mut totals, gens) = deadline::within(deadline::ROUND_TRIP, snapshot)
                 .await
                 .ok()?;
