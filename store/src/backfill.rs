@@ -16,7 +16,7 @@ mod month_writes;
 mod rebuild;
 
 pub use month_jobs::{create_job, known_starts, rebuilt_since, update_job};
-pub use month_writes::{lock_months, WRITE_LOCK_CLASS};
+pub(crate) use month_writes::lock_months;
 pub use rebuild::{rebuild_month, RebuildError, Rebuilt};
 
 use std::fmt;
@@ -79,7 +79,7 @@ impl Month {
     }
 
     /// The second key of its lock: `YYYYMM`.
-    pub fn lock_key(self) -> i32 {
+    pub(crate) fn lock_key(self) -> i32 {
         self.first.year() * 100 + self.first.month() as i32
     }
 

@@ -182,13 +182,8 @@ impl Counts {
         self.keys.get(key)
     }
 
-    /// Calls `f` with each Redis hash field these counts add to and its value (the
-    /// names are the pending store's, see [`crate::pending::for_each_field`]).
-    pub fn for_each_field(&self, f: impl FnMut(&str, i64)) {
-        crate::pending::for_each_field(self, f);
-    }
-
-    /// The fields of [`Counts::for_each_field`], collected.
+    /// Each Redis hash field these counts add to, with its value (the names are the
+    /// pending store's, see [`crate::pending::fields`]).
     pub fn fields(&self) -> Vec<(String, i64)> {
         crate::pending::fields(self)
     }

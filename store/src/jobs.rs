@@ -97,7 +97,7 @@ pub async fn newest_flush_request(db: &impl ConnectionTrait, group: &str) -> Res
 
 /// Inside a flush transaction: credits `rows` to request `seq` and completes every
 /// running flush job of the group that all its partitions have answered.
-pub async fn answer_flush(
+pub(crate) async fn answer_flush(
     txn: &impl ConnectionTrait,
     scope: &Scope,
     seq: i64,
@@ -129,7 +129,7 @@ pub async fn job(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<JobRow>, 
 }
 
 /// Partitions of the group that have not answered request `seq` yet.
-pub async fn unanswered_partitions(
+pub(crate) async fn unanswered_partitions(
     db: &impl ConnectionTrait,
     scope: &Scope,
     seq: i64,

@@ -69,7 +69,7 @@ fn tcp_settings() -> TcpSettings {
 }
 
 /// The node URLs of a `redis+cluster://` URL, or `None` for a single server's URL.
-pub fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, String> {
+pub(crate) fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Ok(None);
     };
@@ -290,7 +290,7 @@ impl RedisConn {
     }
 
     /// Runs `cmd` on the primary at `host:port` of a cluster (as is on one server).
-    pub async fn on_node<T: redis::FromRedisValue>(
+    pub(crate) async fn on_node<T: redis::FromRedisValue>(
         &self,
         cmd: &Cmd,
         node: Option<&(String, u16)>,

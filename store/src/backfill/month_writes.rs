@@ -24,12 +24,15 @@ use crate::sql::stmt;
 
 /// The first key of every month write lock, distinct from the backfill's session
 /// lock ([`super::LOCK_CLASS`]) and from other users of advisory locks.
-pub const WRITE_LOCK_CLASS: i32 = 0x7670_6d6f; // "vpmo"
+pub(crate) const WRITE_LOCK_CLASS: i32 = 0x7670_6d6f; // "vpmo"
 
 /// Takes, shared until `txn` ends, the write lock of every month that `counts` hold
 /// views or visitors of, in ascending order. A live flush calls it once its
 /// partitions are locked and checked, before it writes a counter row.
-pub async fn lock_months(txn: &impl ConnectionTrait, counts: &[&Counts]) -> Result<(), DbErr> {
+pub(crate) async fn lock_months(
+    txn: &impl ConnectionTrait,
+    counts: &[&Counts],
+) -> Result<(), DbErr> {
     let months: BTreeSet<i32> = counts
         .iter()
         .flat_map(|c| c.iter())

@@ -81,14 +81,14 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 }
 
 /// The field of a key's total in a generation hash: `t:<key>`.
-pub fn total_field(key: &str) -> String {
+pub(crate) fn total_field(key: &str) -> String {
     let mut name = String::with_capacity(2 + key.len());
     push_total_field(&mut name, key);
     name
 }
 
 /// The field of a key's views on `day` in a generation hash: `d:<key>:<YYYY-MM-DD>`.
-pub fn day_field(key: &str, day: NaiveDate) -> String {
+pub(crate) fn day_field(key: &str, day: NaiveDate) -> String {
     let mut name = String::with_capacity(14 + key.len());
     push_day_field(&mut name, key, day);
     name
@@ -106,7 +106,7 @@ fn push_day_field(name: &mut String, key: &str, day: NaiveDate) {
 /// Calls `f` with each generation-hash field `counts` adds to and its value: each
 /// key's total ([`total_field`]) and each of its days ([`day_field`]). One buffer is
 /// reused for the names.
-pub fn for_each_field(counts: &Counts, mut f: impl FnMut(&str, i64)) {
+pub(crate) fn for_each_field(counts: &Counts, mut f: impl FnMut(&str, i64)) {
     let mut name = String::with_capacity(64);
     for (key, key_counts) in counts.iter() {
         name.clear();

@@ -49,17 +49,16 @@ mod read;
 mod scripts;
 mod write;
 
-pub use layout::{day_field, fields, for_each_field, total_field, BadPrefix, Layout};
+pub(crate) use layout::{day_field, for_each_field, total_field};
+pub use layout::{fields, BadPrefix, Layout};
 pub use read::PartitionView;
 pub use write::{Applied, PartitionBatch, TakeOver};
 
 use scripts::{APPLY_LUA, FENCE_LUA, RESTORE_LUA, TAKE_OVER_LUA};
 
-/// How long a client-chosen eventId is remembered (contract guarantee 3).
-pub const DEDUPE_TTL_SECS: u64 = 24 * 60 * 60;
 /// A generation hash outlives its last write by this long. Generations are flushed
 /// and deleted within seconds; expiry only ever drops leftovers Postgres already has.
-pub const HASH_TTL_SECS: u64 = 7 * 24 * 60 * 60;
+pub(crate) const HASH_TTL_SECS: u64 = 7 * 24 * 60 * 60;
 /// Most field/value pairs one restore script call writes, so that a restore of a
 /// large generation does not hold Redis for long.
 const RESTORE_CHUNK: usize = 5000;

@@ -286,10 +286,7 @@ const UPSERT_CHUNK: usize = 20_000;
 /// Adds counts to the total and daily rows (zero counts skipped), in key order so
 /// that concurrent flushers cannot deadlock. A key counted by several partitions is
 /// summed first: one upsert may not touch a row twice.
-pub async fn add_counts(
-    txn: &impl ConnectionTrait,
-    counts: &[&Counts],
-) -> Result<FlushOutcome, DbErr> {
+async fn add_counts(txn: &impl ConnectionTrait, counts: &[&Counts]) -> Result<FlushOutcome, DbErr> {
     let mut keys: Vec<(&str, &KeyCounts)> = counts.iter().flat_map(|c| c.iter()).collect();
     keys.sort_unstable_by_key(|(k, _)| *k);
     let mut merged: Vec<(&str, std::borrow::Cow<'_, KeyCounts>)> = Vec::with_capacity(keys.len());

@@ -7,7 +7,7 @@ mod claim;
 mod flush;
 
 pub use claim::{claim, partition_epoch, Claim, LogMarks};
-pub use flush::{add_counts, flush, FlushError, FlushOutcome, PartitionCommit};
+pub use flush::{flush, FlushError, FlushOutcome, PartitionCommit};
 
 /// Which consumer group and topic the partition rows belong to.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,7 +17,7 @@ const ALPHA_INF: f64 = 0.721_347_520_444_481_7;
 
 /// The estimate for a register histogram: `histogram[k]` registers hold `k`, for
 /// `k` in `0..=q+1`; the register count is the histogram's sum.
-pub fn ertl(histogram: &[u32]) -> f64 {
+pub(crate) fn ertl(histogram: &[u32]) -> f64 {
     let m: f64 = histogram.iter().map(|&c| f64::from(c)).sum();
     let Some(q) = histogram.len().checked_sub(2) else {
         return 0.0;

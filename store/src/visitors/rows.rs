@@ -126,7 +126,7 @@ async fn merge_chunk(
 /// Replaces the rows of days `from..until` with the sketches of `counts` (which hold
 /// views of those days only), inside the caller's transaction: keys without visitors
 /// in `counts` lose their rows there. Returns the rows removed and written.
-pub async fn replace_days(
+pub(crate) async fn replace_days(
     txn: &impl ConnectionTrait,
     from: NaiveDate,
     until: NaiveDate,

@@ -36,7 +36,7 @@ pub const P: u32 = 14;
 pub const M: usize = 1 << P;
 /// Sparse precision: entries are registers of a 2^26-register sketch (26 index bits
 /// and 6 rank bits fill a `u32`).
-pub const SPARSE_P: u32 = 26;
+pub(crate) const SPARSE_P: u32 = 26;
 /// Most entries a sparse sketch keeps; past this it turns dense. Both encode to the
 /// same size here: 3072 × 4 bytes = 16384 × 6 bits.
 pub const SPARSE_MAX: usize = 3072;
