@@ -39,7 +39,7 @@ pub async fn connect_redis(url: &SecretUrl, tls_ca: Option<&Path>) -> anyhow::Re
 
 /// A TLS failure's reason with what it means for the operator: rustls names the
 /// cause (`UnknownIssuer`, `NotValidForName`, `Expired`) in its own terms.
-pub fn tls_hint(reason: String, ca_setting: &str) -> String {
+pub(crate) fn tls_hint(reason: String, ca_setting: &str) -> String {
     let hint = if reason.contains("UnknownIssuer") {
         format!("the server's certificate is not signed by a CA in {ca_setting}")
     } else if reason.contains("NotValidForName") {

@@ -113,7 +113,7 @@ pub async fn connect_current(
 
 /// Errors unless every migration of this build has been applied and any newer ones
 /// are additive. A schema ahead of this build is logged once.
-pub async fn ensure_schema_current(db: &DatabaseConnection) -> Result<(), DbStartError> {
+pub(crate) async fn ensure_schema_current(db: &DatabaseConnection) -> Result<(), DbStartError> {
     match version::state(db).await.map_err(DbStartError::Version)? {
         SchemaState::Current => Ok(()),
         SchemaState::AheadAdditive { newer } => {

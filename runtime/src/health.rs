@@ -19,10 +19,10 @@ use sea_orm::{ConnectionTrait, DatabaseConnection};
 use crate::shutdown::Shutdown;
 
 /// Gauge: 1 while `/readyz` would answer 200, else 0 (set at every scrape).
-pub const READY: &str = "viewpipe_ready";
+pub(crate) const READY: &str = "viewpipe_ready";
 /// Gauge by `dependency` (`kafka`, `postgres`, `redis`): 1 when its last probe
 /// answered, else 0.
-pub const DEPENDENCY_UP: &str = "viewpipe_dependency_up";
+pub(crate) const DEPENDENCY_UP: &str = "viewpipe_dependency_up";
 
 /// Describes the readiness gauges (after the service installed its recorder).
 pub fn describe_metrics() {
@@ -128,11 +128,11 @@ impl Health {
         self.0.heartbeat.store(now_secs(), Ordering::Relaxed);
     }
 
-    pub fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&self) -> bool {
         now_secs().saturating_sub(self.0.heartbeat.load(Ordering::Relaxed)) < STALE_AFTER.as_secs()
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.0.ready.load(Ordering::Relaxed)
             && !self.0.stopping.load(Ordering::Relaxed)
             && self

@@ -31,10 +31,10 @@ use crate::event::{
 };
 
 /// The longest `contentType` counted, in bytes (the ingest allows 32).
-pub const MAX_COUNTED_TYPE_LEN: usize = 64;
+pub(crate) const MAX_COUNTED_TYPE_LEN: usize = 64;
 /// The longest `contentId` counted, in bytes (the ingest allows 128). The key stays
 /// well under the 2,704 bytes a Postgres B-tree entry may hold.
-pub const MAX_COUNTED_ID_LEN: usize = 1024;
+pub(crate) const MAX_COUNTED_ID_LEN: usize = 1024;
 
 /// A countable event read from Kafka, borrowing its strings from the message where
 /// the JSON allows (no escapes): what the aggregator needs to count it, without an
@@ -119,7 +119,7 @@ impl<'a> EventRef<'a> {
 
     /// [`EventRef::parse`] through a `serde_json::Value`: every shape, with errors
     /// that name the field.
-    pub fn parse_value(bytes: &[u8]) -> Result<EventRef<'static>, EventError> {
+    pub(crate) fn parse_value(bytes: &[u8]) -> Result<EventRef<'static>, EventError> {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| EventError::NotJson(e.to_string()))?;
         let obj = event_object(&value)?;

@@ -5,12 +5,12 @@ use std::fmt;
 use crate::rules;
 
 /// The longest `contentId` the contract allows.
-pub const MAX_CONTENT_ID_LEN: usize = rules::CONTENT_ID.max_chars;
+pub(crate) const MAX_CONTENT_ID_LEN: usize = rules::CONTENT_ID.max_chars;
 /// The longest `contentType` the contract allows.
-pub const MAX_CONTENT_TYPE_LEN: usize = rules::CONTENT_TYPE.max_chars;
+pub(crate) const MAX_CONTENT_TYPE_LEN: usize = rules::CONTENT_TYPE.max_chars;
 
 /// True when `id` is 1..=128 characters of `[A-Za-z0-9._~:-]`.
-pub fn is_valid_content_id(id: &str) -> bool {
+pub(crate) fn is_valid_content_id(id: &str) -> bool {
     (rules::CONTENT_ID.min_chars..=MAX_CONTENT_ID_LEN).contains(&id.len())
         && id
             .bytes()

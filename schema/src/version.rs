@@ -30,16 +30,6 @@ pub enum SchemaState {
     AheadBreaking { breaking: Vec<String> },
 }
 
-impl SchemaState {
-    /// Whether a service of this build may run on the database.
-    pub fn runnable(&self) -> bool {
-        matches!(
-            self,
-            SchemaState::Current | SchemaState::AheadAdditive { .. }
-        )
-    }
-}
-
 #[derive(FromQueryResult)]
 struct Applied {
     version: String,

@@ -19,11 +19,11 @@ pub use checks::{check_content_id, check_content_type};
 use checks::{check_path, check_strict_timestamp, check_timestamp, check_token, json_kind};
 
 /// The event JSON version this build writes and reads.
-pub const EVENT_VERSION: u64 = 1;
-pub const MAX_PATH_CHARS: usize = rules::PATH.max_chars;
-pub const MAX_TOKEN_LEN: usize = rules::EVENT_ID.max_chars;
+pub(crate) const EVENT_VERSION: u64 = 1;
+pub(crate) const MAX_PATH_CHARS: usize = rules::PATH.max_chars;
+pub(crate) const MAX_TOKEN_LEN: usize = rules::EVENT_ID.max_chars;
 /// How far in the future `occurredAt` may be, to allow for client clock skew.
-pub const MAX_FUTURE_SKEW: chrono::Duration =
+pub(crate) const MAX_FUTURE_SKEW: chrono::Duration =
     chrono::Duration::minutes(rules::MAX_FUTURE_SKEW_MINUTES);
 /// What a valid `contentId` is, as [`check_content_id`] refuses one.
 pub const CONTENT_ID_RULE: &str = rules::CONTENT_ID.message;
