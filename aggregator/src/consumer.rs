@@ -30,7 +30,7 @@ const BATCH_WAIT: Duration = Duration::from_millis(50);
 const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The consumer's context: rebalances and statistics go to the aggregator.
-pub struct AggregatorContext {
+pub(crate) struct AggregatorContext {
     pub aggregator: Arc<Aggregator>,
 }
 
@@ -115,7 +115,11 @@ impl AggregatorContext {
 }
 
 /// Polls, counts and flushes until shutdown; then flushes, commits and leaves.
-pub fn run_loop(consumer: BaseConsumer<AggregatorContext>, health: Health, shutdown: Shutdown) {
+pub(crate) fn run_loop(
+    consumer: BaseConsumer<AggregatorContext>,
+    health: Health,
+    shutdown: Shutdown,
+) {
     let aggregator = consumer.context().aggregator.clone();
     let mut burst: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BURST);
     while !shutdown.is_triggered() {

@@ -20,7 +20,7 @@ impl Dlq {
     /// `source_partition` and `source_offset` headers, and waits for the broker's
     /// acknowledgement, so none is skipped before it is safely parked. Retries until
     /// `stopped`; returns false if it gave up.
-    pub fn park(
+    pub(crate) fn park(
         &self,
         rt: &Handle,
         partition: i32,

@@ -92,7 +92,7 @@ impl FlushUnit {
     }
 
     /// Leaves out the partitions this aggregator no longer owns.
-    pub fn retain_partitions(&mut self, owned: impl Fn(i32) -> bool) {
+    pub(crate) fn retain_partitions(&mut self, owned: impl Fn(i32) -> bool) {
         self.parts.retain(|p| owned(p.commit.partition));
     }
 }
@@ -100,7 +100,7 @@ impl FlushUnit {
 /// Seals the current generation of every caught-up partition with progress, and
 /// answers flush request `requested` for the caught-up ones without; the partitions
 /// move on to their next generation. Partitions still catching up are left alone.
-pub fn seal(partitions: &mut BTreeMap<i32, Partition>, requested: i64) -> FlushUnit {
+pub(crate) fn seal(partitions: &mut BTreeMap<i32, Partition>, requested: i64) -> FlushUnit {
     let mut unit = FlushUnit::default();
     for (&partition, p) in partitions.iter_mut() {
         if !p.caught_up() || p.sealed.is_some() {
@@ -163,7 +163,7 @@ pub fn flushed(partitions: &mut BTreeMap<i32, Partition>, unit: &FlushUnit) {
 }
 
 /// True when a caught-up partition has not answered flush request `requested`.
-pub fn answers_pending(partitions: &BTreeMap<i32, Partition>, requested: i64) -> bool {
+pub(crate) fn answers_pending(partitions: &BTreeMap<i32, Partition>, requested: i64) -> bool {
     partitions
         .values()
         .any(|p| p.caught_up() && p.flush_seq < requested)

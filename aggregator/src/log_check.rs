@@ -118,7 +118,12 @@ pub enum Verdict {
 /// reports them), reading messages with `read`. Only what was read decides: a log is
 /// resumed when its last counted message is found, and counted anew only when its
 /// anchor is found changed.
-pub fn judge(claim: &Claim, low: i64, high: i64, mut read: impl FnMut(i64) -> Seen) -> Verdict {
+pub(crate) fn judge(
+    claim: &Claim,
+    low: i64,
+    high: i64,
+    mut read: impl FnMut(i64) -> Seen,
+) -> Verdict {
     let Some(next) = claim.next_offset else {
         return Verdict::Same; // counted from the beginning anyway
     };

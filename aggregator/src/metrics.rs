@@ -4,19 +4,19 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub const EVENTS: &str = "viewpipe_aggregator_events_total";
-pub const FLUSH_DURATION: &str = "viewpipe_aggregator_flush_duration_seconds";
-pub const FLUSHED_ROWS: &str = "viewpipe_aggregator_flushed_rows_total";
-pub const PENDING_KEYS: &str = "viewpipe_aggregator_pending_keys";
-pub const CONSUMER_LAG: &str = "viewpipe_aggregator_consumer_lag";
-pub const REBALANCES: &str = "viewpipe_aggregator_rebalances_total";
-pub const LAST_FLUSH: &str = "viewpipe_aggregator_last_flush_timestamp_seconds";
+pub(crate) const FLUSH_DURATION: &str = "viewpipe_aggregator_flush_duration_seconds";
+pub(crate) const FLUSHED_ROWS: &str = "viewpipe_aggregator_flushed_rows_total";
+pub(crate) const PENDING_KEYS: &str = "viewpipe_aggregator_pending_keys";
+pub(crate) const CONSUMER_LAG: &str = "viewpipe_aggregator_consumer_lag";
+pub(crate) const REBALANCES: &str = "viewpipe_aggregator_rebalances_total";
+pub(crate) const LAST_FLUSH: &str = "viewpipe_aggregator_last_flush_timestamp_seconds";
 /// Beyond the contract: times Redis was found to have lost a partition's counts.
-pub const REDIS_RESTORES: &str = "viewpipe_aggregator_redis_restores_total";
+pub(crate) const REDIS_RESTORES: &str = "viewpipe_aggregator_redis_restores_total";
 /// Beyond the contract: partitions assigned to this aggregator that it may not write
 /// (paused): another aggregator claimed them, or Postgres went back in time.
-pub const HELD_PARTITIONS: &str = "viewpipe_aggregator_held_partitions";
+pub(crate) const HELD_PARTITIONS: &str = "viewpipe_aggregator_held_partitions";
 /// Beyond the contract: rows deleted by retention, by table.
-pub const PRUNED_ROWS: &str = "viewpipe_aggregator_pruned_rows_total";
+pub(crate) const PRUNED_ROWS: &str = "viewpipe_aggregator_pruned_rows_total";
 
 /// The aggregator's histograms and their buckets.
 pub const HISTOGRAMS: &[(&str, &[f64])] = &[(

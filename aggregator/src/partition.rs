@@ -66,7 +66,7 @@ impl Partition {
     /// A partition just claimed, whose generation Redis holds up to `redis_at` (-1:
     /// nothing) according to the take-over; `None` when Redis did not answer, so
     /// that it is fenced and rewritten from memory once it does.
-    pub fn from_claim(claim: &Claim, redis_at: Option<i64>) -> Self {
+    pub(crate) fn from_claim(claim: &Claim, redis_at: Option<i64>) -> Self {
         let fenced = redis_at.is_some();
         let redis_at = redis_at.unwrap_or(-1);
         let start = claim.next_offset.unwrap_or(0);
@@ -89,12 +89,12 @@ impl Partition {
     }
 
     /// Counts a recreated log from its beginning: its anchor replaces the old log's.
-    pub fn count_new_log(&mut self) {
+    pub(crate) fn count_new_log(&mut self) {
         self.marks.new_log = true;
     }
 
     /// True once memory holds everything Redis holds for the partition.
-    pub fn caught_up(&self) -> bool {
+    pub(crate) fn caught_up(&self) -> bool {
         self.replay_to.is_none()
     }
 
@@ -113,13 +113,13 @@ impl Partition {
     }
 
     /// True when consumption moved past what is flushed or being flushed.
-    pub fn has_progress(&self) -> bool {
+    pub(crate) fn has_progress(&self) -> bool {
         let sealed_to = self.sealed.as_ref().map(|s| s.next_offset);
         self.consumed_to > sealed_to.or(self.flushed_to)
     }
 
     /// Keys with counts not yet in Postgres.
-    pub fn pending_keys(&self) -> usize {
+    pub(crate) fn pending_keys(&self) -> usize {
         self.current.len() + self.sealed.as_ref().map_or(0, |s| s.counts.len())
     }
 }

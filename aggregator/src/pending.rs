@@ -11,7 +11,7 @@ pub enum Pending {
 }
 
 impl Pending {
-    pub fn is_redis(&self) -> bool {
+    pub(crate) fn is_redis(&self) -> bool {
         matches!(self, Pending::Redis(_))
     }
 

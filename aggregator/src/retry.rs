@@ -16,7 +16,7 @@ impl Backoff {
     }
 
     /// The wait before the next attempt; each call doubles the following one.
-    pub fn next_wait(&mut self) -> Duration {
+    pub(crate) fn next_wait(&mut self) -> Duration {
         let wait = self.wait;
         self.wait = (self.wait * 2).min(self.max);
         wait

@@ -34,7 +34,7 @@ pub struct ViewRequest {
 
 /// `POST /api/views` answer.
 #[derive(Serialize, ToSchema)]
-pub struct ViewAccepted {
+pub(crate) struct ViewAccepted {
     pub success: bool,
     /// The key's count including this view. Null when it could not be read in
     /// time, when `READ_KEY` is set and the request does not carry the read key
@@ -50,21 +50,21 @@ pub struct ViewAccepted {
 /// Why an answered view was not counted.
 #[derive(Serialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum Dropped {
+pub(crate) enum Dropped {
     /// A known crawler's User-Agent, with `BOT_FILTER=drop`.
     Crawler,
 }
 
 /// `GET /api/views` answer.
 #[derive(Serialize, ToSchema)]
-pub struct CountResponse {
+pub(crate) struct CountResponse {
     pub count: i64,
 }
 
 /// A key to read, in `POST /api/views/counts`.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct KeyRef {
+pub(crate) struct KeyRef {
     #[schema(example = "resource")]
     pub content_type: String,
     #[schema(example = "f538f5c5-1a72-4804-8eb1-3f05cea64874")]
@@ -73,7 +73,7 @@ pub struct KeyRef {
 
 /// `POST /api/views/counts` body: the keys to read.
 #[derive(Serialize, ToSchema)]
-pub struct CountsRequest {
+pub(crate) struct CountsRequest {
     /// 1 to 100 keys; a key may be asked more than once.
     #[schema(min_items = 1, max_items = 100)]
     pub keys: Vec<KeyRef>,
@@ -82,7 +82,7 @@ pub struct CountsRequest {
 /// One key's count in `POST /api/views/counts`.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct KeyCount {
+pub(crate) struct KeyCount {
     pub content_type: String,
     pub content_id: String,
     pub count: i64,
@@ -90,13 +90,13 @@ pub struct KeyCount {
 
 /// `POST /api/views/counts` answer: one count per key asked, in the order asked.
 #[derive(Serialize, ToSchema)]
-pub struct CountsResponse {
+pub(crate) struct CountsResponse {
     pub counts: Vec<KeyCount>,
 }
 
 /// Why one element of a batch was not accepted.
 #[derive(Serialize, ToSchema)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     /// Position in the array (or among the non-blank NDJSON lines), from 0.
     pub index: usize,
     pub error: ErrorDetail,
@@ -104,7 +104,7 @@ pub struct Rejection {
 
 /// `POST /api/views/batch` answer.
 #[derive(Serialize, ToSchema)]
-pub struct BatchAccepted {
+pub(crate) struct BatchAccepted {
     pub success: bool,
     /// Views published and acknowledged by the broker.
     pub accepted: usize,
@@ -113,7 +113,7 @@ pub struct BatchAccepted {
 
 /// One UTC day of a key's series.
 #[derive(Serialize, ToSchema)]
-pub struct DayCount {
+pub(crate) struct DayCount {
     #[schema(value_type = String, format = Date, example = "2026-11-20")]
     pub day: NaiveDate,
     /// Views that day, pending ones included.
@@ -130,7 +130,7 @@ pub struct DayCount {
 /// `GET /api/views/daily` answer: one entry per UTC day, ascending, zero-filled.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct DailyResponse {
+pub(crate) struct DailyResponse {
     pub content_id: String,
     pub content_type: String,
     pub days: Vec<DayCount>,
@@ -138,21 +138,21 @@ pub struct DailyResponse {
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct TopItem {
+pub(crate) struct TopItem {
     pub content_id: String,
     pub count: i64,
 }
 
 /// `GET /api/views/top` answer: count descending, ties by `contentId` ascending.
 #[derive(Serialize, ToSchema)]
-pub struct TopResponse {
+pub(crate) struct TopResponse {
     pub items: Vec<TopItem>,
 }
 
 /// `POST /api/views/flush` answer.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct FlushResponse {
+pub(crate) struct FlushResponse {
     pub success: bool,
     pub job_id: Uuid,
     /// Rows written by the flushes that answered (absent with `?wait=false`).
@@ -163,7 +163,7 @@ pub struct FlushResponse {
 /// `GET /api/jobs/{id}` answer.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct JobResponse {
+pub(crate) struct JobResponse {
     pub id: Uuid,
     pub kind: JobKind,
     pub status: JobStatus,

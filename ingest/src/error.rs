@@ -151,7 +151,7 @@ impl ApiError {
 
     /// Why a body could not be read whole: over `limit`, past `BODY_READ_TIMEOUT`,
     /// or cut off by the client.
-    pub fn unread_body(rejection: &BytesRejection, limit: &'static str) -> Self {
+    pub(crate) fn unread_body(rejection: &BytesRejection, limit: &'static str) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return ApiError::TooLarge(limit);
         }

@@ -17,7 +17,7 @@ pub const MAX_BODY: usize = 1024 * 1024;
 /// browser posts it to another origin without a CORS preflight, so a page can count
 /// views without the ingest allowing its origin. The body is read as JSON whatever
 /// the charset parameter says (a beacon's string is always UTF-8).
-pub struct JsonBody(pub Value);
+pub(crate) struct JsonBody(pub Value);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
@@ -40,7 +40,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 
 /// The body types the write endpoints read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Media {
+pub(crate) enum Media {
     /// `application/json` or `application/*+json`.
     Json,
     /// `text/plain` holding JSON (a beacon).
@@ -51,7 +51,7 @@ pub enum Media {
 
 /// The body type a `Content-Type` names, by its media type alone (parameters such
 /// as `charset` are ignored); `None` for any other or none.
-pub fn media(content_type: Option<&header::HeaderValue>) -> Option<Media> {
+pub(crate) fn media(content_type: Option<&header::HeaderValue>) -> Option<Media> {
     let value = content_type.and_then(|v| v.to_str().ok())?;
     let mime = value
         .split(';')

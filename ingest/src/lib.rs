@@ -118,7 +118,7 @@ fn stated(
 
 /// The API routes and their OpenAPI document, served at `/openapi.json` (health and
 /// metrics are merged in by [`App::build`]).
-pub fn api_router(state: AppState) -> Router {
+pub(crate) fn api_router(state: AppState) -> Router {
     let (router, api) = routes().split_for_parts();
     let document: Arc<str> = stated(api, &state.namespaces, &state.protect, state.max_event_age)
         .to_string()

@@ -8,17 +8,17 @@ use axum::response::Response;
 use metrics::{describe_counter, describe_histogram, Unit};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-pub const REQUESTS: &str = "viewpipe_ingest_requests_total";
-pub const REQUEST_DURATION: &str = "viewpipe_ingest_request_duration_seconds";
+pub(crate) const REQUESTS: &str = "viewpipe_ingest_requests_total";
+pub(crate) const REQUEST_DURATION: &str = "viewpipe_ingest_request_duration_seconds";
 pub const EVENTS: &str = "viewpipe_ingest_events_total";
-pub const PUBLISH_DURATION: &str = "viewpipe_ingest_publish_duration_seconds";
-pub const REFUSALS: &str = "viewpipe_ingest_refusals_total";
-pub const BOT_VIEWS: &str = "viewpipe_ingest_bot_views_total";
-pub const VISITOR_IDS: &str = "viewpipe_ingest_visitor_ids_total";
-pub const ADMIN_AUTH_FAILURES: &str = "viewpipe_ingest_admin_auth_failures_total";
+pub(crate) const PUBLISH_DURATION: &str = "viewpipe_ingest_publish_duration_seconds";
+pub(crate) const REFUSALS: &str = "viewpipe_ingest_refusals_total";
+pub(crate) const BOT_VIEWS: &str = "viewpipe_ingest_bot_views_total";
+pub(crate) const VISITOR_IDS: &str = "viewpipe_ingest_visitor_ids_total";
+pub(crate) const ADMIN_AUTH_FAILURES: &str = "viewpipe_ingest_admin_auth_failures_total";
 
 /// The `reason` labels of [`REFUSALS`]: the error codes of the API's protection.
-pub const REFUSAL_REASONS: &[&str] = &[
+pub(crate) const REFUSAL_REASONS: &[&str] = &[
     "missing_write_key",
     "invalid_write_key",
     "namespace_not_allowed",

@@ -31,20 +31,20 @@ const IN_FLIGHT: usize = 20_000;
 const SHOWN_REJECTS: usize = 20;
 
 /// Exit status when some lines were rejected.
-pub const EXIT_REJECTED: i32 = 2;
+pub(crate) const EXIT_REJECTED: i32 = 2;
 /// Exit status when stopped by a signal.
-pub const EXIT_INTERRUPTED: i32 = 130;
+pub(crate) const EXIT_INTERRUPTED: i32 = 130;
 
 /// A line that was not published.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reject {
+pub(crate) struct Reject {
     pub line: u64,
     pub code: String,
     pub message: String,
 }
 
 /// Validates one line; `now` fills a missing `occurredAt` and bounds it.
-pub fn parse_line(
+pub(crate) fn parse_line(
     line: &str,
     namespaces: &Namespaces,
     now: chrono::DateTime<Utc>,

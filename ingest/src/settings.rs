@@ -84,7 +84,7 @@ pub struct Settings {
 }
 
 /// Fewest characters an `ADMIN_TOKEN` may have: a shorter one could be guessed.
-pub const MIN_ADMIN_TOKEN: usize = 32;
+pub(crate) const MIN_ADMIN_TOKEN: usize = 32;
 
 /// `ADMIN_TOKEN`: refused when short (without repeating it).
 fn admin_token(s: &str) -> Result<Secret, String> {

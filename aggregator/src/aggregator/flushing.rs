@@ -5,7 +5,7 @@ use super::*;
 impl Aggregator {
     /// Finishes a flush in flight, and starts one when it is due. Never blocks on
     /// Postgres: flushes run in the background.
-    pub fn drive_flush<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+    pub(crate) fn drive_flush<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
         let mut state = self.state();
         if let Some(Some(offsets)) = self.finish_flush(&mut state, None) {
             let _ = consumer.commit(&offsets, CommitMode::Async);

@@ -169,7 +169,7 @@ impl Aggregator {
     /// whose position is now outside its log: before its start (events deleted
     /// uncounted), or past its end (the log was truncated or recreated: the claim
     /// tried again every few seconds tells which).
-    pub fn check_positions<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+    pub(crate) fn check_positions<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
         let mut state = self.state();
         let owned: Vec<(i32, i64)> = state
             .partitions
@@ -198,7 +198,7 @@ impl Aggregator {
     /// Judges the log a claim resumes (see `log_check`): `Ok(true)` when it is a new
     /// log, to be counted from its beginning (the claim then starts there), `Err`
     /// when the partition must be held.
-    pub fn check_log(&self, claim: &mut Claim) -> Result<bool, Hold> {
+    pub(crate) fn check_log(&self, claim: &mut Claim) -> Result<bool, Hold> {
         match self.probe.check(claim) {
             Verdict::Same => Ok(false),
             Verdict::Recreated => {
@@ -267,7 +267,7 @@ impl Aggregator {
 
     /// Pauses newly held partitions and claims those due again; a partition claimed
     /// is resumed from the position Postgres holds.
-    pub fn tend_held<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+    pub(crate) fn tend_held<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
         let mut state = self.state();
         if state.held.is_empty() {
             return;

@@ -49,7 +49,7 @@ const PENDING_CAP: usize = 500_000;
 /// How long a batch waits for a store: Redis, before the batch is counted in memory
 /// alone; Postgres deciding its client ids, before it is set aside (polling paused)
 /// until Postgres answers.
-pub const STORE_PATIENCE: Duration = Duration::from_secs(1);
+pub(crate) const STORE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// The knobs of counting and flushing.
 #[derive(Clone, Debug)]
@@ -144,7 +144,7 @@ struct InFlight {
 }
 
 /// The first attempt's deadline of a flush (see [`InFlight::deadline`]).
-pub const FLUSH_DEADLINE: Duration = Duration::from_secs(8);
+pub(crate) const FLUSH_DEADLINE: Duration = Duration::from_secs(8);
 /// Added to a flush's first deadline per key it writes: several times what Postgres
 /// takes for a key's total and daily rows (about 13 µs measured by `deploy/local/bench` on 2 cores).
 const FLUSH_TIME_PER_KEY: Duration = Duration::from_micros(100);
@@ -380,7 +380,7 @@ impl Aggregator {
 
     /// True while polling should pause: a batch waits for Redis to decide its client
     /// ids, or so many keys wait for Postgres.
-    pub fn must_wait(&self) -> bool {
+    pub(crate) fn must_wait(&self) -> bool {
         let state = self.state();
         let pending = || {
             state
@@ -407,7 +407,7 @@ impl Aggregator {
     }
 
     /// [`Aggregator::add`] for several messages, under one lock.
-    pub fn add_all<'m>(&self, messages: impl Iterator<Item = Polled<'m>>) {
+    pub(crate) fn add_all<'m>(&self, messages: impl Iterator<Item = Polled<'m>>) {
         let mut state = self.state();
         let State {
             partitions, batch, ..

@@ -36,7 +36,7 @@ use crate::settings::BackfillArgs;
 use replay::{MonthReplay, Replay};
 
 /// Exit status when some months were skipped and none failed.
-pub const EXIT_SKIPPED: i32 = 2;
+pub(crate) const EXIT_SKIPPED: i32 = 2;
 
 /// How one month ended.
 #[derive(Debug)]

@@ -34,7 +34,7 @@ use crate::api::ErrorBody;
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct BearerToken;
 

@@ -15,7 +15,7 @@ use crate::AppState;
 /// A write that passed the key check: which key it carried, the client's address
 /// (when addresses are limited) and whether a crawler sent it (when crawlers are
 /// dropped).
-pub struct WriteAccess {
+pub(crate) struct WriteAccess {
     /// The `WRITE_KEYS` entry the key matched (`None` while keys are off).
     entry: Option<usize>,
     pub addr: Option<ClientAddr>,
@@ -66,13 +66,13 @@ impl WriteAccess {
     }
 
     /// The name of the key's app (`None` while keys are off).
-    pub fn app_name<'a>(&self, protect: &'a Protect) -> Option<&'a str> {
+    pub(crate) fn app_name<'a>(&self, protect: &'a Protect) -> Option<&'a str> {
         let app = self.app(protect)?;
         Some(protect.write_keys.as_ref()?.app_name(app))
     }
 
     /// Refuses a namespace the key may not write (not counted: the caller counts).
-    pub fn may_write(&self, protect: &Protect, namespace: &str) -> Result<(), ApiError> {
+    pub(crate) fn may_write(&self, protect: &Protect, namespace: &str) -> Result<(), ApiError> {
         let (Some(keys), Some(entry)) = (&protect.write_keys, self.entry) else {
             return Ok(());
         };
@@ -86,19 +86,19 @@ impl WriteAccess {
     }
 
     /// Takes `cost` views from the rate limits, or refuses the whole request.
-    pub fn admit(&self, protect: &Protect, cost: usize) -> Result<(), ApiError> {
+    pub(crate) fn admit(&self, protect: &Protect, cost: usize) -> Result<(), ApiError> {
         protect.admit(self.addr, self.app(protect), cost as u64)
     }
 
     /// Charges a request refused for another reason `cost` views (see
     /// [`Protect::charge`]); 429 when the budget was already spent.
-    pub fn charge(&self, protect: &Protect, cost: usize) -> Result<(), ApiError> {
+    pub(crate) fn charge(&self, protect: &Protect, cost: usize) -> Result<(), ApiError> {
         protect.charge(self.addr, self.app(protect), cost as u64)
     }
 }
 
 /// A read that passed the read key check (always, while `READ_KEY` is unset).
-pub struct ReadAccess;
+pub(crate) struct ReadAccess;
 
 impl FromRequestParts<AppState> for ReadAccess {
     type Rejection = ApiError;
@@ -123,7 +123,7 @@ impl FromRequestParts<AppState> for ReadAccess {
 /// otherwise only when the request carries the read key as a read would (Bearer,
 /// header or `?key=`). A write without it is not refused; its answer leaves the
 /// count out, so writing does not become a way around the read key.
-pub struct CountVisible(pub bool);
+pub(crate) struct CountVisible(pub bool);
 
 impl FromRequestParts<AppState> for CountVisible {
     type Rejection = ApiError;

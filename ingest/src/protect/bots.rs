@@ -57,7 +57,7 @@ impl Bots {
     }
 
     /// True when `user_agent` is a known crawler's.
-    pub fn is_bot(&self, user_agent: &str) -> bool {
+    pub(crate) fn is_bot(&self, user_agent: &str) -> bool {
         self.0.is_bot(user_agent)
     }
 }

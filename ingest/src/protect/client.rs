@@ -41,7 +41,7 @@ impl ClientAddr {
     }
 
     /// The address as 16 bytes (an IPv4 address in its IPv6-mapped form).
-    pub fn octets(&self) -> [u8; 16] {
+    pub(crate) fn octets(&self) -> [u8; 16] {
         match self.0 {
             IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
             IpAddr::V6(v6) => v6.octets(),
@@ -64,7 +64,7 @@ pub fn client_addr(
 
 /// The address in the last `name` header: its rightmost entry, the one the
 /// trusted proxy appended (entries to its left are whatever the client sent).
-pub fn forwarded_ip(headers: &HeaderMap, name: &HeaderName) -> Option<IpAddr> {
+pub(crate) fn forwarded_ip(headers: &HeaderMap, name: &HeaderName) -> Option<IpAddr> {
     let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
     let last = value.rsplit(',').next()?.trim();
     if name.as_str() == "forwarded" {

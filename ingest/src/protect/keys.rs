@@ -10,15 +10,15 @@ use viewpipe_runtime::settings::Secret;
 use viewpipe_schema::key::is_valid_content_type;
 
 /// Fewest characters a key may have.
-pub const MIN_KEY_CHARS: usize = 16;
+pub(crate) const MIN_KEY_CHARS: usize = 16;
 /// Most characters a key may have.
-pub const MAX_KEY_CHARS: usize = 256;
+pub(crate) const MAX_KEY_CHARS: usize = 256;
 /// Most characters an app name may have.
-pub const MAX_APP_CHARS: usize = 64;
+pub(crate) const MAX_APP_CHARS: usize = 64;
 
 /// Compares without returning early, so the time taken does not tell how much of a
 /// guess was right (it does depend on the lengths).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {
         let x = a.get(i).copied().unwrap_or(0);
@@ -91,11 +91,11 @@ pub struct WriteKeys {
 
 impl WriteKeys {
     /// The app names, each once, in the order first given.
-    pub fn apps(&self) -> &[String] {
+    pub(crate) fn apps(&self) -> &[String] {
         &self.apps
     }
 
-    pub fn app_name(&self, app: usize) -> &str {
+    pub(crate) fn app_name(&self, app: usize) -> &str {
         self.apps.get(app).map_or("", String::as_str)
     }
 
@@ -127,14 +127,14 @@ impl WriteKeys {
     }
 
     /// True when some key may write only some namespaces.
-    pub fn any_limited(&self) -> bool {
+    pub(crate) fn any_limited(&self) -> bool {
         self.keys.iter().any(|k| k.namespaces.is_some())
     }
 }
 
 impl WriteKey {
     /// True when this key may write `namespace` (already allowed by `NAMESPACES`).
-    pub fn may_write(&self, namespace: &str) -> bool {
+    pub(crate) fn may_write(&self, namespace: &str) -> bool {
         self.namespaces
             .as_ref()
             .is_none_or(|list| list.iter().any(|n| n == namespace))

@@ -33,10 +33,10 @@ use crate::protect::rate::{Limiter, Rate, Refused};
 pub use settings::ProtectSettings;
 
 /// The header a write or read key may be sent in.
-pub const KEY_HEADER: HeaderName = HeaderName::from_static("x-viewpipe-key");
+pub(crate) const KEY_HEADER: HeaderName = HeaderName::from_static("x-viewpipe-key");
 /// The query parameter a write or read key may be sent in (for `sendBeacon`, which
 /// cannot set headers).
-pub const KEY_PARAM: &str = "key";
+pub(crate) const KEY_PARAM: &str = "key";
 
 /// The protection this ingest runs with, built once from [`ProtectSettings`].
 #[derive(Default)]
@@ -110,7 +110,7 @@ impl Protect {
     }
 
     /// Takes `cost` views from the client's and the app's budgets, both or neither.
-    pub fn admit(
+    pub(crate) fn admit(
         &self,
         addr: Option<ClientAddr>,
         app: Option<usize>,
@@ -147,7 +147,7 @@ impl Protect {
     /// client's and the app's budgets as far as each holds them, so refused
     /// requests cannot be sent without limit. Answers 429 once either budget was
     /// already empty.
-    pub fn charge(
+    pub(crate) fn charge(
         &self,
         addr: Option<ClientAddr>,
         app: Option<usize>,
@@ -197,7 +197,7 @@ fn rate_limited(refused: Refused, rate: &Rate, cost: u64, unit: &str, who: &str)
 
 impl Protect {
     /// Takes one read from the client's read budget (`READ_RATE_LIMIT_PER_ADDR`).
-    pub fn admit_read(&self, addr: Option<ClientAddr>) -> Result<(), ApiError> {
+    pub(crate) fn admit_read(&self, addr: Option<ClientAddr>) -> Result<(), ApiError> {
         if let (Some(limiter), Some(addr)) = (&self.reads_per_addr, addr) {
             if let Err(refused) = limiter.take(&addr, 1, limiter.now()) {
                 return Err(rate_limited(
@@ -214,7 +214,7 @@ impl Protect {
 
     /// A permit for one range scan of `GET /api/views/top`, or 503 `busy` while
     /// `MAX_TOP_READS` are running.
-    pub fn top_read(&self) -> Result<Option<SemaphorePermit<'_>>, ApiError> {
+    pub(crate) fn top_read(&self) -> Result<Option<SemaphorePermit<'_>>, ApiError> {
         match &self.top_reads {
             None => Ok(None),
             Some(permits) => permits.try_acquire().map(Some).map_err(|_| ApiError::Busy),
@@ -223,14 +223,14 @@ impl Protect {
 }
 
 /// Counts a refusal under its code, and returns it.
-pub fn refused_by(error: ApiError) -> ApiError {
+pub(crate) fn refused_by(error: ApiError) -> ApiError {
     metrics::counter!(m::REFUSALS, "reason" => error.code()).increment(1);
     error
 }
 
 /// Counts `n` views dropped as a crawler's, under their namespace (`other` for a
 /// namespace not listed in `NAMESPACES`, so the label stays bounded under `*`).
-pub fn count_bot_views(namespaces: &Namespaces, content_type: &str, n: u64) {
+pub(crate) fn count_bot_views(namespaces: &Namespaces, content_type: &str, n: u64) {
     let label = match namespaces {
         Namespaces::List(list) if list.iter().any(|ns| ns == content_type) => {
             content_type.to_owned()

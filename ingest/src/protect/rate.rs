@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// Most clients one limiter remembers at once. A client not remembered because the
 /// table is full of busy ones is served unlimited (and a warning logged): per-client
 /// limits cannot stop that many clients anyway.
-pub const MAX_CLIENTS: usize = 100_000;
+pub(crate) const MAX_CLIENTS: usize = 100_000;
 /// How often full buckets are forgotten.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -69,7 +69,7 @@ pub enum Refused {
 
 impl Refused {
     /// `Retry-After` in whole seconds, at least 1.
-    pub fn retry_after_secs(&self, rate: &Rate) -> u64 {
+    pub(crate) fn retry_after_secs(&self, rate: &Rate) -> u64 {
         let wait = match self {
             Refused::Wait(wait) => *wait,
             Refused::TooLarge { .. } => rate.period,
@@ -147,7 +147,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     /// as far as its bucket holds them (it is emptied at most, never put in debt).
     /// Refused only when the bucket is already empty, saying how long until one
     /// view fits.
-    pub fn charge(&self, client: &K, cost: u64, now: u64) -> Result<(), Refused> {
+    pub(crate) fn charge(&self, client: &K, cost: u64, now: u64) -> Result<(), Refused> {
         let capacity = self.rate.period.as_nanos() as u64;
         let Ok(mut table) = self.table.lock() else {
             return Ok(());
@@ -170,7 +170,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     }
 
     /// Gives back what [`Limiter::take`] took, when another limit refused the request.
-    pub fn give_back(&self, client: &K, cost: u64) {
+    pub(crate) fn give_back(&self, client: &K, cost: u64) {
         let refill = self.refill(cost);
         if let Ok(mut table) = self.table.lock() {
             if let Some(full_at) = table.full_at.get_mut(client) {

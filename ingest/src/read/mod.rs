@@ -43,7 +43,7 @@ pub enum ReadError {
 }
 
 /// How long a read waits for lost pending counts to be restored.
-pub const RECOVERY_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const RECOVERY_WAIT: Duration = Duration::from_secs(2);
 const RECOVERY_POLL: Duration = Duration::from_millis(20);
 /// Most total reads answered by one Redis round trip and one Postgres statement.
 const COALESCE_MAX: usize = 256;
@@ -158,7 +158,11 @@ impl Reader {
     }
 
     /// Like [`Reader::total`], waiting at most `wait` for lost counts to be restored.
-    pub async fn total_within(&self, key: &ContentKey, wait: Duration) -> Result<i64, ReadError> {
+    pub(crate) async fn total_within(
+        &self,
+        key: &ContentKey,
+        wait: Duration,
+    ) -> Result<i64, ReadError> {
         let (reply, answer) = oneshot::channel();
         if self.totals.send((key.clone(), reply)).is_ok() {
             if let Ok(Some(total)) = answer.await {

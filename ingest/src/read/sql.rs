@@ -38,7 +38,7 @@ struct KeyTotal {
 /// What Postgres holds for one key, and every partition's `flushed_gen`, read in one
 /// statement (one snapshot).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub total: i64,
     /// Daily rows in the asked range, ascending (days without a row are absent).
     pub days: Vec<(NaiveDate, i64)>,
@@ -50,7 +50,7 @@ pub struct Snapshot {
 
 /// Reads a key's flushed total, its daily rows in `days` (inclusive; `None` for
 /// none) and every partition's `flushed_gen`.
-pub async fn snapshot(
+pub(crate) async fn snapshot(
     db: &impl ConnectionTrait,
     scope: &Scope,
     key: &str,
@@ -121,7 +121,7 @@ pub async fn top(
 
 /// The flushed totals of `keys` and every partition's `flushed_gen`, in one
 /// statement (one snapshot): what [`snapshot`] reads, for many keys at once.
-pub async fn totals_snapshot(
+pub(crate) async fn totals_snapshot(
     db: &impl ConnectionTrait,
     scope: &Scope,
     keys: &[&str],

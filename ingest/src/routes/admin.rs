@@ -20,7 +20,7 @@ use crate::protect::keys::constant_time_eq;
 use crate::AppState;
 
 /// How long `POST /api/views/flush` waits for every partition to answer.
-pub const FLUSH_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const FLUSH_WAIT: Duration = Duration::from_secs(30);
 
 /// Proof that the request carried the admin token.
 pub struct Admin;
@@ -71,7 +71,7 @@ impl FromRequestParts<AppState> for Admin {
         (status = 503, description = "Not every partition answered within 30 s, or Postgres is down", body = ErrorBody),
     )
 )]
-pub async fn post_flush(
+pub(crate) async fn post_flush(
     _admin: Admin,
     State(state): State<AppState>,
     query: RawQuery,
@@ -133,7 +133,7 @@ pub async fn post_flush(
         (status = 503, description = "Postgres is unavailable", body = ErrorBody),
     )
 )]
-pub async fn get_job(
+pub(crate) async fn get_job(
     _admin: Admin,
     State(state): State<AppState>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,

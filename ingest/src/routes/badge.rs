@@ -16,8 +16,8 @@ use crate::routes::views::key_from_query;
 use crate::AppState;
 
 /// The label's default and its longest form, in characters.
-pub const DEFAULT_LABEL: &str = "views";
-pub const MAX_LABEL_CHARS: usize = 40;
+pub(crate) const DEFAULT_LABEL: &str = "views";
+pub(crate) const MAX_LABEL_CHARS: usize = 40;
 const COLORS: [(&str, &str); 9] = [
     ("blue", "#007ec6"),
     ("brightgreen", "#4c1"),
@@ -31,13 +31,13 @@ const COLORS: [(&str, &str); 9] = [
 ];
 /// The rule of `color`: a name of [`COLORS`] or 3 or 6 hex digits (no `#`, which a
 /// URL would need escaped), as a pattern.
-pub fn color_pattern() -> String {
+pub(crate) fn color_pattern() -> String {
     let names: Vec<&str> = COLORS.iter().map(|(name, _)| *name).collect();
     format!("^([0-9a-fA-F]{{3}}|[0-9a-fA-F]{{6}}|{})$", names.join("|"))
 }
 
 /// `style`: rounded with a soft gradient, or square and flat.
-pub const STYLES: [&str; 2] = ["flat", "flat-square"];
+pub(crate) const STYLES: [&str; 2] = ["flat", "flat-square"];
 /// How long a badge may be cached: counts change, but a badge need not be live.
 const CACHE_CONTROL: &str = "public, max-age=60";
 
@@ -67,7 +67,7 @@ const CACHE_CONTROL: &str = "public, max-age=60";
         (status = 503, description = "A store is unavailable or recovering; see Retry-After", body = ErrorBody),
     )
 )]
-pub async fn get_badge(
+pub(crate) async fn get_badge(
     State(state): State<AppState>,
     _access: ReadAccess,
     query: RawQuery,

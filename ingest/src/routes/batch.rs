@@ -21,13 +21,13 @@ use crate::visitor::Visit;
 use crate::AppState;
 
 /// Most views in one batch.
-pub const MAX_EVENTS: usize = 1000;
+pub(crate) const MAX_EVENTS: usize = 1000;
 /// Most bytes a batch body may have.
 pub const MAX_BODY: usize = 10 * 1024 * 1024;
 
 /// A batch body as sent, at most [`MAX_BODY`] bytes, and whether it is NDJSON; its
 /// elements are read by [`read_elements`] as the handler validates them.
-pub struct BatchBody {
+pub(crate) struct BatchBody {
     bytes: Bytes,
     ndjson: bool,
 }
@@ -116,7 +116,7 @@ fn rejection(index: usize, code: &str, message: String, field: Option<&str>) -> 
         (status = 503, description = "Broker unavailable; no view was accepted", body = ErrorBody),
     )
 )]
-pub async fn post_batch(
+pub(crate) async fn post_batch(
     State(state): State<AppState>,
     access: WriteAccess,
     visit: Visit,

@@ -22,15 +22,15 @@ use crate::extract;
 use crate::routes::batch::MAX_EVENTS;
 
 /// Most bytes one element may have: a single view's limit.
-pub const MAX_ELEMENT: usize = extract::MAX_BODY;
+pub(crate) const MAX_ELEMENT: usize = extract::MAX_BODY;
 
 /// Why one element could not be read as JSON: `(code, message)`.
-pub type ElementError = (&'static str, String);
+pub(crate) type ElementError = (&'static str, String);
 
 /// Why a batch body was refused whole, and how many elements had been read when it
 /// was (what the refusal costs against the rate limits).
 #[derive(Debug)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub error: ApiError,
     pub read: usize,
 }
@@ -40,7 +40,7 @@ pub struct Refusal {
 /// Answers how many elements there were; the batch is refused (and `each` called
 /// no more) past [`MAX_EVENTS`], when the body is not an array, does not parse as
 /// one, or holds none.
-pub fn read_elements<F>(body: &[u8], ndjson: bool, each: F) -> Result<usize, Refusal>
+pub(crate) fn read_elements<F>(body: &[u8], ndjson: bool, each: F) -> Result<usize, Refusal>
 where
     F: FnMut(usize, Result<Value, ElementError>),
 {

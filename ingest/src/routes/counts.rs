@@ -14,7 +14,7 @@ use crate::protect::access::ReadAccess;
 use crate::AppState;
 
 /// Most keys one request may ask for.
-pub const MAX_KEYS: usize = 100;
+pub(crate) const MAX_KEYS: usize = 100;
 
 /// Read many keys' counts.
 ///
@@ -38,7 +38,7 @@ pub const MAX_KEYS: usize = 100;
         (status = 503, description = "A store is unavailable or recovering; see Retry-After", body = ErrorBody),
     )
 )]
-pub async fn post_counts(
+pub(crate) async fn post_counts(
     State(state): State<AppState>,
     _access: ReadAccess,
     body: Result<JsonBody, ApiError>,

@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use crate::extract::RawQuery;
 
 /// Most days a daily or top query may span.
-pub const MAX_DAYS: i64 = 366;
+pub(crate) const MAX_DAYS: i64 = 366;
 
 /// A whole-number query parameter's rule, as [`int`] enforces it and the API
 /// document states it (`minimum`, `maximum`, `default`).
@@ -37,7 +37,7 @@ pub const LIMIT: IntParam = IntParam {
 };
 
 /// Every whole-number parameter, for the API document.
-pub const INT_PARAMS: [IntParam; 2] = [DAYS, LIMIT];
+pub(crate) const INT_PARAMS: [IntParam; 2] = [DAYS, LIMIT];
 
 /// A `YYYY-MM-DD` day that exists ([`viewpipe_schema::rules::DAY_PATTERN`]: four, two and two
 /// digits; chrono alone would also take `2026-1-5` or `+2026-01-05`).

@@ -81,7 +81,7 @@ const NO_CACHE: [(HeaderName, &str); 3] = [
         (status = 503, description = "Broker unavailable or producer queue full; see Retry-After", body = ErrorBody),
     )
 )]
-pub async fn get_pixel(
+pub(crate) async fn get_pixel(
     State(state): State<AppState>,
     method: Method,
     access: WriteAccess,

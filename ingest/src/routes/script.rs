@@ -33,7 +33,7 @@ pub const SCRIPT: &str = include_str!("../../js/script/v.js");
             headers(("Cache-Control" = String, description = "public, max-age=3600"))),
     )
 )]
-pub async fn get_script() -> Response {
+pub(crate) async fn get_script() -> Response {
     embeddable(
         SCRIPT,
         "text/javascript; charset=utf-8",

@@ -41,7 +41,7 @@ const TOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
         (status = 503, description = "A store is unavailable or recovering", body = ErrorBody),
     )
 )]
-pub async fn get_daily(
+pub(crate) async fn get_daily(
     State(state): State<AppState>,
     _access: ReadAccess,
     query: RawQuery,
@@ -88,7 +88,7 @@ pub async fn get_daily(
         (status = 503, description = "Postgres is unavailable, or MAX_TOP_READS top reads are running (busy)", body = ErrorBody),
     )
 )]
-pub async fn get_top(
+pub(crate) async fn get_top(
     State(state): State<AppState>,
     _access: ReadAccess,
     query: RawQuery,

@@ -54,7 +54,7 @@ const POST_COUNT_WAIT: Duration = Duration::from_millis(250);
         (status = 503, description = "Broker unavailable or producer queue full; see Retry-After", body = ErrorBody),
     )
 )]
-pub async fn post_view(
+pub(crate) async fn post_view(
     State(state): State<AppState>,
     access: WriteAccess,
     CountVisible(count_visible): CountVisible,
@@ -104,7 +104,7 @@ pub async fn post_view(
 /// (`MAX_EVENT_AGE` included; counted as rejected otherwise), then the write key's
 /// namespaces and the rate limits. A crawler's view passes too (`access.bot`); the
 /// caller drops it.
-pub fn admit_one(
+pub(crate) fn admit_one(
     state: &AppState,
     access: &WriteAccess,
     body: &serde_json::Value,
@@ -139,7 +139,7 @@ where
 
 /// The event to publish for an admitted view, with the cookieless visitor id when
 /// the view has no `sessionId` and came from a browser.
-pub async fn event_of(
+pub(crate) async fn event_of(
     input: ViewInput,
     now: chrono::DateTime<Utc>,
     state: &AppState,
@@ -183,7 +183,7 @@ async fn count_for_answer(state: &AppState, key: &ContentKey) -> Option<i64> {
 
 /// Answers 503 at once while the readiness probe finds the broker down, rather than
 /// holding the client for the whole publish timeout.
-pub fn broker_available(state: &AppState) -> Result<(), ApiError> {
+pub(crate) fn broker_available(state: &AppState) -> Result<(), ApiError> {
     if state.health.is_down(Dependency::Kafka) {
         return Err(ApiError::BrokerUnavailable);
     }
@@ -242,7 +242,7 @@ pub async fn publish(
         (status = 503, description = "A store is unavailable or recovering; see Retry-After", body = ErrorBody),
     )
 )]
-pub async fn get_views(
+pub(crate) async fn get_views(
     State(state): State<AppState>,
     _access: ReadAccess,
     query: RawQuery,
@@ -257,13 +257,13 @@ pub async fn get_views(
 }
 
 /// Refuses a `contentType` outside `NAMESPACES`, as an event's is refused.
-pub fn check_namespace(state: &AppState, namespace: &str) -> Result<(), ApiError> {
+pub(crate) fn check_namespace(state: &AppState, namespace: &str) -> Result<(), ApiError> {
     check_content_type(Some(namespace), &state.namespaces)?;
     Ok(())
 }
 
 /// Reads and validates `contentId` and `contentType` from a query string.
-pub fn key_from_query(state: &AppState, query: &RawQuery) -> Result<ContentKey, ApiError> {
+pub(crate) fn key_from_query(state: &AppState, query: &RawQuery) -> Result<ContentKey, ApiError> {
     let missing = |field| FieldError::new(field, "missing_field", "is required");
     let ns = query
         .get("contentType")

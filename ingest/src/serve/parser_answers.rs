@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::error::ApiError;
 
 /// A connection's socket, with hyper's own error answers rewritten.
-pub struct ParserAnswers<IO> {
+pub(crate) struct ParserAnswers<IO> {
     io: IO,
     /// A rewritten answer and how much of it the socket has taken.
     pending: Option<(Vec<u8>, usize)>,

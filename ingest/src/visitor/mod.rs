@@ -87,7 +87,7 @@ impl Visitors {
 
 /// What a visitor id is derived from, taken from the request. It has no `Debug`:
 /// nothing of it may reach a log.
-pub struct Browser {
+pub(crate) struct Browser {
     addr: ClientAddr,
     /// Empty when the request had none.
     user_agent: HeaderValue,
@@ -95,7 +95,7 @@ pub struct Browser {
 
 /// The request's [`Browser`], when visitor ids are on and a browser sent it (see
 /// the module notes); else nothing.
-pub struct Visit(Option<Browser>);
+pub(crate) struct Visit(Option<Browser>);
 
 impl FromRequestParts<AppState> for Visit {
     type Rejection = std::convert::Infallible;

@@ -20,9 +20,9 @@ use chrono::NaiveDate;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 
 /// Bytes in a salt.
-pub const SALT_BYTES: usize = 32;
+pub(crate) const SALT_BYTES: usize = 32;
 /// How long after a failure the salt is not asked for again.
-pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Longest a request waits for Postgres to give the salt.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -89,7 +89,7 @@ impl Salts {
     /// The salt of `day`: from memory, else from Postgres (creating it if no ingest
     /// has yet). `None` while Postgres cannot give it (`postgres_down`: the
     /// readiness probe finds it down, so it is not even asked).
-    pub async fn for_day(&self, day: NaiveDate, postgres_down: bool) -> Option<Salt> {
+    pub(crate) async fn for_day(&self, day: NaiveDate, postgres_down: bool) -> Option<Salt> {
         if let Some(salt) = self.cached(day) {
             return Some(salt);
         }
