@@ -6,7 +6,7 @@
 //! - [`pending`]: the Redis side, counts consumed but not yet in Postgres, kept per
 //!   partition and flush generation and applied as a compare-and-set on the offset.
 //! - [`postgres`]: the Postgres side, claiming partitions, the fenced flush that
-//!   writes counts and offsets in one transaction, and the read queries.
+//!   writes counts and offsets in one transaction.
 //! - [`redis_conn`]: one Redis server or a Redis Cluster behind one connection type.
 //! - [`jobs`]: flush requests that every aggregator of a group answers.
 //! - [`event_ids`]: client-chosen `eventId`s, remembered in Postgres for 24 h.

@@ -28,7 +28,7 @@
  * Reading needs the page's origin in the ingest's CORS_ORIGINS; where it is not,
  * the browser logs a CORS error once, the view still counts, and the script sends
  * the page's later views without reading their answers (mode no-cors), saying so
- * once. Where fetch is missing or refuses, navigator.sendBeacon sends the view
+ * once. Where fetch is missing, navigator.sendBeacon sends the view
  * (its answer is never known).
  * Nothing is stored in the browser: no cookie, no local storage.
  */
@@ -79,14 +79,16 @@
   }
 
   function unreadable() {
-    // A network failure, or an ingest that does not list this origin in
-    // CORS_ORIGINS: the request went out all the same (a text/plain POST needs no
-    // preflight), only its answer is hidden.
+    // No answer could be read: the ingest does not list this origin in
+    // CORS_ORIGINS (the request went out all the same: a text/plain POST needs no
+    // preflight, only its answer is hidden), or the network failed (then this view
+    // is lost, as a beacon's would be). Later views go out in "no-cors" mode, which
+    // sends them the same way without asking for the answer.
     if (mode === "no-cors") return;
     mode = "no-cors";
-    console.warn("viewpipe: the ingest's answers cannot be read from this page " +
-      "(add " + location.origin + " to its CORS_ORIGINS to see refused views here); " +
-      "views are still sent");
+    console.warn("viewpipe: no answer from the ingest could be read on this page: it " +
+      "does not list " + location.origin + " in CORS_ORIGINS, or the network failed. " +
+      "Views are still sent; refused ones cannot be reported here");
   }
 
   function send(view) {
@@ -99,7 +101,8 @@
         sent.then(function (response) { report(view, response); }, unreadable);
         return true;
       } catch (e) {
-        // A content security policy or the keepalive quota: the beacon below.
+        // fetch threw instead of rejecting (an old browser without keepalive):
+        // the beacon below.
       }
     }
     try {

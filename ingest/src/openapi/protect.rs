@@ -20,8 +20,10 @@ const SINGLE_WRITES: &[Op] = &[("/api/views", "post"), ("/p.gif", "get")];
 /// The operations the read key guards.
 const READS: &[Op] = &[
     ("/api/views", "get"),
+    ("/api/views/counts", "post"),
     ("/api/views/daily", "get"),
     ("/api/views/top", "get"),
+    ("/api/views/badge.svg", "get"),
 ];
 
 type Op = (&'static str, &'static str);
@@ -227,13 +229,13 @@ mod tests {
             api["paths"]["/api/views/batch"]["post"]["security"],
             serde_json::json!([{"writeKey": []}, {"writeKeyQuery": []}])
         );
-        for path in ["/api/views", "/api/views/daily", "/api/views/top"] {
-            let read = statuses(&api, path, "get");
+        for (path, method) in super::READS {
+            let read = statuses(&api, path, method);
             assert!(
                 read.contains(&"401".to_owned()) && read.contains(&"429".to_owned()),
                 "{path} {read:?}"
             );
-            assert!(api["paths"][path]["get"]["security"].is_array(), "{path}");
+            assert!(api["paths"][path][method]["security"].is_array(), "{path}");
         }
         let schemes = &api["components"]["securitySchemes"];
         assert_eq!(schemes["writeKey"]["name"], "x-viewpipe-key");

@@ -95,7 +95,7 @@ fn constrain(schema: &mut Value, name: &str, deployment: &Deployment) {
         "id" => schema["format"] = json!("uuid"),
         "label" => {
             schema["maxLength"] = json!(badge::MAX_LABEL_CHARS);
-            schema["pattern"] = json!("^[^\\u0000-\\u001f\\u007f-\\u009f]*$");
+            schema["pattern"] = json!("^[^\\u0000-\\u001f\\u007f-\\u009f\\uFFFE\\uFFFF]*$");
             schema["default"] = json!(badge::DEFAULT_LABEL);
         }
         "color" => schema["pattern"] = json!(badge::color_pattern()),

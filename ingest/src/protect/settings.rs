@@ -23,7 +23,8 @@ pub struct ProtectSettings {
     /// period); a batch costs its number of views. Unset (default): no limit.
     #[arg(long, env = "RATE_LIMIT_PER_ADDR")]
     pub rate_limit_per_addr: Option<Rate>,
-    /// Reads (GET /api/views, /api/views/daily, /api/views/top) per client address:
+    /// Reads (GET /api/views, POST /api/views/counts, GET /api/views/daily, /top,
+    /// /badge.svg) per client address:
     /// `<N>/s` or `<N>/m`, each read costing 1; over it, 429 with Retry-After. Unset
     /// (default): no limit.
     #[arg(long, env = "READ_RATE_LIMIT_PER_ADDR")]

@@ -39,7 +39,10 @@ pub(crate) fn color_pattern() -> String {
 /// `style`: rounded with a soft gradient, or square and flat.
 pub(crate) const STYLES: [&str; 2] = ["flat", "flat-square"];
 /// How long a badge may be cached: counts change, but a badge need not be live.
+/// Shared caches may keep it only while no read key guards it: one answered to a
+/// request with `Authorization` must not be handed to requests without.
 const CACHE_CONTROL: &str = "public, max-age=60";
+const CACHE_CONTROL_KEYED: &str = "private, max-age=60";
 
 /// A counter badge.
 ///
@@ -48,8 +51,9 @@ const CACHE_CONTROL: &str = "public, max-age=60";
 /// (this counts no view; pair it with the pixel or the script to count). Options:
 /// `label` (default `views`), `color` (a name such as `blue`, `brightgreen`,
 /// `orange`, or hex digits such as `4c1`) and `style` (`flat`, `flat-square`).
-/// Cached for 60 s. A read: with `READ_KEY` set it needs `?key=`, which a public
-/// page would reveal, so badges suit deployments whose counts are public.
+/// Cached for 60 s (`private` while `READ_KEY` is set). A read: with `READ_KEY` set
+/// it needs `?key=`, which a public page would reveal, so badges suit deployments
+/// whose counts are public.
 #[utoipa::path(
     get,
     path = "/api/views/badge.svg",
@@ -79,10 +83,14 @@ pub(crate) async fn get_badge(
         .total(&key)
         .await
         .map_err(|e| ApiError::store("badge read", e))?;
+    let cache_control = match state.protect.read_key {
+        Some(_) => CACHE_CONTROL_KEYED,
+        None => CACHE_CONTROL,
+    };
     Ok(embeddable(
         render(&look, &grouped(count)),
         "image/svg+xml; charset=utf-8",
-        &[(header::CACHE_CONTROL, CACHE_CONTROL)],
+        &[(header::CACHE_CONTROL, cache_control)],
     ))
 }
 
@@ -104,7 +112,9 @@ struct Look {
 impl Look {
     fn from_query(query: &RawQuery) -> Result<Self, FieldError> {
         let label = query.get("label").unwrap_or(DEFAULT_LABEL);
-        if label.chars().count() > MAX_LABEL_CHARS || label.chars().any(char::is_control) {
+        // XML has no place for control characters nor U+FFFE and U+FFFF.
+        let unusable = |c: char| c.is_control() || matches!(c, '\u{FFFE}' | '\u{FFFF}');
+        if label.chars().count() > MAX_LABEL_CHARS || label.chars().any(unusable) {
             return Err(FieldError::new(
                 "label",
                 "invalid_value",
@@ -290,6 +300,7 @@ mod tests {
             ("style", "plastic"),
             ("label", &"x".repeat(41)),
             ("label", "a\nb"),
+            ("label", "a\u{FFFF}"),
         ] {
             let refused = look(&[(name, value)]).err().map(|e| e.field);
             assert_eq!(refused, Some(name), "{name}={value:?}");

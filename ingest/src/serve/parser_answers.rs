@@ -33,7 +33,8 @@ impl<IO> ParserAnswers<IO> {
 }
 
 /// The answer to send in place of `written`, and how many of its bytes it replaces,
-/// if `written` begins with one of hyper's empty parse-error answers.
+/// if `written` is exactly one of hyper's empty parse-error answers: the head alone,
+/// with no header but `content-length: 0`, `date` and `connection`.
 fn rewrite(written: &[u8]) -> Option<(Vec<u8>, usize)> {
     let error = match written.get(..13)? {
         b"HTTP/1.1 400 " => ApiError::BadRequest,
@@ -42,20 +43,38 @@ fn rewrite(written: &[u8]) -> Option<(Vec<u8>, usize)> {
         _ => return None,
     };
     let end = written.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = &written[..end];
-    let empty = head
+    if end != written.len() {
+        return None;
+    }
+    let mut lines = written[..end - 4]
         .split(|&b| b == b'\n')
-        .any(|line| line.trim_ascii().eq_ignore_ascii_case(b"content-length: 0"));
+        .map(<[u8]>::trim_ascii);
+    let status_line = lines.next()?;
+    let (mut empty, mut date) = (false, None);
+    for line in lines {
+        let lower = line.to_ascii_lowercase();
+        if lower == b"content-length: 0" {
+            empty = true;
+        } else if lower.starts_with(b"date:") {
+            date = Some(line);
+        } else if !lower.starts_with(b"connection:") {
+            return None;
+        }
+    }
     if !empty {
         return None;
     }
-    let status_line = head.split(|&b| b == b'\n').next()?.trim_ascii();
     let body = serde_json::to_vec(&error.body()).ok()?;
     let mut answer = Vec::with_capacity(200 + body.len());
     answer.extend_from_slice(status_line);
     answer.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
     answer.extend_from_slice(body.len().to_string().as_bytes());
-    answer.extend_from_slice(b"\r\nx-content-type-options: nosniff\r\nconnection: close\r\n\r\n");
+    answer.extend_from_slice(b"\r\nx-content-type-options: nosniff\r\nconnection: close\r\n");
+    if let Some(date) = date {
+        answer.extend_from_slice(date);
+        answer.extend_from_slice(b"\r\n");
+    }
+    answer.extend_from_slice(b"\r\n");
     answer.extend_from_slice(&body);
     Some((answer, end))
 }
@@ -108,7 +127,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ParserAnswers<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         ready!(self.drain(cx))?;
-        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+        let mut written = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(first), None) = (written.next(), written.next()) {
             if let Some((answer, replaced)) = rewrite(first) {
                 self.pending = Some((answer, 0));
                 return Poll::Ready(Ok(replaced));
@@ -146,6 +166,10 @@ mod tests {
         let (text, replaced) = answer(head).expect("rewritten");
         assert_eq!(replaced, head.len());
         assert!(text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(
+            text.contains("\r\ndate: Mon, 07 Dec 2026 00:00:00 GMT\r\n\r\n{"),
+            "{text}"
+        );
         assert!(text.ends_with(r#""code":"headers_too_large","message":"the request's headers are too large (at most 100 headers in about 400 KiB)"}}"#), "{text}");
         let (text, _) =
             answer(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").expect("400");

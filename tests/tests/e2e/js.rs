@@ -472,8 +472,9 @@ async fn the_script_says_in_the_console_why_a_view_was_refused() {
         "the refusal, with the API's code and message"
     );
     let note = format!(
-        "viewpipe: the ingest's answers cannot be read from this page (add {site} to its \
-         CORS_ORIGINS to see refused views here); views are still sent"
+        "viewpipe: no answer from the ingest could be read on this page: it does not list \
+         {site} in CORS_ORIGINS, or the network failed. Views are still sent; refused ones \
+         cannot be reported here"
     );
     assert_eq!(
         warnings["unreadable"],

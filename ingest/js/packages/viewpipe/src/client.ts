@@ -1,4 +1,4 @@
-import { INVALID_RESPONSE, NETWORK_ERROR, TIMEOUT, ViewpipeError } from "./errors.js";
+import { INVALID_RESPONSE, INVALID_URL, NETWORK_ERROR, TIMEOUT, ViewpipeError } from "./errors.js";
 import { newEventId } from "./event-id.js";
 import type {
   ContentKey,
@@ -137,7 +137,21 @@ export function createClient(options: ClientOptions): Client {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
 
   function urlOf(path: string, query: Query = {}): string {
-    const url = new URL(path, base);
+    // A relative url ("/views") is taken relative to the page, where there is one.
+    const page = typeof location === "undefined" ? undefined : location.href;
+    let root: URL;
+    try {
+      root = new URL(base, page);
+    } catch (cause) {
+      throw new ViewpipeError({
+        status: 0,
+        code: INVALID_URL,
+        message: `viewpipe: createClient's url ${JSON.stringify(options.url)} is not an absolute URL` +
+          (page ? "" : " (a relative one needs a page to resolve against)"),
+        cause,
+      });
+    }
+    const url = new URL(path, root);
     for (const [name, value] of Object.entries(query)) {
       if (value !== undefined) url.searchParams.set(name, String(value));
     }
@@ -172,8 +186,15 @@ export function createClient(options: ClientOptions): Client {
         }, timeoutMs)
       : undefined;
     let response: Response;
+    let target: string;
     try {
-      response = await doFetch(urlOf(request.path, request.query), {
+      target = urlOf(request.path, request.query);
+    } catch (e) {
+      clearTimeout(timer);
+      throw e;
+    }
+    try {
+      response = await doFetch(target, {
         method: request.method,
         headers,
         body,

@@ -7,6 +7,8 @@ export const NETWORK_ERROR = "network_error";
 export const TIMEOUT = "timeout";
 /** The ingest answered something that is not the API's JSON. */
 export const INVALID_RESPONSE = "invalid_response";
+/** `createClient`'s `url` is not absolute, and there is no page to resolve it against. */
+export const INVALID_URL = "invalid_url";
 
 /**
  * A request the API refused, or that did not get an answer.
@@ -14,7 +16,7 @@ export const INVALID_RESPONSE = "invalid_response";
  * `status` is the HTTP status (0 when there was no answer); `code` is the API's
  * stable error code (`unknown_namespace`, `invalid_value`, `rate_limited`,
  * `store_unavailable`, ...) or one of the client's own: {@link NETWORK_ERROR},
- * {@link TIMEOUT}, {@link INVALID_RESPONSE}. `field` names the input at fault when
+ * {@link TIMEOUT}, {@link INVALID_RESPONSE}, {@link INVALID_URL}. `field` names the input at fault when
  * the API says so. `retryAfter` is the answer's `Retry-After`, in seconds.
  */
 export class ViewpipeError extends Error {
@@ -44,6 +46,7 @@ export class ViewpipeError extends Error {
    * busy or briefly unavailable (429, 503).
    */
   get retryable(): boolean {
+    if (this.code === INVALID_URL) return false;
     return this.status === 0 || this.status === 429 || this.status === 503;
   }
 }

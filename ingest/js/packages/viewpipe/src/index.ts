@@ -11,7 +11,7 @@
  */
 export { createClient } from "./client.js";
 export type { BadgeOptions, Client, ClientOptions, DayRange, TopQuery, ViewInput, ViewResult } from "./client.js";
-export { INVALID_RESPONSE, NETWORK_ERROR, TIMEOUT, ViewpipeError, isViewpipeError } from "./errors.js";
+export { INVALID_RESPONSE, INVALID_URL, NETWORK_ERROR, TIMEOUT, ViewpipeError, isViewpipeError } from "./errors.js";
 export { newEventId } from "./event-id.js";
 export type {
   ContentKey,

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "vitest";
 
-import { NETWORK_ERROR, ViewpipeError, createClient, isViewpipeError } from "../src/index.js";
+import { INVALID_URL, NETWORK_ERROR, ViewpipeError, createClient, isViewpipeError } from "../src/index.js";
 import { API_URL, TYPE, client, freshKey, settledCount } from "./live.js";
 
 /** The error `promise` rejects with (failing when it resolves). */
@@ -94,6 +94,18 @@ describe("errors", () => {
     const e = await rejection(nowhere.view(freshKey("nowhere")));
     expect([e.status, e.code, e.retryable]).toEqual([0, NETWORK_ERROR, true]);
     expect(tries).toBe(3);
+  });
+
+  test("a relative url without a page is invalid_url at once, not retried", async () => {
+    let tries = 0;
+    const counting: typeof fetch = (input, init) => {
+      tries += 1;
+      return fetch(input, init);
+    };
+    const relative = createClient({ url: "/views", fetch: counting, retries: 2 });
+    const e = await rejection(relative.count(freshKey("relative")));
+    expect([e.status, e.code, e.retryable]).toEqual([0, INVALID_URL, false]);
+    expect(tries).toBe(0);
   });
 
   test("a range the API refuses is its code, not swallowed", async () => {
