@@ -44,7 +44,7 @@ K8S_DIR = ROOT / "deploy/k8s"
 
 # Env vars allowed on viewpipe containers although no --help names them, and why.
 NON_SETTINGS = {
-    "RUST_LOG": "log filter read by tracing's EnvFilter (runtime/src/telemetry.rs)",
+    "RUST_LOG": "log filter read by tracing's EnvFilter (schema/runtime/src/telemetry.rs)",
 }
 # Settings that are secrets: in Kubernetes they must come from a Secret, in compose
 # from a variable, never a value written in the file.
