@@ -26,6 +26,7 @@ mod rebalance;
 mod redis_cluster;
 mod retention;
 mod rollout;
+mod settings_doc;
 mod silent;
 mod store;
 mod store_faults;
