@@ -486,6 +486,26 @@ impl Stack {
     }
 }
 
+/// Polls `check` every 100 ms until it answers `Ok`, and returns that; once
+/// `within` has passed, panics with `what` and the last `Err` (what was seen
+/// instead). The one wait loop for "this becomes true soon".
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// The directory holding the previous release's `ingest` and `aggregator`, built by
 /// `deploy/local/previous` from the commit in `deploy/local/previous-release`.
 pub fn previous_release() -> PathBuf {

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use viewpipe_tests::chaos::metric;
 use viewpipe_tests::openapi::{Api, Checked};
-use viewpipe_tests::{Service, Stack};
+use viewpipe_tests::{eventually, Service, Stack};
 
 mod service;
 
@@ -32,11 +32,16 @@ async fn count(http: &Api, ingest: &Service, id: &str) -> i64 {
 }
 
 async fn wait_count(http: &Api, ingest: &Service, id: &str, want: i64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(http, ingest, id).await != want {
-        assert!(Instant::now() < deadline, "{id} never reached {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("{id} reaches {want}");
+    eventually(Duration::from_secs(30), &what, || async {
+        let now = count(http, ingest, id).await;
+        if now == want {
+            Ok(())
+        } else {
+            Err(format!("{now}"))
+        }
+    })
+    .await;
 }
 
 fn days_ago(n: i64) -> NaiveDate {

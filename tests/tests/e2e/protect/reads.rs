@@ -1,6 +1,7 @@
 //! Crawler views dropped, the read key, and `/metrics` on a listener of its own.
 
 use super::*;
+use viewpipe_tests::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crawler_views_are_answered_but_not_published_with_bot_filter_drop() {
@@ -252,20 +253,14 @@ async fn in_process_with_metrics_addr(stack: &Stack) -> (SocketAddr, SocketAddr)
     let metrics_addr = app.metrics_addr().expect("METRICS_ADDR is served");
     assert_ne!(metrics_addr.port(), 0);
     let task = tokio::spawn(app.run_until_stopped());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = reqwest::get(format!("http://{metrics_addr}/readyz"))
-            .await
-            .map(|r| r.status().as_u16());
-        if matches!(ready, Ok(200)) {
-            break;
+    let what = format!("ready on {metrics_addr}");
+    eventually(Duration::from_secs(30), &what, || async {
+        match reqwest::get(format!("http://{metrics_addr}/readyz")).await {
+            Ok(r) if r.status().as_u16() == 200 => Ok(()),
+            other => Err(format!("{:?}", other.map(|r| r.status()))),
         }
-        assert!(
-            Instant::now() < deadline,
-            "not ready on {metrics_addr}: {ready:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let r = reqwest::get(format!("http://{metrics_addr}/metrics"))
         .await
         .expect("metrics");
