@@ -21,7 +21,7 @@ use tokio::sync::OnceCell;
 
 use viewpipe_tests::browser::{chromium_binary, chromium_version, Chromium, PageServer, Profile};
 use viewpipe_tests::openapi::Api;
-use viewpipe_tests::{log_dir, Service, Stack};
+use viewpipe_tests::{eventually, log_dir, Service, Stack};
 
 const NAMESPACES: (&str, &str) = ("NAMESPACES", "page,resource");
 const FLUSH: (&str, &str) = ("FLUSH_INTERVAL_MS", "300");
@@ -227,19 +227,17 @@ async fn get_count(api: &Api, ingest: &Service, id: &str) -> i64 {
 /// Waits until `GET` answers `n` for the key, failing if it answers more, or less
 /// after 30 s.
 async fn wait_count(api: &Api, ingest: &Service, id: &str, n: i64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("{id}: GET answers {n}");
+    eventually(Duration::from_secs(30), &what, || async {
         let now = get_count(api, ingest, id).await;
         assert!(now <= n, "{id}: GET answers {now}, more than {n}");
         if now == n {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{now}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{id}: GET answers {now} after 30 s, expected {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
