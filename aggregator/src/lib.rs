@@ -6,6 +6,7 @@ pub mod backfill;
 pub mod batch;
 pub mod consumer;
 pub mod dlq;
+pub mod event_ids;
 pub mod flush;
 pub mod log_check;
 pub mod metrics;
@@ -148,7 +149,7 @@ fn spawn_event_id_expiry(db: sea_orm::DatabaseConnection, shutdown: Shutdown) {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         while !shutdown.is_triggered() {
             tick.tick().await;
-            let forget = viewpipe_store::event_ids::forget_expired(&db, 50_000);
+            let forget = event_ids::forget_expired(&db, 50_000);
             // Far longer than a batch takes; only a silent connection runs into it.
             match viewpipe_store::deadline::within(Duration::from_secs(60), forget).await {
                 Ok(0) => {}

@@ -9,7 +9,6 @@
 //!   writes counts and offsets in one transaction.
 //! - [`redis_conn`]: one Redis server or a Redis Cluster behind one connection type.
 //! - [`jobs`]: flush requests that every aggregator of a group answers.
-//! - [`event_ids`]: client-chosen `eventId`s, remembered in Postgres for 24 h.
 //! - [`retention`]: deleting old daily rows, finished jobs and visitor salts.
 //! - [`visitors`]: unique visitors per key and day, HyperLogLog sketches merged by
 //!   the flush.
@@ -20,7 +19,6 @@
 pub mod backfill;
 pub mod counts;
 pub mod deadline;
-pub mod event_ids;
 pub mod jobs;
 pub mod pending;
 pub mod postgres;

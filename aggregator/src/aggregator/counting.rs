@@ -1,6 +1,6 @@
 //! Counting a batch: the DLQ, client ids, Redis (overlapping the next poll), memory.
 
-use viewpipe_store::event_ids::{self, Sighting};
+use crate::event_ids::{self, Sighting};
 
 use super::*;
 

@@ -9,7 +9,7 @@
 //!   flush's own time) of what has been flushed from the partition: how far its
 //!   consumer has come in event time. An id row is forgotten only once the clock of
 //!   its message's partition is well past it, so a lagging consumer or a held
-//!   partition keeps its ids (`store/src/event_ids.rs`).
+//!   partition keeps its ids (`aggregator/src/event_ids.rs`).
 
 use sea_orm_migration::prelude::*;
 

@@ -17,7 +17,7 @@
 //!   of the key on that UTC day.
 //!
 //! Client-chosen `eventId`s are remembered in Postgres, not here (see
-//! [`crate::event_ids`]). A pending key therefore costs two hash fields per generation
+//! the aggregator's `event_ids`). A pending key therefore costs two hash fields per generation
 //! (its total and one per day), whatever its traffic.
 //!
 //! # Applying a batch

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 
+use aggregator::event_ids::{self, Sighting};
 use sea_orm::ConnectionTrait;
-use viewpipe_store::event_ids::{self, Sighting};
 use viewpipe_store::pending::{Applied, Layout, PartitionBatch, PendingStore, TakeOver};
 use viewpipe_store::postgres::{self, FlushError, LogMarks, PartitionCommit, Scope};
 use viewpipe_store::Counts;
