@@ -336,6 +336,34 @@ impl Stack {
         .expect("watermarks task")
     }
 
+    /// Produces `events` to `topic` as another application (or release) would: an
+    /// idempotent producer, each keyed `"{contentType}:{contentId}"`, sent in order
+    /// and all acknowledged before this returns.
+    pub async fn produce(&self, topic: &str, events: &[serde_json::Value]) {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.broker.addr().to_string())
+            .set("enable.idempotence", "true")
+            .create()
+            .expect("producer");
+        let sends = events.iter().map(|event| {
+            let key = format!("{}:{}", event["contentType"], event["contentId"]).replace('"', "");
+            let payload = event.to_string();
+            let producer = &producer;
+            async move {
+                let record = FutureRecord::to(topic).key(&key).payload(&payload);
+                producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e)
+            }
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent.expect("produced");
+        }
+    }
+
     /// Waits until the views topic holds `n` messages: fails if it holds more, or
     /// fewer after 30 s.
     pub async fn wait_published(&self, n: i64) {

@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
 use viewpipe_tests::chaos::metric;
@@ -29,27 +27,6 @@ async fn post(ingest: &Service, content_type: &str, content_id: &str, n: usize) 
         acknowledged += usize::from(status == 202);
     }
     acknowledged
-}
-
-/// Produces `events` to `views` as another application (or release) would.
-async fn produce(stack: &Stack, events: &[Value]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", stack.broker.addr().to_string())
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
-    for event in events {
-        let key = format!("{}:{}", event["contentType"], event["contentId"]).replace('"', "");
-        let payload = event.to_string();
-        producer
-            .send(
-                FutureRecord::to("views").key(&key).payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("produce");
-    }
 }
 
 /// Waits for Postgres to hold `want` views in all, then returns every key's total.
@@ -96,22 +73,23 @@ async fn an_ingest_ahead_of_its_aggregators_counts_every_view_it_acknowledged() 
         }
         e
     };
-    produce(
-        &stack,
-        &[
-            // A namespace no ingest takes yet, and an id longer than this ingest's.
-            event(json!({"contentType": "podcast", "contentId": "ep-1"})),
-            event(json!({"contentId": long_id})),
-            // Fields this release's validation refuses, written by others.
-            event(json!({"path": "/".repeat(5000)})),
-            event(json!({"visitorId": ""})),
-            event(json!({"sessionId": "s\u{7}"})),
-            event(json!({"eventId": long_event_id})),
-            // The same long eventId again: a retry, counted once.
-            event(json!({"eventId": long_event_id})),
-        ],
-    )
-    .await;
+    stack
+        .produce(
+            "views",
+            &[
+                // A namespace no ingest takes yet, and an id longer than this ingest's.
+                event(json!({"contentType": "podcast", "contentId": "ep-1"})),
+                event(json!({"contentId": long_id})),
+                // Fields this release's validation refuses, written by others.
+                event(json!({"path": "/".repeat(5000)})),
+                event(json!({"visitorId": ""})),
+                event(json!({"sessionId": "s\u{7}"})),
+                event(json!({"eventId": long_event_id})),
+                // The same long eventId again: a retry, counted once.
+                event(json!({"eventId": long_event_id})),
+            ],
+        )
+        .await;
 
     let totals = settled_totals(&stack, 16).await;
     let expected: BTreeMap<String, i64> = [

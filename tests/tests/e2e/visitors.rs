@@ -11,8 +11,6 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use sea_orm::TransactionTrait;
 use serde_json::{json, Value};
 
@@ -122,30 +120,6 @@ fn views(now: DateTime<Utc>) -> (Vec<Value>, Vec<Value>, Truth) {
     (posted, produced, truth)
 }
 
-async fn produce(stack: &Stack, events: &[Value]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", stack.broker.addr().to_string())
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
-    let sends = events.iter().map(|e| {
-        let key = format!("resource:{}", e["contentId"].as_str().unwrap_or_default());
-        let payload = e.to_string();
-        let producer = &producer;
-        async move {
-            let record = FutureRecord::to("views").key(&key).payload(&payload);
-            producer
-                .send(record, Duration::from_secs(10))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-        }
-    });
-    for sent in futures::future::join_all(sends).await {
-        sent.expect("produced");
-    }
-}
-
 /// `view_visitors_daily` as `(content id, day) -> visitors`, and every stored sketch
 /// checked to decode to its row's estimate.
 async fn stored_visitors(stack: &Stack) -> BTreeMap<(String, NaiveDate), i64> {
@@ -251,7 +225,7 @@ async fn killed_mid_way(extra: &[(&str, &str)], what: &str) {
     let now = Utc::now();
     let (posted, produced, truth) = views(now);
     let (early, late) = produced.split_at(produced.len() / 2);
-    produce(&stack, early).await;
+    stack.produce("views", early).await;
 
     let sender = {
         let (api, url) = (Api::new(&ingest).await, ingest.url("/api/views/batch"));
@@ -292,7 +266,7 @@ async fn killed_mid_way(extra: &[(&str, &str)], what: &str) {
     };
     first.kill9().await.expect("kill -9");
     let _second = stack.spawn_aggregator_process(&env).await.expect("restart");
-    produce(&stack, late).await;
+    stack.produce("views", late).await;
     sender.await.expect("sender");
 
     chaos::assert_exact(&stack, &ingest, &truth.views, Duration::from_secs(90)).await;
