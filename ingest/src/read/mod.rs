@@ -107,6 +107,11 @@ struct Merged {
 }
 
 impl Merged {
+    /// The key's total: flushed, plus every unflushed generation's pending count.
+    fn total(&self) -> i64 {
+        self.snap.total + self.unflushed().map(|values| values[0]).sum::<i64>()
+    }
+
     /// The pending values (the key's total, then its days) of every generation
     /// Postgres has not flushed.
     fn unflushed(&self) -> impl Iterator<Item = &[i64]> {
@@ -170,7 +175,7 @@ impl Reader {
             }
         }
         let merged = self.merged(key, None, wait).await?;
-        Ok(merged.snap.total + merged.unflushed().map(|values| values[0]).sum::<i64>())
+        Ok(merged.total())
     }
 
     /// [`Reader::total`] of each of `keys`, in order, from one Redis round trip and
@@ -184,8 +189,7 @@ impl Reader {
         let mut totals = Vec::with_capacity(keys.len());
         for key in keys {
             let merged = self.merged(key, None, RECOVERY_WAIT).await?;
-            totals
-                .push(merged.snap.total + merged.unflushed().map(|values| values[0]).sum::<i64>());
+            totals.push(merged.total());
         }
         Ok(totals)
     }
