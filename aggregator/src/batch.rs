@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
+use crate::store::{visitors, Counts};
 use viewpipe_schema::{ContentKey, EventRef};
-use viewpipe_store::{visitors, Counts};
 
 use crate::log_check;
 use crate::partition::Partition;
@@ -197,7 +197,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use viewpipe_store::Claim;
+    use crate::store::Claim;
 
     fn state(next_offset: Option<i64>, epoch: i64, redis_at: i64) -> Partition {
         Partition::from_claim(

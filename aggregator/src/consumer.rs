@@ -13,8 +13,8 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use crate::store::Claim;
 use viewpipe_runtime::{Health, Shutdown};
-use viewpipe_store::Claim;
 
 use crate::aggregator::{Aggregator, Claimed, Hold, STORE_PATIENCE};
 use crate::batch::Polled;

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 
-use viewpipe_store::sql::stmt;
+use viewpipe_runtime::sql::stmt;
 
 /// Two sightings of an id whose `occurredAt` lie within this of each other are one
 /// view (guarantee 3).

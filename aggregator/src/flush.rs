@@ -7,7 +7,7 @@
 //! # What is written where, in order
 //! 1. A batch is consumed and summed per key in memory. Its sums go to Redis in one
 //!    script call per partition, a compare-and-set on the offset Redis holds for the
-//!    partition's generation (see `viewpipe_store::pending`), so a batch is added to
+//!    partition's generation (see `crate::store::pending`), so a batch is added to
 //!    Redis once however often it is sent; then they are added to the partition's
 //!    in-memory generation.
 //! 2. A flush *seals* the current generation of every caught-up partition with
@@ -55,14 +55,14 @@
 //! dipping by the live marks: see `Aggregator::upkeep` and `docs/exactly-once.md`.
 //!
 //! # Flush requests
-//! `aggregator flush` records a request (`viewpipe_store::jobs`); every flush writes
+//! `aggregator flush` records a request (`viewpipe_runtime::jobs`); every flush writes
 //! the newest request seen into the flushed partitions' `flush_seq`, idle partitions
 //! included, and the request completes when every partition has answered.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use viewpipe_store::{Counts, LogMarks, PartitionCommit};
+use crate::store::{Counts, LogMarks, PartitionCommit};
 
 use crate::partition::{Partition, Sealed};
 
@@ -87,7 +87,7 @@ impl FlushUnit {
     }
 
     /// The commits that seal a generation.
-    pub fn sealing(&self) -> impl Iterator<Item = &PartitionCommit> {
+    pub(crate) fn sealing(&self) -> impl Iterator<Item = &PartitionCommit> {
         self.parts.iter().map(|p| &p.commit).filter(|c| c.seals)
     }
 
@@ -172,8 +172,8 @@ pub(crate) fn answers_pending(partitions: &BTreeMap<i32, Partition>, requested: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Claim;
     use chrono::NaiveDate;
-    use viewpipe_store::Claim;
 
     fn partition(n: i32, consumed: i64) -> (i32, Partition) {
         let mut p = Partition::from_claim(

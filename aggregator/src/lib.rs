@@ -11,10 +11,10 @@ pub mod flush;
 pub mod log_check;
 pub mod metrics;
 pub mod partition;
-pub mod pending;
 pub mod retention;
 pub mod retry;
 pub mod settings;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -31,16 +31,19 @@ use viewpipe_runtime::connect::{check_eviction_policy, check_kafka, connect_redi
 use viewpipe_runtime::db;
 use viewpipe_runtime::settings::SecretUrl;
 use viewpipe_runtime::{kafka, Health, Probes, Shutdown};
+use viewpipe_schema::pending::Layout;
 use viewpipe_schema::version::{self, Migrated};
-use viewpipe_store::pending::{Layout, PendingStore};
-use viewpipe_store::{jobs, Scope};
+
+use crate::store::pending::PendingStore;
+use viewpipe_runtime::jobs;
+use viewpipe_schema::Scope;
 
 use crate::aggregator::{Aggregator, Parts, Tuning};
 use crate::consumer::AggregatorContext;
 use crate::dlq::Dlq;
 use crate::log_check::LogProbe;
-use crate::pending::Pending;
 use crate::settings::{FlushArgs, ResetArgs, RetentionSettings, Settings};
+use crate::store::pending::Pending;
 
 /// How often each aggregator looks for flush requests.
 const FLUSH_REQUEST_POLL: Duration = Duration::from_millis(100);
@@ -132,7 +135,7 @@ fn spawn_flush_request_watch(
         while !shutdown.is_triggered() {
             tick.tick().await;
             let newest = jobs::newest_flush_request(&db, &group);
-            match viewpipe_store::deadline::within(viewpipe_store::deadline::ROUND_TRIP, newest)
+            match viewpipe_runtime::deadline::within(viewpipe_runtime::deadline::ROUND_TRIP, newest)
                 .await
             {
                 Ok(seq) => requested.store(seq, Ordering::Relaxed),
@@ -151,7 +154,7 @@ fn spawn_event_id_expiry(db: sea_orm::DatabaseConnection, shutdown: Shutdown) {
             tick.tick().await;
             let forget = event_ids::forget_expired(&db, 50_000);
             // Far longer than a batch takes; only a silent connection runs into it.
-            match viewpipe_store::deadline::within(Duration::from_secs(60), forget).await {
+            match viewpipe_runtime::deadline::within(Duration::from_secs(60), forget).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(forgotten = n, "expired client ids forgotten"),
                 Err(e) => tracing::debug!(error = %e, "cannot forget expired client ids"),

@@ -28,8 +28,8 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::store::Claim;
 use viewpipe_runtime::kafka::{self, KafkaSettings};
-use viewpipe_store::Claim;
 
 /// How long a read of an offset waits for an answer: its message, a later one, the
 /// log's end, or the offset refused as out of range. Reads past the reported log end

@@ -68,7 +68,7 @@ pub fn describe() {
         PRUNED_ROWS,
         "Rows deleted by retention, by table: view_counter_daily, view_visitors_daily, jobs, visitor_salts"
     );
-    for table in viewpipe_store::retention::Table::ALL {
+    for table in crate::store::retention::Table::ALL {
         metrics::counter!(PRUNED_ROWS, "table" => table.name()).increment(0);
     }
     for result in ["counted", "duplicate", "invalid"] {

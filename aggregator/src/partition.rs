@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use viewpipe_store::{Claim, Counts, LogMarks};
+use crate::store::{Claim, Counts, LogMarks};
 
 /// One owned partition.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! The pruning task: every `RETENTION_INTERVAL`, deletes daily rows past
 //! `RETAIN_DAILY_DAYS`, finished jobs past `RETAIN_JOBS_DAYS` and visitor salts of
 //! days before yesterday. What is deleted, and why it never holds up a flush, is
-//! described in [`viewpipe_store::retention`]; this module only decides the cutoffs
+//! described in [`crate::store::retention`]; this module only decides the cutoffs
 //! and paces the batches.
 
 use std::time::{Duration, Instant};
@@ -10,9 +10,9 @@ use chrono::{DateTime, Days, NaiveDate, Utc};
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::task::JoinHandle;
 
+use crate::store::retention::{self, Batch, Raised, Table, Target, BATCH};
+use viewpipe_runtime::deadline::{within, ROUND_TRIP};
 use viewpipe_runtime::Shutdown;
-use viewpipe_store::deadline::{within, ROUND_TRIP};
-use viewpipe_store::retention::{self, Batch, Raised, Table, Target, BATCH};
 
 use crate::metrics::PRUNED_ROWS;
 use crate::settings::RetentionSettings;

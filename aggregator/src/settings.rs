@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::store::backfill::Month;
 use viewpipe_runtime::kafka::KafkaSettings;
 use viewpipe_runtime::settings::{millis, parse_duration, CommonSettings, SecretParser, SecretUrl};
 use viewpipe_runtime::telemetry::LogFormat;
-use viewpipe_store::backfill::Month;
 
 #[derive(Parser, Debug)]
 #[command(

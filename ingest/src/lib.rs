@@ -4,7 +4,7 @@
 pub mod age;
 pub mod api;
 pub mod error;
-pub mod extract;
+pub(crate) mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod protect;
@@ -39,9 +39,11 @@ use viewpipe_runtime::connect::{check_kafka, connect_redis};
 use viewpipe_runtime::db;
 use viewpipe_runtime::settings::Secret;
 use viewpipe_runtime::{kafka, Health, Probes, Shutdown};
+use viewpipe_schema::pending::Layout;
 use viewpipe_schema::Namespaces;
-use viewpipe_store::pending::{Layout, PendingStore};
-use viewpipe_store::Scope;
+
+use crate::read::pending::PendingReader;
+use viewpipe_schema::Scope;
 
 use crate::age::MaxEventAge;
 use crate::error::ApiError;
@@ -231,7 +233,7 @@ impl App {
             reader: Reader::new(
                 db.clone(),
                 scope.clone(),
-                redis.map(|conn| PendingStore::new(conn, layout)),
+                redis.map(|conn| PendingReader::new(conn, layout)),
             ),
             visitors: visitor_ids.then(|| Arc::new(Visitors::new(db.clone(), health.clone()))),
             db,

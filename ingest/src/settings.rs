@@ -143,7 +143,7 @@ impl std::str::FromStr for CorsOrigins {
 
 impl CorsOrigins {
     /// The CORS layer for these origins (`None`: no layer, browsers are refused).
-    pub fn layer(&self) -> Option<CorsLayer> {
+    pub(crate) fn layer(&self) -> Option<CorsLayer> {
         let allow = match self {
             CorsOrigins::None => return None,
             CorsOrigins::Any => AllowOrigin::any(),

@@ -5,18 +5,29 @@
 //!   deployment allows ([`key`]), their rules stated once for the validator and the
 //!   API document ([`rules`]);
 //! - the Postgres tables: their SeaORM [`entities`], the [`migration`]s that make
-//!   them, and how a database's schema relates to this build's ([`version`]).
+//!   them, and how a database's schema relates to this build's ([`version`]);
+//!   which consumer group and topic a partition's rows belong to ([`Scope`]);
+//! - the names of the Redis keys and fields that hold pending counts ([`pending`]),
+//!   which the aggregator writes and the ingest reads.
 //!
-//! Nothing here knows about Kafka, Redis or how a service is run.
+//! Nothing here talks to Kafka, Redis or Postgres, or knows how a service is run.
 
 pub mod counted;
 pub mod entities;
 pub mod event;
 pub mod key;
 pub mod migration;
+pub mod pending;
 pub mod rules;
 pub mod version;
 
 pub use counted::EventRef;
 pub use event::{EventError, FieldError, ViewEvent, ViewInput};
 pub use key::{ContentKey, Namespaces};
+
+/// Which consumer group and topic a partition's rows belong to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub group: String,
+    pub topic: String,
+}

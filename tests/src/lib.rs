@@ -125,9 +125,9 @@ impl Drop for Stack {
 async fn keys_under(
     url: &str,
     prefix: &str,
-) -> anyhow::Result<(viewpipe_store::RedisConn, Vec<String>)> {
-    let timeouts = viewpipe_store::redis_conn::Timeouts::default();
-    let conn = viewpipe_store::RedisConn::connect(url, timeouts).await?;
+) -> anyhow::Result<(viewpipe_runtime::redis_conn::RedisConn, Vec<String>)> {
+    let timeouts = viewpipe_runtime::redis_conn::Timeouts::default();
+    let conn = viewpipe_runtime::redis_conn::RedisConn::connect(url, timeouts).await?;
     let keys = conn.scan(&format!("{prefix}:*")).await?;
     Ok((conn, keys))
 }
@@ -406,7 +406,9 @@ impl Stack {
 
     /// A Redis connection and every key under this stack's prefix (SCAN, so a large
     /// shared keyspace is never blocked on).
-    pub async fn redis_keys(&self) -> anyhow::Result<(viewpipe_store::RedisConn, Vec<String>)> {
+    pub async fn redis_keys(
+        &self,
+    ) -> anyhow::Result<(viewpipe_runtime::redis_conn::RedisConn, Vec<String>)> {
         keys_under(&self.redis_url, &self.redis_prefix).await
     }
 

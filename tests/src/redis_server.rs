@@ -92,13 +92,16 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             exited_early(child, &log)?;
-            let timeouts = viewpipe_store::redis_conn::Timeouts {
+            let timeouts = viewpipe_runtime::redis_conn::Timeouts {
                 connect: Duration::from_secs(1),
                 response: Duration::from_secs(1),
             };
-            let conn =
-                viewpipe_store::RedisConn::connect_with_ca(&url, timeouts, self.tls_ca.as_deref())
-                    .await;
+            let conn = viewpipe_runtime::redis_conn::RedisConn::connect_with_ca(
+                &url,
+                timeouts,
+                self.tls_ca.as_deref(),
+            )
+            .await;
             if let Ok(mut conn) = conn {
                 let pong: redis::RedisResult<String> =
                     redis::cmd("PING").query_async(&mut conn).await;

@@ -10,7 +10,7 @@
 use super::*;
 
 /// How often a held partition is claimed again.
-pub const HOLD_RETRY: Duration = Duration::from_secs(5);
+pub(crate) const HOLD_RETRY: Duration = Duration::from_secs(5);
 
 /// Why a partition is held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub enum Hold {
 }
 
 impl Hold {
-    pub const ALL: [Hold; 5] = [
+    pub(crate) const ALL: [Hold; 5] = [
         Hold::Fenced,
         Hold::Behind,
         Hold::LogAhead,

@@ -14,7 +14,8 @@ mod holding;
 mod upkeep;
 
 use holding::Held;
-pub use holding::{Claimed, Hold, HOLD_RETRY};
+pub use holding::{Claimed, Hold};
+pub(crate) use holding::HOLD_RETRY;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -27,9 +28,11 @@ use sea_orm::DatabaseConnection;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use crate::store::pending::{Applied, PartitionBatch, TakeOver};
+use viewpipe_runtime::deadline;
 use viewpipe_runtime::{Health, Shutdown};
-use viewpipe_store::pending::{Applied, PartitionBatch, TakeOver};
-use viewpipe_store::{deadline, postgres, Claim, Counts, FlushError, FlushOutcome, Scope};
+
+use crate::store::{postgres, Claim, Counts, FlushError, FlushOutcome, Scope};
 
 use crate::batch::{Batch, PartBatch, Polled};
 use crate::dlq::Dlq;
@@ -37,8 +40,8 @@ use crate::flush::{self, FlushUnit};
 use crate::log_check::{LogProbe, Verdict};
 use crate::metrics as m;
 use crate::partition::Partition;
-use crate::pending::Pending;
 use crate::retry::{retry, Backoff, Until};
+use crate::store::pending::Pending;
 
 /// How often the live marks of idle partitions are checked.
 const LIVE_CHECK_EVERY: Duration = Duration::from_millis(200);

@@ -5,7 +5,7 @@
 //! 3. Months are rebuilt by up to `--workers` workers. Each takes its month's
 //!    advisory lock on a session of its own (waiting up to `--lock-timeout`, then
 //!    skipping the month), and replaces the month in one transaction
-//!    ([`viewpipe_store::backfill::rebuild_month`]). A month another run rebuilt
+//!    ([`crate::store::backfill::rebuild_month`]). A month another run rebuilt
 //!    meanwhile is skipped only if that run read the replay at least as far on every
 //!    partition (`readTo` in the jobs' results).
 //!
@@ -27,10 +27,10 @@ use sea_orm::DatabaseConnection;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::store::backfill::{self, Month, MonthLock};
+use crate::store::retention;
 use viewpipe_runtime::db;
 use viewpipe_schema::entities::JobStatus;
-use viewpipe_store::backfill::{self, Month, MonthLock};
-use viewpipe_store::retention;
 
 use crate::settings::BackfillArgs;
 use replay::{MonthReplay, Replay};

@@ -11,11 +11,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::store::backfill::Month;
+use crate::store::{visitors, Counts};
 use viewpipe_runtime::kafka::{self, KafkaSettings};
 use viewpipe_runtime::progress::Progress;
 use viewpipe_schema::EventRef;
-use viewpipe_store::backfill::Month;
-use viewpipe_store::{visitors, Counts};
 
 /// A read that makes no progress for this long gives up.
 const STALL: Duration = Duration::from_secs(60);

@@ -7,7 +7,7 @@
 //! are added.
 //!
 //! Redis losing its data would make pending counts vanish until their owner restores
-//! them. The `live` marks (see [`viewpipe_store::pending`]) are read in the same atomic step as
+//! them. The `live` marks (see [`viewpipe_schema::pending`]) are read in the same atomic step as
 //! the partitions' generation hashes; while any partition Postgres knows of is not
 //! marked, the read waits for its owner to restore it, and answers
 //! [`ReadError::Recovering`] after [`RECOVERY_WAIT`] rather than a count that went
@@ -24,10 +24,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use viewpipe_schema::ContentKey;
 
-use viewpipe_store::deadline;
-use viewpipe_store::pending::{PartitionView, PendingStore};
-use viewpipe_store::postgres::Scope;
+use pending::{PartitionView, PendingReader};
+use viewpipe_runtime::deadline;
+use viewpipe_schema::Scope;
 
+pub mod pending;
 pub(crate) mod sql;
 
 use sql::Snapshot;
@@ -58,7 +59,7 @@ type TotalRequest = (ContentKey, oneshot::Sender<Option<i64>>);
 pub struct Reader {
     db: DatabaseConnection,
     scope: Scope,
-    pending: Option<PendingStore>,
+    pending: Option<PendingReader>,
     /// The partitions Postgres knew of at the last read: the ones whose Redis state a
     /// read fetches. A read that finds more in Postgres reads again.
     partitions: Arc<Mutex<Vec<i32>>>,
@@ -136,7 +137,7 @@ fn unflushed<'v>(
 impl Reader {
     /// A reader; must be made inside a Tokio runtime (it starts the task that
     /// answers total reads in groups).
-    pub fn new(db: DatabaseConnection, scope: Scope, pending: Option<PendingStore>) -> Self {
+    pub fn new(db: DatabaseConnection, scope: Scope, pending: Option<PendingReader>) -> Self {
         let (totals, requests) = mpsc::unbounded_channel();
         let (dead_end, _) = mpsc::unbounded_channel();
         let reader = Self {

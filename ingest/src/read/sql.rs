@@ -4,8 +4,8 @@
 use chrono::NaiveDate;
 use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 
-use viewpipe_store::postgres::Scope;
-use viewpipe_store::sql::stmt;
+use viewpipe_runtime::sql::stmt;
+use viewpipe_schema::Scope;
 
 /// What [`snapshot`] reads: the arrays run in parallel (`partitions` with `gens`,
 /// `days` with `counts`).

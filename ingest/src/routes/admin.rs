@@ -8,8 +8,8 @@ use axum::http::{request::Parts, StatusCode};
 use axum::Json;
 use uuid::Uuid;
 
+use viewpipe_runtime::jobs;
 use viewpipe_schema::FieldError;
-use viewpipe_store::jobs;
 
 use crate::api::{ErrorBody, FlushResponse, JobResponse};
 use crate::error::ApiError;

@@ -3,7 +3,7 @@
 pub mod admin;
 pub mod badge;
 pub mod batch;
-pub mod batch_read;
+pub(crate) mod batch_read;
 pub mod counts;
 pub mod params;
 pub mod pixel;

@@ -112,7 +112,7 @@ pub(crate) async fn get_top(
     // A year of a busy namespace is a big scan: longer than a point read, and still
     // bounded should the connection go silent.
     let top = sql::top(&state.db, namespace, from, to, limit as u32);
-    let rows = viewpipe_store::deadline::within(TOP_DEADLINE, top)
+    let rows = viewpipe_runtime::deadline::within(TOP_DEADLINE, top)
         .await
         .map_err(|e| ApiError::store("top read", e))?;
     Ok(Json(TopResponse {

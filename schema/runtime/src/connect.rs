@@ -7,8 +7,8 @@ use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::kafka::{FirstError, KafkaSettings};
+use crate::redis_conn::{RedisConn, Timeouts};
 use crate::settings::SecretUrl;
-use viewpipe_store::redis_conn::{RedisConn, Timeouts};
 
 /// Connects to Redis (a server or a cluster, see [`RedisConn`]), failing fast with
 /// the address when it does not answer. `tls_ca` (`REDIS_TLS_CA`): a PEM file of the

@@ -29,7 +29,7 @@ pub enum DbStartError {
 /// A statement that runs into one fails and is retried like any other error.
 /// The keepalives make the server find a vanished client within about 25 s even
 /// outside a transaction (the client's own sockets get no keepalive from sqlx: its
-/// side is covered by the deadlines of `viewpipe_store::deadline`).
+/// side is covered by the deadlines of `crate::deadline`).
 const SESSION_LIMITS: [(&str, &str); 6] = [
     ("statement_timeout", "30s"),
     ("lock_timeout", "10s"),
@@ -45,7 +45,7 @@ const RELEASE_CHECK: Duration = Duration::from_secs(2);
 
 /// Opens a pool; fails fast (a few seconds) when Postgres does not answer.
 ///
-/// A round trip abandoned at its deadline (`viewpipe_store::deadline`) hands its
+/// A round trip abandoned at its deadline (`crate::deadline`) hands its
 /// connection back mid-conversation. sqlx pings such a connection before reusing
 /// it, and that ping has no deadline: on a silent connection it would wait forever
 /// and hold one of the pool's places with it. So every returned connection must

@@ -33,10 +33,10 @@ pub fn describe_metrics() {
     );
     metrics::gauge!(READY).set(0.0);
     metrics::describe_counter!(
-        viewpipe_store::deadline::TIMEOUTS,
+        crate::deadline::TIMEOUTS,
         "Store round trips that got no answer within their deadline (handled as a cut connection)"
     );
-    metrics::counter!(viewpipe_store::deadline::TIMEOUTS, "store" => "postgres").increment(0);
+    metrics::counter!(crate::deadline::TIMEOUTS, "store" => "postgres").increment(0);
 }
 
 /// What a service needs to be ready.
@@ -272,7 +272,7 @@ fn body(status: HealthStatus, failing: Vec<String>) -> Json<HealthBody> {
 /// The dependencies a process needs to be ready.
 pub struct Probes {
     pub db: DatabaseConnection,
-    pub redis: Option<viewpipe_store::RedisConn>,
+    pub redis: Option<crate::redis_conn::RedisConn>,
     /// A consumer handle used only for metadata requests.
     pub kafka: Arc<BaseConsumer>,
 }

@@ -8,13 +8,13 @@
 //!   moving totals by (replayed − existing daily rows), so it must refuse a month
 //!   that starts before this day: its views would be added to totals a second time.
 //!   The pruner raises the mark *before* it deletes, and a rebuild reads it under a
-//!   share lock in its own transaction (`store/src/retention.rs`).
+//!   share lock in its own transaction (`aggregator/src/store/retention.rs`).
 //! - `jobs_finished`: the finished jobs by age, for the pruner's batches.
 
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]
-pub struct Migration;
+pub(crate) struct Migration;
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {

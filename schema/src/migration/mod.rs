@@ -17,7 +17,7 @@ mod m20261122_000008_visitors;
 mod m20261122_000009_retention;
 mod m20261206_000010_event_time;
 
-pub struct Migrator;
+pub(crate) struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
@@ -39,7 +39,7 @@ impl MigratorTrait for Migrator {
 
 /// Whether binaries that do not know a migration may run on a schema that has it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// Only adds: new tables, new nullable (or defaulted) columns, new indexes. Code
     /// that never heard of it reads and writes as before.
     Additive,
@@ -50,7 +50,7 @@ pub enum Change {
 
 /// Every migration by name, with its kind, in the order they are applied. A test
 /// checks that this lists exactly [`Migrator::migrations`].
-pub const CHANGES: &[(&str, Change)] = &[
+pub(crate) const CHANGES: &[(&str, Change)] = &[
     ("m20261121_000001_counters", Change::Breaking),
     ("m20261121_000002_aggregator_partitions", Change::Breaking),
     ("m20261121_000003_jobs", Change::Breaking),

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use viewpipe_store::backfill::{Month, MonthLock};
+use aggregator::store::backfill::{Month, MonthLock};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

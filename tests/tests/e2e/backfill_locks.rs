@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use viewpipe_store::backfill::{self, Month, MonthLock};
+use aggregator::store::backfill::{self, Month, MonthLock};
 use viewpipe_tests::Stack;
 
 /// A month no other test (or run) uses.
@@ -195,7 +195,7 @@ async fn a_rebuilt_month_says_so_before_its_lock_is_released() {
     let waiting = backfill::create_job(&stack.db, m, "views.replay")
         .await
         .expect("job");
-    let mut counts = viewpipe_store::Counts::default();
+    let mut counts = aggregator::store::Counts::default();
     counts.add("resource:a", m.first_day(), None);
     let lock = MonthLock::acquire(&stack.db_url, m, NOW)
         .await

@@ -15,10 +15,12 @@ use chrono::NaiveDate;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use serde_json::json;
 
+use aggregator::store::backfill::{self, Month};
+use aggregator::store::postgres::{
+    self, FlushError, FlushOutcome, LogMarks, PartitionCommit, Scope,
+};
+use aggregator::store::Counts;
 use viewpipe_schema::entities::JobStatus;
-use viewpipe_store::backfill::{self, Month};
-use viewpipe_store::postgres::{self, FlushError, FlushOutcome, LogMarks, PartitionCommit, Scope};
-use viewpipe_store::Counts;
 use viewpipe_tests::Stack;
 
 const KEY: &str = "resource:raced";

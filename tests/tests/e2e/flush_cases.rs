@@ -9,11 +9,13 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 
+use aggregator::store::pending::{PartitionBatch, PendingStore};
+use aggregator::store::postgres::{self, PartitionCommit, Scope};
+use aggregator::store::Counts;
+use ingest::read::pending::PendingReader;
 use ingest::read::{ReadError, Reader};
+use viewpipe_schema::pending::Layout;
 use viewpipe_schema::ContentKey;
-use viewpipe_store::pending::{Layout, PartitionBatch, PendingStore};
-use viewpipe_store::postgres::{self, PartitionCommit, Scope};
-use viewpipe_store::Counts;
 use viewpipe_tests::{redis_url, Stack};
 
 fn day() -> NaiveDate {
@@ -42,7 +44,10 @@ impl Case {
             .await
             .expect("redis");
         let layout = Layout::new(&stack.redis_prefix, &scope.group, &scope.topic).expect("prefix");
-        let store = PendingStore::new(viewpipe_store::RedisConn::Single(conn), layout);
+        let store = PendingStore::new(
+            viewpipe_runtime::redis_conn::RedisConn::Single(conn),
+            layout,
+        );
         for p in 0..3 {
             postgres::claim(&stack.db, &scope, p).await.expect("claim");
             store.take_over(p, 1, 1).await.expect("fence");
@@ -51,7 +56,8 @@ impl Case {
                 .await
                 .expect("mark live");
         }
-        let reader = Reader::new(stack.db.clone(), scope.clone(), Some(store.clone()));
+        let pending = PendingReader::new(store.connection(), store.layout().clone());
+        let reader = Reader::new(stack.db.clone(), scope.clone(), Some(pending));
         Self {
             stack,
             scope,

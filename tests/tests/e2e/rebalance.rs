@@ -12,9 +12,10 @@ use rdkafka::TopicPartitionList;
 
 use aggregator::aggregator::{Aggregator, Claimed, Parts, Tuning};
 use aggregator::dlq::Dlq;
-use aggregator::pending::Pending;
-use viewpipe_store::pending::{Layout, PendingStore};
-use viewpipe_store::Scope;
+use aggregator::store::pending::Pending;
+use aggregator::store::pending::PendingStore;
+use viewpipe_schema::pending::Layout;
+use viewpipe_schema::Scope;
 use viewpipe_tests::{redis_url, Stack};
 
 fn event(offset: i64) -> Vec<u8> {
@@ -38,7 +39,10 @@ async fn store(stack: &Stack) -> PendingStore {
         .await
         .expect("redis");
     let layout = Layout::new(&stack.redis_prefix, &stack.group, "views").expect("layout");
-    PendingStore::new(viewpipe_store::RedisConn::Single(conn), layout)
+    PendingStore::new(
+        viewpipe_runtime::redis_conn::RedisConn::Single(conn),
+        layout,
+    )
 }
 
 async fn aggregator(stack: &Stack) -> Arc<Aggregator> {
@@ -129,7 +133,10 @@ async fn a_revoke_and_reassign_inside_one_batch_counts_every_offset_once() {
     let reader = ingest::read::Reader::new(
         stack.db.clone(),
         agg_scope(&stack),
-        Some(store(&stack).await),
+        Some({
+            let store = store(&stack).await;
+            ingest::read::pending::PendingReader::new(store.connection(), store.layout().clone())
+        }),
     );
     assert_eq!(
         reader.total(&key).await.expect("read"),

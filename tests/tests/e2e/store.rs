@@ -8,10 +8,11 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 
 use aggregator::event_ids::{self, Sighting};
+use aggregator::store::pending::{Applied, PartitionBatch, PendingStore, TakeOver};
+use aggregator::store::postgres::{self, FlushError, LogMarks, PartitionCommit, Scope};
+use aggregator::store::Counts;
 use sea_orm::ConnectionTrait;
-use viewpipe_store::pending::{Applied, Layout, PartitionBatch, PendingStore, TakeOver};
-use viewpipe_store::postgres::{self, FlushError, LogMarks, PartitionCommit, Scope};
-use viewpipe_store::Counts;
+use viewpipe_schema::pending::Layout;
 use viewpipe_tests::{redis_url, Stack};
 
 const KEY: &str = "resource:stored";
@@ -42,7 +43,7 @@ async fn store(stack: &Stack) -> PendingStore {
     let client = redis::Client::open(redis_url()).expect("redis url");
     let conn = client.get_connection_manager().await.expect("redis");
     PendingStore::new(
-        viewpipe_store::RedisConn::Single(conn),
+        viewpipe_runtime::redis_conn::RedisConn::Single(conn),
         Layout::new(&stack.redis_prefix, &stack.group, "views").expect("prefix"),
     )
 }
@@ -363,7 +364,7 @@ async fn a_flush_under_an_old_epoch_writes_nothing_and_a_repeated_one_nothing_tw
         .expect("takeover");
     assert_eq!(new.epoch, old.epoch + 1);
     let five = counts(5);
-    let commit = |c: &viewpipe_store::Claim| PartitionCommit {
+    let commit = |c: &aggregator::store::Claim| PartitionCommit {
         event_clock: None,
         partition: 0,
         epoch: c.epoch,
@@ -417,7 +418,7 @@ async fn a_flush_under_an_old_epoch_writes_nothing_and_a_repeated_one_nothing_tw
         "the log's marks were recorded"
     );
     // Later flushes move the last mark; the anchor stays until a new log replaces it.
-    let later = |c: &viewpipe_store::Claim, anchor: (i64, i64), new_log: bool| PartitionCommit {
+    let later = |c: &aggregator::store::Claim, anchor: (i64, i64), new_log: bool| PartitionCommit {
         marks: LogMarks {
             last: 44,
             anchor: Some(anchor),

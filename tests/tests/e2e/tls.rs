@@ -64,9 +64,9 @@ async fn the_pipeline_counts_exactly_over_tls_to_postgres_redis_and_kafka() {
         refusal.contains("no encryption") || refusal.contains("pg_hba.conf"),
         "a plain connection to the TLS Postgres was not refused: {refusal:?}"
     );
-    let plain_redis = viewpipe_store::RedisConn::connect(
+    let plain_redis = viewpipe_runtime::redis_conn::RedisConn::connect(
         &format!("redis://127.0.0.1:{}", redis.addr.port()),
-        viewpipe_store::redis_conn::Timeouts::default(),
+        viewpipe_runtime::redis_conn::Timeouts::default(),
     )
     .await;
     assert!(

@@ -14,8 +14,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sea_orm::TransactionTrait;
 use serde_json::{json, Value};
 
-use viewpipe_store::visitors::{self, rows, Sketch};
-use viewpipe_store::Counts;
+use aggregator::store::visitors::{self, rows, Sketch};
+use aggregator::store::Counts;
 use viewpipe_tests::chaos;
 use viewpipe_tests::openapi::Api;
 use viewpipe_tests::{Service, Stack};
@@ -160,7 +160,7 @@ async fn assert_visitors(stack: &Stack, ingest: &Service, truth: &Truth) -> f64 
         let got = stored.get(slot).copied().unwrap_or(0);
         // Key-days below 3072 visitors are sparse: exact for these fixed ids. The
         // dense one is within 2% (standard error 0.81%; 0.6% at 4000).
-        if want as usize <= viewpipe_store::visitors::sketch::SPARSE_MAX {
+        if want as usize <= aggregator::store::visitors::sketch::SPARSE_MAX {
             assert_eq!(got, want, "visitors of {slot:?} in Postgres");
         } else {
             let err = (got - want) as f64 / want as f64;

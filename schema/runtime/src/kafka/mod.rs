@@ -104,7 +104,7 @@ pub fn consumer_config(
 /// only as "transport failure" or a timeout. librdkafka logs these (facility `FAIL`);
 /// like its errors, they reach the context when the client is polled.
 #[derive(Default)]
-pub struct FirstError(Mutex<Option<String>>);
+pub(crate) struct FirstError(Mutex<Option<String>>);
 
 impl FirstError {
     pub fn take(&self) -> Option<String> {

@@ -211,7 +211,7 @@ pub struct KafkaProperty {
 
 impl KafkaProperty {
     /// Whether the value must stay out of logs: passwords, secrets, keys, tokens.
-    pub fn is_secret(&self) -> bool {
+    pub(crate) fn is_secret(&self) -> bool {
         [
             "password",
             "secret",
@@ -357,7 +357,7 @@ impl KafkaSettings {
 
     /// The librdkafka properties these settings set, in the order they apply; later
     /// ones win.
-    pub fn client_properties(&self) -> Vec<KafkaProperty> {
+    pub(crate) fn client_properties(&self) -> Vec<KafkaProperty> {
         let mut out = Vec::new();
         let mut set = |name: &str, value: &str| {
             out.push(KafkaProperty {

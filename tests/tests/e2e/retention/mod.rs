@@ -11,9 +11,9 @@ use sea_orm::{ConnectionTrait, Database, TransactionTrait};
 use serde_json::json;
 
 use aggregator::settings::RetentionSettings;
+use aggregator::store::backfill::{self, Month, MonthLock};
+use aggregator::store::retention::{self, Batch, Raised, Table, Target};
 use viewpipe_runtime::Shutdown;
-use viewpipe_store::backfill::{self, Month, MonthLock};
-use viewpipe_store::retention::{self, Batch, Raised, Table, Target};
 use viewpipe_tests::openapi::Api;
 use viewpipe_tests::Stack;
 

@@ -111,7 +111,7 @@ async fn backfill_refuses_months_retention_pruned_and_rebuilds_the_rest() {
         .await
         .expect("try")
         .expect("lock");
-    let mut counts = viewpipe_store::Counts::default();
+    let mut counts = aggregator::store::Counts::default();
     counts.add("resource:k1", day("2025-02-20"), None);
     let result = |_: &backfill::Rebuilt| json!({"outcome": "rebuilt"});
     let direct = backfill::rebuild_month(lock.db(), feb, &counts, job, &result).await;

@@ -1,6 +1,6 @@
 //! Where pending counts go between flushes: Redis, or nowhere (database-only mode).
 
-use viewpipe_store::pending::{Applied, PartitionBatch, PendingStore, TakeOver};
+use super::{Applied, PartitionBatch, PendingStore, TakeOver};
 
 /// The aggregator's pending store.
 #[derive(Clone)]
@@ -56,7 +56,7 @@ impl Pending {
     }
 
     /// Drops a flushed generation from Redis (best effort: it also expires).
-    pub async fn drop_generation(&self, partition: i32, gen: i64) {
+    pub(crate) async fn drop_generation(&self, partition: i32, gen: i64) {
         if let Pending::Redis(store) = self {
             if let Err(e) = store.drop_generation(partition, gen).await {
                 tracing::debug!(partition, gen, error = %e, "cannot drop a flushed generation (it expires)");

@@ -1,13 +1,13 @@
 //! Counts held in memory: what one batch, or one partition generation, adds to each
 //! key. A key's total is the sum of its days, so `total = Σ daily` holds by
 //! construction. Views that carry a visitor also add its hash to a sketch of the
-//! key's visitors of that day (see [`crate::visitors`]).
+//! key's visitors of that day (see [`crate::store::visitors`]).
 
 use std::collections::HashMap;
 
 use chrono::NaiveDate;
 
-use crate::visitors::{DayVisitors, Sketch};
+use crate::store::visitors::{DayVisitors, Sketch};
 
 /// What a batch or generation adds to one key. Small on purpose: an aggregator may
 /// hold a million of these between flushes.
@@ -53,13 +53,13 @@ impl KeyCounts {
         }
     }
 
-    /// Adds a visitor's hash ([`crate::visitors::hash`]) to `day`'s visitors.
-    pub fn add_visitor(&mut self, day: NaiveDate, hash: u64) {
+    /// Adds a visitor's hash ([`crate::store::visitors::hash`]) to `day`'s visitors.
+    pub(crate) fn add_visitor(&mut self, day: NaiveDate, hash: u64) {
         self.visitors.get_or_insert_default().add(day, hash);
     }
 
     /// Remembers `path` as the latest, copying it only when it changed.
-    pub fn set_path(&mut self, path: &str) {
+    pub(crate) fn set_path(&mut self, path: &str) {
         if self.path.as_deref() != Some(path) {
             self.path = Some(path.into());
         }
@@ -147,7 +147,7 @@ impl Counts {
     }
 
     /// Moves `other`'s counts into this.
-    pub fn absorb(&mut self, other: Counts) {
+    pub(crate) fn absorb(&mut self, other: Counts) {
         if self.keys.is_empty() {
             *self = other;
             return;
@@ -183,9 +183,9 @@ impl Counts {
     }
 
     /// Each Redis hash field these counts add to, with its value (the names are the
-    /// pending store's, see [`crate::pending::fields`]).
+    /// pending store's, see [`crate::store::pending::fields`]).
     pub fn fields(&self) -> Vec<(String, i64)> {
-        crate::pending::fields(self)
+        crate::store::pending::fields(self)
     }
 }
 

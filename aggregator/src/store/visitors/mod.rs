@@ -31,7 +31,7 @@ pub fn hash(visitor: &str) -> u64 {
 
 /// One key's visitor sketches, per UTC day, in arrival order (nearly always one day).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DayVisitors {
+pub(crate) struct DayVisitors {
     days: Vec<(NaiveDate, Sketch)>,
 }
 
@@ -63,12 +63,6 @@ impl DayVisitors {
 
     pub fn iter(&self) -> impl Iterator<Item = (NaiveDate, &Sketch)> {
         self.days.iter().map(|(d, s)| (*d, s))
-    }
-
-    /// Bytes on the heap, for the memory figures.
-    pub fn heap_bytes(&self) -> usize {
-        self.days.capacity() * std::mem::size_of::<(NaiveDate, Sketch)>()
-            + self.days.iter().map(|(_, s)| s.heap_bytes()).sum::<usize>()
     }
 }
 

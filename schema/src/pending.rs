@@ -1,11 +1,28 @@
-//! The names of a partition's keys and of the fields that hold a counter key's
-//! total and days (see the head of this module's parent for the layout).
+//! The Redis key layout of pending counts: what the aggregators have consumed and
+//! Postgres does not hold yet, kept per partition and flush generation. The aggregator
+//! writes it (its `store::pending`), the ingest reads it (its `read::pending`).
+//!
+//! Every key of partition `p` carries the hash tag `{<scope>.<p>}`, so one partition's
+//! keys share a Redis Cluster slot and each script touches one slot. `<scope>`
+//! is a short hash of the consumer group and topic, so two deployments sharing a prefix
+//! cannot meet.
+//! - `{prefix}:{s.p}:m`, the partition's meta hash: `epoch`, the newest owner epoch
+//!   that wrote it; `gen`, the newest generation written; `live`, the epoch of the owner
+//!   that vouches Redis holds all of the partition's pending counts.
+//! - `{prefix}:{s.p}:g0` and `:g1`: the counts of the partition's even and odd
+//!   generations. At most two generations of a partition are unflushed at once (one
+//!   being flushed, the next being written) and they differ in parity, so two hashes
+//!   suffice and a reader can name every key it reads. Fields: `@g` the generation,
+//!   `@o` the highest offset applied, `t:<key>` views of the key, `d:<key>:<day>` views
+//!   of the key on that UTC day.
+//!
+//! Client-chosen `eventId`s are remembered in Postgres, not here. A pending key
+//! therefore costs two hash fields per generation (its total and one per day), whatever
+//! its traffic.
 
 use std::fmt::Write;
 
 use chrono::NaiveDate;
-
-use crate::counts::Counts;
 
 /// A `REDIS_PREFIX` that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -81,50 +98,28 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 }
 
 /// The field of a key's total in a generation hash: `t:<key>`.
-pub(crate) fn total_field(key: &str) -> String {
+pub fn total_field(key: &str) -> String {
     let mut name = String::with_capacity(2 + key.len());
     push_total_field(&mut name, key);
     name
 }
 
 /// The field of a key's views on `day` in a generation hash: `d:<key>:<YYYY-MM-DD>`.
-pub(crate) fn day_field(key: &str, day: NaiveDate) -> String {
+pub fn day_field(key: &str, day: NaiveDate) -> String {
     let mut name = String::with_capacity(14 + key.len());
     push_day_field(&mut name, key, day);
     name
 }
 
-fn push_total_field(name: &mut String, key: &str) {
+/// Appends [`total_field`] to `name`.
+pub fn push_total_field(name: &mut String, key: &str) {
     name.push_str("t:");
     name.push_str(key);
 }
 
-fn push_day_field(name: &mut String, key: &str, day: NaiveDate) {
+/// Appends [`day_field`] to `name`.
+pub fn push_day_field(name: &mut String, key: &str, day: NaiveDate) {
     let _ = write!(name, "d:{key}:{day}");
-}
-
-/// Calls `f` with each generation-hash field `counts` adds to and its value: each
-/// key's total ([`total_field`]) and each of its days ([`day_field`]). One buffer is
-/// reused for the names.
-pub(crate) fn for_each_field(counts: &Counts, mut f: impl FnMut(&str, i64)) {
-    let mut name = String::with_capacity(64);
-    for (key, key_counts) in counts.iter() {
-        name.clear();
-        push_total_field(&mut name, key);
-        f(&name, key_counts.total());
-        for (day, n) in key_counts.days() {
-            name.clear();
-            push_day_field(&mut name, key, *day);
-            f(&name, *n);
-        }
-    }
-}
-
-/// The fields of [`for_each_field`], collected: what [`PendingStore::restore`](super::PendingStore::restore) writes.
-pub fn fields(counts: &Counts) -> Vec<(String, i64)> {
-    let mut out = Vec::with_capacity(counts.len() * 2);
-    for_each_field(counts, |name, n| out.push((name.to_owned(), n)));
-    out
 }
 
 #[cfg(test)]
@@ -151,27 +146,9 @@ mod tests {
     }
 
     #[test]
-    fn counts_make_one_total_field_and_one_field_per_day() {
-        let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).expect("date");
-        let mut counts = Counts::default();
-        counts.add("resource:x", day(20), None);
-        counts.add("resource:x", day(21), None);
-        counts.add("resource:x", day(21), None);
-        counts.add("resource:y", day(21), None);
-        let mut made = fields(&counts);
-        made.sort();
-        assert_eq!(
-            made,
-            vec![
-                ("d:resource:x:2026-11-20".to_owned(), 1),
-                ("d:resource:x:2026-11-21".to_owned(), 2),
-                ("d:resource:y:2026-11-21".to_owned(), 1),
-                ("t:resource:x".to_owned(), 3),
-                ("t:resource:y".to_owned(), 1),
-            ]
-        );
-        assert_eq!(counts.fields(), fields(&counts));
+    fn a_key_has_one_total_field_and_one_field_per_day() {
+        let day = NaiveDate::from_ymd_opt(2026, 11, 21).expect("date");
         assert_eq!(total_field("resource:x"), "t:resource:x");
-        assert_eq!(day_field("resource:x", day(21)), "d:resource:x:2026-11-21");
+        assert_eq!(day_field("resource:x", day), "d:resource:x:2026-11-21");
     }
 }

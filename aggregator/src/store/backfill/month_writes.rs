@@ -19,8 +19,8 @@ use std::collections::BTreeSet;
 use sea_orm::{ConnectionTrait, DbErr};
 
 use super::Month;
-use crate::counts::Counts;
-use crate::sql::stmt;
+use crate::store::counts::Counts;
+use viewpipe_runtime::sql::stmt;
 
 /// The first key of every month write lock, distinct from the backfill's session
 /// lock ([`super::LOCK_CLASS`]) and from other users of advisory locks.

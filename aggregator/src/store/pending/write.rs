@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{for_each_field, PendingStore, HASH_TTL_SECS, RESTORE_CHUNK};
-use crate::counts::Counts;
+use crate::store::counts::Counts;
 
 /// One partition's batch, pre-aggregated.
 #[derive(Clone, Debug)]
@@ -193,7 +193,7 @@ impl PendingStore {
     }
 
     /// Deletes a flushed generation's hash (if it still holds that generation).
-    pub async fn drop_generation(&self, partition: i32, gen: i64) -> redis::RedisResult<()> {
+    pub(crate) async fn drop_generation(&self, partition: i32, gen: i64) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
         let script = redis::Script::new(
             "if redis.call('HGET', KEYS[1], '@g') == ARGV[1] then redis.call('UNLINK', KEYS[1]) end",
@@ -253,7 +253,7 @@ impl PendingStore {
 
     /// Deletes `keys` (as [`PendingStore::keys`] listed them); returns how many
     /// existed.
-    pub async fn delete(&self, keys: &[String]) -> redis::RedisResult<u64> {
+    pub(crate) async fn delete(&self, keys: &[String]) -> redis::RedisResult<u64> {
         let mut deleted = 0;
         for chunk in keys.chunks(500) {
             let counts = self
@@ -270,7 +270,7 @@ impl PendingStore {
     }
 
     /// Runs script calls, the ones `build` adds for each of `items` (see
-    /// [`RedisConn::per_partition`](crate::redis_conn::RedisConn::per_partition)). The scripts are safe to run twice (the apply is
+    /// [`RedisConn::per_partition`](viewpipe_runtime::redis_conn::RedisConn::per_partition)). The scripts are safe to run twice (the apply is
     /// a compare-and-set, the others are idempotent), so after Redis lost its script
     /// cache (a restart) they are loaded and everything is sent again.
     async fn query_scripts<I, T: redis::FromRedisValue>(

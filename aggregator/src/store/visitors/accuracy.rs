@@ -1,7 +1,7 @@
 //! How far the estimate is from the truth, with real visitor ids through the real
 //! hash: one sketch fed every id, and the same ids spread over several sketches
 //! merged (as a key-day's visitors arrive over many flushes). Prints its figures;
-//! `cargo test -p viewpipe-store --lib visitors::accuracy -- --nocapture` shows them.
+//! `cargo test -p aggregator --lib store::visitors::accuracy -- --nocapture` shows them.
 
 use super::{hash, Sketch};
 

@@ -8,7 +8,7 @@ use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 use uuid::Uuid;
 
 use super::Month;
-use crate::sql::stmt;
+use viewpipe_runtime::sql::stmt;
 use viewpipe_schema::entities::JobStatus;
 
 #[derive(FromQueryResult)]
@@ -98,7 +98,7 @@ pub async fn rebuilt_since(
 
 /// Where the month's events began in each partition of `topic`, as the newest
 /// completed rebuild of it found (`result.firstOffsets`: partition → offset).
-pub async fn known_starts(
+pub(crate) async fn known_starts(
     db: &impl ConnectionTrait,
     month: Month,
     topic: &str,

@@ -24,9 +24,9 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult, Trans
 use uuid::Uuid;
 
 use super::{month_writes, update_job, Month};
-use crate::counts::{Counts, KeyCounts};
-use crate::retention;
-use crate::sql::stmt;
+use crate::store::counts::{Counts, KeyCounts};
+use crate::store::retention;
+use viewpipe_runtime::sql::stmt;
 use viewpipe_schema::entities::JobStatus;
 
 /// Daily rows per insert statement: bounds the memory a large month takes while it
@@ -147,7 +147,7 @@ async fn rebuild_once(
     outcome.rows_written = insert_days(&txn, counts).await?;
     outcome.views_written = counts.views();
     let (visitors_removed, visitors_written) =
-        crate::visitors::rows::replace_days(&txn, from, until, counts).await?;
+        crate::store::visitors::rows::replace_days(&txn, from, until, counts).await?;
     outcome.visitor_rows_removed = visitors_removed;
     outcome.visitor_rows_written = visitors_written;
     move_totals(&txn, &moves, counts).await?;

@@ -1,24 +1,8 @@
 //! Pending counts in Redis: what the aggregators have consumed and Postgres does not
 //! hold yet, kept per partition and flush generation.
 //!
-//! # Layout
-//! Every key of partition `p` carries the hash tag `{<scope>.<p>}`, so one partition's
-//! keys share a Redis Cluster slot and each script below touches one slot. `<scope>`
-//! is a short hash of the consumer group and topic, so two deployments sharing a prefix
-//! cannot meet.
-//! - `{prefix}:{s.p}:m`, the partition's meta hash: `epoch`, the newest owner epoch
-//!   that wrote it; `gen`, the newest generation written; `live`, the epoch of the owner
-//!   that vouches Redis holds all of the partition's pending counts (see "Loss").
-//! - `{prefix}:{s.p}:g0` and `:g1`: the counts of the partition's even and odd
-//!   generations. At most two generations of a partition are unflushed at once (one
-//!   being flushed, the next being written) and they differ in parity, so two hashes
-//!   suffice and a reader can name every key it reads. Fields: `@g` the generation,
-//!   `@o` the highest offset applied, `t:<key>` views of the key, `d:<key>:<day>` views
-//!   of the key on that UTC day.
-//!
-//! Client-chosen `eventId`s are remembered in Postgres, not here (see
-//! the aggregator's `event_ids`). A pending key therefore costs two hash fields per generation
-//! (its total and one per day), whatever its traffic.
+//! The keys and fields are named in `viewpipe_schema::pending`, which the ingest's reads
+//! share; this module is the aggregator's side: the scripts that write them.
 //!
 //! # Applying a batch
 //! One script call per partition and batch adds the batch's pre-aggregated counts. It
@@ -42,16 +26,17 @@
 //! on every partition Postgres knows of; the owner notices the loss on its next write
 //! or check, rewrites the counts from memory and marks the partition live again.
 
-use crate::redis_conn::RedisConn;
+use viewpipe_runtime::redis_conn::RedisConn;
+use viewpipe_schema::pending::Layout;
 
-mod layout;
-mod read;
+mod fields;
 mod scripts;
+mod sink;
 mod write;
 
-pub(crate) use layout::{day_field, for_each_field, total_field};
-pub use layout::{fields, BadPrefix, Layout};
-pub use read::PartitionView;
+pub use fields::fields;
+pub(crate) use fields::for_each_field;
+pub use sink::Pending;
 pub use write::{Applied, PartitionBatch, TakeOver};
 
 use scripts::{APPLY_LUA, FENCE_LUA, RESTORE_LUA, TAKE_OVER_LUA};

@@ -6,7 +6,7 @@
 //!    `running`.
 //! 2. Each aggregator polls [`newest_flush_request`] and flushes all its partitions,
 //!    writing the `seq` into their `flush_seq` in the same transaction as the counts
-//!    (see [`crate::postgres::flush`]), which also adds its rows to the job's result.
+//!    (see the aggregator's `store::postgres::flush`), which also adds its rows to the job's result.
 //! 3. That transaction completes every running flush job of the group whose `seq`
 //!    every partition of the group has reached. [`wait_for_flush`] watches for it and reads the outcome.
 
@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use sea_orm::{ConnectionTrait, DbErr, EntityTrait, FromQueryResult};
 use uuid::Uuid;
 
-use crate::postgres::Scope;
 use crate::sql::stmt;
 use viewpipe_schema::entities::{Job, JobRow, JobStatus};
+use viewpipe_schema::Scope;
 
 /// How a flush request ended, as `aggregator flush` prints it and
 /// `POST /api/views/flush` answers it.
@@ -97,7 +97,7 @@ pub async fn newest_flush_request(db: &impl ConnectionTrait, group: &str) -> Res
 
 /// Inside a flush transaction: credits `rows` to request `seq` and completes every
 /// running flush job of the group that all its partitions have answered.
-pub(crate) async fn answer_flush(
+pub async fn answer_flush(
     txn: &impl ConnectionTrait,
     scope: &Scope,
     seq: i64,

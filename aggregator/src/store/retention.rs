@@ -7,7 +7,7 @@
 //! - `jobs`: finished (completed or failed) jobs older than a cutoff
 //!   (`RETAIN_JOBS_DAYS`), except each month's newest completed rebuild per replay
 //!   topic, which a later backfill reads to know where the month began in the replay
-//!   ([`crate::backfill::known_starts`]).
+//!   ([`crate::store::backfill::known_starts`]).
 //! - `visitor_salts`: salts of days before yesterday, always: without the salt a
 //!   visitor id can no longer be linked to the address and browser it was made from.
 //!
@@ -37,14 +37,14 @@ use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult, TransactionTrait, Value,
 };
 
-use crate::sql::stmt;
+use viewpipe_runtime::sql::stmt;
 
 /// The first key of the pruners' advisory lock, apart from every other user of
 /// advisory locks (backfill's are `vpbf`).
 pub const LOCK_CLASS: i32 = 0x7670_7274; // "vprt"
 
 /// Most rows one batch deletes.
-pub const BATCH: i64 = 5000;
+pub(crate) const BATCH: i64 = 5000;
 
 /// A table the pruner deletes from, as the metric's `table` label names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [
+    pub(crate) const ALL: [Table; 4] = [
         Table::CounterDaily,
         Table::VisitorsDaily,
         Table::Jobs,
@@ -264,7 +264,7 @@ pub async fn mark_for_rebuild(txn: &impl ConnectionTrait) -> Result<Option<Naive
 
 /// Why a month cannot be rebuilt once daily rows of it were pruned, for job rows
 /// and the backfill's output.
-pub fn pruned_reason(month_start: NaiveDate, pruned_before: NaiveDate) -> String {
+pub(crate) fn pruned_reason(month_start: NaiveDate, pruned_before: NaiveDate) -> String {
     format!(
         "daily rows before {pruned_before} were deleted by retention (RETAIN_DAILY_DAYS), and the month starts on {month_start}: a rebuild moves totals by the replay minus the daily rows it finds, so it would count the deleted days' views a second time; refusing"
     )

@@ -7,7 +7,7 @@
 //! waits behind it). Every round trip the services make through [`within`] is
 //! handled as a cut connection when nothing answers in time: the future is dropped
 //! with its connection, which the pool then closes (see
-//! `viewpipe_runtime::db::connect`), and the caller retries on another one. For a
+//! `crate::db::connect`), and the caller retries on another one. For a
 //! flush that is safe whatever the server did: the flush's precondition finds out
 //! whether the lost attempt committed (`FlushOutcome::already_committed`).
 
@@ -17,7 +17,7 @@ use std::time::Duration;
 use sea_orm::DbErr;
 
 /// Counter by `store`: round trips that got no answer within their deadline.
-pub const TIMEOUTS: &str = "viewpipe_store_timeouts_total";
+pub(crate) const TIMEOUTS: &str = "viewpipe_store_timeouts_total";
 
 /// The deadline of a round trip whose work is small: a claim, an id decision, a
 /// read, a job update. Far above their normal milliseconds, and far below the 30 s

@@ -5,14 +5,14 @@
 //!    partition order) and checks that their `epoch` is still the flusher's, so a
 //!    partition taken over by another aggregator is never written by its old owner;
 //! 2. takes, shared, the write lock of every month its rows touch, so that no
-//!    rebuild of such a month runs meanwhile (see [`crate::backfill::lock_months`]);
+//!    rebuild of such a month runs meanwhile (see [`crate::store::backfill::lock_months`]);
 //! 3. adds the deltas to `view_counter_total` and `view_counter_daily` with one
 //!    multi-row upsert each, keys in sorted order so concurrent flushers cannot
 //!    deadlock on counter rows;
 //! 4. merges the visitor sketches of the same views into `view_visitors_daily`
-//!    (see [`crate::visitors`]), key-days in sorted order;
+//!    (see [`crate::store::visitors`]), key-days in sorted order;
 //! 5. moves each partition's `next_offset` and `flushed_gen` forward, and records the
-//!    flush request it answers (see [`crate::jobs`]).
+//!    flush request it answers (see [`viewpipe_runtime::jobs`]).
 //!
 //! Counts, visitors and offsets therefore commit together or not at all.
 
@@ -22,8 +22,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult, TransactionTrait};
 
 use super::{LogMarks, Scope};
-use crate::counts::{Counts, KeyCounts};
-use crate::sql::stmt;
+use crate::store::counts::{Counts, KeyCounts};
+use viewpipe_runtime::sql::stmt;
 
 /// A partition's new position, written with the counts it covers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -188,9 +188,9 @@ pub async fn flush(
         });
     }
 
-    crate::backfill::lock_months(&txn, counts).await?;
+    crate::store::backfill::lock_months(&txn, counts).await?;
     let mut outcome = add_counts(&txn, counts).await?;
-    outcome.visitor_rows = crate::visitors::rows::merge_into(&txn, counts).await?;
+    outcome.visitor_rows = crate::store::visitors::rows::merge_into(&txn, counts).await?;
 
     if !commits.is_empty() {
         // 0 stands for "no mark" in the arrays (a mark is never 0).
@@ -273,7 +273,7 @@ pub async fn flush(
     }
     let answered = commits.iter().map(|c| c.flush_seq).max().unwrap_or(0);
     if answered > 0 {
-        crate::jobs::answer_flush(&txn, scope, answered, outcome.rows()).await?;
+        viewpipe_runtime::jobs::answer_flush(&txn, scope, answered, outcome.rows()).await?;
     }
     txn.commit().await?;
     Ok(outcome)

@@ -2,8 +2,15 @@
 //! whether the partition is marked live.
 
 use chrono::NaiveDate;
+use viewpipe_runtime::redis_conn::RedisConn;
+use viewpipe_schema::pending::{day_field, total_field, Layout};
 
-use super::{day_field, total_field, PendingStore};
+/// Reads the pending counts the aggregators keep in Redis.
+#[derive(Clone)]
+pub struct PendingReader {
+    conn: RedisConn,
+    layout: Layout,
+}
 
 /// What one partition's generation hashes hold for the fields a read asked for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,7 +25,15 @@ pub struct PartitionView {
     pub applied: Vec<(i64, i64)>,
 }
 
-impl PendingStore {
+impl PendingReader {
+    pub fn new(conn: RedisConn, layout: Layout) -> Self {
+        Self { conn, layout }
+    }
+
+    pub fn connection(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
     /// Reads what every listed partition holds for `key`: its total, then its count
     /// on each of `days`.
     pub async fn read(
@@ -33,7 +48,7 @@ impl PendingStore {
     }
 
     /// Reads what every listed partition holds for the totals of `keys`.
-    pub async fn read_totals(
+    pub(crate) async fn read_totals(
         &self,
         keys: &[&str],
         partitions: &[i32],

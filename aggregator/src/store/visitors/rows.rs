@@ -7,8 +7,8 @@ use chrono::NaiveDate;
 use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 
 use super::Sketch;
-use crate::counts::Counts;
-use crate::sql::stmt;
+use crate::store::counts::Counts;
+use viewpipe_runtime::sql::stmt;
 
 /// Key-days per statement: a dense sketch is 12 KB, so a chunk stays near 12 MB.
 const CHUNK: usize = 1000;

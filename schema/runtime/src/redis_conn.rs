@@ -8,7 +8,7 @@
 //! [`RedisConn::connect_with_ca`].
 //!
 //! Every key a multi-key command or transaction touches belongs to one partition, and
-//! a partition's keys share one hash tag (see [`crate::pending::Layout`]), so each
+//! a partition's keys share one hash tag (see [`viewpipe_schema::pending::Layout`]), so each
 //! such command stays inside one hash slot. Work that spans partitions goes through
 //! [`RedisConn::per_partition`]: one pipeline on a single server, one pipeline per
 //! partition (sent concurrently) on a cluster.

@@ -7,7 +7,7 @@
 //! the connection): one worker rebuilds a month at a time. The rebuild replaces the
 //! month's daily and visitor rows with the replay's and moves each key's total by the
 //! difference, so `total = Σ daily` holds and a rerun changes nothing. A month that
-//! starts before the retention mark (daily rows pruned, see [`crate::retention`]) is
+//! starts before the retention mark (daily rows pruned, see [`crate::store::retention`]) is
 //! refused inside the rebuild's transaction: its totals would gain the pruned days'
 //! views a second time.
 
@@ -15,7 +15,8 @@ mod month_jobs;
 mod month_writes;
 mod rebuild;
 
-pub use month_jobs::{create_job, known_starts, rebuilt_since, update_job};
+pub(crate) use month_jobs::known_starts;
+pub use month_jobs::{create_job, rebuilt_since, update_job};
 pub(crate) use month_writes::lock_months;
 pub use rebuild::{rebuild_month, RebuildError, Rebuilt};
 
@@ -28,7 +29,7 @@ use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, FromQueryResult,
 };
 
-use crate::sql::stmt;
+use viewpipe_runtime::sql::stmt;
 
 /// The first key of every backfill lock (`pg_advisory_lock(LOCK_CLASS, month)`), so
 /// that they cannot collide with other users of advisory locks.

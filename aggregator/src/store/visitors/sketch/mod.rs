@@ -184,7 +184,8 @@ impl Sketch {
         matches!(&self.repr, Repr::Sparse { entries, .. } if entries.is_empty())
     }
 
-    pub fn is_dense(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_dense(&self) -> bool {
         matches!(self.repr, Repr::Dense(_))
     }
 
@@ -213,7 +214,7 @@ impl Sketch {
 
     /// Sorts in what was appended, keeps the largest rank per index, and turns dense
     /// when too many registers are set.
-    pub fn compact(&mut self) {
+    pub(crate) fn compact(&mut self) {
         let Repr::Sparse { entries, sorted } = &mut self.repr else {
             return;
         };
@@ -258,14 +259,6 @@ impl Sketch {
             registers[index] = registers[index].max(rank);
         }
         self.repr = Repr::Dense(registers);
-    }
-
-    /// Bytes this sketch holds on the heap (for the memory figures).
-    pub fn heap_bytes(&self) -> usize {
-        match &self.repr {
-            Repr::Sparse { entries, .. } => entries.capacity() * 4,
-            Repr::Dense(registers) => registers.len(),
-        }
     }
 }
 

@@ -3,7 +3,7 @@
 use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 
 use super::Scope;
-use crate::sql::stmt;
+use viewpipe_runtime::sql::stmt;
 
 /// What an aggregator learns when it takes a partition over.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub async fn claim(
 }
 
 /// The epoch Postgres holds for a partition (0 without a row).
-pub async fn partition_epoch(
+pub(crate) async fn partition_epoch(
     db: &impl ConnectionTrait,
     scope: &Scope,
     partition: i32,
