@@ -14,8 +14,8 @@ mod holding;
 mod upkeep;
 
 use holding::Held;
-pub use holding::{Claimed, Hold};
 pub(crate) use holding::HOLD_RETRY;
+pub use holding::{Claimed, Hold};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
