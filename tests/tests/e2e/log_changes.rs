@@ -146,7 +146,7 @@ async fn a_log_that_lost_counted_events_is_held_and_reported_not_counted_again()
         "nothing counted again"
     );
 
-    // The operator's way forward (docs/exactly-once.md): resume at the log's end,
+    // The operator's way forward (docs/operations.md, ViewpipeLogTruncated): resume at the log's end,
     // without checking the last counted message once.
     let (_, end) = watermarks(&stack);
     stack
@@ -216,7 +216,7 @@ async fn events_deleted_before_they_were_counted_hold_the_partition_and_say_so()
     let flushed = stack.flushed_total().await.expect("total");
     assert_eq!(flushed, 1_000, "nothing counted past the gap");
 
-    // The operator accepts the loss (docs/exactly-once.md): the position moves to the
+    // The operator accepts the loss (docs/operations.md, ViewpipeLogAhead): the position moves to the
     // log start and counting resumes there.
     stack
         .rows(&format!(
