@@ -20,8 +20,7 @@ use tokio::process::Command;
 use tokio::sync::OnceCell;
 
 use viewpipe_tests::browser::{chromium_binary, chromium_version, Chromium, PageServer, Profile};
-use viewpipe_tests::openapi::Api;
-use viewpipe_tests::{eventually, log_dir, Service, Stack};
+use viewpipe_tests::{log_dir, Service, Stack};
 
 const NAMESPACES: (&str, &str) = ("NAMESPACES", "page,resource");
 const FLUSH: (&str, &str) = ("FLUSH_INTERVAL_MS", "300");
@@ -214,32 +213,6 @@ fn pages_of(dir: &Path) -> HashMap<String, String> {
     pages
 }
 
-async fn get_count(api: &Api, ingest: &Service, id: &str) -> i64 {
-    let r = api
-        .get(ingest.url(&format!("/api/views?contentType=page&contentId={id}")))
-        .send()
-        .await
-        .expect("GET");
-    let body: Value = r.json().await.expect("json");
-    body["count"].as_i64().expect("a count")
-}
-
-/// Waits until `GET` answers `n` for the key, failing if it answers more, or less
-/// after 30 s.
-async fn wait_count(api: &Api, ingest: &Service, id: &str, n: i64) {
-    let what = format!("{id}: GET answers {n}");
-    eventually(Duration::from_secs(30), &what, || async {
-        let now = get_count(api, ingest, id).await;
-        assert!(now <= n, "{id}: GET answers {now}, more than {n}");
-        if now == n {
-            Ok(())
-        } else {
-            Err(format!("{now}"))
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_react_page_in_strict_mode_counts_each_load_once_and_shows_the_count() {
     chromium_binary(); // fails at once, saying how to install it, when missing
@@ -328,7 +301,6 @@ async fn a_react_page_in_strict_mode_counts_each_load_once_and_shows_the_count()
         .spawn_aggregator(&[NAMESPACES, FLUSH])
         .await
         .expect("aggregator");
-    let api = Api::new(&ingest).await;
     let api_origin = origin_of(&ingest);
     let id = format!("react-page-{}", stack.id);
     let profile = Profile::new(&stack.id).expect("browser profile");
@@ -355,7 +327,7 @@ async fn a_react_page_in_strict_mode_counts_each_load_once_and_shows_the_count()
             "load {load}: StrictMode ran the effect twice, one view was posted: {report}"
         );
         // Counted exactly once before the next load.
-        wait_count(&api, &ingest, &id, load).await;
+        ingest.wait_count("page", &id, load).await;
         assert_eq!(
             report["shown"],
             json!(format!("{load} views")),
@@ -367,7 +339,7 @@ async fn a_react_page_in_strict_mode_counts_each_load_once_and_shows_the_count()
     drop(profile);
     // Nothing more arrives, and Postgres holds the same once flushed.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let counted = get_count(&api, &ingest, &id).await;
+    let counted = ingest.count("page", &id).await;
     assert_eq!(counted, LOADS, "views counted after {LOADS} loads");
     stack
         .wait_flushed_total(LOADS, Duration::from_secs(60))

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use viewpipe_tests::chaos::metric;
 use viewpipe_tests::openapi::{Api, Checked};
-use viewpipe_tests::{eventually, Service, Stack};
+use viewpipe_tests::{Service, Stack};
 
 mod service;
 
@@ -20,28 +20,6 @@ async fn get_json(http: &Api, url: String) -> (u16, Value) {
     let r = http.get(url).send().await.expect("GET");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn count(http: &Api, ingest: &Service, id: &str) -> i64 {
-    let (_, body) = get_json(
-        http,
-        ingest.url(&format!("/api/views?contentType=resource&contentId={id}")),
-    )
-    .await;
-    body["count"].as_i64().unwrap_or(-1)
-}
-
-async fn wait_count(http: &Api, ingest: &Service, id: &str, want: i64) {
-    let what = format!("{id} reaches {want}");
-    eventually(Duration::from_secs(30), &what, || async {
-        let now = count(http, ingest, id).await;
-        if now == want {
-            Ok(())
-        } else {
-            Err(format!("{now}"))
-        }
-    })
-    .await;
 }
 
 fn days_ago(n: i64) -> NaiveDate {
@@ -143,8 +121,8 @@ async fn batches_daily_series_top_and_a_flush_job() {
     assert_eq!(body["rejected"][0]["error"]["code"], "invalid_json");
 
     // Pending counts (nothing flushed yet) show in GET and in the daily series.
-    wait_count(&http, &ingest, "b1", 6).await;
-    wait_count(&http, &ingest, "b2", 3).await;
+    ingest.wait_count("resource", "b1", 6).await;
+    ingest.wait_count("resource", "b2", 3).await;
     let flushed = stack
         .rows("SELECT key, total FROM view_counter_total")
         .await
@@ -266,8 +244,8 @@ async fn batches_daily_series_top_and_a_flush_job() {
             .expect("post");
         assert_eq!(r.status().as_u16(), 202);
     }
-    wait_count(&http, &ingest, "t-d", 1).await;
-    wait_count(&http, &ingest, "t-b", 3).await;
+    ingest.wait_count("resource", "t-d", 1).await;
+    ingest.wait_count("resource", "t-b", 3).await;
     let r = http
         .post(ingest.url("/api/views/flush"))
         .bearer_auth(TOKEN)

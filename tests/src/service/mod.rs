@@ -20,6 +20,8 @@ use viewpipe_runtime::Shutdown;
 
 use crate::{bin, log_dir};
 
+mod http;
+
 /// Which service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -61,6 +63,8 @@ pub struct Service {
     pub addr: SocketAddr,
     pub log_path: PathBuf,
     run: Run,
+    /// The client [`Service::api`] makes on first use.
+    api: tokio::sync::OnceCell<crate::openapi::Api>,
 }
 
 /// The settings every test service gets (the process' environment is not read for
@@ -160,6 +164,7 @@ impl Service {
                 shutdown,
                 task: Some(task),
             },
+            api: Default::default(),
         };
         service.wait_ready(Duration::from_secs(30)).await?;
         Ok(service)
@@ -199,6 +204,7 @@ impl Service {
             addr,
             log_path,
             run: Run::Process(child),
+            api: Default::default(),
         };
         service.wait_ready(Duration::from_secs(30)).await?;
         Ok(service)
