@@ -1,5 +1,6 @@
 //! Kafka client configuration shared by producers and consumers.
 
+mod properties;
 mod settings;
 
 use std::sync::Mutex;
