@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use viewpipe_schema::{FieldError, ViewInput};
+use viewpipe_schema::{FieldError, View};
 
 /// The longest `MAX_EVENT_AGE` may be: a hundred years, so that every setting keeps
 /// year-0001 timestamps out and `now - age` stays far from chrono's range ends.
@@ -75,7 +75,7 @@ impl std::fmt::Display for MaxEventAge {
 impl MaxEventAge {
     /// Refuses a view whose `occurredAt` is older than `now` minus the age (`too_old`).
     /// A view without `occurredAt` happened `now`.
-    pub fn check(&self, input: &ViewInput, now: DateTime<Utc>) -> Result<(), FieldError> {
+    pub fn check(&self, input: &View<'_>, now: DateTime<Utc>) -> Result<(), FieldError> {
         match input.occurred_at {
             Some(at) if at < now - self.age => Err(FieldError::new(
                 "occurredAt",
@@ -98,14 +98,16 @@ mod tests {
         s.parse().expect("age")
     }
 
-    fn at(occurred_at: &str) -> ViewInput {
-        ViewInput {
-            content_type: "resource".to_owned(),
-            content_id: "a".to_owned(),
+    fn at(occurred_at: &str) -> View<'static> {
+        View {
+            content_type: "resource".into(),
+            content_id: "a".into(),
             path: None,
             session_id: None,
             event_id: None,
             occurred_at: Some(occurred_at.parse().expect("timestamp")),
+            visitor_id: None,
+            received_at: None,
         }
     }
 

@@ -8,30 +8,6 @@ use uuid::Uuid;
 
 use viewpipe_schema::entities::{JobKind, JobStatus};
 
-/// One view, as a client posts it. Only `contentId` and `contentType` are required;
-/// `null` is the same as leaving a field out. Fields the API does not know are
-/// ignored. The body may be at most 1 MiB.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ViewRequest {
-    /// The content's id.
-    #[schema(example = "f538f5c5-1a72-4804-8eb1-3f05cea64874")]
-    pub content_id: String,
-    /// The content's namespace.
-    #[schema(example = "resource")]
-    pub content_type: String,
-    /// The page the view happened on; the key keeps the latest.
-    pub path: Option<String>,
-    /// The client's session.
-    pub session_id: Option<String>,
-    /// Views of a key with the same id count once within 24 h (retry a lost answer
-    /// with the same id). Absent: the view is counted once as sent, with no repeat
-    /// detection.
-    pub event_id: Option<String>,
-    /// When the view happened.
-    pub occurred_at: Option<DateTime<Utc>>,
-}
-
 /// `POST /api/views` answer.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ViewAccepted {

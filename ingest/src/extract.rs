@@ -23,6 +23,21 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::BadJson(e.to_string()))
+    }
+}
+
+/// A [`JsonBody`] kept as its bytes, checked to be JSON: for a reader that borrows
+/// from it (a view).
+pub(crate) struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if !matches!(
             media(req.headers().get(header::CONTENT_TYPE)),
             Some(Media::Json | Media::Text)
@@ -32,9 +47,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::unread_body(&e, "1 MiB"))?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::BadJson(e.to_string()))
+        // Checking the syntax costs no allocation.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+            .map_err(|e| ApiError::BadJson(e.to_string()))?;
+        Ok(JsonBytes(bytes))
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use viewpipe_runtime::progress::Progress;
 use viewpipe_runtime::{kafka, Shutdown};
-use viewpipe_schema::{ContentKey, Namespaces, ViewEvent, ViewInput};
+use viewpipe_schema::{ContentKey, Namespaces, View};
 
 use crate::settings::PublishArgs;
 
@@ -44,11 +44,11 @@ pub(crate) struct Reject {
 }
 
 /// Validates one line; `now` fills a missing `occurredAt` and bounds it.
-pub(crate) fn parse_line(
-    line: &str,
+pub(crate) fn parse_line<'l>(
+    line: &'l str,
     namespaces: &Namespaces,
     now: chrono::DateTime<Utc>,
-) -> Result<(ContentKey, ViewEvent), (String, String)> {
+) -> Result<(ContentKey, View<'l>), (String, String)> {
     let value: Value = serde_json::from_str(line).map_err(|e| {
         (
             "invalid_json".to_owned(),
@@ -56,14 +56,14 @@ pub(crate) fn parse_line(
         )
     })?;
     if value.get("v").is_some() {
-        let mut event = ViewEvent::from_slice(line.as_bytes(), namespaces)
+        let mut event = View::from_event(line.as_bytes(), namespaces)
             .map_err(|e| (e.code().to_owned(), e.to_string()))?;
         event.received_at.get_or_insert(now);
         Ok((event.key(), event))
     } else {
-        let input = ViewInput::from_json(&value, namespaces, now)
+        let input = View::from_api(line.as_bytes(), namespaces, now)
             .map_err(|e| (e.code.to_owned(), e.to_string()))?;
-        Ok((input.key(), input.into_event(now)))
+        Ok((input.key(), input.received(now)))
     }
 }
 
@@ -171,13 +171,13 @@ async fn send(
     topic: &str,
     key: &ContentKey,
     payload: &[u8],
-    event: &ViewEvent,
+    event: &View<'_>,
 ) -> Result<Delivery, KafkaError> {
     loop {
         let record = FutureRecord::to(topic)
             .key(key.as_str())
             .payload(payload)
-            .timestamp(event.occurred_at.timestamp_millis());
+            .timestamp(event.occurred_at.unwrap_or_default().timestamp_millis());
         match producer.send_result(record) {
             Ok(delivery) => return Ok(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -308,7 +308,10 @@ mod tests {
         );
         let (key, event) = api.expect("API form");
         assert_eq!(key.as_str(), "resource:a");
-        assert_eq!(event.occurred_at.to_rfc3339(), "2026-01-05T10:00:00+00:00");
+        assert_eq!(
+            event.occurred_at.map(|at| at.to_rfc3339()).as_deref(),
+            Some("2026-01-05T10:00:00+00:00")
+        );
         let wire = parse_line(
             r#"{"v":1,"contentType":"resource","contentId":"b","occurredAt":"2026-01-05T10:00:00Z"}"#,
             &ns(),

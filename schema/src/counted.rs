@@ -246,7 +246,7 @@ fn counted_event_id(id: Cow<'_, str>) -> Option<Cow<'_, str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Namespaces, ViewEvent};
+    use crate::{Namespaces, View};
 
     const BASE: &str =
         r#""v":1,"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z""#;
@@ -264,16 +264,16 @@ mod tests {
             with(r#","visitorId":"h1","sessionId":"s1","path":"/x"}"#).replace("}}", "}"),
         ];
         for case in &cases {
-            let owned = ViewEvent::from_slice(case.as_bytes(), &ns).expect("the ingest's rules");
+            let owned = View::from_event(case.as_bytes(), &ns).expect("the ingest's rules");
             let counted = EventRef::parse(case.as_bytes()).expect("counted");
             assert_eq!(
                 (
-                    owned.content_type.as_str(),
-                    owned.content_id.as_str(),
+                    &*owned.content_type,
+                    &*owned.content_id,
                     owned.path.as_deref(),
                     owned.event_id.as_deref(),
                     owned.session_id.or(owned.visitor_id).as_deref(),
-                    owned.occurred_at
+                    owned.occurred_at.expect("required in the Kafka form")
                 ),
                 (
                     &*counted.content_type,

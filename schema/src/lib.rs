@@ -1,7 +1,8 @@
 //! What both services, the backfill and direct producers agree on:
 //!
-//! - the view event and its validation at the edge ([`event`]), what the aggregator
-//!   counts of it ([`counted`]), the counter key format with the namespaces a
+//! - the view ([`View`]: the API body, its OpenAPI schema and the Kafka value) and
+//!   its validation at the edge ([`event`]), what the aggregator counts of it
+//!   ([`counted`]), the counter key format with the namespaces a
 //!   deployment allows ([`key`]), their rules stated once for the validator and the
 //!   API document ([`rules`]);
 //! - the Postgres tables: their SeaORM [`entities`], the [`migration`]s that make
@@ -22,7 +23,7 @@ pub mod rules;
 pub mod version;
 
 pub use counted::EventRef;
-pub use event::{EventError, FieldError, ViewEvent, ViewInput};
+pub use event::{EventError, FieldError, View};
 pub use key::{ContentKey, Namespaces};
 
 /// Which consumer group and topic a partition's rows belong to.

@@ -5,11 +5,10 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
-use viewpipe_schema::ViewInput;
+use viewpipe_schema::View;
 
-use crate::api::{BatchAccepted, ErrorBody, ErrorDetail, Rejection, ViewRequest};
+use crate::api::{BatchAccepted, ErrorBody, ErrorDetail, Rejection};
 use crate::error::ApiError;
 use crate::extract::{media, Media};
 use crate::metrics as m;
@@ -51,14 +50,14 @@ impl<S: Send + Sync> FromRequest<S> for BatchBody {
 
 /// One element checked as `POST /api/views` checks a view (`MAX_EVENT_AGE`
 /// included), before the write key's namespaces.
-fn validate(
+fn validate<'b>(
     state: &AppState,
     index: usize,
-    element: Result<Value, ElementError>,
+    element: Result<&'b [u8], ElementError>,
     now: DateTime<Utc>,
-) -> Result<ViewInput, Rejection> {
-    let value = element.map_err(|(code, message)| rejection(index, code, message, None))?;
-    ViewInput::from_json(&value, &state.namespaces, now)
+) -> Result<View<'b>, Rejection> {
+    let json = element.map_err(|(code, message)| rejection(index, code, message, None))?;
+    View::from_api(json, &state.namespaces, now)
         .and_then(|input| state.max_event_age.check(&input, now).map(|()| input))
         .map_err(|e| rejection(index, e.code, e.to_string(), Some(e.field)))
 }
@@ -106,7 +105,7 @@ fn rejection(index: usize, code: &str, message: String, field: Option<&str>) -> 
     path = "/api/views/batch",
     tag = "views",
     request_body(description = "A JSON array (also sent as text/plain, as a beacon sends it), or NDJSON with Content-Type: application/x-ndjson",
-        content((Vec<ViewRequest> = "application/json"), (Vec<ViewRequest> = "text/plain"))),
+        content((Vec<View> = "application/json"), (Vec<View> = "text/plain"))),
     responses(
         (status = 202, description = "Valid views acknowledged; the rest listed by index (all of them when none is valid, with accepted 0)", body = BatchAccepted),
         (status = 400, description = "Not an array (or NDJSON), empty, or over 1000 views", body = ErrorBody),
@@ -123,14 +122,14 @@ pub(crate) async fn post_batch(
     body: Result<BatchBody, ApiError>,
 ) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
     let now = Utc::now();
+    let body = match body {
+        Ok(body) => body,
+        Err(error) => return Err(refused(&state, &access, Refusal { error, read: 0 })),
+    };
     let mut items = Vec::new();
-    let read = body
-        .map_err(|error| Refusal { error, read: 0 })
-        .and_then(|body| {
-            read_elements(&body.bytes, body.ndjson, |index, element| {
-                items.push(validate(&state, index, element, now));
-            })
-        });
+    let read = read_elements(&body.bytes, body.ndjson, |index, element| {
+        items.push(validate(&state, index, element, now));
+    });
     let count = match read {
         Ok(count) => count,
         Err(refusal) => return Err(refused(&state, &access, refusal)),
@@ -156,7 +155,7 @@ pub(crate) async fn post_batch(
             })
         });
         match parsed {
-            Ok(input) => valid.push((index, input.key(), input.into_event(now))),
+            Ok(input) => valid.push((index, input.key(), input.received(now))),
             Err(r) => rejected.push(r),
         }
     }
@@ -182,7 +181,7 @@ pub(crate) async fn post_batch(
     if valid.iter().any(|(_, _, e)| e.session_id.is_none()) {
         if let Some(id) = visit.id(&state, &access).await {
             for (_, _, event) in valid.iter_mut().filter(|(_, _, e)| e.session_id.is_none()) {
-                event.visitor_id = Some(id.clone());
+                event.visitor_id = Some(id.clone().into());
             }
         }
     }

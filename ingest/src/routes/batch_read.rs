@@ -13,7 +13,6 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserializer as _;
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use viewpipe_schema::FieldError;
 
@@ -40,9 +39,9 @@ pub(crate) struct Refusal {
 /// Answers how many elements there were; the batch is refused (and `each` called
 /// no more) past [`MAX_EVENTS`], when the body is not an array, does not parse as
 /// one, or holds none.
-pub(crate) fn read_elements<F>(body: &[u8], ndjson: bool, each: F) -> Result<usize, Refusal>
+pub(crate) fn read_elements<'b, F>(body: &'b [u8], ndjson: bool, each: F) -> Result<usize, Refusal>
 where
-    F: FnMut(usize, Result<Value, ElementError>),
+    F: FnMut(usize, Result<&'b [u8], ElementError>),
 {
     let mut reader = Reader { read: 0, each };
     let outcome = if ndjson {
@@ -64,9 +63,9 @@ struct Reader<F> {
     each: F,
 }
 
-impl<F: FnMut(usize, Result<Value, ElementError>)> Reader<F> {
+impl<'b, F: FnMut(usize, Result<&'b [u8], ElementError>)> Reader<F> {
     /// Hands on the next element, or refuses the batch when it is one too many.
-    fn element(&mut self, bytes: &[u8]) -> Result<(), ApiError> {
+    fn element(&mut self, bytes: &'b [u8]) -> Result<(), ApiError> {
         if self.read == MAX_EVENTS {
             // The one past the limit is counted, so the refusal costs MAX_EVENTS + 1.
             self.read += 1;
@@ -81,7 +80,8 @@ impl<F: FnMut(usize, Result<Value, ElementError>)> Reader<F> {
                 ),
             ))
         } else {
-            serde_json::from_slice(bytes)
+            serde_json::from_slice::<IgnoredAny>(bytes)
+                .map(|_| bytes)
                 .map_err(|e| ("invalid_json", format!("line is not valid JSON: {e}")))
         };
         (self.each)(self.read, parsed);
@@ -89,13 +89,13 @@ impl<F: FnMut(usize, Result<Value, ElementError>)> Reader<F> {
         Ok(())
     }
 
-    fn ndjson(&mut self, body: &[u8]) -> Result<(), ApiError> {
+    fn ndjson(&mut self, body: &'b [u8]) -> Result<(), ApiError> {
         body.split(|b| *b == b'\n')
             .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
             .try_for_each(|line| self.element(line))
     }
 
-    fn array(&mut self, body: &[u8]) -> Result<(), ApiError> {
+    fn array(&mut self, body: &'b [u8]) -> Result<(), ApiError> {
         let starts_array = body
             .iter()
             .find(|b| !b.is_ascii_whitespace())
@@ -132,7 +132,7 @@ struct Elements<'r, F> {
     refused: &'r mut Option<ApiError>,
 }
 
-impl<'de, F: FnMut(usize, Result<Value, ElementError>)> Visitor<'de> for Elements<'_, F> {
+impl<'de, F: FnMut(usize, Result<&'de [u8], ElementError>)> Visitor<'de> for Elements<'_, F> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderName, Method};
 use axum::response::Response;
 use chrono::Utc;
-use serde_json::{Map, Value};
+use viewpipe_schema::View;
 
 use crate::api::ErrorBody;
 use crate::error::ApiError;
@@ -92,11 +92,9 @@ pub(crate) async fn get_pixel(
         return Ok(gif());
     }
     let now = Utc::now();
-    let fields: Map<String, Value> = FIELDS
-        .iter()
-        .filter_map(|name| Some(((*name).to_owned(), Value::from(query.get(name)?))))
-        .collect();
-    let input = admit_one(&state, &access, &Value::Object(fields), now)?;
+    let fields = |name: &str| FIELDS.contains(&name).then(|| query.get(name)).flatten();
+    let view = View::from_query(fields, &state.namespaces, now);
+    let input = admit_one(&state, &access, view, now)?;
     if access.bot {
         protect::count_bot_views(&state.namespaces, &input.content_type, 1);
         return Ok(gif());

@@ -1,5 +1,6 @@
 //! `POST /api/views` and `GET /api/views`.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -10,11 +11,11 @@ use rdkafka::producer::FutureRecord;
 
 use viewpipe_runtime::health::Dependency;
 use viewpipe_schema::event::{check_content_id, check_content_type, CONTENT_ID_RULE};
-use viewpipe_schema::{ContentKey, FieldError, ViewEvent, ViewInput};
+use viewpipe_schema::{ContentKey, FieldError, View};
 
-use crate::api::{CountResponse, Dropped, ErrorBody, ViewAccepted, ViewRequest};
+use crate::api::{CountResponse, Dropped, ErrorBody, ViewAccepted};
 use crate::error::ApiError;
-use crate::extract::{JsonBody, RawQuery};
+use crate::extract::{JsonBytes, RawQuery};
 use crate::metrics as m;
 use crate::protect::access::{CountVisible, ReadAccess, WriteAccess};
 use crate::protect::{self, refused_by};
@@ -44,7 +45,7 @@ const POST_COUNT_WAIT: Duration = Duration::from_millis(250);
     path = "/api/views",
     tag = "views",
     request_body(description = "One view, as JSON; `text/plain` holding the same JSON is read alike",
-        content((ViewRequest = "application/json"), (ViewRequest = "text/plain"))),
+        content((View = "application/json"), (View = "text/plain"))),
     responses(
         (status = 202, description = "Published and acknowledged", body = ViewAccepted),
         (status = 400, description = "Invalid view; the error names the field", body = ErrorBody),
@@ -59,10 +60,15 @@ pub(crate) async fn post_view(
     access: WriteAccess,
     CountVisible(count_visible): CountVisible,
     visit: Visit,
-    JsonBody(body): JsonBody,
+    JsonBytes(body): JsonBytes,
 ) -> Result<(StatusCode, Json<ViewAccepted>), ApiError> {
     let now = Utc::now();
-    let input = admit_one(&state, &access, &body, now)?;
+    let input = admit_one(
+        &state,
+        &access,
+        View::from_api(&body, &state.namespaces, now),
+        now,
+    )?;
     let key = input.key();
     if access.bot {
         // Answered as if accepted, so the crawler does not retry, and saying so: a
@@ -104,13 +110,13 @@ pub(crate) async fn post_view(
 /// (`MAX_EVENT_AGE` included; counted as rejected otherwise), then the write key's
 /// namespaces and the rate limits. A crawler's view passes too (`access.bot`); the
 /// caller drops it.
-pub(crate) fn admit_one(
+pub(crate) fn admit_one<'a>(
     state: &AppState,
     access: &WriteAccess,
-    body: &serde_json::Value,
+    view: Result<View<'a>, FieldError>,
     now: chrono::DateTime<Utc>,
-) -> Result<ViewInput, ApiError> {
-    let input = ViewInput::from_json(body, &state.namespaces, now)
+) -> Result<View<'a>, ApiError> {
+    let input = view
         .and_then(|input| state.max_event_age.check(&input, now).map(|()| input))
         .inspect_err(|_| {
             metrics::counter!(m::EVENTS, "result" => "rejected").increment(1);
@@ -139,16 +145,16 @@ where
 
 /// The event to publish for an admitted view, with the cookieless visitor id when
 /// the view has no `sessionId` and came from a browser.
-pub(crate) async fn event_of(
-    input: ViewInput,
+pub(crate) async fn event_of<'a>(
+    input: View<'a>,
     now: chrono::DateTime<Utc>,
     state: &AppState,
     access: &WriteAccess,
     visit: &Visit,
-) -> ViewEvent {
-    let mut event = input.into_event(now);
+) -> View<'a> {
+    let mut event = input.received(now);
     if event.session_id.is_none() {
-        event.visitor_id = visit.id(state, access).await;
+        event.visitor_id = visit.id(state, access).await.map(Cow::Owned);
     }
     event
 }
@@ -191,16 +197,12 @@ pub(crate) fn broker_available(state: &AppState) -> Result<(), ApiError> {
 }
 
 /// Publishes one event and waits for the broker's acknowledgement (acks=all).
-pub async fn publish(
-    state: &AppState,
-    key: &ContentKey,
-    event: &ViewEvent,
-) -> Result<(), ApiError> {
+pub async fn publish(state: &AppState, key: &ContentKey, event: &View<'_>) -> Result<(), ApiError> {
     let payload = event.to_json();
     let record = FutureRecord::to(&state.topic)
         .key(key.as_str())
         .payload(&payload)
-        .timestamp(event.occurred_at.timestamp_millis());
+        .timestamp(event.occurred_at.unwrap_or_default().timestamp_millis());
     let started = Instant::now();
     let delivery = match state.producer.send_result(record) {
         Ok(delivery) => delivery,

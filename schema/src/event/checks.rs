@@ -1,7 +1,6 @@
 //! The field checks: each reads one field and says, by name, what is wrong with it.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 use super::{FieldError, CONTENT_ID_RULE, MAX_PATH_CHARS, MAX_TOKEN_LEN};
 use crate::key::{is_valid_content_id, Namespaces, MAX_CONTENT_ID_LEN};
@@ -129,17 +128,6 @@ pub(super) fn timestamp_error(name: &'static str) -> FieldError {
         "invalid_value",
         "must be an RFC 3339 timestamp such as 2026-11-21T10:00:00Z",
     )
-}
-
-pub(super) fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Keeps echoed client input short in error messages.

@@ -1,22 +1,31 @@
-//! The view event: the API's object form ([`ViewInput`]) and the Kafka JSON v1 form
-//! ([`ViewEvent`]), with the contract's validation.
+//! The view: one type, [`View`], that is the API's request body, its schema in the
+//! OpenAPI document (`ViewRequest`) and, with what the ingest adds when it admits a
+//! view, the Kafka value (event JSON version 1).
 //!
-//! Validation works on a parsed `serde_json::Value` rather than a derived struct so
-//! that every refusal names the field and says what was wrong with it.
+//! A view is read field by field ([`object`]), borrowing its strings from the input
+//! where the JSON has no escapes, so that every refusal names the field and says
+//! what was wrong with it. What the aggregator counts of a Kafka value, under rules
+//! of its own, is [`crate::counted`].
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::key::{ContentKey, Namespaces};
 use crate::rules;
 
 mod checks;
+mod object;
 #[cfg(test)]
 mod tests;
 
 pub use checks::{check_content_id, check_content_type};
-use checks::{check_path, check_strict_timestamp, check_timestamp, check_token, json_kind};
+use checks::{check_path, check_strict_timestamp, check_timestamp, check_token};
+use object::Object;
 
 /// The event JSON version this build writes and reads.
 pub(crate) const EVENT_VERSION: u64 = 1;
@@ -75,38 +84,90 @@ impl EventError {
     }
 }
 
-/// A view as a client posts it: only `contentId` and `contentType` are required.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ViewInput {
-    pub content_type: String,
-    pub content_id: String,
-    pub path: Option<String>,
-    pub session_id: Option<String>,
-    pub event_id: Option<String>,
+/// One view. Only `contentType` and `contentId` are required on the API; the ingest
+/// fills `occurredAt` (when the client left it out), `receivedAt` and, for a browser's
+/// view without a `sessionId`, `visitorId` before it publishes the view.
+#[derive(Debug, Clone, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(
+    as = ViewRequest,
+    description = "One view, as a client posts it. Only `contentId` and `contentType` are required;\n\
+                   `null` is the same as leaving a field out. Fields the API does not know are\n\
+                   ignored. The body may be at most 1 MiB."
+)]
+pub struct View<'a> {
+    /// The content's id.
+    #[schema(value_type = String, example = "f538f5c5-1a72-4804-8eb1-3f05cea64874")]
+    pub content_id: Cow<'a, str>,
+    /// The content's namespace.
+    #[schema(value_type = String, example = "resource")]
+    pub content_type: Cow<'a, str>,
+    /// The page the view happened on; the key keeps the latest.
+    #[schema(value_type = Option<String>)]
+    pub path: Option<Cow<'a, str>>,
+    /// The client's session.
+    #[schema(value_type = Option<String>)]
+    pub session_id: Option<Cow<'a, str>>,
+    /// Views of a key with the same id count once within 24 h (retry a lost answer
+    /// with the same id). Absent: the view is counted once as sent, with no repeat
+    /// detection.
+    #[schema(value_type = Option<String>)]
+    pub event_id: Option<Cow<'a, str>>,
+    /// When the view happened.
     pub occurred_at: Option<DateTime<Utc>>,
+    /// A cookieless visitor id the ingest derived (a daily-rotating salted hash), for
+    /// unique visitors when the client sent no `sessionId`. Not taken from the API.
+    #[schema(ignore)]
+    pub visitor_id: Option<Cow<'a, str>>,
+    /// When the ingest received the view. Not taken from the API.
+    #[schema(ignore)]
+    pub received_at: Option<DateTime<Utc>>,
 }
 
-impl ViewInput {
-    /// Validates the API object form. `now` bounds `occurredAt`.
-    pub fn from_json(
-        value: &Value,
+impl<'a> View<'a> {
+    /// Reads and checks a view as the API takes it (a JSON object). `now` bounds
+    /// `occurredAt`. `visitorId` and `receivedAt` are the ingest's and are ignored.
+    pub fn from_api(
+        json: &'a [u8],
         namespaces: &Namespaces,
         now: DateTime<Utc>,
     ) -> Result<Self, FieldError> {
-        let obj = value.as_object().ok_or_else(|| {
-            FieldError::new(
+        let object = Object::parse(json).map_err(|e| match e {
+            EventError::Field(f) => f,
+            EventError::NotJson(message) => FieldError::new("body", "invalid_json", message),
+            _ => FieldError::new(
                 "body",
                 "invalid_type",
                 "expected a JSON object describing one view",
-            )
+            ),
         })?;
-        let fields = Fields(obj);
-        let content_type = fields.content_type(namespaces)?;
-        let content_id = fields.content_id()?;
-        let path = fields.path()?;
-        let session_id = fields.token("sessionId")?;
-        let event_id = fields.token("eventId")?;
-        let occurred_at = check_strict_timestamp("occurredAt", fields.string("occurredAt")?)?;
+        Self::from_api_fields(object, namespaces, now)
+    }
+
+    /// [`View::from_api`] for a view given as query parameters (the pixel).
+    pub fn from_query(
+        get: impl Fn(&str) -> Option<&'a str>,
+        namespaces: &Namespaces,
+        now: DateTime<Utc>,
+    ) -> Result<Self, FieldError> {
+        Self::from_api_fields(Object::from_query(get), namespaces, now)
+    }
+
+    fn from_api_fields(
+        mut fields: Object<'a>,
+        namespaces: &Namespaces,
+        now: DateTime<Utc>,
+    ) -> Result<Self, FieldError> {
+        let content_type = fields.text("contentType")?;
+        check_content_type(content_type.as_deref(), namespaces)?;
+        let content_id = fields.text("contentId")?;
+        check_content_id(content_id.as_deref())?;
+        let path = fields.text("path")?;
+        check_path(path.as_deref())?;
+        let session_id = token(&mut fields, "sessionId")?;
+        let event_id = token(&mut fields, "eventId")?;
+        let occurred_at = fields.text("occurredAt")?;
+        let occurred_at = check_strict_timestamp("occurredAt", occurred_at.as_deref())?;
         if let Some(at) = occurred_at {
             if at > now + MAX_FUTURE_SKEW {
                 return Err(FieldError::new(
@@ -120,96 +181,67 @@ impl ViewInput {
             }
         }
         Ok(Self {
-            content_type,
-            content_id,
+            content_type: content_type.unwrap_or_default(),
+            content_id: content_id.unwrap_or_default(),
             path,
             session_id,
             event_id,
             occurred_at,
-        })
-    }
-
-    /// Turns the input into the event the ingest publishes, filling `occurredAt`
-    /// when the client left it out. An `eventId` is kept only when the client chose
-    /// one: an id nobody can send again protects nothing and would cost memory per
-    /// event wherever ids are remembered.
-    pub fn into_event(self, received_at: DateTime<Utc>) -> ViewEvent {
-        ViewEvent {
-            v: EVENT_VERSION,
-            event_id: self.event_id,
-            occurred_at: self.occurred_at.unwrap_or(received_at),
-            content_type: self.content_type,
-            content_id: self.content_id,
-            path: self.path,
-            session_id: self.session_id,
             visitor_id: None,
-            received_at: Some(received_at),
-        }
-    }
-
-    pub fn key(&self) -> ContentKey {
-        ContentKey::new(&self.content_type, &self.content_id)
-    }
-}
-
-/// The event as it travels through Kafka (JSON version 1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ViewEvent {
-    pub v: u64,
-    /// The client's idempotency key, if it chose one (omitted otherwise; messages of
-    /// older ingests carry one the ingest made up, which still parse).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_id: Option<String>,
-    pub content_type: String,
-    pub content_id: String,
-    pub path: Option<String>,
-    pub session_id: Option<String>,
-    /// A cookieless visitor id the ingest derived (a daily-rotating salted hash), for
-    /// unique visitors when the client sent no `sessionId`. Omitted when absent;
-    /// older aggregators ignore it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub visitor_id: Option<String>,
-    #[serde(serialize_with = "rfc3339")]
-    pub occurred_at: DateTime<Utc>,
-    #[serde(serialize_with = "rfc3339_opt")]
-    pub received_at: Option<DateTime<Utc>>,
-}
-
-fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-}
-
-fn rfc3339_opt<S: serde::Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-    match at {
-        Some(at) => s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true)),
-        None => s.serialize_none(),
-    }
-}
-
-impl ViewEvent {
-    /// Parses and validates a message value read from Kafka.
-    pub fn from_slice(bytes: &[u8], namespaces: &Namespaces) -> Result<Self, EventError> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| EventError::NotJson(e.to_string()))?;
-        let fields = Fields(event_object(&value)?);
-        Ok(Self {
-            v: EVENT_VERSION,
-            event_id: fields.token("eventId")?,
-            content_type: fields.content_type(namespaces)?,
-            content_id: fields.content_id()?,
-            path: fields.path()?,
-            session_id: fields.token("sessionId")?,
-            visitor_id: fields.token("visitorId")?,
-            occurred_at: fields.timestamp("occurredAt")?.ok_or_else(|| {
-                FieldError::new("occurredAt", "missing_field", "is required in event JSON")
-            })?,
-            received_at: fields.timestamp("receivedAt")?,
+            received_at: None,
         })
     }
 
+    /// Reads and checks a message value in the Kafka form, by the ingest's rules (a
+    /// history line for `ingest publish`). `occurredAt` is required.
+    pub fn from_event(bytes: &'a [u8], namespaces: &Namespaces) -> Result<Self, EventError> {
+        let mut fields = Object::parse(bytes)?;
+        match fields.json("v") {
+            Some(v) if v.parse::<u64>() == Ok(EVENT_VERSION) => {}
+            Some(other) => return Err(EventError::Version(other.into_owned())),
+            None => return Err(EventError::Version("(missing)".to_owned())),
+        }
+        let event_id = token(&mut fields, "eventId")?;
+        let content_type = fields.text("contentType")?;
+        check_content_type(content_type.as_deref(), namespaces)?;
+        let content_id = fields.text("contentId")?;
+        check_content_id(content_id.as_deref())?;
+        let path = fields.text("path")?;
+        check_path(path.as_deref())?;
+        let session_id = token(&mut fields, "sessionId")?;
+        let visitor_id = token(&mut fields, "visitorId")?;
+        let occurred_at = fields.text("occurredAt")?;
+        let occurred_at =
+            check_timestamp("occurredAt", occurred_at.as_deref())?.ok_or_else(|| {
+                FieldError::new("occurredAt", "missing_field", "is required in event JSON")
+            })?;
+        let received_at = fields.text("receivedAt")?;
+        let received_at = check_timestamp("receivedAt", received_at.as_deref())?;
+        Ok(Self {
+            content_type: content_type.unwrap_or_default(),
+            content_id: content_id.unwrap_or_default(),
+            path,
+            session_id,
+            event_id,
+            occurred_at: Some(occurred_at),
+            visitor_id,
+            received_at,
+        })
+    }
+
+    /// The view as the ingest publishes it, received at `at`: `occurredAt` filled
+    /// when the client left it out, `receivedAt` set when it is not already. An
+    /// `eventId` stays only when the client chose one: an id nobody can send again
+    /// protects nothing and would cost memory per event wherever ids are remembered.
+    pub fn received(mut self, at: DateTime<Utc>) -> Self {
+        self.occurred_at.get_or_insert(at);
+        self.received_at.get_or_insert(at);
+        self
+    }
+
+    /// The Kafka value (event JSON version 1).
     pub fn to_json(&self) -> Vec<u8> {
-        // Serialising a struct of strings and timestamps cannot fail.
+        // Serialising strings and timestamps cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
 
@@ -217,9 +249,59 @@ impl ViewEvent {
         ContentKey::new(&self.content_type, &self.content_id)
     }
 
-    /// The UTC day the view counts towards.
-    pub fn day(&self) -> NaiveDate {
-        self.occurred_at.date_naive()
+    /// The UTC day the view counts towards (once received, it has an `occurredAt`).
+    pub fn day(&self) -> Option<NaiveDate> {
+        self.occurred_at.map(|at| at.date_naive())
+    }
+
+    /// The view with its strings owned, to outlive what it was read from.
+    pub fn into_owned(self) -> View<'static> {
+        let own = |s: Cow<'a, str>| Cow::Owned(s.into_owned());
+        View {
+            content_type: own(self.content_type),
+            content_id: own(self.content_id),
+            path: self.path.map(own),
+            session_id: self.session_id.map(own),
+            event_id: self.event_id.map(own),
+            occurred_at: self.occurred_at,
+            visitor_id: self.visitor_id.map(own),
+            received_at: self.received_at,
+        }
+    }
+}
+
+/// A `sessionId`, `eventId` or `visitorId`: taken and checked.
+fn token<'a>(
+    fields: &mut Object<'a>,
+    name: &'static str,
+) -> Result<Option<Cow<'a, str>>, FieldError> {
+    let value = fields.text(name)?;
+    check_token(name, value.as_deref())?;
+    Ok(value)
+}
+
+/// The Kafka form: `v` first, `eventId` and `visitorId` only when present,
+/// `occurredAt` as precise as given and `receivedAt` to the millisecond.
+impl Serialize for View<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let fields =
+            7 + usize::from(self.event_id.is_some()) + usize::from(self.visitor_id.is_some());
+        let mut out = s.serialize_struct("View", fields)?;
+        out.serialize_field("v", &EVENT_VERSION)?;
+        if let Some(id) = &self.event_id {
+            out.serialize_field("eventId", id)?;
+        }
+        out.serialize_field("contentType", &self.content_type)?;
+        out.serialize_field("contentId", &self.content_id)?;
+        out.serialize_field("path", &self.path)?;
+        out.serialize_field("sessionId", &self.session_id)?;
+        if let Some(id) = &self.visitor_id {
+            out.serialize_field("visitorId", id)?;
+        }
+        let at = |at: &Option<DateTime<Utc>>, format| at.map(|at| at.to_rfc3339_opts(format, true));
+        out.serialize_field("occurredAt", &at(&self.occurred_at, SecondsFormat::AutoSi))?;
+        out.serialize_field("receivedAt", &at(&self.received_at, SecondsFormat::Millis))?;
+        out.end()
     }
 }
 
@@ -230,47 +312,5 @@ pub(crate) fn event_object(value: &Value) -> Result<&Map<String, Value>, EventEr
         Some(Value::Number(n)) if n.as_u64() == Some(EVENT_VERSION) => Ok(obj),
         Some(other) => Err(EventError::Version(other.to_string())),
         None => Err(EventError::Version("(missing)".to_owned())),
-    }
-}
-
-/// Field-by-field readers over a JSON object; `null` counts as absent. The checks
-/// themselves are the `check_*` functions.
-struct Fields<'a>(&'a Map<String, Value>);
-
-impl Fields<'_> {
-    fn get(&self, name: &str) -> Option<&Value> {
-        self.0.get(name).filter(|v| !v.is_null())
-    }
-
-    fn string(&self, name: &'static str) -> Result<Option<&str>, FieldError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(FieldError::new(
-                name,
-                "invalid_type",
-                format!("must be a string, not {}", json_kind(other)),
-            )),
-        }
-    }
-
-    fn content_type(&self, namespaces: &Namespaces) -> Result<String, FieldError> {
-        check_content_type(self.string("contentType")?, namespaces).map(str::to_owned)
-    }
-
-    fn content_id(&self) -> Result<String, FieldError> {
-        check_content_id(self.string("contentId")?).map(str::to_owned)
-    }
-
-    fn path(&self) -> Result<Option<String>, FieldError> {
-        Ok(check_path(self.string("path")?)?.map(str::to_owned))
-    }
-
-    fn token(&self, name: &'static str) -> Result<Option<String>, FieldError> {
-        Ok(check_token(name, self.string(name)?)?.map(str::to_owned))
-    }
-
-    fn timestamp(&self, name: &'static str) -> Result<Option<DateTime<Utc>>, FieldError> {
-        check_timestamp(name, self.string(name)?)
     }
 }

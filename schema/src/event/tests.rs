@@ -1,6 +1,8 @@
 //! The event's validation, field by field, and its JSON forms.
 
 use super::*;
+use std::borrow::Cow;
+
 use serde_json::json;
 
 fn ns() -> Namespaces {
@@ -13,8 +15,14 @@ fn now() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// Reads `body` as the API does.
+fn api(body: &Value) -> Result<View<'static>, FieldError> {
+    let json = serde_json::to_vec(body).expect("json");
+    View::from_api(&json, &ns(), now()).map(View::into_owned)
+}
+
 fn field_of(body: Value) -> (&'static str, &'static str) {
-    let err = ViewInput::from_json(&body, &ns(), now()).expect_err("must be refused");
+    let err = api(&body).expect_err("must be refused");
     (err.field, err.code)
 }
 
@@ -22,23 +30,21 @@ fn field_of(body: Value) -> (&'static str, &'static str) {
 fn accepts_the_contract_example() {
     let body = json!({"contentId":"f538f5c5-1a72-4804-8eb1-3f05cea64874","contentType":"resource",
         "path":"/r/x","sessionId":"s1","eventId":"e1","occurredAt":"2026-11-21T10:00:00Z"});
-    let input = ViewInput::from_json(&body, &ns(), now()).expect("valid");
+    let input = api(&body).expect("valid");
     assert_eq!(
         input.key().as_str(),
         "resource:f538f5c5-1a72-4804-8eb1-3f05cea64874"
     );
-    let event = input.into_event(now());
+    let event = input.received(now());
     assert_eq!(event.event_id.as_deref(), Some("e1"));
-    assert_eq!(event.day().to_string(), "2026-11-21");
+    assert_eq!(event.day().expect("a day").to_string(), "2026-11-21");
 }
 
 #[test]
 fn fills_occurred_at_and_invents_no_event_id() {
     let body = json!({"contentId":"a","contentType":"course"});
-    let event = ViewInput::from_json(&body, &ns(), now())
-        .expect("valid")
-        .into_event(now());
-    assert_eq!(event.occurred_at, now());
+    let event = api(&body).expect("valid").received(now());
+    assert_eq!(event.occurred_at, Some(now()));
     assert_eq!(event.event_id, None);
     let wire: Value = serde_json::from_slice(&event.to_json()).expect("json");
     assert!(wire.get("eventId").is_none(), "{wire}");
@@ -48,15 +54,16 @@ fn fills_occurred_at_and_invents_no_event_id() {
 fn the_visitor_id_is_kept_and_written_only_when_present() {
     let base =
         r#""v":1,"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z""#;
-    let bad = ViewEvent::from_slice(format!(r#"{{{base},"visitorId":""}}"#).as_bytes(), &ns())
+    let bad = View::from_event(format!(r#"{{{base},"visitorId":""}}"#).as_bytes(), &ns())
         .expect_err("empty id");
     assert!(bad.to_string().contains("visitorId"), "{bad}");
-    let event = ViewEvent::from_slice(format!(r#"{{{base},"visitorId":"h1"}}"#).as_bytes(), &ns())
-        .expect("valid");
+    let with_id = format!(r#"{{{base},"visitorId":"h1"}}"#);
+    let event = View::from_event(with_id.as_bytes(), &ns()).expect("valid");
     assert_eq!(event.visitor_id.as_deref(), Some("h1"));
     let wire: Value = serde_json::from_slice(&event.to_json()).expect("json");
     assert_eq!(wire["visitorId"], "h1");
-    let plain = ViewEvent::from_slice(format!("{{{base}}}").as_bytes(), &ns()).expect("valid");
+    let without = format!("{{{base}}}");
+    let plain = View::from_event(without.as_bytes(), &ns()).expect("valid");
     let wire: Value = serde_json::from_slice(&plain.to_json()).expect("json");
     assert!(wire.get("visitorId").is_none(), "{wire}");
 }
@@ -136,18 +143,14 @@ fn content_id_refusals_state_the_rule_or_the_length() {
 fn five_minutes_of_skew_is_allowed() {
     let body =
         json!({"contentId":"a","contentType":"resource","occurredAt":"2026-11-21T10:05:00Z"});
-    assert!(ViewInput::from_json(&body, &ns(), now()).is_ok());
+    assert!(api(&body).is_ok());
 }
 
 #[test]
 fn wire_round_trip() {
-    let event = ViewInput::from_json(
-        &json!({"contentId":"a","contentType":"resource"}),
-        &ns(),
-        now(),
-    )
-    .expect("valid")
-    .into_event(now());
+    let event = api(&json!({"contentId":"a","contentType":"resource"}))
+        .expect("valid")
+        .received(now());
     let bytes = event.to_json();
     let text = String::from_utf8(bytes.clone()).expect("utf8");
     assert!(
@@ -158,37 +161,107 @@ fn wire_round_trip() {
         text.contains(r#""receivedAt":"2026-11-21T10:00:00.000Z""#),
         "{text}"
     );
-    assert_eq!(ViewEvent::from_slice(&bytes, &ns()).expect("parses"), event);
+    assert_eq!(View::from_event(&bytes, &ns()).expect("parses"), event);
 }
 
 #[test]
 fn wire_refusals() {
     let n = ns();
     assert_eq!(
-        ViewEvent::from_slice(b"{not json", &n)
-            .expect_err("bad")
-            .code(),
+        View::from_event(b"{not json", &n).expect_err("bad").code(),
         "invalid_json"
     );
     assert_eq!(
-        ViewEvent::from_slice(b"[]", &n).expect_err("bad").code(),
+        View::from_event(b"[]", &n).expect_err("bad").code(),
         "invalid_type"
     );
     let v2 =
         br#"{"v":2,"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z"}"#;
     assert_eq!(
-        ViewEvent::from_slice(v2, &n).expect_err("bad").code(),
+        View::from_event(v2, &n).expect_err("bad").code(),
         "unsupported_version"
     );
     let no_at = br#"{"v":1,"contentType":"resource","contentId":"a"}"#;
     assert_eq!(
-        ViewEvent::from_slice(no_at, &n).expect_err("bad").code(),
+        View::from_event(no_at, &n).expect_err("bad").code(),
         "missing_field"
     );
     let ok =
         br#"{"v":1,"contentType":"resource","contentId":"a","occurredAt":"2026-11-21T10:00:00Z"}"#;
-    assert!(ViewEvent::from_slice(ok, &n)
-        .expect("ok")
-        .event_id
-        .is_none());
+    assert!(View::from_event(ok, &n).expect("ok").event_id.is_none());
+}
+
+#[test]
+fn a_view_borrows_its_text_unless_it_has_escapes() {
+    let plain = br#"{"contentType":"resource","contentId":"a","path":"/x"}"#;
+    let view = View::from_api(plain, &ns(), now()).expect("valid");
+    assert!(matches!(view.content_id, Cow::Borrowed("a")));
+    assert!(matches!(view.path, Some(Cow::Borrowed("/x"))));
+    let escaped = br#"{"contentType":"resource","contentId":"a","path":"/\u00e9"}"#;
+    let view = View::from_api(escaped, &ns(), now()).expect("valid");
+    assert_eq!(view.path.as_deref(), Some("/é"));
+}
+
+#[test]
+fn the_api_keeps_a_repeated_fields_last_value_and_ignores_the_ingests_fields() {
+    let body = br#"{"contentType":"resource","contentId":5,"contentId":"b","visitorId":"forged",
+        "receivedAt":"2020-01-01T00:00:00Z","v":9,"extra":{"x":[1]}}"#;
+    let view = View::from_api(body, &ns(), now()).expect("valid");
+    assert_eq!(view.key().as_str(), "resource:b");
+    assert_eq!((view.visitor_id, view.received_at), (None, None));
+    let kinds = [
+        (
+            json!({"contentType":"resource","contentId":{}}),
+            "an object",
+        ),
+        (json!({"contentType":"resource","contentId":[]}), "an array"),
+        (
+            json!({"contentType":"resource","contentId":true}),
+            "a boolean",
+        ),
+        (
+            json!({"contentType":"resource","contentId":-1.5}),
+            "a number",
+        ),
+    ];
+    for (body, kind) in kinds {
+        let err = api(&body).expect_err("not a string");
+        assert_eq!(err.message, format!("must be a string, not {kind}"));
+    }
+    let query = View::from_query(
+        |name| {
+            (name == "contentType")
+                .then_some("resource")
+                .or((name == "contentId").then_some("q"))
+        },
+        &ns(),
+        now(),
+    )
+    .expect("valid");
+    assert_eq!(query.key().as_str(), "resource:q");
+}
+
+/// The Kafka forms earlier releases and direct producers wrote: each is read, and
+/// what this build writes of it reads back the same, here and in the aggregator.
+#[test]
+fn reads_every_form_already_in_a_log_and_writes_what_it_read() {
+    let forms = [
+        // The first releases: an eventId the ingest made up for every view.
+        r#"{"v":1,"eventId":"7b0e1f9c-8d2a-4c55-9a51-3b5f2f0f1a20","contentType":"resource","contentId":"a","path":null,"sessionId":null,"occurredAt":"2026-11-20T10:00:00.123Z","receivedAt":"2026-11-20T10:00:00.123Z"}"#,
+        // Client ids only: no eventId unless the client chose one.
+        r#"{"v":1,"contentType":"resource","contentId":"a","path":"/x","sessionId":"s","occurredAt":"2026-11-20T10:00:00Z","receivedAt":"2026-11-20T10:00:00.000Z"}"#,
+        // Unique visitors: a visitorId the ingest derived.
+        r#"{"v":1,"contentType":"resource","contentId":"a","path":null,"sessionId":null,"visitorId":"0123456789abcdef0123456789abcdef","occurredAt":"2026-11-20T10:00:00Z","receivedAt":"2026-11-20T10:00:00.000Z"}"#,
+        // A direct producer: the least it may send, a space in the timestamp.
+        r#"{"v":1,"contentType":"resource","contentId":"a","occurredAt":"2026-11-20 10:00:00+02:00"}"#,
+    ];
+    for form in forms {
+        let view = View::from_event(form.as_bytes(), &ns()).expect(form);
+        let again = view.to_json();
+        let reread = View::from_event(&again, &ns()).expect("rewritten");
+        assert_eq!(reread, view, "{form}");
+        let counted = crate::EventRef::parse(&again).expect("counted");
+        assert_eq!(Some(counted.occurred_at), view.occurred_at, "{form}");
+        assert_eq!(&*counted.content_id, "a");
+    }
 }

@@ -1,0 +1,163 @@
+//! A view's fields as read from a JSON object (or a query string), before any check:
+//! each field a view has, as text borrowed from the input where the JSON has no
+//! escapes, or the kind of JSON value it was instead. A name given twice keeps its
+//! last value; names a view does not have are skipped; `null` is the same as absent.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::Deserializer;
+use serde_json::value::RawValue;
+
+use super::{EventError, FieldError};
+
+/// The fields a view has, in the Kafka form's order.
+const NAMES: [&str; 9] = [
+    "v",
+    "eventId",
+    "contentType",
+    "contentId",
+    "path",
+    "sessionId",
+    "visitorId",
+    "occurredAt",
+    "receivedAt",
+];
+
+/// One field's value before its check.
+#[derive(Debug, Clone, Default)]
+pub(super) enum Raw<'a> {
+    #[default]
+    Absent,
+    Text(Cow<'a, str>),
+    /// Not a string: the kind of value (`a number`, `an object`, ...) and its JSON.
+    Other(&'static str, &'a str),
+}
+
+/// The fields of one view, by [`NAMES`].
+#[derive(Debug, Default)]
+pub(super) struct Object<'a>([Raw<'a>; NAMES.len()]);
+
+impl<'a> Object<'a> {
+    /// Reads a JSON object.
+    pub(super) fn parse(json: &'a [u8]) -> Result<Self, EventError> {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let read = de.deserialize_map(ObjectVisitor).and_then(|object| {
+            de.end()?;
+            Ok(object)
+        });
+        read.map_err(|e| {
+            // Valid JSON of another kind is told so; checking costs no allocation.
+            match serde_json::from_slice::<IgnoredAny>(json) {
+                Ok(_) => EventError::NotObject,
+                Err(_) => EventError::NotJson(e.to_string()),
+            }
+        })
+    }
+
+    /// The fields named by a query string (the pixel), through `get`.
+    pub(super) fn from_query(get: impl Fn(&str) -> Option<&'a str>) -> Self {
+        let mut object = Self::default();
+        for (slot, name) in object.0.iter_mut().zip(NAMES) {
+            if let Some(value) = get(name) {
+                *slot = Raw::Text(Cow::Borrowed(value));
+            }
+        }
+        object
+    }
+
+    /// Takes the field `name` out as text: `None` when absent, refused when not a
+    /// string.
+    pub(super) fn text(&mut self, name: &'static str) -> Result<Option<Cow<'a, str>>, FieldError> {
+        let slot = NAMES
+            .iter()
+            .position(|n| *n == name)
+            .map(|i| &mut self.0[i]);
+        match slot.map(std::mem::take) {
+            None | Some(Raw::Absent) => Ok(None),
+            Some(Raw::Text(text)) => Ok(Some(text)),
+            Some(Raw::Other(kind, _)) => Err(FieldError::new(
+                name,
+                "invalid_type",
+                format!("must be a string, not {kind}"),
+            )),
+        }
+    }
+
+    /// The JSON of field `name` as given (`None` when absent), for `v`.
+    pub(super) fn json(&self, name: &str) -> Option<Cow<'_, str>> {
+        let i = NAMES.iter().position(|n| *n == name)?;
+        match &self.0[i] {
+            Raw::Absent => None,
+            Raw::Text(text) => Some(Cow::Owned(format!("{text:?}"))),
+            Raw::Other(_, json) => Some(Cow::Borrowed(json)),
+        }
+    }
+}
+
+/// What a value's JSON text starts with says its kind.
+fn raw<'a>(value: &'a RawValue) -> Result<Raw<'a>, serde_json::Error> {
+    let json = value.get();
+    Ok(match json.as_bytes().first() {
+        Some(b'n') => Raw::Absent,
+        Some(b'"') => match serde_json::from_str::<&'a str>(json) {
+            Ok(text) => Raw::Text(Cow::Borrowed(text)),
+            // Escapes: the text is unescaped into a string of its own.
+            Err(_) => Raw::Text(Cow::Owned(serde_json::from_str::<String>(json)?)),
+        },
+        Some(b'{') => Raw::Other("an object", json),
+        Some(b'[') => Raw::Other("an array", json),
+        Some(b't' | b'f') => Raw::Other("a boolean", json),
+        _ => Raw::Other("a number", json),
+    })
+}
+
+struct ObjectVisitor;
+
+impl<'de> Visitor<'de> for ObjectVisitor {
+    type Value = Object<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object describing one view")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Object<'de>, M::Error> {
+        let mut object = Object::default();
+        while let Some(index) = map.next_key_seed(Name)? {
+            match index {
+                Some(i) => {
+                    let value: &'de RawValue = map.next_value()?;
+                    object.0[i] = raw(value).map_err(de::Error::custom)?;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(object)
+    }
+}
+
+/// A key, read as its index in [`NAMES`] without copying it.
+struct Name;
+
+impl<'de> DeserializeSeed<'de> for Name {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Option<usize>, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for Name {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Option<usize>, E> {
+        Ok(NAMES.iter().position(|n| *n == name))
+    }
+}
