@@ -71,6 +71,11 @@ pub fn bin(name: &str) -> PathBuf {
     })
 }
 
+/// The smallest view the API takes: `contentId` in the `resource` namespace.
+pub fn view(content_id: &str) -> serde_json::Value {
+    serde_json::json!({"contentId": content_id, "contentType": "resource"})
+}
+
 /// Polls `check` every 100 ms until it answers `Ok`, and returns that; once
 /// `within` has passed, panics with `what` and the last `Err` (what was seen
 /// instead). The one wait loop for "this becomes true soon".

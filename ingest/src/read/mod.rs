@@ -28,10 +28,10 @@ use pending::{PartitionView, PendingReader};
 use viewpipe_runtime::deadline;
 use viewpipe_schema::Scope;
 
+mod merge;
+use merge::{flushed_gen, unflushed, Merged};
 pub mod pending;
 pub(crate) mod sql;
-
-use sql::Snapshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -100,39 +100,6 @@ struct Seen {
 
 /// After a read gave up waiting, reads within this answer at once.
 const FAIL_FAST_FOR: Duration = Duration::from_secs(1);
-
-/// Pending counts read from Redis, and the Postgres snapshot taken after them.
-struct Merged {
-    views: Vec<PartitionView>,
-    snap: Snapshot,
-}
-
-impl Merged {
-    /// The key's total: flushed, plus every unflushed generation's pending count.
-    fn total(&self) -> i64 {
-        self.snap.total + self.unflushed().map(|values| values[0]).sum::<i64>()
-    }
-
-    /// The pending values (the key's total, then its days) of every generation
-    /// Postgres has not flushed.
-    fn unflushed(&self) -> impl Iterator<Item = &[i64]> {
-        unflushed(&self.views, &self.snap.gens)
-    }
-}
-
-/// The values of every generation in `views` that `flushed_gens` has not flushed.
-fn unflushed<'v>(
-    views: &'v [PartitionView],
-    flushed_gens: &'v [(i32, i64)],
-) -> impl Iterator<Item = &'v [i64]> {
-    views.iter().flat_map(move |v| {
-        let flushed = flushed_gen(flushed_gens, v.partition);
-        v.gens
-            .iter()
-            .filter(move |(gen, _)| *gen > flushed)
-            .map(|(_, values)| values.as_slice())
-    })
-}
 
 impl Reader {
     /// A reader; must be made inside a Tokio runtime (it starts the task that
@@ -387,14 +354,6 @@ impl Reader {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
-}
-
-/// A partition's `flushed_gen` (0 when Postgres has no row for it).
-fn flushed_gen(flushed_gens: &[(i32, i64)], partition: i32) -> i64 {
-    flushed_gens
-        .iter()
-        .find(|(p, _)| *p == partition)
-        .map_or(0, |(_, g)| *g)
 }
 
 /// Answers queued total reads in groups: whatever queued while the previous groups

@@ -3,7 +3,7 @@
 //! again, nor notice a recreated log that already grew past the position. Each flush
 //! therefore records a mark (a hash of timestamp, key and payload) of the last message
 //! it counted, and once per log the mark of the first one; a new owner reads both back
-//! from the log before it resumes (`aggregator/src/log_check.rs`).
+//! from the log before it resumes (`aggregator/src/log_check/`).
 
 use sea_orm_migration::prelude::*;
 

@@ -210,7 +210,16 @@ impl Stack {
         Service::process_of(kind, exe, &self.id, self.env_with(extra)).await
     }
 
+    /// This stack's environment with `extra` on top. A name no viewpipe binary reads
+    /// fails the test at once: a misspelt override would otherwise change nothing,
+    /// and the test could pass for the wrong reason.
     fn env_with(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        for (name, _) in extra {
+            assert!(
+                is_setting(name),
+                "{name:?} is not a setting of the ingest or the aggregator (see their --help)"
+            );
+        }
         let mut env = self.env();
         env.extend(
             extra
@@ -249,5 +258,45 @@ impl Stack {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ))
+    }
+}
+
+/// Whether a viewpipe binary (any of its commands) reads the environment variable
+/// `name`, or it is `RUST_LOG`.
+fn is_setting(name: &str) -> bool {
+    static KNOWN: std::sync::OnceLock<std::collections::BTreeSet<String>> =
+        std::sync::OnceLock::new();
+    fn collect(command: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                out.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            collect(sub, out);
+        }
+    }
+    let known = KNOWN.get_or_init(|| {
+        let mut known = std::collections::BTreeSet::from(["RUST_LOG".to_owned()]);
+        collect(
+            &<ingest::settings::Cli as clap::CommandFactory>::command(),
+            &mut known,
+        );
+        collect(
+            &<aggregator::settings::Cli as clap::CommandFactory>::command(),
+            &mut known,
+        );
+        known
+    });
+    known.contains(name)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn overrides_must_name_a_setting() {
+        assert!(super::is_setting("FLUSH_INTERVAL_MS"));
+        assert!(super::is_setting("BATCH_SIZE") || super::is_setting("NAMESPACES"));
+        assert!(!super::is_setting("FLUSH_INTERVALL_MS"));
     }
 }

@@ -21,7 +21,7 @@ use aggregator::store::postgres::{
 };
 use aggregator::store::Counts;
 use viewpipe_schema::entities::JobStatus;
-use viewpipe_tests::Stack;
+use viewpipe_tests::{eventually, Stack};
 
 const KEY: &str = "resource:raced";
 const REPLAY: &str = "views.replay";
@@ -73,8 +73,8 @@ async fn block_visitor_row(stack: &Stack, key: &str, day: NaiveDate) -> Database
 
 /// Waits until `n` sessions of the test's database wait for a lock.
 async fn until_waiting(stack: &Stack, n: i64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("{n} sessions waiting for a lock");
+    eventually(Duration::from_secs(20), &what, || async {
         let rows = stack
             .rows(
                 "SELECT 'waiting', count(*)::int8 FROM pg_stat_activity
@@ -84,14 +84,12 @@ async fn until_waiting(stack: &Stack, n: i64) {
             .expect("pg_stat_activity");
         let waiting = rows.first().map_or(0, |r| r.1);
         if waiting >= n {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{waiting} waiting"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{waiting} sessions wait for a lock, expected {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 /// The daily rows of `month`, as `key|day` and count.

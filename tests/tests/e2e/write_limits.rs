@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 use viewpipe_tests::openapi::Api;
-use viewpipe_tests::Stack;
+use viewpipe_tests::{view, Stack};
 
 const READ_KEY: &str = "read-key-0123456789abcdef";
 const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
@@ -20,10 +20,6 @@ const MAX_BODY: usize = 10 * 1024 * 1024;
 const RSS_BOUND_MIB: u64 = 150;
 /// How long `/healthz` may take meanwhile.
 const HEALTH_BOUND: Duration = Duration::from_millis(100);
-
-fn view(id: &str) -> Value {
-    json!({"contentId": id, "contentType": "resource"})
-}
 
 fn days_ago(days: i64) -> String {
     (Utc::now() - chrono::Duration::days(days)).to_rfc3339()

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use viewpipe_tests::chaos::metric;
 use viewpipe_tests::openapi::{Api, Checked};
-use viewpipe_tests::{Service, Stack};
+use viewpipe_tests::{eventually, Service, Stack};
 
 mod service;
 

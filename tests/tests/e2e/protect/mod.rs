@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use viewpipe_tests::chaos::metric;
 use viewpipe_tests::openapi::{Api, Document};
-use viewpipe_tests::{Service, Stack};
+use viewpipe_tests::{view, Service, Stack};
 
 mod keys;
 mod reads;
@@ -29,10 +29,6 @@ const BINGBOT: &str = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compat
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36";
 const SAFARI: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15";
 const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0";
-
-fn view(id: &str) -> Value {
-    json!({"contentId": id, "contentType": "resource"})
-}
 
 /// A client whose connections come from `ip` (any of 127/8 is this machine).
 fn client_from(ip: &str) -> reqwest::Client {
