@@ -47,9 +47,8 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::unread_body(&e, "1 MiB"))?;
-        // Checking the syntax costs no allocation.
-        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
-            .map_err(|e| ApiError::BadJson(e.to_string()))?;
+        // Checked as a `Value` would be read, without building one.
+        viewpipe_schema::event::check_json(&bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
         Ok(JsonBytes(bytes))
     }
 }

@@ -80,8 +80,8 @@ impl<'b, F: FnMut(usize, Result<&'b [u8], ElementError>)> Reader<F> {
                 ),
             ))
         } else {
-            serde_json::from_slice::<IgnoredAny>(bytes)
-                .map(|_| bytes)
+            viewpipe_schema::event::check_json(bytes)
+                .map(|()| bytes)
                 .map_err(|e| ("invalid_json", format!("line is not valid JSON: {e}")))
         };
         (self.each)(self.read, parsed);

@@ -25,6 +25,7 @@ mod tests;
 
 pub use checks::{check_content_id, check_content_type};
 use checks::{check_path, check_strict_timestamp, check_timestamp, check_token};
+pub use object::check_json;
 use object::Object;
 
 /// The event JSON version this build writes and reads.

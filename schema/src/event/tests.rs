@@ -265,3 +265,28 @@ fn reads_every_form_already_in_a_log_and_writes_what_it_read() {
         assert_eq!(&*counted.content_id, "a");
     }
 }
+
+#[test]
+fn check_json_takes_exactly_what_a_value_would() {
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let fine = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    let cases: [&[u8]; 8] = [
+        br#"{"a":[1,2.5,"x\u00e9",null,true,{"b":{}}]}"#,
+        b"\"\xff\"",
+        deep.as_bytes(),
+        fine.as_bytes(),
+        br#"{"a":1"#,
+        b"[1] x",
+        b"1e400",
+        b" {} ",
+    ];
+    for case in cases {
+        assert_eq!(
+            check_json(case).is_ok(),
+            serde_json::from_slice::<Value>(case).is_ok(),
+            "{:?}",
+            String::from_utf8_lossy(case)
+        );
+    }
+    assert!(check_json(b"\"\xff\"").is_err() && check_json(deep.as_bytes()).is_err());
+}
