@@ -11,7 +11,8 @@
 //! - the names of the Redis keys and fields that hold pending counts ([`pending`]),
 //!   which the aggregator writes and the ingest reads.
 //!
-//! Nothing here talks to Kafka, Redis or Postgres, or knows how a service is run.
+//! Nothing here talks to Kafka or Redis, or knows how a service is run; of Postgres it
+//! only reads and migrates the schema ([`version`], [`migration`]).
 
 pub mod counted;
 pub mod entities;

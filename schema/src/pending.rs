@@ -8,7 +8,8 @@
 //! cannot meet.
 //! - `{prefix}:{s.p}:m`, the partition's meta hash: `epoch`, the newest owner epoch
 //!   that wrote it; `gen`, the newest generation written; `live`, the epoch of the owner
-//!   that vouches Redis holds all of the partition's pending counts.
+//!   that vouches Redis holds all of the partition's pending counts (the aggregator's
+//!   `store::pending`, "Loss", says how it is lost and restored).
 //! - `{prefix}:{s.p}:g0` and `:g1`: the counts of the partition's even and odd
 //!   generations. At most two generations of a partition are unflushed at once (one
 //!   being flushed, the next being written) and they differ in parity, so two hashes
@@ -16,7 +17,8 @@
 //!   `@o` the highest offset applied, `t:<key>` views of the key, `d:<key>:<day>` views
 //!   of the key on that UTC day.
 //!
-//! Client-chosen `eventId`s are remembered in Postgres, not here. A pending key
+//! Client-chosen `eventId`s are remembered in Postgres (the aggregator's
+//! `event_ids`), not here. A pending key
 //! therefore costs two hash fields per generation (its total and one per day), whatever
 //! its traffic.
 

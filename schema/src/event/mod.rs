@@ -126,7 +126,9 @@ pub struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    /// Reads and checks a view as the API takes it (a JSON object). `now` bounds
+    /// Reads and checks a view as the API takes it, a JSON object. `json` should
+    /// have passed [`check_json`] first, as every body the ingest reads has: other
+    /// bytes are refused, but not always as `invalid_json`. `now` bounds
     /// `occurredAt`. `visitorId` and `receivedAt` are the ingest's and are ignored.
     pub fn from_api(
         json: &'a [u8],
@@ -194,12 +196,13 @@ impl<'a> View<'a> {
     }
 
     /// Reads and checks a message value in the Kafka form, by the ingest's rules (a
-    /// history line for `ingest publish`). `occurredAt` is required.
+    /// history line for `ingest publish`, which checks the line is JSON first).
+    /// `occurredAt` is required.
     pub fn from_event(bytes: &'a [u8], namespaces: &Namespaces) -> Result<Self, EventError> {
         let mut fields = Object::parse(bytes)?;
         match fields.json("v") {
             Some(v) if v.parse::<u64>() == Ok(EVENT_VERSION) => {}
-            Some(other) => return Err(EventError::Version(other.into_owned())),
+            Some(other) => return Err(EventError::Version(other)),
             None => return Err(EventError::Version("(missing)".to_owned())),
         }
         let event_id = token(&mut fields, "eventId")?;
@@ -240,8 +243,13 @@ impl<'a> View<'a> {
         self
     }
 
-    /// The Kafka value (event JSON version 1).
+    /// The Kafka value (event JSON version 1), of a view the ingest has
+    /// [`received`](View::received) or read in the Kafka form: both have `occurredAt`.
     pub fn to_json(&self) -> Vec<u8> {
+        debug_assert!(
+            self.occurred_at.is_some(),
+            "a view is published once received"
+        );
         // Serialising strings and timestamps cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }

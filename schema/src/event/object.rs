@@ -30,6 +30,8 @@ const NAMES: [&str; 9] = [
 pub(super) enum Raw<'a> {
     #[default]
     Absent,
+    /// `null`: absent to every check, but named as given where a value is quoted.
+    Null,
     Text(Cow<'a, str>),
     /// Not a string: the kind of value (`a number`, `an object`, ...) and its JSON.
     Other(&'static str, &'a str),
@@ -48,10 +50,14 @@ impl<'a> Object<'a> {
             Ok(object)
         });
         read.map_err(|e| {
-            // Valid JSON of another kind is told so; checking costs no allocation.
-            match serde_json::from_slice::<IgnoredAny>(json) {
-                Ok(_) => EventError::NotObject,
-                Err(_) => EventError::NotJson(e.to_string()),
+            // JSON as a `Value` reads it, but not an object, is told so; anything else
+            // is not JSON, with what the full check says of it.
+            match check_json(json) {
+                Ok(()) => match json.iter().find(|b| !b.is_ascii_whitespace()) {
+                    Some(b'{') => EventError::NotJson(e.to_string()),
+                    _ => EventError::NotObject,
+                },
+                Err(e) => EventError::NotJson(e.to_string()),
             }
         })
     }
@@ -75,7 +81,7 @@ impl<'a> Object<'a> {
             .position(|n| *n == name)
             .map(|i| &mut self.0[i]);
         match slot.map(std::mem::take) {
-            None | Some(Raw::Absent) => Ok(None),
+            None | Some(Raw::Absent | Raw::Null) => Ok(None),
             Some(Raw::Text(text)) => Ok(Some(text)),
             Some(Raw::Other(kind, _)) => Err(FieldError::new(
                 name,
@@ -85,13 +91,18 @@ impl<'a> Object<'a> {
         }
     }
 
-    /// The JSON of field `name` as given (`None` when absent), for `v`.
-    pub(super) fn json(&self, name: &str) -> Option<Cow<'_, str>> {
+    /// Field `name` as JSON, written as `serde_json` writes a value it read
+    /// (`None` when absent): for `v`, and for saying what it was instead.
+    pub(super) fn json(&self, name: &str) -> Option<String> {
         let i = NAMES.iter().position(|n| *n == name)?;
         match &self.0[i] {
             Raw::Absent => None,
-            Raw::Text(text) => Some(Cow::Owned(format!("{text:?}"))),
-            Raw::Other(_, json) => Some(Cow::Borrowed(json)),
+            Raw::Null => Some("null".to_owned()),
+            Raw::Text(text) => Some(serde_json::Value::from(text.as_ref()).to_string()),
+            Raw::Other(_, json) => Some(
+                serde_json::from_str::<serde_json::Value>(json)
+                    .map_or_else(|_| (*json).to_owned(), |v| v.to_string()),
+            ),
         }
     }
 }
@@ -100,7 +111,7 @@ impl<'a> Object<'a> {
 fn raw<'a>(value: &'a RawValue) -> Result<Raw<'a>, serde_json::Error> {
     let json = value.get();
     Ok(match json.as_bytes().first() {
-        Some(b'n') => Raw::Absent,
+        Some(b'n') => Raw::Null,
         Some(b'"') => match serde_json::from_str::<&'a str>(json) {
             Ok(text) => Raw::Text(Cow::Borrowed(text)),
             // Escapes: the text is unescaped into a string of its own.

@@ -290,3 +290,21 @@ fn check_json_takes_exactly_what_a_value_would() {
     }
     assert!(check_json(b"\"\xff\"").is_err() && check_json(deep.as_bytes()).is_err());
 }
+
+#[test]
+fn an_unsupported_version_is_quoted_as_json_writes_it() {
+    let quoted = |v: &str| {
+        let event = format!(r#"{{"v":{v},"contentType":"resource","contentId":"a"}}"#);
+        match View::from_event(event.as_bytes(), &ns()) {
+            Err(EventError::Version(said)) => said,
+            other => panic!("{v}: {other:?}"),
+        }
+    };
+    assert_eq!(quoted("null"), "null");
+    assert_eq!(quoted("1.0"), "1.0");
+    assert_eq!(quoted("1.50"), "1.5");
+    assert_eq!(quoted(r#""1""#), r#""1""#);
+    assert_eq!(quoted("2"), "2");
+    let missing = View::from_event(br#"{"contentType":"resource"}"#, &ns());
+    assert!(matches!(missing, Err(EventError::Version(m)) if m == "(missing)"));
+}

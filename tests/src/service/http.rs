@@ -27,12 +27,22 @@ impl Service {
     /// The key's count from `GET /api/views`; panics unless the answer is 200 with a
     /// count.
     pub async fn count(&self, content_type: &str, content_id: &str) -> i64 {
+        self.try_count(content_type, content_id)
+            .await
+            .unwrap_or_else(|e| panic!("GET {content_type}:{content_id}: {e}"))
+    }
+
+    /// The key's count, or what was answered instead (a 503 while a store
+    /// recovers, say).
+    async fn try_count(&self, content_type: &str, content_id: &str) -> Result<i64, String> {
         let url = format!("/api/views?contentType={content_type}&contentId={content_id}");
         let r = self.api().await.get(self.url(&url)).send().await;
-        let r = r.expect("GET /api/views");
+        let r = r.map_err(|e| e.to_string())?;
         let body: Value = r.json().await.unwrap_or(Value::Null);
-        assert_eq!(r.status(), 200, "GET {content_type}:{content_id}: {body}");
-        body["count"].as_i64().expect("a count")
+        match body["count"].as_i64() {
+            Some(n) if r.status() == 200 => Ok(n),
+            _ => Err(format!("{} {body}", r.status())),
+        }
     }
 
     /// The `days` of `GET /api/views/daily` for the key over `from..=to`; panics
@@ -59,11 +69,11 @@ impl Service {
     }
 
     /// Waits until the key's count is `want`: fails at once if it is ever more, and
-    /// after 30 s if it is still less.
+    /// after 30 s if it is still less (or not answered).
     pub async fn wait_count(&self, content_type: &str, content_id: &str, want: i64) {
         let what = format!("{content_type}:{content_id} counts {want}");
         eventually(Duration::from_secs(30), &what, || async {
-            let now = self.count(content_type, content_id).await;
+            let now = self.try_count(content_type, content_id).await?;
             assert!(
                 now <= want,
                 "{content_type}:{content_id} counts {now}, more than {want}"

@@ -184,20 +184,23 @@ impl Stack {
             .collect())
     }
 
-    /// Waits until Postgres' grand total reaches `expected` (and fails if it passes it).
+    /// Waits until Postgres' grand total reaches `expected`; an error (which the
+    /// caller may report with what else it knows) when it passes it, when a query
+    /// fails, or after `within`.
     pub async fn wait_flushed_total(&self, expected: i64, within: Duration) -> anyhow::Result<()> {
-        let what = format!("Postgres holds the {expected} views sent");
-        crate::eventually(within, &what, || async {
-            match self.flushed_total().await {
-                Ok(sum) if sum > expected => {
-                    panic!("Postgres holds {sum} views, more than the {expected} sent")
-                }
-                Ok(sum) if sum == expected => Ok(()),
-                Ok(sum) => Err(format!("{sum}")),
-                Err(e) => Err(format!("{e:#}")),
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let sum = self.flushed_total().await?;
+            if sum == expected {
+                return Ok(());
             }
-        })
-        .await;
-        Ok(())
+            if sum > expected {
+                anyhow::bail!("Postgres holds {sum} views, more than the {expected} sent");
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("Postgres holds {sum} views after {within:?}; expected {expected}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
