@@ -16,7 +16,6 @@ use chrono::Utc;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use viewpipe_runtime::progress::Progress;
@@ -49,22 +48,18 @@ pub(crate) fn parse_line<'l>(
     namespaces: &Namespaces,
     now: chrono::DateTime<Utc>,
 ) -> Result<(ContentKey, View<'l>), (String, String)> {
-    let value: Value = serde_json::from_str(line).map_err(|e| {
+    viewpipe_schema::event::check_json(line.as_bytes()).map_err(|e| {
         (
             "invalid_json".to_owned(),
             format!("line is not valid JSON: {e}"),
         )
     })?;
-    if value.get("v").is_some() {
-        let mut event = View::from_event(line.as_bytes(), namespaces)
-            .map_err(|e| (e.code().to_owned(), e.to_string()))?;
-        event.received_at.get_or_insert(now);
-        Ok((event.key(), event))
-    } else {
-        let input = View::from_api(line.as_bytes(), namespaces, now)
-            .map_err(|e| (e.code.to_owned(), e.to_string()))?;
-        Ok((input.key(), input.received(now)))
-    }
+    // Either form gets `receivedAt` if it has none; only the API form may lack
+    // `occurredAt`.
+    let event = View::from_history(line.as_bytes(), namespaces, now)
+        .map_err(|e| (e.code().to_owned(), e.to_string()))?
+        .received(now);
+    Ok((event.key(), event))
 }
 
 /// Runs `ingest publish`; returns the exit status.

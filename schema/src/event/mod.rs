@@ -199,7 +199,29 @@ impl<'a> View<'a> {
     /// history line for `ingest publish`, which checks the line is JSON first).
     /// `occurredAt` is required.
     pub fn from_event(bytes: &'a [u8], namespaces: &Namespaces) -> Result<Self, EventError> {
-        let mut fields = Object::parse(bytes)?;
+        Self::from_event_fields(Object::parse(bytes)?, namespaces)
+    }
+
+    /// A line of history for `ingest publish`: the Kafka form when it has `v`
+    /// ([`View::from_event`]), else the API form ([`View::from_api`], `now` bounding
+    /// `occurredAt`). The line should have passed [`check_json`] first.
+    pub fn from_history(
+        json: &'a [u8],
+        namespaces: &Namespaces,
+        now: DateTime<Utc>,
+    ) -> Result<Self, EventError> {
+        let fields = Object::parse(json)?;
+        if fields.json("v").is_some() {
+            Self::from_event_fields(fields, namespaces)
+        } else {
+            Ok(Self::from_api_fields(fields, namespaces, now)?)
+        }
+    }
+
+    fn from_event_fields(
+        mut fields: Object<'a>,
+        namespaces: &Namespaces,
+    ) -> Result<Self, EventError> {
         match fields.json("v") {
             Some(v) if v.parse::<u64>() == Ok(EVENT_VERSION) => {}
             Some(other) => return Err(EventError::Version(other)),

@@ -308,3 +308,17 @@ fn an_unsupported_version_is_quoted_as_json_writes_it() {
     let missing = View::from_event(br#"{"contentType":"resource"}"#, &ns());
     assert!(matches!(missing, Err(EventError::Version(m)) if m == "(missing)"));
 }
+
+#[test]
+fn a_history_line_is_read_in_the_form_it_has() {
+    let line = |json: &'static str| View::from_history(json.as_bytes(), &ns(), now());
+    let api = line(r#"{"contentType":"resource","contentId":"a"}"#).expect("the API form");
+    assert_eq!(api.occurred_at, None);
+    let kafka = line(r#"{"v":1,"contentType":"resource","contentId":"a"}"#);
+    assert_eq!(kafka.expect_err("no occurredAt").code(), "missing_field");
+    let null = line(r#"{"v":null,"contentType":"resource","contentId":"a"}"#);
+    assert_eq!(null.expect_err("v null").code(), "unsupported_version");
+    let future =
+        line(r#"{"contentType":"resource","contentId":"a","occurredAt":"2026-11-22T10:00:00Z"}"#);
+    assert_eq!(future.expect_err("in the future").code(), "in_future");
+}
