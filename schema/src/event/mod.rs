@@ -161,12 +161,7 @@ impl<'a> View<'a> {
         namespaces: &Namespaces,
         now: DateTime<Utc>,
     ) -> Result<Self, FieldError> {
-        let content_type = fields.text("contentType")?;
-        check_content_type(content_type.as_deref(), namespaces)?;
-        let content_id = fields.text("contentId")?;
-        check_content_id(content_id.as_deref())?;
-        let path = fields.text("path")?;
-        check_path(path.as_deref())?;
+        let (content_type, content_id, path) = content(&mut fields, namespaces)?;
         let session_id = token(&mut fields, "sessionId")?;
         let event_id = token(&mut fields, "eventId")?;
         let occurred_at = fields.text("occurredAt")?;
@@ -184,8 +179,8 @@ impl<'a> View<'a> {
             }
         }
         Ok(Self {
-            content_type: content_type.unwrap_or_default(),
-            content_id: content_id.unwrap_or_default(),
+            content_type,
+            content_id,
             path,
             session_id,
             event_id,
@@ -228,12 +223,7 @@ impl<'a> View<'a> {
             None => return Err(EventError::Version("(missing)".to_owned())),
         }
         let event_id = token(&mut fields, "eventId")?;
-        let content_type = fields.text("contentType")?;
-        check_content_type(content_type.as_deref(), namespaces)?;
-        let content_id = fields.text("contentId")?;
-        check_content_id(content_id.as_deref())?;
-        let path = fields.text("path")?;
-        check_path(path.as_deref())?;
+        let (content_type, content_id, path) = content(&mut fields, namespaces)?;
         let session_id = token(&mut fields, "sessionId")?;
         let visitor_id = token(&mut fields, "visitorId")?;
         let occurred_at = fields.text("occurredAt")?;
@@ -244,8 +234,8 @@ impl<'a> View<'a> {
         let received_at = fields.text("receivedAt")?;
         let received_at = check_timestamp("receivedAt", received_at.as_deref())?;
         Ok(Self {
-            content_type: content_type.unwrap_or_default(),
-            content_id: content_id.unwrap_or_default(),
+            content_type,
+            content_id,
             path,
             session_id,
             event_id,
@@ -299,6 +289,28 @@ impl<'a> View<'a> {
             received_at: self.received_at,
         }
     }
+}
+
+/// What was viewed: `contentType`, `contentId` (both required) and `path`, taken
+/// and checked in that order.
+type Content<'a> = (Cow<'a, str>, Cow<'a, str>, Option<Cow<'a, str>>);
+
+fn content<'a>(
+    fields: &mut Object<'a>,
+    namespaces: &Namespaces,
+) -> Result<Content<'a>, FieldError> {
+    let content_type = fields.text("contentType")?;
+    check_content_type(content_type.as_deref(), namespaces)?;
+    let content_id = fields.text("contentId")?;
+    check_content_id(content_id.as_deref())?;
+    let path = fields.text("path")?;
+    check_path(path.as_deref())?;
+    // Both are there: the checks refuse a missing one.
+    Ok((
+        content_type.unwrap_or_default(),
+        content_id.unwrap_or_default(),
+        path,
+    ))
 }
 
 /// A `sessionId`, `eventId` or `visitorId`: taken and checked.
