@@ -91,8 +91,8 @@ pub struct Invalid {
 impl PartBatch {
     fn new(state: &Partition) -> Self {
         Self {
-            epoch: state.epoch,
-            next: state.consumed_to.unwrap_or(0),
+            epoch: state.epoch(),
+            next: state.core.consumed_to().unwrap_or(0),
             ..Self::default()
         }
     }
@@ -121,7 +121,7 @@ impl Batch {
             .parts
             .entry(partition)
             .or_insert_with(|| PartBatch::new(state));
-        if part.epoch != state.epoch {
+        if part.epoch != state.epoch() {
             *part = PartBatch::new(state);
         }
         if offset < part.next {
@@ -132,7 +132,7 @@ impl Batch {
         part.last_mark = log_check::mark(m.timestamp, key, payload);
         part.first.get_or_insert((offset, part.last_mark));
         self.messages += 1;
-        let replayed = state.replay_to.is_some_and(|x| offset <= x);
+        let replayed = state.core.replayed(offset);
         let parsed = match payload {
             Some(bytes) => EventRef::parse(bytes).map_err(|e| format!("{}: {e}", e.code())),
             None => Err("invalid_json: empty message".to_owned()),
@@ -197,6 +197,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Fence;
     use crate::store::Claim;
 
     fn state(next_offset: Option<i64>, epoch: i64, redis_at: i64) -> Partition {
@@ -206,7 +207,7 @@ mod tests {
                 epoch,
                 ..Claim::default()
             },
-            Some(redis_at),
+            Fence::Done(redis_at),
         )
     }
 

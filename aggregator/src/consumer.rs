@@ -19,6 +19,7 @@ use viewpipe_runtime::{Health, Shutdown};
 use crate::aggregator::{Aggregator, Claimed, Hold, STORE_PATIENCE};
 use crate::batch::Polled;
 use crate::metrics as m;
+use crate::protocol::Fence;
 
 /// Most messages taken into one batch.
 const MAX_BATCH: usize = 20_000;
@@ -62,17 +63,17 @@ impl ConsumerContext for AggregatorContext {
         metrics::counter!(m::REBALANCES).increment(1);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut claims: Vec<(Claim, Option<i64>, bool)> = Vec::new();
+                let mut claims: Vec<(Claim, Fence, bool)> = Vec::new();
                 let mut held: Vec<(i32, Hold)> = Vec::new();
                 let mut patience = STORE_PATIENCE;
                 for e in tpl.elements() {
                     match self.aggregator.claim(e.partition(), patience) {
-                        Claimed::Owned(mut claim, redis_at) => {
-                            if redis_at.is_none() {
+                        Claimed::Owned(mut claim, fence) => {
+                            if fence == Fence::NoAnswer {
                                 patience = Duration::ZERO;
                             }
                             match self.aggregator.check_log(&mut claim) {
-                                Ok(recreated) => claims.push((claim, redis_at, recreated)),
+                                Ok(recreated) => claims.push((claim, fence, recreated)),
                                 Err(reason) => held.push((e.partition(), reason)),
                             }
                         }

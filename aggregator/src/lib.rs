@@ -11,6 +11,7 @@ pub mod flush;
 pub mod log_check;
 pub mod metrics;
 pub mod partition;
+pub mod protocol;
 pub mod retention;
 pub mod retry;
 pub mod settings;

@@ -32,14 +32,15 @@ impl Aggregator {
             let (Some(p), Some(last)) = (state.partitions.get(partition), part.last) else {
                 continue;
             };
-            if part.fresh.is_empty() || p.needs_restore {
-                continue; // nothing for Redis, or memory is rewritten there soon
-            }
+            // Nothing for Redis, or memory is written there later.
+            let Some(prev) = p.core.redis_prev().filter(|_| !part.fresh.is_empty()) else {
+                continue;
+            };
             batches.push(PartitionBatch {
                 partition: *partition,
-                epoch: p.epoch,
-                gen: p.gen,
-                prev: p.redis_at,
+                epoch: p.epoch(),
+                gen: p.core.gen(),
+                prev,
                 last,
                 live: true,
                 counts: Arc::new(std::mem::take(&mut part.fresh)),
@@ -62,7 +63,7 @@ impl Aggregator {
         let stopped = || self.stopped();
         let mut ready: Vec<(i32, PartBatch)> = Vec::with_capacity(parts.len());
         for (partition, part) in parts {
-            if state.partitions.get(&partition).map(|p| p.epoch) != Some(part.epoch) {
+            if state.partitions.get(&partition).map(Partition::epoch) != Some(part.epoch) {
                 continue; // revoked or re-claimed since it was polled
             }
             if !self.dlq.park(&self.rt, partition, &part.invalid, &stopped) {
@@ -113,32 +114,29 @@ impl Aggregator {
             );
         }
         for b in batches {
-            match outcomes.as_mut().and_then(Iterator::next) {
-                Some(outcome) => self.note_applied(state, &b, outcome),
-                None => {
-                    if let Some(p) = state.partitions.get_mut(&b.partition) {
-                        if p.epoch == b.epoch {
-                            self.lost(b.partition, p);
-                        }
-                    }
-                }
-            }
-            if let Some(p) = state
+            let outcome = outcomes.as_mut().and_then(Iterator::next);
+            let Some(p) = state
                 .partitions
                 .get_mut(&b.partition)
-                .filter(|p| p.epoch == b.epoch)
-            {
-                let fresh = Arc::try_unwrap(b.counts).unwrap_or_else(|shared| (*shared).clone());
-                counted += fresh.views();
-                p.current.absorb(fresh);
-            }
+                .filter(|p| p.epoch() == b.epoch)
+            else {
+                continue;
+            };
+            let step = match outcome {
+                Some(outcome) => p.core.applied(b.last, outcome),
+                None => p.core.unanswered(),
+            };
+            let fresh = Arc::try_unwrap(b.counts).unwrap_or_else(|shared| (*shared).clone());
+            counted += fresh.views();
+            p.core.count(fresh);
+            self.follow(state, b.partition, step);
         }
         let mut invalid = 0;
         for (partition, part) in applying.parts {
             let Some(p) = state
                 .partitions
                 .get_mut(&partition)
-                .filter(|p| p.epoch == part.epoch)
+                .filter(|p| p.epoch() == part.epoch)
             else {
                 continue;
             };
@@ -147,15 +145,19 @@ impl Aggregator {
             };
             counted += part.fresh.views() + part.replayed.views();
             invalid += part.invalid.len() as u64;
-            p.current.absorb(part.fresh);
-            p.current.absorb(part.replayed);
+            p.core.count(part.fresh);
+            p.core.count(part.replayed);
             p.consumed(last, part.last_mark, part.first);
             p.event_clock = p.event_clock.max(part.latest);
         }
         metrics::counter!(m::EVENTS, "result" => "counted").increment(counted as u64);
         metrics::counter!(m::EVENTS, "result" => "duplicate").increment(applying.duplicates);
         metrics::counter!(m::EVENTS, "result" => "invalid").increment(invalid);
-        let pending: usize = state.partitions.values().map(Partition::pending_keys).sum();
+        let pending: usize = state
+            .partitions
+            .values()
+            .map(|p| p.core.pending_keys())
+            .sum();
         metrics::gauge!(m::PENDING_KEYS).set(pending as f64);
     }
 
@@ -225,56 +227,25 @@ impl Aggregator {
         Some(duplicates)
     }
 
-    /// Records what Redis answered to one partition's batch.
-    fn note_applied(&self, state: &mut State, b: &PartitionBatch, outcome: Applied) {
-        let Some(p) = state
-            .partitions
-            .get_mut(&b.partition)
-            .filter(|p| p.epoch == b.epoch)
-        else {
-            return;
-        };
-        match outcome {
-            Applied::Added { live } => {
-                p.redis_at = b.last;
-                if !live {
-                    self.lost(b.partition, p);
-                }
-                p.marked_live = live;
-            }
-            Applied::At(at) if at >= b.last => {
-                // In already: a retry after a lost reply, or someone counted further.
-                p.redis_at = at;
-                if at > b.last {
-                    p.replay_to = Some(at);
+    /// Does what the core asked after a transition of `partition`.
+    pub(super) fn follow(&self, state: &mut State, partition: i32, step: Step) {
+        match step {
+            Step::Go => {}
+            Step::Restore { was_live } => {
+                if was_live {
+                    let keys = state
+                        .partitions
+                        .get(&partition)
+                        .map_or(0, |p| p.core.pending_keys());
+                    tracing::warn!(
+                        partition,
+                        keys,
+                        "Redis lost this partition's pending counts; restoring them from memory"
+                    );
+                    metrics::counter!(m::REDIS_RESTORES).increment(1);
                 }
             }
-            Applied::At(at) => {
-                tracing::warn!(
-                    partition = b.partition,
-                    redis_at = at,
-                    expected = b.prev,
-                    "Redis holds less of this partition than was written to it; restoring it from memory"
-                );
-                self.lost(b.partition, p);
-            }
-            Applied::Stale => {
-                self.hold(state, b.partition, Hold::Fenced);
-            }
+            Step::Fenced => self.hold(state, partition, Hold::Fenced),
         }
-    }
-
-    /// Redis lost (part of) a partition's pending counts: rewrite them from memory.
-    pub(super) fn lost(&self, partition: i32, p: &mut Partition) {
-        if p.marked_live {
-            tracing::warn!(
-                partition,
-                keys = p.pending_keys(),
-                "Redis lost this partition's pending counts; restoring them from memory"
-            );
-            metrics::counter!(m::REDIS_RESTORES).increment(1);
-        }
-        p.marked_live = false;
-        p.needs_restore = true;
     }
 }

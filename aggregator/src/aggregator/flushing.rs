@@ -23,13 +23,13 @@ impl Aggregator {
             return;
         }
         let requested = self.requested();
-        // Partitions still catching up cannot be flushed: their keys must not make
-        // every turn of the loop "due".
+        // Partitions not caught up cannot be flushed: their keys must not make every
+        // turn of the loop "due".
         let pending: usize = state
             .partitions
             .values()
-            .filter(|p| p.caught_up())
-            .map(Partition::pending_keys)
+            .filter(|p| p.core.caught_up())
+            .map(|p| p.core.pending_keys())
             .sum();
         let due = !self.pending.is_redis()
             || Instant::now() >= state.next_flush

@@ -8,6 +8,7 @@
 //! `docs/exactly-once.md`).
 
 use super::*;
+use crate::protocol::Fence;
 
 /// How often a held partition is claimed again.
 pub(crate) const HOLD_RETRY: Duration = Duration::from_secs(5);
@@ -58,9 +59,9 @@ pub(super) struct Held {
 
 /// The outcome of claiming a partition.
 pub enum Claimed {
-    /// Ours: where Postgres resumes it, and how far Redis holds its generation
-    /// (`None`: Redis did not answer; it is fenced later).
-    Owned(Claim, Option<i64>),
+    /// Ours: where Postgres resumes it, and what fencing it in Redis found
+    /// (`Fence::NoAnswer`: it is fenced later).
+    Owned(Claim, Fence),
     Held(Hold),
     /// Shutting down.
     Stopped,
@@ -144,7 +145,10 @@ impl Aggregator {
         let topic = &self.scope.topic;
         let mut tpl = TopicPartitionList::new();
         for (partition, p) in &state.partitions {
-            let start = p.consumed_to.map_or(Offset::Beginning, Offset::Offset);
+            let start = p
+                .core
+                .consumed_to()
+                .map_or(Offset::Beginning, Offset::Offset);
             let _ = tpl.add_partition_offset(topic, *partition, start);
         }
         for (partition, held) in state.held.iter_mut() {
@@ -174,7 +178,7 @@ impl Aggregator {
         let owned: Vec<(i32, i64)> = state
             .partitions
             .iter()
-            .map(|(n, p)| (*n, p.consumed_to.unwrap_or(0)))
+            .map(|(n, p)| (*n, p.core.consumed_to().unwrap_or(0)))
             .collect();
         for (partition, position) in owned {
             if self.log_starts_after(partition, position) {
@@ -282,12 +286,12 @@ impl Aggregator {
             .collect();
         for partition in due {
             match self.claim(partition, Duration::ZERO) {
-                Claimed::Owned(mut claim, redis_at) => match self.check_log(&mut claim) {
+                Claimed::Owned(mut claim, fence) => match self.check_log(&mut claim) {
                     Ok(recreated) => {
                         state.held.remove(&partition);
                         state
                             .partitions
-                            .insert(partition, owned(&claim, redis_at, recreated));
+                            .insert(partition, owned(&claim, fence, recreated));
                         self.reassign(consumer, &mut state);
                         tracing::info!(partition, "held partition claimed again; counting it from the position Postgres holds");
                     }

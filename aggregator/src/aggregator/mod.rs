@@ -40,6 +40,7 @@ use crate::flush::{self, FlushUnit};
 use crate::log_check::{LogProbe, Verdict};
 use crate::metrics as m;
 use crate::partition::Partition;
+use crate::protocol::{self, Step};
 use crate::retry::{retry, Backoff, Until};
 use crate::store::pending::Pending;
 
@@ -92,14 +93,14 @@ pub struct Aggregator {
     state: Mutex<State>,
 }
 
-/// A claimed partition; `recreated`: its log is counted anew from its beginning.
-fn owned(claim: &Claim, redis_at: Option<i64>, recreated: bool) -> Partition {
-    let mut partition = Partition::from_claim(claim, redis_at);
+/// A claimed partition with what its fence found; `recreated`: its log is counted
+/// anew from its beginning.
+fn owned(claim: &Claim, fence: protocol::Fence, recreated: bool) -> Partition {
+    let mut partition = Partition::from_claim(claim, fence);
     if recreated {
         // What Redis holds came from the old log: write memory over it.
-        partition.count_new_log();
-        partition.replay_to = None;
-        partition.needs_restore = true;
+        partition.marks.new_log = true;
+        partition.core.count_new_log();
     }
     partition
 }
@@ -164,9 +165,10 @@ const SILENT_FAULT: &str = "postgres_silent";
 const SILENT_FAULT_FOR: Duration = Duration::from_secs(30);
 
 /// What fencing a partition in Redis found.
-enum Fence {
-    /// Fenced; Redis holds the generation up to this offset (-1: nothing).
-    Done(i64),
+enum Fencing {
+    /// Fenced; Redis holds the generation up to this offset (-1: nothing); true when
+    /// a live mark vouched for it.
+    Done(i64, bool),
     /// Redis did not answer in time.
     NoAnswer,
     /// Not ours to write.
@@ -262,23 +264,26 @@ impl Aggregator {
             return Claimed::Stopped;
         };
         match self.fence(partition, claim.epoch, claim.flushed_gen + 1, patience) {
-            Fence::Done(at) => Claimed::Owned(claim, Some(at)),
-            Fence::NoAnswer if self.stopped() => Claimed::Stopped,
-            Fence::NoAnswer => {
+            Fencing::Done(at, vouched) => {
+                let fence = self.fence_answer(partition, claim.epoch, at, vouched);
+                Claimed::Owned(claim, fence)
+            }
+            Fencing::NoAnswer if self.stopped() => Claimed::Stopped,
+            Fencing::NoAnswer => {
                 tracing::warn!(
                     partition,
                     "Redis did not answer the claim: counting this partition in memory until it does"
                 );
-                Claimed::Owned(claim, None)
+                Claimed::Owned(claim, protocol::Fence::NoAnswer)
             }
-            Fence::Refused(reason) => Claimed::Held(reason),
+            Fencing::Refused(reason) => Claimed::Held(reason),
         }
     }
 
     /// Fences `partition` in Redis for `epoch`, `gen` being the oldest generation
     /// Postgres has not flushed (see `PendingStore::take_over`); retries errors for
     /// `patience`.
-    fn fence(&self, partition: i32, epoch: i64, gen: i64, patience: Duration) -> Fence {
+    fn fence(&self, partition: i32, epoch: i64, gen: i64, patience: Duration) -> Fencing {
         let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
         let Some(taken) = retry(
             "fencing a partition in Redis",
@@ -289,11 +294,11 @@ impl Aggregator {
                     .block_on(self.pending.take_over(partition, epoch, gen))
             },
         ) else {
-            return Fence::NoAnswer;
+            return Fencing::NoAnswer;
         };
         match taken {
-            TakeOver::Applied(at) => Fence::Done(at),
-            TakeOver::Stale => {
+            (TakeOver::Applied(at), vouched) => Fencing::Done(at, vouched),
+            (TakeOver::Stale, _) => {
                 // Redis knows a newer epoch. If Postgres' newest is still ours, nobody
                 // claimed after us: Postgres lost claims it had made.
                 let newest = self.rt.block_on(deadline::within(
@@ -301,31 +306,55 @@ impl Aggregator {
                     postgres::partition_epoch(&self.db, &self.scope, partition),
                 ));
                 match newest {
-                    Ok(newest) if newest == epoch => Fence::Refused(Hold::Behind),
-                    _ => Fence::Refused(Hold::Fenced),
+                    Ok(newest) if newest == epoch => Fencing::Refused(Hold::Behind),
+                    _ => Fencing::Refused(Hold::Fenced),
                 }
             }
-            TakeOver::Ahead(redis_gen) => {
+            (TakeOver::Ahead(redis_gen), _) => {
                 tracing::error!(
                     partition,
                     redis_gen,
                     postgres_gen = gen - 1,
                     "Redis holds generations Postgres never flushed"
                 );
-                Fence::Refused(Hold::Behind)
+                Fencing::Refused(Hold::Behind)
+            }
+        }
+    }
+
+    /// What a fence that got through means for the core: a partition owned before
+    /// (`epoch` above 1) whose Redis carries no live mark lost what its predecessor
+    /// counted there, and is recounted up to the log's end (see
+    /// [`protocol::Redis::Recounting`]).
+    fn fence_answer(&self, partition: i32, epoch: i64, at: i64, vouched: bool) -> protocol::Fence {
+        if vouched || epoch <= 1 {
+            return protocol::Fence::Done(at);
+        }
+        match self.probe.bounds(partition) {
+            Ok((_, log_end)) => {
+                tracing::warn!(
+                    partition,
+                    log_end,
+                    "Redis lost this partition's pending counts before its owner restored them; reads of it wait until it is recounted up to the log's end"
+                );
+                protocol::Fence::Unvouched { log_end }
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "cannot read the log's end; trusting what Redis holds");
+                protocol::Fence::Done(at)
             }
         }
     }
 
     /// Takes over the claimed partitions and points the consumer at the offsets
     /// Postgres holds.
-    /// `claims` are `(claim, how far Redis holds its generation, log recreated)`;
+    /// `claims` are `(claim, what its fence found, log recreated)`;
     /// `held` the assigned partitions that could not be claimed.
     pub fn assign<C: ConsumerContext>(
         &self,
         consumer: &BaseConsumer<C>,
         tpl: &mut TopicPartitionList,
-        claims: Vec<(Claim, Option<i64>, bool)>,
+        claims: Vec<(Claim, protocol::Fence, bool)>,
         held: Vec<(i32, Hold)>,
     ) {
         self.rebalances.fetch_add(1, Ordering::SeqCst);
@@ -333,14 +362,14 @@ impl Aggregator {
         self.land(&mut state);
         state.batch.clear();
         state.undecided = None;
-        for (claim, redis_at, recreated) in &claims {
+        for (claim, fence, recreated) in &claims {
             // Postgres is the authoritative position; without one, nothing of this
             // partition was ever flushed, so all of it is to be counted.
             let start = claim.next_offset.map_or(Offset::Beginning, Offset::Offset);
             let _ = tpl.set_partition_offset(&self.scope.topic, claim.partition, start);
             state
                 .partitions
-                .insert(claim.partition, owned(claim, *redis_at, *recreated));
+                .insert(claim.partition, owned(claim, *fence, *recreated));
         }
         drop(state);
         let partitions: Vec<i32> = claims.iter().map(|(c, _, _)| c.partition).collect();
@@ -385,14 +414,18 @@ impl Aggregator {
     /// ids, or so many keys wait for Postgres.
     pub(crate) fn must_wait(&self) -> bool {
         let state = self.state();
-        let pending = || {
-            state
-                .partitions
-                .values()
-                .map(Partition::pending_keys)
-                .sum::<usize>()
-        };
-        state.undecided.is_some() || (state.flush.is_some() && pending() >= PENDING_CAP)
+        let (mut pending, mut unsealable) = (0, 0);
+        for p in state.partitions.values() {
+            pending += p.core.pending_keys();
+            if !p.core.caught_up() {
+                unsealable += p.core.pending_keys();
+            }
+        }
+        // Partitions that may not be flushed yet (a take-over Redis has not answered)
+        // are bounded too.
+        state.undecided.is_some()
+            || (state.flush.is_some() && pending >= PENDING_CAP)
+            || unsealable >= PENDING_CAP
     }
 
     /// Assignments and revocations so far.

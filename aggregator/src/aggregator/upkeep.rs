@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// One generation to rewrite: generation, last offset, live, its fields.
+type Rewrite = (i64, i64, bool, Vec<(String, i64)>);
+
 /// How long after a failed restore the next is tried.
 const RESTORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -18,33 +21,19 @@ impl Aggregator {
             state.next_live_check = Instant::now() + LIVE_CHECK_EVERY;
             // A batch Redis is applying only raises the offsets read here, and
             // `redis_at` moves once it landed: no need to wait for it.
-            let owned: Vec<(i32, i64)> =
-                state.partitions.iter().map(|(n, p)| (*n, p.gen)).collect();
+            let owned: Vec<(i32, i64)> = state
+                .partitions
+                .iter()
+                .map(|(n, p)| (*n, p.core.gen()))
+                .collect();
             match self.rt.block_on(self.pending.marks(&owned)) {
                 Ok(marks) => {
                     for ((partition, _), (mark, applied)) in owned.into_iter().zip(marks) {
                         let Some(p) = state.partitions.get_mut(&partition) else {
                             continue;
                         };
-                        if mark.is_some_and(|e| e > p.epoch) {
-                            self.hold(&mut state, partition, Hold::Fenced);
-                        } else if mark != Some(p.epoch) && p.marked_live {
-                            self.lost(partition, p);
-                        } else if p.marked_live
-                            && !p.needs_restore
-                            && p.redis_at >= 0
-                            && applied.is_none_or(|o| o < p.redis_at)
-                        {
-                            // The mark survived but the counts went back: a lagging
-                            // replica promoted, an eviction.
-                            tracing::warn!(
-                                partition,
-                                redis_at = ?applied,
-                                expected = p.redis_at,
-                                "Redis holds less of this partition than was written to it; restoring it from memory"
-                            );
-                            self.lost(partition, p);
-                        }
+                        let step = p.core.checked(mark, applied);
+                        self.follow(&mut state, partition, step);
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot read live marks"),
@@ -54,7 +43,7 @@ impl Aggregator {
         let restorable: Vec<i32> = state
             .partitions
             .iter()
-            .filter(|(_, p)| p.caught_up() && (p.needs_restore || !p.marked_live))
+            .filter(|(_, p)| p.core.restore_due())
             .map(|(n, _)| *n)
             .collect();
         if restorable.is_empty() {
@@ -85,18 +74,53 @@ impl Aggregator {
     /// Rewrites a partition's unflushed generations from memory and marks it live.
     /// A partition Redis was not fenced for at its claim is fenced first: for the
     /// oldest generation Postgres has not flushed, which drops whatever older
-    /// leftovers a predecessor left there.
-    /// Returns false when Redis did not answer.
+    /// leftovers a predecessor left there; where the fence finds Redis ahead of
+    /// memory, the partition replays instead (see [`crate::protocol`]).
+    /// Returns false when Redis or Postgres did not answer.
     fn restore(&self, state: &mut State, partition: i32) -> bool {
-        let Some(p) = state.partitions.get(&partition) else {
+        let Some(p) = state.partitions.get_mut(&partition) else {
             return true;
         };
-        if !p.fenced {
-            let oldest = p.sealed.as_ref().map_or(p.gen, |s| s.gen);
-            match self.fence(partition, p.epoch, oldest, Duration::ZERO) {
-                Fence::Done(_) => {}
-                Fence::NoAnswer => return false,
-                Fence::Refused(reason) => {
+        let epoch = p.epoch();
+        // Redis' fence may be gone with its data: only an owner whose claim Postgres
+        // still holds writes the partition again (a newer owner fences Redis before
+        // it writes, so one that claims after this look finds our write, or refuses it).
+        let claimed = self.rt.block_on(deadline::within(
+            deadline::ROUND_TRIP,
+            postgres::partition_epoch(&self.db, &self.scope, partition),
+        ));
+        match claimed {
+            Ok(newest) if newest == epoch => {}
+            Ok(_) => {
+                self.hold(state, partition, Hold::Fenced);
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "cannot check the claim before restoring");
+                return false;
+            }
+        }
+        let Some(p) = state.partitions.get_mut(&partition) else {
+            return true;
+        };
+        if let Some(gen) = p.core.restore().fence_gen {
+            match self.fence(partition, epoch, gen, Duration::ZERO) {
+                Fencing::Done(at, vouched) => {
+                    let fence = self.fence_answer(partition, epoch, at, vouched);
+                    let Some(p) = state.partitions.get_mut(&partition) else {
+                        return true;
+                    };
+                    if !p.core.fenced(fence) {
+                        tracing::info!(
+                            partition,
+                            state = ?p.core.redis(),
+                            "fenced late: Redis holds, or held, a predecessor's counts past ours; counting up to there before writing it"
+                        );
+                        return true;
+                    }
+                }
+                Fencing::NoAnswer => return false,
+                Fencing::Refused(reason) => {
                     self.hold(state, partition, reason);
                     return true;
                 }
@@ -105,22 +129,17 @@ impl Aggregator {
         let Some(p) = state.partitions.get_mut(&partition) else {
             return true;
         };
-        p.fenced = true;
-        let mut writes = Vec::new();
-        if let Some(sealed) = &p.sealed {
-            writes.push((
-                sealed.gen,
-                sealed.next_offset - 1,
-                false,
-                sealed.counts.fields(),
-            ));
-        }
-        let last = p.consumed_to.map_or(-1, |c| c - 1);
-        writes.push((p.gen, last, true, p.current.fields()));
+        let writes: Vec<Rewrite> = p
+            .core
+            .restore()
+            .rewrites
+            .iter()
+            .map(|w| (w.gen, w.last, w.live, w.counts.fields()))
+            .collect();
         for (gen, last, live, fields) in writes {
             let done = self.rt.block_on(
                 self.pending
-                    .restore(partition, p.epoch, gen, last, live, &fields),
+                    .restore(partition, epoch, gen, last, live, &fields),
             );
             match done {
                 Ok(Applied::Stale) => {
@@ -134,9 +153,7 @@ impl Aggregator {
                 }
             }
         }
-        p.redis_at = last;
-        p.marked_live = true;
-        p.needs_restore = false;
+        p.core.restored();
         true
     }
 }

@@ -29,7 +29,8 @@ use viewpipe_runtime::deadline;
 use viewpipe_schema::Scope;
 
 mod merge;
-use merge::{flushed_gen, unflushed, Merged};
+use merge::Merged;
+use viewpipe_schema::pending::read::{self as rule, Flushed, Guard};
 pub mod pending;
 pub(crate) mod sql;
 
@@ -68,8 +69,8 @@ pub struct Reader {
     /// When a read last gave up on partitions not marked live: reads soon after do
     /// not wait again (one waiting read at a time is enough to notice the restore).
     gave_up: Arc<Mutex<Option<Instant>>>,
-    /// Per partition, how far an earlier read saw Redis hold it (see [`Seen`]).
-    seen: Arc<Mutex<std::collections::HashMap<i32, Seen>>>,
+    /// Per partition, how far an earlier read saw Redis hold it (see [`Guard`]).
+    seen: Arc<Mutex<Guard<Instant>>>,
 }
 
 /// One day of [`Reader::daily`].
@@ -80,22 +81,6 @@ pub struct DayViews {
     pub count: i64,
     /// Estimated distinct visitors, as of the last flush; never above `count`.
     pub visitors: i64,
-}
-
-/// How far a read saw Redis hold a live partition: under the owner's `epoch`, its
-/// newest unflushed generation `gen` applied up to `offset`. Offsets only grow
-/// across a partition's generations, so while `gen` is unflushed and the owner
-/// the same, a later read finding Redis applied less far (or the generation gone)
-/// has met a Redis that went back under a surviving live mark: a lagging replica
-/// promoted, an eviction. Its counts are not used until the owner rewrote them.
-#[derive(Clone, Copy, Debug)]
-struct Seen {
-    epoch: i64,
-    gen: i64,
-    offset: i64,
-    /// When the read that saw it asked Redis: only a read that asked later can
-    /// find Redis behind it (reads run concurrently).
-    asked: Instant,
 }
 
 /// After a read gave up waiting, reads within this answer at once.
@@ -234,26 +219,21 @@ impl Reader {
             };
             let snap = sql::snapshot(&self.db, &self.scope, key.as_str(), days);
             let snap = deadline::within(deadline::ROUND_TRIP, snap).await?;
-            if snap.gens.iter().any(|(p, _)| !known.contains(p)) {
+            if snap.gens.iter().any(|f| !known.contains(&f.partition)) {
                 // A partition we did not read: read again, knowing it.
                 *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) =
-                    snap.gens.iter().map(|(p, _)| *p).collect();
+                    snap.gens.iter().map(|f| f.partition).collect();
                 if self.pending.is_some() {
                     continue;
                 }
             }
-            let mut unmarked: Vec<i32> = views
-                .iter()
-                .filter(|v| v.live.is_none())
-                .map(|v| v.partition)
-                .filter(|p| snap.gens.iter().any(|(q, _)| q == p))
-                .collect();
-            unmarked.extend(self.went_back(&views, &snap.gens, asked));
-            let merged = Merged { views, snap };
-            if unmarked.is_empty() {
-                *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                return Ok(merged);
-            }
+            let unmarked = match self.check(&views, &snap.gens, asked) {
+                Ok(()) => {
+                    *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    return Ok(Merged { views, snap });
+                }
+                Err(unmarked) => unmarked,
+            };
             if Instant::now() >= deadline {
                 *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 return Err(ReadError::Recovering(unmarked));
@@ -276,20 +256,17 @@ impl Reader {
             let (mut totals, gens) = deadline::within(deadline::ROUND_TRIP, snapshot)
                 .await
                 .ok()?;
-            if gens.iter().any(|(p, _)| !known.contains(p)) {
+            if gens.iter().any(|f| !known.contains(&f.partition)) {
                 *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) =
-                    gens.iter().map(|(p, _)| *p).collect();
+                    gens.iter().map(|f| f.partition).collect();
                 if self.pending.is_some() {
                     continue;
                 }
             }
-            let unmarked = views
-                .iter()
-                .any(|v| v.live.is_none() && gens.iter().any(|(p, _)| *p == v.partition));
-            if unmarked || !self.went_back(&views, &gens, asked).is_empty() {
+            if self.check(&views, &gens, asked).is_err() {
                 return None;
             }
-            for pending in unflushed(&views, &gens) {
+            for pending in rule::unflushed(&views, &gens) {
                 for (total, n) in totals.iter_mut().zip(pending) {
                     *total += n;
                 }
@@ -299,53 +276,16 @@ impl Reader {
         None
     }
 
-    /// The live partitions whose Redis state went back since an earlier read (see
-    /// [`Seen`]); records how far the others are.
-    fn went_back(
+    /// The read rule's check (see [`viewpipe_schema::pending::read`]) against this
+    /// process's guard.
+    fn check(
         &self,
         views: &[PartitionView],
-        flushed_gens: &[(i32, i64)],
+        flushed: &[Flushed],
         asked: Instant,
-    ) -> Vec<i32> {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let mut back = Vec::new();
-        for v in views {
-            let Some(epoch) = v.live else {
-                continue;
-            };
-            let flushed = flushed_gen(flushed_gens, v.partition);
-            let newest = v
-                .applied
-                .iter()
-                .filter(|(gen, _)| *gen > flushed)
-                .max()
-                .copied();
-            if let Some(before) = seen.get(&v.partition) {
-                if asked < before.asked {
-                    continue; // an older look than the one recorded
-                }
-                let behind = newest.map_or(-1, |(_, offset)| offset) < before.offset;
-                if before.epoch == epoch && before.gen > flushed && behind {
-                    back.push(v.partition);
-                    continue;
-                }
-            }
-            match newest {
-                Some((gen, offset)) => {
-                    let now = Seen {
-                        epoch,
-                        gen,
-                        offset,
-                        asked,
-                    };
-                    seen.insert(v.partition, now);
-                }
-                None => {
-                    seen.remove(&v.partition);
-                }
-            }
-        }
-        back
+    ) -> Result<(), Vec<i32>> {
+        let mut guard = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        rule::check(views, flushed, &mut guard, asked)
     }
 
     fn known_partitions(&self) -> Vec<i32> {

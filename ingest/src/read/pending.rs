@@ -5,24 +5,13 @@ use chrono::NaiveDate;
 use viewpipe_runtime::redis_conn::RedisConn;
 use viewpipe_schema::pending::{day_field, total_field, Layout};
 
+pub use viewpipe_schema::pending::read::PartitionView;
+
 /// Reads the pending counts the aggregators keep in Redis.
 #[derive(Clone)]
 pub struct PendingReader {
     conn: RedisConn,
     layout: Layout,
-}
-
-/// What one partition's generation hashes hold for the fields a read asked for.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PartitionView {
-    pub partition: i32,
-    /// The epoch the partition is marked live under; `None` when not marked.
-    pub live: Option<i64>,
-    /// `(generation, the asked fields' values, 0 when absent)` of each generation
-    /// hash that holds one.
-    pub gens: Vec<(i64, Vec<i64>)>,
-    /// `(generation, the offset it is applied up to)` of each generation hash.
-    pub applied: Vec<(i64, i64)>,
 }
 
 impl PendingReader {
@@ -73,7 +62,10 @@ impl PendingReader {
                 true,
                 |p| self.layout.meta(*p),
                 |pipe, p| {
-                    pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
+                    pipe.cmd("HMGET")
+                        .arg(self.layout.meta(*p))
+                        .arg("live")
+                        .arg("epoch");
                     for parity in 0..2 {
                         pipe.cmd("HMGET")
                             .arg(self.layout.gen(*p, parity))
@@ -88,9 +80,11 @@ impl PendingReader {
         let mut next = || it.next().unwrap_or(redis::Value::Nil);
         let mut out = Vec::with_capacity(partitions.len());
         for p in partitions {
+            let meta: Vec<Option<i64>> = redis::from_redis_value(next())?;
             let mut view = PartitionView {
                 partition: *p,
-                live: redis::from_redis_value(next())?,
+                live: meta.first().copied().flatten(),
+                epoch: meta.get(1).copied().flatten().unwrap_or(0),
                 gens: Vec::new(),
                 applied: Vec::new(),
             };

@@ -5,15 +5,18 @@ use chrono::NaiveDate;
 use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 
 use viewpipe_runtime::sql::stmt;
+use viewpipe_schema::pending::read::Flushed;
 use viewpipe_schema::Scope;
 
-/// What [`snapshot`] reads: the arrays run in parallel (`partitions` with `gens`,
-/// `days` with `counts`).
+/// What [`snapshot`] reads: the arrays run in parallel (`partitions` with `gens`
+/// and `nexts`, `days` with `counts`).
 #[derive(FromQueryResult)]
 struct SnapshotRow {
     total: i64,
     partitions: Vec<i32>,
     gens: Vec<i64>,
+    nexts: Vec<i64>,
+    epochs: Vec<i64>,
     days: Vec<NaiveDate>,
     counts: Vec<i64>,
     visitor_days: Vec<NaiveDate>,
@@ -27,12 +30,36 @@ struct TopRow {
 }
 
 /// One key's row of [`totals_snapshot`]: its total, and in every row the same
-/// partitions (`p`) and their `flushed_gen` (`f`), NULL without partition rows.
+/// partitions (`p`), their `flushed_gen` (`f`), `next_offset` (`n`, -1 for NULL)
+/// and `epoch` (`e`), NULL without partition rows.
 #[derive(FromQueryResult)]
 struct KeyTotal {
     total: i64,
     p: Option<Vec<i32>>,
     f: Option<Vec<i64>>,
+    n: Option<Vec<i64>>,
+    e: Option<Vec<i64>>,
+}
+
+/// Zips the parallel arrays of the partition rows.
+fn partition_rows(
+    partitions: Vec<i32>,
+    gens: Vec<i64>,
+    nexts: Vec<i64>,
+    epochs: Vec<i64>,
+) -> Vec<Flushed> {
+    partitions
+        .into_iter()
+        .zip(gens)
+        .zip(nexts)
+        .zip(epochs)
+        .map(|(((partition, gen), next_offset), epoch)| Flushed {
+            partition,
+            gen,
+            next_offset,
+            epoch,
+        })
+        .collect()
 }
 
 /// What Postgres holds for one key, and every partition's `flushed_gen`, read in one
@@ -44,8 +71,8 @@ pub(crate) struct Snapshot {
     pub days: Vec<(NaiveDate, i64)>,
     /// Estimated visitors of the days in the asked range that have a row, ascending.
     pub visitors: Vec<(NaiveDate, i64)>,
-    /// `(partition, flushed_gen)` of every partition of the scope.
-    pub gens: Vec<(i32, i64)>,
+    /// `flushed_gen` and `next_offset` of every partition of the scope.
+    pub gens: Vec<Flushed>,
 }
 
 /// Reads a key's flushed total, its daily rows in `days` (inclusive; `None` for
@@ -64,6 +91,10 @@ pub(crate) async fn snapshot(
                       WHERE consumer_group = $2 AND topic = $3 ORDER BY partition) AS partitions,
                 ARRAY(SELECT flushed_gen FROM aggregator_partitions
                       WHERE consumer_group = $2 AND topic = $3 ORDER BY partition) AS gens,
+                ARRAY(SELECT COALESCE(next_offset, -1) FROM aggregator_partitions
+                      WHERE consumer_group = $2 AND topic = $3 ORDER BY partition) AS nexts,
+                ARRAY(SELECT epoch FROM aggregator_partitions
+                      WHERE consumer_group = $2 AND topic = $3 ORDER BY partition) AS epochs,
                 ARRAY(SELECT day FROM view_counter_daily
                       WHERE key = $1 AND day BETWEEN $4 AND $5 ORDER BY day) AS days,
                 ARRAY(SELECT count FROM view_counter_daily
@@ -87,7 +118,7 @@ pub(crate) async fn snapshot(
         total: row.total,
         days: row.days.into_iter().zip(row.counts).collect(),
         visitors: row.visitor_days.into_iter().zip(row.visitors).collect(),
-        gens: row.partitions.into_iter().zip(row.gens).collect(),
+        gens: partition_rows(row.partitions, row.gens, row.nexts, row.epochs),
     })
 }
 
@@ -125,13 +156,15 @@ pub(crate) async fn totals_snapshot(
     db: &impl ConnectionTrait,
     scope: &Scope,
     keys: &[&str],
-) -> Result<(Vec<i64>, Vec<(i32, i64)>), DbErr> {
+) -> Result<(Vec<i64>, Vec<Flushed>), DbErr> {
     let rows = KeyTotal::find_by_statement(stmt(
         "WITH g AS (
              SELECT array_agg(partition ORDER BY partition) AS p,
-                    array_agg(flushed_gen ORDER BY partition) AS f
+                    array_agg(flushed_gen ORDER BY partition) AS f,
+                    array_agg(COALESCE(next_offset, -1) ORDER BY partition) AS n,
+                    array_agg(epoch ORDER BY partition) AS e
              FROM aggregator_partitions WHERE consumer_group = $2 AND topic = $3)
-         SELECT COALESCE(t.total, 0)::int8 AS total, g.p, g.f
+         SELECT COALESCE(t.total, 0)::int8 AS total, g.p, g.f, g.n, g.e
          FROM unnest($1::text[]) WITH ORDINALITY AS k(key, i)
          LEFT JOIN view_counter_total t ON t.key = k.key
          CROSS JOIN g
@@ -152,12 +185,12 @@ pub(crate) async fn totals_snapshot(
     for (i, row) in rows.into_iter().enumerate() {
         totals.push(row.total);
         if i == 0 {
-            gens = row
-                .p
-                .unwrap_or_default()
-                .into_iter()
-                .zip(row.f.unwrap_or_default())
-                .collect();
+            gens = partition_rows(
+                row.p.unwrap_or_default(),
+                row.f.unwrap_or_default(),
+                row.n.unwrap_or_default(),
+                row.e.unwrap_or_default(),
+            );
         }
     }
     Ok((totals, gens))

@@ -21,10 +21,15 @@ end
 /// field and increment pairs. Returns {1, marked} when applied, {-1} when stale,
 /// {-2, applied offset} when `@o` is not `prev`. `live` asks for the live mark; it is
 /// set only where the meta hash already knew our epoch (a meta hash lost with the
-/// counts must be restored first), and `marked` says whether the mark is ours.
+/// counts must be restored first), and `marked` says whether the mark is ours. With
+/// no meta hash at all it answers {-2, -1}: a writer that lost its claim must not be
+/// the one to write the partition again after Redis lost its fence.
 pub(super) const APPLY_LUA: &str = r#"
 local meta, h = KEYS[1], KEYS[2]
 local epoch, gen = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- No meta hash: Redis lost the partition, fence included. Only a take-over or a
+-- restore (whose writer checked its claim in Postgres first) writes it again.
+if redis.call('EXISTS', meta) == 0 then return {-2, -1} end
 local e, g = fence(meta, epoch, gen)
 if not e then return {-1} end
 local hg = tonumber(redis.call('HGET', h, '@g') or '-1')
@@ -77,8 +82,9 @@ return 1
 /// A new owner's fence. KEYS: meta, hash of gen's parity, hash of the other parity.
 /// ARGV: epoch, gen (the generation Postgres expects next). Folds a generation gen+1
 /// into gen, drops flushed leftovers, raises the epoch. Returns {1, applied offset of
-/// gen or -1}, {-1} when a newer owner fenced already, or {-3, stored gen} when Redis
-/// is ahead of Postgres by more than one generation.
+/// gen or -1, 1 when a live mark is there or 0}, {-1} when a newer owner fenced
+/// already, or {-3, stored gen} when Redis is ahead of Postgres by more than one
+/// generation.
 pub(super) const TAKE_OVER_LUA: &str = r#"
 local meta, h, other = KEYS[1], KEYS[2], KEYS[3]
 local epoch, gen = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -105,5 +111,7 @@ end
 redis.call('HSET', meta, 'epoch', epoch, 'gen', gen)
 local applied = -1
 if redis.call('HGET', h, '@g') then applied = tonumber(redis.call('HGET', h, '@o') or '-1') end
-return {1, applied}
+local vouched = 0
+if redis.call('HEXISTS', meta, 'live') == 1 then vouched = 1 end
+return {1, applied, vouched}
 "#;

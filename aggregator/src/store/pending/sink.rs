@@ -16,16 +16,17 @@ impl Pending {
     }
 
     /// Fences a partition for its new owner; returns how far Redis holds the
-    /// generation the owner continues (-1 for nothing).
+    /// generation the owner continues (-1 for nothing), and whether a live mark
+    /// vouched for it (see `PendingStore::take_over_vouched`).
     pub async fn take_over(
         &self,
         partition: i32,
         epoch: i64,
         gen: i64,
-    ) -> redis::RedisResult<TakeOver> {
+    ) -> redis::RedisResult<(TakeOver, bool)> {
         match self {
-            Pending::Redis(store) => store.take_over(partition, epoch, gen).await,
-            Pending::DatabaseOnly => Ok(TakeOver::Applied(-1)),
+            Pending::Redis(store) => store.take_over_vouched(partition, epoch, gen).await,
+            Pending::DatabaseOnly => Ok((TakeOver::Applied(-1), true)),
         }
     }
 

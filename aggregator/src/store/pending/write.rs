@@ -96,6 +96,17 @@ impl PendingStore {
         epoch: i64,
         gen: i64,
     ) -> redis::RedisResult<TakeOver> {
+        Ok(self.take_over_vouched(partition, epoch, gen).await?.0)
+    }
+
+    /// [`PendingStore::take_over`], and whether the partition carried a live mark (some
+    /// owner vouched that Redis holds all it counted).
+    pub async fn take_over_vouched(
+        &self,
+        partition: i32,
+        epoch: i64,
+        gen: i64,
+    ) -> redis::RedisResult<(TakeOver, bool)> {
         let (answer,): (Vec<i64>,) = self
             .query_scripts(
                 &[partition],
@@ -113,11 +124,13 @@ impl PendingStore {
                 },
             )
             .await?;
-        Ok(match answer.as_slice() {
+        let vouched = answer.get(2) == Some(&1);
+        let taken = match answer.as_slice() {
             [1, applied, ..] => TakeOver::Applied(*applied),
             [-3, ahead, ..] => TakeOver::Ahead(*ahead),
             _ => TakeOver::Stale,
-        })
+        };
+        Ok((taken, vouched))
     }
 
     /// Rewrites generation `gen` of `partition` as exactly `fields` (absolute values),

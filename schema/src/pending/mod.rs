@@ -24,6 +24,8 @@
 
 use std::fmt::Write;
 
+pub mod read;
+
 use chrono::NaiveDate;
 
 /// A `REDIS_PREFIX` that cannot be used.

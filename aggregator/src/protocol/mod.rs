@@ -1,0 +1,469 @@
+//! The protocol core: what one owned partition may do next, as a pure state machine.
+//!
+//! [`Core`] holds a partition's protocol state and its unflushed counts. Its methods
+//! take what the outside said (a claim's answer, a batch, Redis' answer to a write,
+//! a live-mark check, a flush's outcome) and return what to do next ([`Step`], or a
+//! write plan); they perform no I/O and read no clock. The aggregator
+//! (`crate::aggregator`) is the shell that performs the I/O and feeds the answers
+//! back. The check in `model` (tests only) drives this same type through every
+//! interleaving of two aggregators, the log, Redis, Postgres and two readers up to a
+//! bound. `docs/exactly-once.md` is the long form; this is the argument.
+//!
+//! # Invariant
+//! For every partition, Postgres holds exactly the events at offsets below
+//! `aggregator_partitions.next_offset`, and nothing else from it.
+//!
+//! # Why it holds
+//! - **One writer.** A claim bumps the partition row's `epoch`; every flush locks the
+//!   row and writes only under the epoch it claimed ([`Core::seal`] carries it). An
+//!   owner that lost the partition writes nothing more.
+//! - **Counts and position together.** A flush adds a sealed generation (exactly the
+//!   events from the previous `next_offset` up to the new one: memory is counted from
+//!   the claimed position, each offset once) and moves `next_offset` in the same
+//!   transaction. A commit whose reply was lost is recognised by its generation when
+//!   sent again, and writes nothing twice.
+//! - **Memory, not Redis, is flushed.** Whatever Redis loses, delays or refuses, the
+//!   counts written to Postgres are the ones this process consumed.
+//!
+//! # Reads never go back
+//! A reader adds to Postgres' count every pending Redis generation Postgres has not
+//! flushed, when the partition carries a live mark (`viewpipe_schema::pending::read`).
+//! That stays monotonic while Redis holds, for every unflushed generation, at least
+//! what the generation's flush will write; the states below keep it so:
+//! - [`Redis::Unfenced`]: the claim's fence got no answer, so a predecessor's
+//!   generations may still be in Redis, marked live, reaching further than we have
+//!   consumed. We count in memory only and **do not flush**: a flush would seal a
+//!   generation shorter than the one readers add, and they would go back (or, once
+//!   the predecessor's next generation is read beside our flushed one, count twice).
+//! - [`Redis::Replaying`]: Redis holds this generation up to `to` (the predecessor's
+//!   work). We re-count up to `to` in memory only and do not flush before passing it,
+//!   for the same reason. A fence answered late (after [`Redis::Unfenced`]) is handled
+//!   the same way: Redis ahead of memory is replayed, not overwritten.
+//! - [`Redis::Writing`]: Redis holds our generation up to `at`, added by compare-and-
+//!   set on that offset (a batch is added once however often it is sent). `live`: we
+//!   have marked the partition live under our epoch.
+//! - [`Redis::Restoring`]: Redis lost (part of) what we wrote, or holds another log's
+//!   or position's counts: memory is rewritten there before anything else is written,
+//!   which also marks the partition live again.
+//!
+//! A partition another owner fenced, or whose Postgres went back, ends our ownership:
+//! the shell holds it (`crate::aggregator::Hold`) and counts nothing of it.
+
+use std::sync::Arc;
+
+use crate::store::pending::Applied;
+
+#[cfg(test)]
+mod model;
+#[cfg(test)]
+mod tests;
+
+/// What the core needs of counts: adding a batch in, and how many keys wait.
+pub trait Tally: Default {
+    /// Adds `other` to these counts.
+    fn absorb(&mut self, other: Self);
+    /// Keys with counts (what a flush writes rows for).
+    fn keys(&self) -> usize;
+}
+
+/// What we know of Redis' copy of the partition's pending counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Redis {
+    /// Not fenced for our epoch (the claim's fence got no answer): memory only, no
+    /// flush, until a fence answers. `new_log`: the log was made anew, so whatever
+    /// the fence finds is the old log's and is written over, never replayed.
+    Unfenced { new_log: bool },
+    /// Redis holds the current generation up to offset `to`, counted by a
+    /// predecessor: offsets up to `to` are counted in memory only, and nothing is
+    /// flushed before they are passed.
+    Replaying { to: i64 },
+    /// Redis holds the current generation up to `at` (-1: none of it); `live`: marked
+    /// live under our epoch.
+    Writing { at: i64, live: bool },
+    /// Redis carried no live mark at the take-over: what a predecessor counted there
+    /// is lost, and readers may have seen up to anything it consumed. We count in
+    /// memory only up to `to` (the log's last offset at the claim, past anything a
+    /// predecessor can have consumed), then rewrite Redis and mark it live. Readers
+    /// wait meanwhile rather than read less than before. Flushing goes on.
+    Recounting { to: i64 },
+    /// Redis must be rewritten from memory before it is written again.
+    Restoring,
+}
+
+/// A generation handed to the flush, kept until Postgres has it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Sealed<C> {
+    pub gen: i64,
+    /// One past its last offset: the partition's `next_offset` once it is flushed.
+    pub next_offset: i64,
+    pub counts: Arc<C>,
+}
+
+/// What the shell does after a transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing more.
+    Go,
+    /// Redis lost what we wrote: it is rewritten from memory ([`Core::restore`]) at
+    /// the next upkeep. `was_live`: Redis had been vouched for (worth a warning).
+    Restore { was_live: bool },
+    /// Another owner claimed the partition: stop counting it.
+    Fenced,
+}
+
+/// A fence's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fence {
+    /// Fenced; Redis holds the generation up to this offset (-1: nothing).
+    Done(i64),
+    /// Fenced, but the partition was owned before and Redis carries no live mark
+    /// (it lost the partition's counts): recount up to the log's end, `log_end`
+    /// being one past its last offset at the claim.
+    Unvouched { log_end: i64 },
+    /// Redis did not answer in time.
+    NoAnswer,
+}
+
+/// One generation to rewrite in Redis: absolute values, applied up to `last`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rewrite<'a, C> {
+    pub gen: i64,
+    pub last: i64,
+    /// Mark the partition live with this write (the current generation's).
+    pub live: bool,
+    pub counts: &'a C,
+}
+
+/// What a restore writes: first a fence for `fence_gen` if we are not fenced, then
+/// the rewrites, in order.
+#[derive(Debug)]
+pub struct RestorePlan<'a, C> {
+    pub fence_gen: Option<i64>,
+    pub rewrites: Vec<Rewrite<'a, C>>,
+}
+
+/// A generation sealed for the flush, and where the partition's row goes.
+#[derive(Debug)]
+pub struct Seal<C> {
+    pub gen: i64,
+    pub next_offset: i64,
+    pub counts: Arc<C>,
+}
+
+/// One owned partition's protocol state and unflushed counts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Core<C> {
+    /// Our epoch from the claim.
+    epoch: i64,
+    /// The generation counts are gathered in (Postgres `flushed_gen` + 1, or + 2
+    /// while the previous one is being flushed).
+    gen: i64,
+    /// Offsets below this are in Postgres; `None` until the first flush.
+    flushed_to: Option<i64>,
+    /// One past the last offset consumed (counted, duplicate or invalid alike).
+    consumed_to: Option<i64>,
+    /// The current generation's views: exactly the events from the end of the sealed
+    /// generation (or `flushed_to`) up to `consumed_to`.
+    current: C,
+    sealed: Option<Sealed<C>>,
+    redis: Redis,
+    /// The newest flush request our flushes answered.
+    flush_seq: i64,
+}
+
+impl<C: Tally> Core<C> {
+    /// A partition claimed at `next_offset` (`None`: never flushed) under `epoch`,
+    /// after generation `flushed_gen`; `fence` is what fencing Redis answered, `None`
+    /// without Redis at all (database-only mode).
+    pub fn claimed(epoch: i64, flushed_gen: i64, next_offset: Option<i64>, fence: Fence) -> Self {
+        let start = next_offset.unwrap_or(0);
+        let redis = match fence {
+            Fence::NoAnswer => Redis::Unfenced { new_log: false },
+            Fence::Unvouched { log_end } if log_end > start => {
+                Redis::Recounting { to: log_end - 1 }
+            }
+            Fence::Unvouched { .. } => Redis::Restoring,
+            // Our generation reaches at or past the position: a predecessor's work.
+            Fence::Done(at) if at >= start => Redis::Replaying { to: at },
+            // Nothing of it, or a generation emptied at `start` (a restore of nothing).
+            Fence::Done(at) if at == -1 || at == start - 1 => Redis::Writing { at, live: false },
+            // A leftover ending before the position (which was moved): not ours.
+            Fence::Done(_) => Redis::Restoring,
+        };
+        Self {
+            epoch,
+            gen: flushed_gen + 1,
+            flushed_to: next_offset,
+            consumed_to: next_offset,
+            current: C::default(),
+            sealed: None,
+            redis,
+            flush_seq: 0,
+        }
+    }
+
+    /// The log was made anew and is counted from its beginning: what Redis holds came
+    /// from the old log, and memory is written over it.
+    pub fn count_new_log(&mut self) {
+        self.redis = match self.redis {
+            Redis::Unfenced { .. } => Redis::Unfenced { new_log: true },
+            _ => Redis::Restoring,
+        };
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    pub fn gen(&self) -> i64 {
+        self.gen
+    }
+
+    pub fn redis(&self) -> Redis {
+        self.redis
+    }
+
+    pub fn consumed_to(&self) -> Option<i64> {
+        self.consumed_to
+    }
+
+    pub fn flushed_to(&self) -> Option<i64> {
+        self.flushed_to
+    }
+
+    pub fn flush_seq(&self) -> i64 {
+        self.flush_seq
+    }
+
+    pub fn current(&self) -> &C {
+        &self.current
+    }
+
+    pub fn sealed(&self) -> Option<&Sealed<C>> {
+        self.sealed.as_ref()
+    }
+
+    /// True when the message at `offset` is one Redis already holds (a predecessor
+    /// counted it): it is counted in memory only.
+    pub fn replayed(&self, offset: i64) -> bool {
+        matches!(self.redis, Redis::Replaying { to } if offset <= to)
+    }
+
+    /// The offset Redis holds our generation up to, when a batch's fresh counts may be
+    /// added there now (its compare-and-set `prev`); `None`: memory only.
+    pub fn redis_prev(&self) -> Option<i64> {
+        match self.redis {
+            Redis::Replaying { to } => Some(to),
+            Redis::Writing { at, .. } => Some(at),
+            Redis::Unfenced { .. } | Redis::Restoring | Redis::Recounting { .. } => None,
+        }
+    }
+
+    /// Records Redis' answer to a batch sent with [`Core::redis_prev`], ending at `last`.
+    pub fn applied(&mut self, last: i64, outcome: Applied) -> Step {
+        match outcome {
+            Applied::Added { live } => {
+                self.redis = Redis::Writing { at: last, live };
+                if live {
+                    Step::Go
+                } else {
+                    self.lost()
+                }
+            }
+            // In already (a retry after a lost reply) ...
+            Applied::At(at) if at == last => {
+                self.redis = Redis::Writing { at, live: false };
+                Step::Go
+            }
+            // ... or someone counted further: re-count to there in memory.
+            Applied::At(at) if at > last => {
+                self.redis = Redis::Replaying { to: at };
+                Step::Go
+            }
+            Applied::At(_) => self.lost(),
+            Applied::Stale => Step::Fenced,
+        }
+    }
+
+    /// Redis did not answer a batch: it is counted in memory and Redis rewritten.
+    pub fn unanswered(&mut self) -> Step {
+        self.lost()
+    }
+
+    /// Adds counted views to the current generation.
+    pub fn count(&mut self, counts: C) {
+        self.current.absorb(counts);
+    }
+
+    /// Records that offsets up to `last` were consumed.
+    pub fn consumed(&mut self, last: i64) {
+        self.consumed_to = Some(last + 1);
+        match self.redis {
+            Redis::Replaying { to } if last >= to => {
+                self.redis = Redis::Writing {
+                    at: to,
+                    live: false,
+                };
+            }
+            Redis::Recounting { to } if last >= to => self.redis = Redis::Restoring,
+            _ => {}
+        }
+    }
+
+    /// Records a look at the live mark (`mark`: its epoch) and how far Redis holds the
+    /// current generation (`applied`).
+    pub fn checked(&mut self, mark: Option<i64>, applied: Option<i64>) -> Step {
+        if mark.is_some_and(|e| e > self.epoch) {
+            return Step::Fenced;
+        }
+        let Redis::Writing { at, live: true } = self.redis else {
+            return Step::Go;
+        };
+        if mark != Some(self.epoch) {
+            return self.lost();
+        }
+        if at >= 0 && applied.is_none_or(|o| o < at) {
+            // The mark survived but the counts went back: a lagging replica promoted,
+            // an eviction.
+            return self.lost();
+        }
+        Step::Go
+    }
+
+    fn lost(&mut self) -> Step {
+        let was_live = matches!(self.redis, Redis::Writing { live: true, .. });
+        if !matches!(
+            self.redis,
+            Redis::Unfenced { .. } | Redis::Recounting { .. }
+        ) {
+            self.redis = Redis::Restoring;
+        }
+        Step::Restore { was_live }
+    }
+
+    /// True when Redis is to be rewritten from memory: it lost our counts, was never
+    /// fenced, or we have not vouched for it yet. Never while replaying or recounting.
+    pub fn restore_due(&self) -> bool {
+        matches!(
+            self.redis,
+            Redis::Unfenced { .. } | Redis::Restoring | Redis::Writing { live: false, .. }
+        )
+    }
+
+    /// What a restore writes: the fence first if we never got one (for the oldest
+    /// generation Postgres has not flushed), then the sealed and current generations.
+    pub fn restore(&self) -> RestorePlan<'_, C> {
+        let fence_gen = matches!(self.redis, Redis::Unfenced { .. })
+            .then(|| self.sealed.as_ref().map_or(self.gen, |s| s.gen));
+        let mut rewrites = Vec::with_capacity(2);
+        if let Some(s) = &self.sealed {
+            rewrites.push(Rewrite {
+                gen: s.gen,
+                last: s.next_offset - 1,
+                live: false,
+                counts: &*s.counts,
+            });
+        }
+        rewrites.push(Rewrite {
+            gen: self.gen,
+            last: self.last_consumed(),
+            live: true,
+            counts: &self.current,
+        });
+        RestorePlan {
+            fence_gen,
+            rewrites,
+        }
+    }
+
+    /// Records a late fence's answer (for an [`Redis::Unfenced`] partition). Redis
+    /// holding the generation past what memory holds is a predecessor's work:
+    /// replayed, not overwritten; a predecessor's lost work is recounted. Returns
+    /// true when the restore goes on to rewrite Redis from memory now.
+    pub fn fenced(&mut self, fence: Fence) -> bool {
+        let Redis::Unfenced { new_log } = self.redis else {
+            return true;
+        };
+        let (start, last) = (self.flushed_to.unwrap_or(0), self.last_consumed());
+        self.redis = match fence {
+            Fence::NoAnswer => return false,
+            _ if new_log => Redis::Restoring,
+            Fence::Done(at) if at > last && at >= start => Redis::Replaying { to: at },
+            Fence::Unvouched { log_end } if log_end - 1 > last => {
+                Redis::Recounting { to: log_end - 1 }
+            }
+            Fence::Done(_) | Fence::Unvouched { .. } => Redis::Restoring,
+        };
+        self.redis == Redis::Restoring
+    }
+
+    /// Records that the restore's rewrites landed: Redis holds memory and is live.
+    pub fn restored(&mut self) {
+        self.redis = Redis::Writing {
+            at: self.last_consumed(),
+            live: true,
+        };
+    }
+
+    fn last_consumed(&self) -> i64 {
+        self.consumed_to.map_or(-1, |c| c - 1)
+    }
+
+    /// True when a flush may seal this partition: no flush of it is in flight and
+    /// Redis holds nothing past what memory does.
+    pub fn flushable(&self) -> bool {
+        self.sealed.is_none() && self.caught_up()
+    }
+
+    /// True when Redis holds nothing of ours that memory does not (so the partition
+    /// may be sealed once no flush of it is in flight).
+    pub fn caught_up(&self) -> bool {
+        !matches!(self.redis, Redis::Unfenced { .. } | Redis::Replaying { .. })
+    }
+
+    /// True when consumption moved past what is flushed or being flushed.
+    pub fn has_progress(&self) -> bool {
+        let sealed_to = self.sealed.as_ref().map(|s| s.next_offset);
+        self.consumed_to > sealed_to.or(self.flushed_to)
+    }
+
+    /// Seals the current generation for a flush (counting moves on to the next), when
+    /// [`Core::flushable`] and there is progress.
+    pub fn seal(&mut self) -> Option<Seal<C>> {
+        if !self.flushable() || !self.has_progress() {
+            return None;
+        }
+        let next_offset = self.consumed_to.unwrap_or(0);
+        let counts = Arc::new(std::mem::take(&mut self.current));
+        self.sealed = Some(Sealed {
+            gen: self.gen,
+            next_offset,
+            counts: counts.clone(),
+        });
+        let seal = Seal {
+            gen: self.gen,
+            next_offset,
+            counts,
+        };
+        self.gen += 1;
+        if let Redis::Writing { live, .. } = self.redis {
+            self.redis = Redis::Writing { at: -1, live };
+        }
+        Some(seal)
+    }
+
+    /// Records a committed flush: generation `gen` (if it sealed one) up to
+    /// `next_offset`, answering flush request `flush_seq`.
+    pub fn flushed(&mut self, sealed_gen: Option<i64>, next_offset: i64, flush_seq: i64) {
+        self.flush_seq = self.flush_seq.max(flush_seq);
+        if sealed_gen.is_some() && self.sealed.as_ref().map(|s| s.gen) == sealed_gen {
+            self.sealed = None;
+            self.flushed_to = Some(next_offset);
+        }
+    }
+
+    /// Keys with counts not yet in Postgres.
+    pub fn pending_keys(&self) -> usize {
+        self.current.keys() + self.sealed.as_ref().map_or(0, |s| s.counts.keys())
+    }
+}

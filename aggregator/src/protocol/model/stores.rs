@@ -1,0 +1,224 @@
+//! The stores as the model sees them: Postgres' partition row and counts, and Redis'
+//! meta and generation hashes with the scripts' semantics (from
+//! `crate::store::pending::scripts`), for one partition and one key.
+
+use crate::store::pending::{Applied, TakeOver};
+
+use super::Bits;
+
+/// Postgres: the partition row and which offsets the key's total holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub(super) struct Pg {
+    /// 0: no row yet.
+    pub epoch: i64,
+    pub flushed_gen: i64,
+    pub next_offset: Option<i64>,
+    pub counted: Bits,
+}
+
+/// What a flush transaction answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Commit {
+    Done,
+    AlreadyCommitted,
+    Fenced,
+    Behind,
+}
+
+impl Pg {
+    /// A claim: the row's epoch raised; where to resume.
+    pub fn claim(&mut self) -> (i64, i64, Option<i64>) {
+        self.epoch += 1;
+        (self.epoch, self.flushed_gen, self.next_offset)
+    }
+
+    /// The fenced flush of generation `gen` ending before `next_offset`.
+    pub fn flush(&mut self, epoch: i64, gen: i64, next_offset: i64, counts: &Bits) -> Commit {
+        if self.epoch < epoch {
+            return Commit::Behind;
+        }
+        if self.epoch > epoch {
+            return Commit::Fenced;
+        }
+        if self.flushed_gen == gen && self.next_offset == Some(next_offset) {
+            return Commit::AlreadyCommitted;
+        }
+        if self.flushed_gen != gen - 1 {
+            return Commit::Behind;
+        }
+        self.counted.absorb_bits(counts);
+        self.flushed_gen = gen;
+        self.next_offset = Some(next_offset);
+        Commit::Done
+    }
+}
+
+/// One generation hash: `@g`, `@o`, and the key's total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct GenHash {
+    pub g: i64,
+    pub o: i64,
+    pub n: u32,
+}
+
+/// Redis' copy of the partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub(super) struct Redis {
+    pub epoch: i64,
+    pub gen: i64,
+    pub live: Option<i64>,
+    /// By parity.
+    pub hashes: [Option<GenHash>; 2],
+}
+
+/// A write sent to Redis.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Write {
+    Apply {
+        epoch: i64,
+        gen: i64,
+        prev: i64,
+        last: i64,
+        n: u32,
+    },
+    TakeOver {
+        epoch: i64,
+        gen: i64,
+    },
+    Restore {
+        epoch: i64,
+        gen: i64,
+        last: i64,
+        live: bool,
+        n: u32,
+    },
+    Drop {
+        gen: i64,
+    },
+}
+
+/// What a write answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Answer {
+    Applied(Applied),
+    /// With whether a live mark was there.
+    TakeOver(TakeOver, bool),
+    Dropped,
+}
+
+fn slot(gen: i64) -> usize {
+    gen.rem_euclid(2) as usize
+}
+
+impl Redis {
+    pub fn run(&mut self, write: &Write) -> Answer {
+        match *write {
+            Write::Apply {
+                epoch,
+                gen,
+                prev,
+                last,
+                n,
+            } => Answer::Applied(self.apply(epoch, gen, prev, last, n)),
+            Write::TakeOver { epoch, gen } => {
+                Answer::TakeOver(self.take_over(epoch, gen), self.live.is_some())
+            }
+            Write::Restore {
+                epoch,
+                gen,
+                last,
+                live,
+                n,
+            } => Answer::Applied(self.restore(epoch, gen, last, live, n)),
+            Write::Drop { gen } => {
+                if self.hashes[slot(gen)].is_some_and(|h| h.g == gen) {
+                    self.hashes[slot(gen)] = None;
+                }
+                Answer::Dropped
+            }
+        }
+    }
+
+    fn raise(&mut self, epoch: i64, gen: i64, live: bool) {
+        self.epoch = self.epoch.max(epoch);
+        self.gen = self.gen.max(gen);
+        if live {
+            self.live = Some(epoch);
+        }
+    }
+
+    fn apply(&mut self, epoch: i64, gen: i64, prev: i64, last: i64, n: u32) -> Applied {
+        if self.epoch == 0 {
+            return Applied::At(-1); // no meta hash
+        }
+        if epoch < self.epoch || gen < self.gen {
+            return Applied::Stale;
+        }
+        let h = &mut self.hashes[slot(gen)];
+        let hg = h.map_or(-1, |h| h.g);
+        if hg > gen {
+            return Applied::Stale;
+        }
+        let mut applied = -1;
+        if hg == gen {
+            applied = h.map_or(-1, |h| h.o);
+        } else if hg >= 0 {
+            *h = None;
+        }
+        if applied != prev {
+            return Applied::At(applied);
+        }
+        let total = h.map_or(0, |h| h.n) + n;
+        *h = Some(GenHash {
+            g: gen,
+            o: last,
+            n: total,
+        });
+        let mark = self.epoch == epoch;
+        self.raise(epoch, gen, mark);
+        Applied::Added {
+            live: self.live == Some(epoch),
+        }
+    }
+
+    fn take_over(&mut self, epoch: i64, gen: i64) -> TakeOver {
+        if epoch < self.epoch {
+            return TakeOver::Stale;
+        }
+        if self.gen > gen + 1 {
+            return TakeOver::Ahead(self.gen);
+        }
+        let (mine, other) = (slot(gen), slot(gen + 1));
+        if self.hashes[mine].is_some_and(|h| h.g != gen) {
+            self.hashes[mine] = None;
+        }
+        if let Some(o) = self.hashes[other] {
+            if o.g == gen + 1 {
+                if let Some(h) = &mut self.hashes[mine] {
+                    h.n += o.n;
+                    h.o = o.o;
+                }
+            }
+            self.hashes[other] = None;
+        }
+        self.epoch = epoch;
+        self.gen = gen;
+        TakeOver::Applied(self.hashes[mine].map_or(-1, |h| h.o))
+    }
+
+    fn restore(&mut self, epoch: i64, gen: i64, last: i64, live: bool, n: u32) -> Applied {
+        if epoch < self.epoch {
+            return Applied::Stale;
+        }
+        self.live = None;
+        self.hashes[slot(gen)] = Some(GenHash { g: gen, o: last, n });
+        self.raise(epoch, gen, live);
+        Applied::Added { live }
+    }
+
+    /// The live mark, and how far generation `gen` is applied.
+    pub fn marks(&self, gen: i64) -> (Option<i64>, Option<i64>) {
+        let applied = self.hashes[slot(gen)].filter(|h| h.g == gen).map(|h| h.o);
+        (self.live, applied)
+    }
+}

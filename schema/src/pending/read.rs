@@ -1,0 +1,211 @@
+//! The read rule: what a reader may add to Postgres' count of a key from the pending
+//! generations in Redis. Pure: the ingest's reads and the aggregator's model check
+//! both call it.
+//!
+//! Redis is read first (each partition's live mark and generation hashes in one
+//! atomic step), Postgres second. A pending generation counts only if Postgres, in
+//! that later snapshot, has not flushed it: a flush committing between the two reads
+//! is seen exactly once, through Postgres. The aggregator keeps Redis holding, for
+//! every unflushed generation, at least what its flush will write (see the
+//! aggregator's `protocol` module), so the sum never goes back while only views are
+//! added.
+//!
+//! Three things make a partition unreadable, and the read waits or answers that it
+//! is recovering instead of giving a count that may be wrong:
+//! - no live mark on a partition Postgres knows of (Redis lost the mark with the
+//!   counts, and the owner has not restored them);
+//! - a claim in Postgres newer than the epoch Redis was fenced with when read: the
+//!   new owner may have flushed between the two reads, in generations cut
+//!   differently from the ones read;
+//! - Redis holding less of a live generation than an earlier read of this process saw
+//!   ([`Guard`]): a lagging replica promoted, an eviction, under a surviving mark.
+
+use std::collections::BTreeMap;
+
+/// What one partition's generation hashes hold for the fields a read asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PartitionView {
+    pub partition: i32,
+    /// The epoch the partition is marked live under; `None` when not marked.
+    pub live: Option<i64>,
+    /// The newest owner epoch that fenced or wrote it (0: none).
+    pub epoch: i64,
+    /// `(generation, the asked fields' values, 0 when absent)` of each generation
+    /// hash that holds one.
+    pub gens: Vec<(i64, Vec<i64>)>,
+    /// `(generation, the offset it is applied up to)` of each generation hash.
+    pub applied: Vec<(i64, i64)>,
+}
+
+/// What Postgres' snapshot says of one partition: its row's `flushed_gen`,
+/// `next_offset` (-1 while NULL) and `epoch`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flushed {
+    pub partition: i32,
+    pub gen: i64,
+    pub next_offset: i64,
+    pub epoch: i64,
+}
+
+/// A partition's row in `flushed` (all zero, `next_offset` -1, when Postgres has
+/// none).
+pub fn flushed_of(flushed: &[Flushed], partition: i32) -> Flushed {
+    flushed
+        .iter()
+        .find(|f| f.partition == partition)
+        .copied()
+        .unwrap_or(Flushed {
+            partition,
+            gen: 0,
+            next_offset: -1,
+            epoch: 0,
+        })
+}
+
+/// True when Postgres has a row for `partition`.
+pub fn known(flushed: &[Flushed], partition: i32) -> bool {
+    flushed.iter().any(|f| f.partition == partition)
+}
+
+/// The values of every generation in `views` that Postgres has not flushed: a
+/// generation Postgres' `flushed_gen` has passed is in Postgres, and so is one
+/// applied only below `next_offset` (Postgres holds every offset below it; a
+/// take-over can fold a generation's offsets into an earlier one, which is then
+/// flushed under the earlier number).
+pub fn unflushed<'v>(
+    views: &'v [PartitionView],
+    flushed: &'v [Flushed],
+) -> impl Iterator<Item = &'v [i64]> {
+    views.iter().flat_map(move |v| {
+        let row = flushed_of(flushed, v.partition);
+        v.gens
+            .iter()
+            .zip(&v.applied)
+            .filter(move |((gen, _), (_, applied))| *gen > row.gen && *applied >= row.next_offset)
+            .map(|((_, values), _)| values.as_slice())
+    })
+}
+
+/// The partitions Postgres knows of that carry no live mark.
+pub fn unmarked<'v>(
+    views: &'v [PartitionView],
+    flushed: &'v [Flushed],
+) -> impl Iterator<Item = i32> + 'v {
+    views
+        .iter()
+        .filter(|v| v.live.is_none())
+        .map(|v| v.partition)
+        .filter(|p| known(flushed, *p))
+}
+
+/// The partitions whose Redis half is older than a claim Postgres holds: an owner
+/// claimed them after Redis was read and may have flushed generations cut
+/// differently from the ones read. Read again (the new owner fences Redis right
+/// after its claim).
+pub fn claimed_since<'v>(
+    views: &'v [PartitionView],
+    flushed: &'v [Flushed],
+) -> impl Iterator<Item = i32> + 'v {
+    views
+        .iter()
+        .filter(|v| known(flushed, v.partition) && flushed_of(flushed, v.partition).epoch > v.epoch)
+        .map(|v| v.partition)
+}
+
+/// The partitions a read may not use (unmarked, claimed since Redis was read, or
+/// gone back since an earlier read of `guard`), or `Ok` with nothing to wait for. `asked` orders reads: when this
+/// read asked Redis.
+pub fn check<T: Copy + Ord>(
+    views: &[PartitionView],
+    flushed: &[Flushed],
+    guard: &mut Guard<T>,
+    asked: T,
+) -> Result<(), Vec<i32>> {
+    let mut waiting: Vec<i32> = unmarked(views, flushed).collect();
+    waiting.extend(claimed_since(views, flushed));
+    waiting.extend(guard.went_back(views, flushed, asked));
+    if waiting.is_empty() {
+        Ok(())
+    } else {
+        Err(waiting)
+    }
+}
+
+/// How far this process's reads saw Redis hold each live partition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Guard<T> {
+    seen: BTreeMap<i32, Seen<T>>,
+}
+
+impl<T> Default for Guard<T> {
+    fn default() -> Self {
+        Self {
+            seen: BTreeMap::new(),
+        }
+    }
+}
+
+/// Under the owner's `epoch`, the newest unflushed generation `gen` applied up to
+/// `offset`. Offsets only grow across a partition's generations, so while `gen` is
+/// unflushed and the owner the same, a later read finding Redis applied less far
+/// (or the generation gone) has met a Redis that went back under a surviving live
+/// mark. Its counts are not used until the owner rewrote them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Seen<T> {
+    epoch: i64,
+    gen: i64,
+    offset: i64,
+    /// When the read that saw it asked Redis: only a read that asked later can
+    /// find Redis behind it (reads run concurrently).
+    asked: T,
+}
+
+impl<T: Copy + Ord> Guard<T> {
+    /// The live partitions whose Redis state went back since an earlier read;
+    /// records how far the others are.
+    pub fn went_back(
+        &mut self,
+        views: &[PartitionView],
+        flushed: &[Flushed],
+        asked: T,
+    ) -> Vec<i32> {
+        let mut back = Vec::new();
+        for v in views {
+            let Some(epoch) = v.live else {
+                continue;
+            };
+            let flushed = flushed_of(flushed, v.partition).gen;
+            let newest = v
+                .applied
+                .iter()
+                .filter(|(gen, _)| *gen > flushed)
+                .max()
+                .copied();
+            if let Some(before) = self.seen.get(&v.partition) {
+                if asked < before.asked {
+                    continue; // an older look than the one recorded
+                }
+                let behind = newest.map_or(-1, |(_, offset)| offset) < before.offset;
+                if before.epoch == epoch && before.gen > flushed && behind {
+                    back.push(v.partition);
+                    continue;
+                }
+            }
+            match newest {
+                Some((gen, offset)) => {
+                    let now = Seen {
+                        epoch,
+                        gen,
+                        offset,
+                        asked,
+                    };
+                    self.seen.insert(v.partition, now);
+                }
+                None => {
+                    self.seen.remove(&v.partition);
+                }
+            }
+        }
+        back
+    }
+}
