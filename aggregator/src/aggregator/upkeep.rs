@@ -134,7 +134,14 @@ impl Aggregator {
             .restore()
             .rewrites
             .iter()
-            .map(|w| (w.gen, w.last, w.live, w.counts.fields()))
+            .map(|w| {
+                (
+                    w.gen,
+                    w.last,
+                    w.live,
+                    w.counts.map_or_else(Vec::new, Counts::fields),
+                )
+            })
             .collect();
         for (gen, last, live, fields) in writes {
             let done = self.rt.block_on(

@@ -131,7 +131,8 @@ pub struct Rewrite<'a, C> {
     pub last: i64,
     /// Mark the partition live with this write (the current generation's).
     pub live: bool,
-    pub counts: &'a C,
+    /// `None`: empty (the other parity cleared of whatever is not ours).
+    pub counts: Option<&'a C>,
 }
 
 /// What a restore writes: first a fence for `fence_gen` if we are not fenced, then
@@ -351,25 +352,35 @@ impl<C: Tally> Core<C> {
     }
 
     /// What a restore writes: the fence first if we never got one (for the oldest
-    /// generation Postgres has not flushed), then the sealed and current generations.
+    /// generation Postgres has not flushed), then both generation hashes: the sealed
+    /// generation (or, without one, the flushed one, empty: readers skip it, and
+    /// nothing another writer left in that hash survives), then the current one.
     pub fn restore(&self) -> RestorePlan<'_, C> {
         let fence_gen = matches!(self.redis, Redis::Unfenced { .. })
             .then(|| self.sealed.as_ref().map_or(self.gen, |s| s.gen));
-        let mut rewrites = Vec::with_capacity(2);
-        if let Some(s) = &self.sealed {
-            rewrites.push(Rewrite {
+        let other = match &self.sealed {
+            Some(s) => Rewrite {
                 gen: s.gen,
                 last: s.next_offset - 1,
                 live: false,
-                counts: &*s.counts,
-            });
-        }
-        rewrites.push(Rewrite {
-            gen: self.gen,
-            last: self.last_consumed(),
-            live: true,
-            counts: &self.current,
-        });
+                counts: Some(&*s.counts),
+            },
+            None => Rewrite {
+                gen: self.gen - 1,
+                last: self.flushed_to.map_or(-1, |f| f - 1),
+                live: false,
+                counts: None,
+            },
+        };
+        let rewrites = vec![
+            other,
+            Rewrite {
+                gen: self.gen,
+                last: self.last_consumed(),
+                live: true,
+                counts: Some(&self.current),
+            },
+        ];
         RestorePlan {
             fence_gen,
             rewrites,

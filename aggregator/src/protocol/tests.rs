@@ -138,10 +138,24 @@ fn a_seal_moves_on_a_generation_and_the_flush_lands_it() {
     assert_eq!((seal.gen, seal.next_offset, seal.counts.0), (5, 15, 5));
     assert_eq!(p.gen(), 6);
     assert!(!p.flushable(), "one flush in flight at a time");
-    assert_eq!(p.restore().rewrites.len(), 2);
+    let plan = p.restore();
+    let gens: Vec<(i64, bool)> = plan.rewrites.iter().map(|w| (w.gen, w.live)).collect();
+    assert_eq!(gens, vec![(5, false), (6, true)], "sealed, then current");
     p.flushed(Some(5), 15, 3);
     assert_eq!((p.flushed_to(), p.flush_seq()), (Some(15), 3));
     assert!(p.sealed().is_none() && !p.has_progress());
+}
+
+#[test]
+fn a_restore_without_a_sealed_generation_clears_the_other_hash() {
+    let p = claimed(Some(10), Fence::Done(-1));
+    let plan = p.restore();
+    let writes: Vec<(i64, i64, bool, bool)> = plan
+        .rewrites
+        .iter()
+        .map(|w| (w.gen, w.last, w.live, w.counts.is_some()))
+        .collect();
+    assert_eq!(writes, vec![(4, 9, false, false), (5, 9, true, true)]);
 }
 
 #[test]

@@ -34,7 +34,7 @@ impl Service {
 
     /// The key's count, or what was answered instead (a 503 while a store
     /// recovers, say).
-    async fn try_count(&self, content_type: &str, content_id: &str) -> Result<i64, String> {
+    pub async fn try_count(&self, content_type: &str, content_id: &str) -> Result<i64, String> {
         let url = format!("/api/views?contentType={content_type}&contentId={content_id}");
         let r = self.api().await.get(self.url(&url)).send().await;
         let r = r.map_err(|e| e.to_string())?;

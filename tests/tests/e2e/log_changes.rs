@@ -151,7 +151,8 @@ async fn a_log_that_lost_counted_events_is_held_and_reported_not_counted_again()
     let (_, end) = watermarks(&stack);
     stack
         .rows(&format!(
-            "UPDATE aggregator_partitions SET next_offset = {end}, last_mark = NULL
+            "UPDATE aggregator_partitions SET next_offset = {end}, last_mark = NULL,
+               flushed_gen = flushed_gen + 2
              WHERE consumer_group = '{group}' RETURNING '', next_offset"
         ))
         .await
@@ -220,7 +221,7 @@ async fn events_deleted_before_they_were_counted_hold_the_partition_and_say_so()
     // log start and counting resumes there.
     stack
         .rows(&format!(
-            "UPDATE aggregator_partitions SET next_offset = {low}
+            "UPDATE aggregator_partitions SET next_offset = {low}, flushed_gen = flushed_gen + 2
              WHERE consumer_group = '{}' RETURNING '', next_offset",
             stack.group
         ))

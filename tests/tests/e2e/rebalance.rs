@@ -75,17 +75,12 @@ async fn aggregator(stack: &Stack) -> Arc<Aggregator> {
 
 /// Claims partition 0 and assigns it, as the assign callback does.
 fn assign(agg: &Aggregator, consumer: &BaseConsumer) {
-    let Claimed::Owned(claim, redis_at) = agg.claim(0, Duration::from_secs(1)) else {
+    let Claimed::Owned(claim, fence) = agg.claim(0, Duration::from_secs(1)) else {
         panic!("partition 0 claimed");
     };
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition("views", 0);
-    agg.assign(
-        consumer,
-        &mut tpl,
-        vec![(claim, redis_at, false)],
-        Vec::new(),
-    );
+    agg.assign(consumer, &mut tpl, vec![(claim, fence, false)], Vec::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

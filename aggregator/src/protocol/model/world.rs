@@ -391,7 +391,7 @@ impl World {
                 gen: w.gen,
                 last: w.last,
                 live: w.live,
-                n: w.counts.views(),
+                n: w.counts.map_or(0, Bits::views),
             })
             .collect();
         if let Some(gen) = fence_gen {

@@ -15,6 +15,7 @@ use viewpipe_tests::redis_server::RedisServer;
 use viewpipe_tests::Stack;
 
 mod stalls;
+mod takeover;
 
 /// The aggregators reach Postgres through a proxy that loses the reply of every third
 /// COMMIT: the transaction is in, the aggregator sees a broken connection and sends
