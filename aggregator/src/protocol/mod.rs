@@ -262,6 +262,15 @@ impl<C: Tally> Core<C> {
 
     /// Records Redis' answer to a batch sent with [`Core::redis_prev`], ending at `last`.
     pub fn applied(&mut self, last: i64, outcome: Applied) -> Step {
+        if outcome == Applied::Stale {
+            return Step::Fenced;
+        }
+        if self.redis_prev().is_none() {
+            // Redis was found to have lost our counts (or the partition is memory
+            // only) after the batch was sent: its answer is older news.
+            return Step::Go;
+        }
+        let live = matches!(self.redis, Redis::Writing { live: true, .. });
         match outcome {
             Applied::Added { live } => {
                 self.redis = Redis::Writing { at: last, live };
@@ -273,7 +282,7 @@ impl<C: Tally> Core<C> {
             }
             // In already (a retry after a lost reply) ...
             Applied::At(at) if at == last => {
-                self.redis = Redis::Writing { at, live: false };
+                self.redis = Redis::Writing { at, live };
                 Step::Go
             }
             // ... or someone counted further: re-count to there in memory.
@@ -281,8 +290,7 @@ impl<C: Tally> Core<C> {
                 self.redis = Redis::Replaying { to: at };
                 Step::Go
             }
-            Applied::At(_) => self.lost(),
-            Applied::Stale => Step::Fenced,
+            Applied::At(_) | Applied::Stale => self.lost(),
         }
     }
 

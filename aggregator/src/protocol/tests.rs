@@ -105,9 +105,10 @@ fn redis_answers_move_the_position_or_ask_for_a_restore() {
     assert_eq!(p.applied(12, Applied::Added { live: true }), Step::Go);
     assert_eq!(p.redis(), Redis::Writing { at: 12, live: true });
     assert_eq!(p.applied(14, Applied::At(14)), Step::Go, "a retried batch");
+    assert_eq!(p.redis(), Redis::Writing { at: 14, live: true });
     assert_eq!(
         p.applied(16, Applied::At(10)),
-        Step::Restore { was_live: false }
+        Step::Restore { was_live: true }
     );
     assert_eq!(p.redis(), Redis::Restoring);
     assert_eq!(p.redis_prev(), None);
@@ -180,4 +181,15 @@ fn a_takeover_without_a_live_mark_recounts_to_the_log_end_before_vouching() {
     late.consumed(12);
     assert!(!late.fenced(Fence::Unvouched { log_end: 20 }));
     assert_eq!(late.redis(), Redis::Recounting { to: 19 });
+}
+
+#[test]
+fn an_answer_to_a_batch_sent_before_a_loss_was_noticed_does_not_undo_it() {
+    let mut p = claimed(Some(10), Fence::Done(-1));
+    p.applied(12, Applied::Added { live: true });
+    // A batch is sent; the mark check then finds the mark gone; the answer lands.
+    assert_eq!(p.checked(None, None), Step::Restore { was_live: true });
+    assert_eq!(p.applied(14, Applied::Added { live: true }), Step::Go);
+    assert_eq!(p.redis(), Redis::Restoring, "still to be rewritten");
+    assert_eq!(p.applied(16, Applied::Stale), Step::Fenced);
 }

@@ -16,6 +16,10 @@ pub(super) struct Agg {
     core: Core<Bits>,
     /// The flush in flight: epoch, generation, next offset, counts.
     flight: Option<(i64, i64, i64, Bits)>,
+    /// A batch (one offset) sent to Redis and not yet counted, with Redis' answer
+    /// (`None`: none came). The shell counts it before it seals, restores or sends
+    /// the next; the mark check does not wait for it.
+    applying: Option<(i64, Option<Applied>)>,
 }
 
 /// A reader process: its guard, and the Redis half of a read in progress.
@@ -84,6 +88,8 @@ pub(super) enum Reply {
 pub(super) enum Action {
     Claim(usize),
     Poll(usize, Reply),
+    /// The batch Redis was applying is counted.
+    Land(usize),
     Seal(usize),
     /// The flush's transaction; `true`: its reply is lost.
     Commit(usize, bool),
@@ -112,7 +118,9 @@ impl World {
             let Some(agg) = &self.aggs[i] else {
                 continue;
             };
-            if agg.core.consumed_to().unwrap_or(0) < bound.events {
+            if agg.applying.is_some() {
+                out.push(Action::Land(i));
+            } else if agg.core.consumed_to().unwrap_or(0) < bound.events {
                 out.push(Action::Poll(i, Reply::Answered));
                 if s.lost_replies < bound.lost_replies {
                     out.push(Action::Poll(i, Reply::LostThenRetried));
@@ -121,7 +129,10 @@ impl World {
                 }
             }
             match &agg.flight {
-                None if agg.core.flushable() && agg.core.has_progress() => {
+                None if agg.applying.is_none()
+                    && agg.core.flushable()
+                    && agg.core.has_progress() =>
+                {
                     out.push(Action::Seal(i))
                 }
                 None => {}
@@ -133,7 +144,7 @@ impl World {
                 }
             }
             out.push(Action::CheckMarks(i));
-            if agg.core.restore_due() && agg.flight.is_none() {
+            if agg.core.restore_due() && agg.flight.is_none() && agg.applying.is_none() {
                 out.push(Action::Restore(i));
             }
         }
@@ -190,6 +201,7 @@ impl World {
         match action {
             Action::Claim(i) => self.claim(i, bound),
             Action::Poll(i, reply) => self.poll(i, reply),
+            Action::Land(i) => self.land(i),
             Action::Seal(i) => {
                 if let Some(agg) = self.aggs[i].as_mut() {
                     if let Some(seal) = agg.core.seal() {
@@ -288,7 +300,11 @@ impl World {
             }
         };
         let core = Core::claimed(epoch, flushed_gen, next_offset, fence);
-        self.aggs[i] = Some(Agg { core, flight: None });
+        self.aggs[i] = Some(Agg {
+            core,
+            flight: None,
+            applying: None,
+        });
     }
 
     fn poll(&mut self, i: usize, reply: Reply) {
@@ -310,31 +326,50 @@ impl World {
             }),
             _ => None,
         };
-        let step = match write {
-            None => Step::Go,
-            Some(write) if self.paused => {
-                self.queue(write);
-                self.core(i).unanswered()
-            }
-            Some(write) => {
-                let answer = match reply {
-                    Reply::Answered => Some(self.redis.run(&write)),
-                    Reply::LostThenRetried => {
-                        self.redis.run(&write);
-                        Some(self.redis.run(&write))
-                    }
-                    Reply::AppliedUnanswered => {
-                        self.redis.run(&write);
-                        None
-                    }
-                    Reply::Unanswered => None,
-                };
-                match answer {
-                    Some(Answer::Applied(applied)) => self.core(i).applied(offset, applied),
-                    _ => self.core(i).unanswered(),
+        let Some(write) = write else {
+            self.count(i, offset, Step::Go); // memory only
+            return;
+        };
+        let answer = if self.paused {
+            self.queue(write);
+            None
+        } else {
+            match reply {
+                Reply::Answered => Some(self.redis.run(&write)),
+                Reply::LostThenRetried => {
+                    self.redis.run(&write);
+                    Some(self.redis.run(&write))
                 }
+                Reply::AppliedUnanswered => {
+                    self.redis.run(&write);
+                    None
+                }
+                Reply::Unanswered => None,
             }
         };
+        let answer = match answer {
+            Some(Answer::Applied(applied)) => Some(applied),
+            _ => None,
+        };
+        if let Some(agg) = self.aggs[i].as_mut() {
+            agg.applying = Some((offset, answer));
+        }
+    }
+
+    fn land(&mut self, i: usize) {
+        let Some((offset, answer)) = self.aggs[i].as_mut().and_then(|a| a.applying.take()) else {
+            return;
+        };
+        let core = self.core(i);
+        let step = match answer {
+            Some(applied) => core.applied(offset, applied),
+            None => core.unanswered(),
+        };
+        self.count(i, offset, step);
+    }
+
+    /// Counts the view at `offset` in memory, then follows `step`.
+    fn count(&mut self, i: usize, offset: i64, step: Step) {
         let core = self.core(i);
         core.count(Bits::one(offset));
         core.consumed(offset);

@@ -24,7 +24,7 @@ pub struct PartitionBatch {
 }
 
 /// What applying one partition's batch found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Applied {
     /// Added; Redis now holds the generation up to the batch's last offset. `live`:
     /// the partition is marked live under the writer's epoch.
