@@ -69,7 +69,7 @@ impl ConsumerContext for AggregatorContext {
                 for e in tpl.elements() {
                     match self.aggregator.claim(e.partition(), patience) {
                         Claimed::Owned(mut claim, fence) => {
-                            if fence == Fence::NoAnswer {
+                            if matches!(fence, Fence::NoAnswer | Fence::Full { .. }) {
                                 patience = Duration::ZERO;
                             }
                             match self.aggregator.check_log(&mut claim) {

@@ -167,8 +167,11 @@ const SILENT_FAULT_FOR: Duration = Duration::from_secs(30);
 /// What fencing a partition in Redis found.
 enum Fencing {
     /// Fenced; Redis holds the generation up to this offset (-1: nothing); true when
-    /// a live mark vouched for it.
+    /// Redis lost the partition's counts since it was last marked live.
     Done(i64, bool),
+    /// Redis answered that it takes no writes (out of memory); it still answers
+    /// reads, and holds the partition's generations up to this offset (-1: none).
+    Full(i64),
     /// Redis did not answer in time.
     NoAnswer,
     /// Not ours to write.
@@ -264,9 +267,17 @@ impl Aggregator {
             return Claimed::Stopped;
         };
         match self.fence(partition, claim.epoch, claim.flushed_gen + 1, patience) {
-            Fencing::Done(at, vouched) => {
-                let fence = self.fence_answer(partition, claim.epoch, at, vouched);
+            Fencing::Done(at, lost) => {
+                let fence = self.fence_answer(partition, at, lost);
                 Claimed::Owned(claim, fence)
+            }
+            Fencing::Full(to) => {
+                tracing::warn!(
+                    partition,
+                    redis_at = to,
+                    "Redis takes no writes (out of memory): counting this partition in memory, flushing once past what Redis holds of it"
+                );
+                Claimed::Owned(claim, protocol::Fence::Full { to })
             }
             Fencing::NoAnswer if self.stopped() => Claimed::Stopped,
             Fencing::NoAnswer => {
@@ -285,19 +296,32 @@ impl Aggregator {
     /// `patience`.
     fn fence(&self, partition: i32, epoch: i64, gen: i64, patience: Duration) -> Fencing {
         let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
+        let full = std::cell::Cell::new(false);
         let Some(taken) = retry(
             "fencing a partition in Redis",
             backoff,
             Until::Deadline(Instant::now() + patience),
             || {
-                self.rt
-                    .block_on(self.pending.take_over(partition, epoch, gen))
+                let taken = self
+                    .rt
+                    .block_on(self.pending.take_over(partition, epoch, gen));
+                full.set(matches!(&taken, Err(e) if e.code() == Some("OOM")));
+                taken
             },
         ) else {
-            return Fencing::NoAnswer;
+            if !full.get() {
+                return Fencing::NoAnswer;
+            }
+            // Refused, not unanswered: nobody's writes get in, so what Redis holds
+            // now stays put until it takes writes again.
+            let extent = self.pending.extent(partition, gen);
+            return match self.rt.block_on(extent) {
+                Ok(to) => Fencing::Full(to),
+                Err(_) => Fencing::NoAnswer,
+            };
         };
         match taken {
-            (TakeOver::Applied(at), vouched) => Fencing::Done(at, vouched),
+            (TakeOver::Applied(at), lost) => Fencing::Done(at, lost),
             (TakeOver::Stale, _) => {
                 // Redis knows a newer epoch. If Postgres' newest is still ours, nobody
                 // claimed after us: Postgres lost claims it had made.
@@ -322,12 +346,11 @@ impl Aggregator {
         }
     }
 
-    /// What a fence that got through means for the core: a partition owned before
-    /// (`epoch` above 1) whose Redis carries no live mark lost what its predecessor
-    /// counted there, and is recounted up to the log's end (see
-    /// [`protocol::Redis::Recounting`]).
-    fn fence_answer(&self, partition: i32, epoch: i64, at: i64, vouched: bool) -> protocol::Fence {
-        if vouched || epoch <= 1 {
+    /// What a fence that got through means for the core: a partition whose counts
+    /// Redis lost since it was last marked live is recounted up to the log's end
+    /// (see [`protocol::Redis::Recounting`]).
+    fn fence_answer(&self, partition: i32, at: i64, lost: bool) -> protocol::Fence {
+        if !lost {
             return protocol::Fence::Done(at);
         }
         match self.probe.bounds(partition) {

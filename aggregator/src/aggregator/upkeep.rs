@@ -105,8 +105,8 @@ impl Aggregator {
         };
         if let Some(gen) = p.core.restore().fence_gen {
             match self.fence(partition, epoch, gen, Duration::ZERO) {
-                Fencing::Done(at, vouched) => {
-                    let fence = self.fence_answer(partition, epoch, at, vouched);
+                Fencing::Done(at, lost) => {
+                    let fence = self.fence_answer(partition, at, lost);
                     let Some(p) = state.partitions.get_mut(&partition) else {
                         return true;
                     };
@@ -119,7 +119,7 @@ impl Aggregator {
                         return true;
                     }
                 }
-                Fencing::NoAnswer => return false,
+                Fencing::NoAnswer | Fencing::Full(_) => return false,
                 Fencing::Refused(reason) => {
                     self.hold(state, partition, reason);
                     return true;

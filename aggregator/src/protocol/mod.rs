@@ -70,9 +70,14 @@ pub trait Tally: Default {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Redis {
     /// Not fenced for our epoch (the claim's fence got no answer): memory only, no
-    /// flush, until a fence answers. `new_log`: the log was made anew, so whatever
-    /// the fence finds is the old log's and is written over, never replayed.
-    Unfenced { new_log: bool },
+    /// flush, until a fence answers, or, when Redis refused the fence for want of
+    /// memory, until past `frozen_to` (how far Redis held the partition then).
+    /// `new_log`: the log was made anew, so whatever the fence finds is the old
+    /// log's and is written over, never replayed.
+    Unfenced {
+        new_log: bool,
+        frozen_to: Option<i64>,
+    },
     /// Redis holds the current generation up to offset `to`, counted by a
     /// predecessor: offsets up to `to` are counted in memory only, and nothing is
     /// flushed before they are passed.
@@ -80,8 +85,8 @@ pub enum Redis {
     /// Redis holds the current generation up to `at` (-1: none of it); `live`: marked
     /// live under our epoch.
     Writing { at: i64, live: bool },
-    /// Redis carried no live mark at the take-over: what a predecessor counted there
-    /// is lost, and readers may have seen up to anything it consumed. We count in
+    /// Redis lost the partition's counts since it was last marked live (found at the
+    /// take-over): readers may have seen up to anything a predecessor consumed. We count in
     /// memory only up to `to` (the log's last offset at the claim, past anything a
     /// predecessor can have consumed), then rewrite Redis and mark it live. Readers
     /// wait meanwhile rather than read less than before. Flushing goes on.
@@ -116,12 +121,15 @@ pub enum Step {
 pub enum Fence {
     /// Fenced; Redis holds the generation up to this offset (-1: nothing).
     Done(i64),
-    /// Fenced, but the partition was owned before and Redis carries no live mark
-    /// (it lost the partition's counts): recount up to the log's end, `log_end`
-    /// being one past its last offset at the claim.
+    /// Fenced, but Redis lost the partition's counts since an owner last marked it
+    /// live: recount up to the log's end, `log_end` being one past its last offset
+    /// at the claim.
     Unvouched { log_end: i64 },
     /// Redis did not answer in time.
     NoAnswer,
+    /// Redis refuses every write (out of memory) and holds the generation up to
+    /// `to`: nobody's writes get in, so that stays put until it takes writes again.
+    Full { to: i64 },
 }
 
 /// One generation to rewrite in Redis: absolute values, applied up to `last`.
@@ -179,7 +187,14 @@ impl<C: Tally> Core<C> {
     pub fn claimed(epoch: i64, flushed_gen: i64, next_offset: Option<i64>, fence: Fence) -> Self {
         let start = next_offset.unwrap_or(0);
         let redis = match fence {
-            Fence::NoAnswer => Redis::Unfenced { new_log: false },
+            Fence::NoAnswer => Redis::Unfenced {
+                new_log: false,
+                frozen_to: None,
+            },
+            Fence::Full { to } => Redis::Unfenced {
+                new_log: false,
+                frozen_to: Some(to),
+            },
             Fence::Unvouched { log_end } if log_end > start => {
                 Redis::Recounting { to: log_end - 1 }
             }
@@ -207,7 +222,10 @@ impl<C: Tally> Core<C> {
     /// from the old log, and memory is written over it.
     pub fn count_new_log(&mut self) {
         self.redis = match self.redis {
-            Redis::Unfenced { .. } => Redis::Unfenced { new_log: true },
+            Redis::Unfenced { frozen_to, .. } => Redis::Unfenced {
+                new_log: true,
+                frozen_to,
+            },
             _ => Redis::Restoring,
         };
     }
@@ -400,12 +418,12 @@ impl<C: Tally> Core<C> {
     /// replayed, not overwritten; a predecessor's lost work is recounted. Returns
     /// true when the restore goes on to rewrite Redis from memory now.
     pub fn fenced(&mut self, fence: Fence) -> bool {
-        let Redis::Unfenced { new_log } = self.redis else {
+        let Redis::Unfenced { new_log, .. } = self.redis else {
             return true;
         };
         let (start, last) = (self.flushed_to.unwrap_or(0), self.last_consumed());
         self.redis = match fence {
-            Fence::NoAnswer => return false,
+            Fence::NoAnswer | Fence::Full { .. } => return false,
             _ if new_log => Redis::Restoring,
             Fence::Done(at) if at > last && at >= start => Redis::Replaying { to: at },
             Fence::Unvouched { log_end } if log_end - 1 > last => {
@@ -437,7 +455,14 @@ impl<C: Tally> Core<C> {
     /// True when Redis holds nothing of ours that memory does not (so the partition
     /// may be sealed once no flush of it is in flight).
     pub fn caught_up(&self) -> bool {
-        !matches!(self.redis, Redis::Unfenced { .. } | Redis::Replaying { .. })
+        match self.redis {
+            Redis::Unfenced {
+                frozen_to: Some(to),
+                ..
+            } => self.last_consumed() >= to,
+            Redis::Unfenced { .. } | Redis::Replaying { .. } => false,
+            _ => true,
+        }
     }
 
     /// True when consumption moved past what is flushed or being flushed.

@@ -193,3 +193,19 @@ fn an_answer_to_a_batch_sent_before_a_loss_was_noticed_does_not_undo_it() {
     assert_eq!(p.redis(), Redis::Restoring, "still to be rewritten");
     assert_eq!(p.applied(16, Applied::Stale), Step::Fenced);
 }
+
+#[test]
+fn a_claim_redis_refused_for_want_of_memory_flushes_once_past_what_it_holds() {
+    let mut p = claimed(Some(10), Fence::Full { to: 14 });
+    assert_eq!(p.redis_prev(), None, "memory only");
+    p.consumed(13);
+    assert!(!p.flushable(), "Redis still holds more than memory");
+    p.consumed(14);
+    assert!(p.flushable());
+    assert!(p.restore_due());
+    assert_eq!(
+        p.restore().fence_gen,
+        Some(5),
+        "fenced before it is rewritten"
+    );
+}

@@ -89,11 +89,11 @@ fn replay(actions: &[Action], bound: &Bound) -> Vec<(Action, String)> {
         .collect()
 }
 
-/// The bound from `VIEWPIPE_MODEL_BOUND` (`deep`), or the default.
-fn bound() -> (&'static str, Bound) {
+/// `bound`, or the deep one when `VIEWPIPE_MODEL_BOUND=deep`.
+fn or_deep(name: &'static str, bound: Bound) -> (&'static str, Bound) {
     match std::env::var("VIEWPIPE_MODEL_BOUND").as_deref() {
         Ok("deep") => ("deep", Bound::DEEP),
-        _ => ("default", Bound::DEFAULT),
+        _ => (name, bound),
     }
 }
 
@@ -116,14 +116,24 @@ fn run(name: &str, bound: &Bound) -> Explored {
     found
 }
 
-#[test]
-fn every_interleaving_within_the_bound_keeps_the_invariants() {
-    let (name, bound) = bound();
+/// Runs the check at `bound` and fails on a violation.
+fn check(name: &'static str, bound: Bound) {
+    let (name, bound) = or_deep(name, bound);
     let found = run(name, &bound);
     if let Some((what, trace)) = &found.violation {
         panic!("{what} (after the {} steps above)", trace.len());
     }
     assert!(found.complete > 0, "no interleaving flushed the whole log");
+}
+
+#[test]
+fn every_interleaving_with_a_redis_fault_keeps_the_invariants() {
+    check("a Redis fault", Bound::REDIS_FAULT);
+}
+
+#[test]
+fn every_interleaving_with_a_lost_reply_keeps_the_invariants() {
+    check("a lost reply", Bound::LOST_REPLY);
 }
 
 /// A known hole, kept in view: a lagging replica promoted keeps a live mark but not
@@ -137,9 +147,9 @@ fn every_interleaving_within_the_bound_keeps_the_invariants() {
 fn a_lagging_replica_promoted_misleads_readers_in_other_processes() {
     let bound = Bound {
         failover: true,
-        ..Bound::DEFAULT
+        ..Bound::REDIS_FAULT
     };
-    let found = run("default, with a replica promoted", &bound);
+    let found = run("a replica promoted", &bound);
     let (what, trace) = found
         .violation
         .expect("the check finds the promotion's harm");

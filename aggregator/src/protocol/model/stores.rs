@@ -67,6 +67,8 @@ pub(super) struct Redis {
     pub epoch: i64,
     pub gen: i64,
     pub live: Option<i64>,
+    /// Lost the partition's counts since it was last marked live (`recount`).
+    pub recount: bool,
     /// By parity.
     pub hashes: [Option<GenHash>; 2],
 }
@@ -84,6 +86,7 @@ pub(super) enum Write {
     TakeOver {
         epoch: i64,
         gen: i64,
+        owned_before: bool,
     },
     Restore {
         epoch: i64,
@@ -101,7 +104,7 @@ pub(super) enum Write {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Answer {
     Applied(Applied),
-    /// With whether a live mark was there.
+    /// With whether `recount` is recorded.
     TakeOver(TakeOver, bool),
     Dropped,
 }
@@ -120,8 +123,13 @@ impl Redis {
                 last,
                 n,
             } => Answer::Applied(self.apply(epoch, gen, prev, last, n)),
-            Write::TakeOver { epoch, gen } => {
-                Answer::TakeOver(self.take_over(epoch, gen), self.live.is_some())
+            Write::TakeOver {
+                epoch,
+                gen,
+                owned_before,
+            } => {
+                let taken = self.take_over(epoch, gen, owned_before);
+                Answer::TakeOver(taken, self.recount)
             }
             Write::Restore {
                 epoch,
@@ -144,6 +152,7 @@ impl Redis {
         self.gen = self.gen.max(gen);
         if live {
             self.live = Some(epoch);
+            self.recount = false;
         }
     }
 
@@ -181,12 +190,15 @@ impl Redis {
         }
     }
 
-    fn take_over(&mut self, epoch: i64, gen: i64) -> TakeOver {
+    fn take_over(&mut self, epoch: i64, gen: i64, owned_before: bool) -> TakeOver {
         if epoch < self.epoch {
             return TakeOver::Stale;
         }
         if self.gen > gen + 1 {
             return TakeOver::Ahead(self.gen);
+        }
+        if self.epoch == 0 && owned_before {
+            self.recount = true; // no meta hash
         }
         let (mine, other) = (slot(gen), slot(gen + 1));
         if self.hashes[mine].is_some_and(|h| h.g != gen) {

@@ -34,7 +34,8 @@ pub(super) struct Reader {
 /// (the least it may answer).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Half {
-    view: PartitionView,
+    /// What Redis held (made into the reader's view at the second half).
+    redis: Redis,
     healthy: bool,
     /// Postgres' epoch then: a claim between the halves makes the real reader
     /// look again (not modelled: it is a new read).
@@ -143,7 +144,12 @@ impl World {
                     }
                 }
             }
-            out.push(Action::CheckMarks(i));
+            // A look at the marks changes something only for an owner that vouches,
+            // or when a newer owner has marked the partition.
+            let vouches = matches!(agg.core.redis(), Known::Writing { live: true, .. });
+            if vouches || self.redis.live.is_some_and(|e| e > agg.core.epoch()) {
+                out.push(Action::CheckMarks(i));
+            }
             if agg.core.restore_due() && agg.flight.is_none() && agg.applying.is_none() {
                 out.push(Action::Restore(i));
             }
@@ -254,7 +260,7 @@ impl World {
                 self.spent.reads += 1;
                 let healthy = self.vouched() && !self.redis_lost && !self.paused;
                 self.readers[r].redis_half = Some(Half {
-                    view: self.redis_view(),
+                    redis: self.redis.clone(),
                     healthy,
                     pg_epoch: self.pg.epoch,
                     floor: self.high,
@@ -289,11 +295,10 @@ impl World {
         let fence = match self.send(Write::TakeOver {
             epoch,
             gen: flushed_gen + 1,
+            owned_before: epoch > 1,
         }) {
             None => Fence::NoAnswer,
-            Some(Answer::TakeOver(TakeOver::Applied(at), vouched)) => {
-                fence_answer(epoch, at, vouched, bound)
-            }
+            Some(Answer::TakeOver(TakeOver::Applied(at), lost)) => fence_answer(at, lost, bound),
             Some(_) => {
                 self.aggs[i] = None; // held
                 return;
@@ -430,10 +435,16 @@ impl World {
             })
             .collect();
         if let Some(gen) = fence_gen {
-            match self.send(Write::TakeOver { epoch, gen }) {
+            let owned_before = epoch > 1;
+            let write = Write::TakeOver {
+                epoch,
+                gen,
+                owned_before,
+            };
+            match self.send(write) {
                 None => return,
-                Some(Answer::TakeOver(TakeOver::Applied(at), vouched)) => {
-                    let fence = fence_answer(epoch, at, vouched, bound);
+                Some(Answer::TakeOver(TakeOver::Applied(at), lost)) => {
+                    let fence = fence_answer(at, lost, bound);
                     if !self.core(i).fenced(fence) {
                         return;
                     }
@@ -457,23 +468,9 @@ impl World {
         self.core(i).restored();
     }
 
-    fn redis_view(&self) -> PartitionView {
-        let hashes = self.redis.hashes.iter().flatten();
-        PartitionView {
-            partition: 0,
-            live: self.redis.live,
-            epoch: self.redis.epoch,
-            gens: hashes
-                .clone()
-                .map(|h| (h.g, vec![i64::from(h.n)]))
-                .collect(),
-            applied: hashes.map(|h| (h.g, h.o)).collect(),
-        }
-    }
-
     fn read_pg(&mut self, r: usize, bound: &Bound) -> Result<(), String> {
         let Some(Half {
-            view,
+            redis,
             healthy,
             pg_epoch,
             floor,
@@ -491,7 +488,7 @@ impl World {
         } else {
             Vec::new()
         };
-        let views = [view];
+        let views = [redis_view(&redis)];
         match rule::check(&views, &gens, &mut self.readers[r].guard, ()) {
             Ok(()) => {
                 let pending: i64 = rule::unflushed(&views, &gens).map(|v| v[0]).sum();
@@ -586,8 +583,8 @@ impl World {
 
 /// What the shell makes of a fence that got through (`Aggregator::fence_answer`): the
 /// log's end is all of the model's log.
-fn fence_answer(epoch: i64, at: i64, vouched: bool, bound: &Bound) -> Fence {
-    if vouched || epoch <= 1 {
+fn fence_answer(at: i64, lost: bool, bound: &Bound) -> Fence {
+    if !lost {
         Fence::Done(at)
     } else {
         Fence::Unvouched {
@@ -599,4 +596,19 @@ fn fence_answer(epoch: i64, at: i64, vouched: bool, bound: &Bound) -> Fence {
 /// A part's place in the fixed order of [`World::step`].
 fn key(part: &impl Hash) -> u64 {
     FixedState::with_seed(2).hash_one(part)
+}
+
+/// What a reader's atomic look at Redis returns for the partition.
+fn redis_view(redis: &Redis) -> PartitionView {
+    let hashes = redis.hashes.iter().flatten();
+    PartitionView {
+        partition: 0,
+        live: redis.live,
+        epoch: redis.epoch,
+        gens: hashes
+            .clone()
+            .map(|h| (h.g, vec![i64::from(h.n)]))
+            .collect(),
+        applied: hashes.map(|h| (h.g, h.o)).collect(),
+    }
 }

@@ -13,7 +13,10 @@ end
 local function raise(meta, epoch, gen, e, g, live)
   if epoch > e then redis.call('HSET', meta, 'epoch', epoch) end
   if gen > g then redis.call('HSET', meta, 'gen', gen) end
-  if live == '1' then redis.call('HSET', meta, 'live', epoch) end
+  if live == '1' then
+    redis.call('HSET', meta, 'live', epoch)
+    redis.call('HDEL', meta, 'recount')
+  end
 end
 "#;
 
@@ -80,11 +83,13 @@ return 1
 "#;
 
 /// A new owner's fence. KEYS: meta, hash of gen's parity, hash of the other parity.
-/// ARGV: epoch, gen (the generation Postgres expects next). Folds a generation gen+1
-/// into gen, drops flushed leftovers, raises the epoch. Returns {1, applied offset of
-/// gen or -1, 1 when a live mark is there or 0}, {-1} when a newer owner fenced
-/// already, or {-3, stored gen} when Redis is ahead of Postgres by more than one
-/// generation.
+/// ARGV: epoch, gen (the generation Postgres expects next), 1 when the partition was
+/// owned before (else 0). Folds a generation gen+1 into gen, drops flushed
+/// leftovers, raises the epoch. A partition owned before whose meta hash is gone
+/// lost what its owners counted: the hash records `recount` until an owner marks the
+/// partition live again. Returns {1, applied offset of gen or -1, 1 while `recount`
+/// is recorded or 0}, {-1} when a newer owner fenced already, or {-3, stored gen}
+/// when Redis is ahead of Postgres by more than one generation.
 pub(super) const TAKE_OVER_LUA: &str = r#"
 local meta, h, other = KEYS[1], KEYS[2], KEYS[3]
 local epoch, gen = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -92,6 +97,7 @@ local m = redis.call('HMGET', meta, 'epoch', 'gen')
 local e, g = tonumber(m[1]) or 0, tonumber(m[2]) or 0
 if epoch < e then return {-1} end
 if g > gen + 1 then return {-3, g} end
+if not m[1] and ARGV[3] == '1' then redis.call('HSET', meta, 'recount', 1) end
 local hg = tonumber(redis.call('HGET', h, '@g') or '-1')
 local og = tonumber(redis.call('HGET', other, '@g') or '-1')
 if hg ~= gen and hg >= 0 then redis.call('DEL', h); hg = -1 end
@@ -111,7 +117,7 @@ end
 redis.call('HSET', meta, 'epoch', epoch, 'gen', gen)
 local applied = -1
 if redis.call('HGET', h, '@g') then applied = tonumber(redis.call('HGET', h, '@o') or '-1') end
-local vouched = 0
-if redis.call('HEXISTS', meta, 'live') == 1 then vouched = 1 end
-return {1, applied, vouched}
+local recount = 0
+if redis.call('HEXISTS', meta, 'recount') == 1 then recount = 1 end
+return {1, applied, recount}
 "#;

@@ -16,8 +16,9 @@ impl Pending {
     }
 
     /// Fences a partition for its new owner; returns how far Redis holds the
-    /// generation the owner continues (-1 for nothing), and whether a live mark
-    /// vouched for it (see `PendingStore::take_over_vouched`).
+    /// generation the owner continues (-1 for nothing), and whether Redis lost the
+    /// partition's counts since it was last marked live (see
+    /// `PendingStore::take_over_vouched`).
     pub async fn take_over(
         &self,
         partition: i32,
@@ -26,7 +27,16 @@ impl Pending {
     ) -> redis::RedisResult<(TakeOver, bool)> {
         match self {
             Pending::Redis(store) => store.take_over_vouched(partition, epoch, gen).await,
-            Pending::DatabaseOnly => Ok((TakeOver::Applied(-1), true)),
+            Pending::DatabaseOnly => Ok((TakeOver::Applied(-1), false)),
+        }
+    }
+
+    /// How far Redis holds generation `gen` of `partition` or the one after it, read
+    /// only (-1: neither; always -1 without Redis).
+    pub async fn extent(&self, partition: i32, gen: i64) -> redis::RedisResult<i64> {
+        match self {
+            Pending::Redis(store) => store.extent(partition, gen).await,
+            Pending::DatabaseOnly => Ok(-1),
         }
     }
 

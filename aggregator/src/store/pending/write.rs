@@ -99,8 +99,10 @@ impl PendingStore {
         Ok(self.take_over_vouched(partition, epoch, gen).await?.0)
     }
 
-    /// [`PendingStore::take_over`], and whether the partition carried a live mark (some
-    /// owner vouched that Redis holds all it counted).
+    /// [`PendingStore::take_over`], and whether Redis lost the partition's counts
+    /// since an owner last marked it live (its meta hash was gone at a take-over of
+    /// a partition owned before, `epoch` above 1): what was read of it may reach
+    /// further than anything Redis holds.
     pub async fn take_over_vouched(
         &self,
         partition: i32,
@@ -120,17 +122,18 @@ impl PendingStore {
                         .arg(self.layout.gen(*p, gen))
                         .arg(self.layout.gen(*p, gen + 1))
                         .arg(epoch)
-                        .arg(gen);
+                        .arg(gen)
+                        .arg(if epoch > 1 { "1" } else { "0" });
                 },
             )
             .await?;
-        let vouched = answer.get(2) == Some(&1);
+        let lost = answer.get(2) == Some(&1);
         let taken = match answer.as_slice() {
             [1, applied, ..] => TakeOver::Applied(*applied),
             [-3, ahead, ..] => TakeOver::Ahead(*ahead),
             _ => TakeOver::Stale,
         };
-        Ok((taken, vouched))
+        Ok((taken, lost))
     }
 
     /// Rewrites generation `gen` of `partition` as exactly `fields` (absolute values),
@@ -221,6 +224,37 @@ impl PendingStore {
     /// For each `(partition, generation)`: the epoch the partition is marked live
     /// under (`None`: not marked, so Redis may have lost its pending counts), and the
     /// offset Redis holds that generation applied up to (`None`: no such hash).
+    /// How far either generation hash holds generation `gen` or later (-1: neither),
+    /// read only.
+    pub async fn extent(&self, partition: i32, gen: i64) -> redis::RedisResult<i64> {
+        let raw = self
+            .conn
+            .per_partition(
+                &[partition],
+                true,
+                |p| self.layout.meta(*p),
+                |pipe, p| {
+                    for parity in 0..2 {
+                        pipe.cmd("HMGET")
+                            .arg(self.layout.gen(*p, parity))
+                            .arg("@g")
+                            .arg("@o");
+                    }
+                },
+            )
+            .await?;
+        let mut to = -1;
+        for value in raw {
+            let hash: Vec<Option<i64>> = redis::from_redis_value(value)?;
+            if let [Some(g), Some(o)] = hash.as_slice() {
+                if *g >= gen {
+                    to = to.max(*o);
+                }
+            }
+        }
+        Ok(to)
+    }
+
     pub async fn marks(
         &self,
         partitions: &[(i32, i64)],
