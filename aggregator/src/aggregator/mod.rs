@@ -363,8 +363,9 @@ impl Aggregator {
                 protocol::Fence::Unvouched { log_end }
             }
             Err(e) => {
-                tracing::warn!(partition, error = %e, "cannot read the log's end; trusting what Redis holds");
-                protocol::Fence::Done(at)
+                // Without the log's end the recount has no bound: fence again later.
+                tracing::warn!(partition, error = %e, "cannot read the log's end; fencing again later");
+                protocol::Fence::NoAnswer
             }
         }
     }
@@ -437,18 +438,14 @@ impl Aggregator {
     /// ids, or so many keys wait for Postgres.
     pub(crate) fn must_wait(&self) -> bool {
         let state = self.state();
-        let (mut pending, mut unsealable) = (0, 0);
-        for p in state.partitions.values() {
-            pending += p.core.pending_keys();
-            if !p.core.caught_up() {
-                unsealable += p.core.pending_keys();
-            }
-        }
-        // Partitions that may not be flushed yet (a take-over Redis has not answered)
-        // are bounded too.
-        state.undecided.is_some()
-            || (state.flush.is_some() && pending >= PENDING_CAP)
-            || unsealable >= PENDING_CAP
+        let pending = || {
+            state
+                .partitions
+                .values()
+                .map(|p| p.core.pending_keys())
+                .sum::<usize>()
+        };
+        state.undecided.is_some() || (state.flush.is_some() && pending() >= PENDING_CAP)
     }
 
     /// Assignments and revocations so far.

@@ -91,8 +91,14 @@ impl Aggregator {
         ));
         match claimed {
             Ok(newest) if newest == epoch => {}
-            Ok(_) => {
-                self.hold(state, partition, Hold::Fenced);
+            Ok(newest) => {
+                // A newer claim; or Postgres went back to before ours.
+                let reason = if newest > epoch {
+                    Hold::Fenced
+                } else {
+                    Hold::Behind
+                };
+                self.hold(state, partition, reason);
                 return true;
             }
             Err(e) => {
@@ -119,7 +125,13 @@ impl Aggregator {
                         return true;
                     }
                 }
-                Fencing::NoAnswer | Fencing::Full(_) => return false,
+                Fencing::Full(to) => {
+                    if let Some(p) = state.partitions.get_mut(&partition) {
+                        p.core.fenced(protocol::Fence::Full { to });
+                    }
+                    return false;
+                }
+                Fencing::NoAnswer => return false,
                 Fencing::Refused(reason) => {
                     self.hold(state, partition, reason);
                     return true;

@@ -222,9 +222,10 @@ impl<C: Tally> Core<C> {
     /// from the old log, and memory is written over it.
     pub fn count_new_log(&mut self) {
         self.redis = match self.redis {
-            Redis::Unfenced { frozen_to, .. } => Redis::Unfenced {
+            // How far Redis held the old log says nothing of the new one.
+            Redis::Unfenced { .. } => Redis::Unfenced {
                 new_log: true,
-                frozen_to,
+                frozen_to: None,
             },
             _ => Redis::Restoring,
         };
@@ -421,6 +422,16 @@ impl<C: Tally> Core<C> {
         let Redis::Unfenced { new_log, .. } = self.redis else {
             return true;
         };
+        if let Fence::Full { to } = fence {
+            // Still unfenced; but nobody writes Redis now either.
+            if !new_log {
+                self.redis = Redis::Unfenced {
+                    new_log,
+                    frozen_to: Some(to),
+                };
+            }
+            return false;
+        }
         let (start, last) = (self.flushed_to.unwrap_or(0), self.last_consumed());
         self.redis = match fence {
             Fence::NoAnswer | Fence::Full { .. } => return false,

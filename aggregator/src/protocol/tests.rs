@@ -209,3 +209,13 @@ fn a_claim_redis_refused_for_want_of_memory_flushes_once_past_what_it_holds() {
         "fenced before it is rewritten"
     );
 }
+
+#[test]
+fn a_late_fence_refused_for_want_of_memory_lets_the_partition_flush_past_it() {
+    let mut p = claimed(Some(10), Fence::NoAnswer);
+    p.consumed(12);
+    assert!(!p.flushable());
+    assert!(!p.fenced(Fence::Full { to: 11 }));
+    assert!(p.flushable(), "memory is past what the frozen Redis holds");
+    assert_eq!(p.restore().fence_gen, Some(5), "still to be fenced");
+}
