@@ -2,17 +2,20 @@
 //! operations the consumer loop and the rebalance callbacks call. The protocol these
 //! follow is described in [`crate::flush`].
 //!
-//! - this module: the type, claiming and assigning, taking polled messages;
+//! - this module: the type, assigning, taking polled messages;
+//! - [`claiming`]: claiming a partition in Postgres and fencing it in Redis;
 //! - [`counting`]: a batch into Redis and memory;
 //! - [`flushing`]: sealing generations and flushing them in the background;
 //! - [`upkeep`]: live marks, and restoring what Redis lost;
 //! - [`holding`]: partitions assigned to us that we may not write.
 
+mod claiming;
 mod counting;
 mod flushing;
 mod holding;
 mod upkeep;
 
+use claiming::Fencing;
 use holding::Held;
 pub(crate) use holding::HOLD_RETRY;
 pub use holding::{Claimed, Hold};
@@ -164,20 +167,6 @@ const SILENT_FAULT: &str = "postgres_silent";
 /// answer (a successful flush clears it at once).
 const SILENT_FAULT_FOR: Duration = Duration::from_secs(30);
 
-/// What fencing a partition in Redis found.
-enum Fencing {
-    /// Fenced; Redis holds the generation up to this offset (-1: nothing); true when
-    /// Redis lost the partition's counts since it was last marked live.
-    Done(i64, bool),
-    /// Redis answered that it takes no writes (out of memory); it still answers
-    /// reads, and holds the partition's generations up to this offset (-1: none).
-    Full(i64),
-    /// Redis did not answer in time.
-    NoAnswer,
-    /// Not ours to write.
-    Refused(Hold),
-}
-
 /// Everything [`Aggregator::new`] needs.
 pub struct Parts {
     pub rt: Handle,
@@ -242,132 +231,6 @@ impl Aggregator {
 
     fn stopped(&self) -> bool {
         self.shutdown.is_triggered()
-    }
-
-    /// Claims a partition: in Postgres (new epoch; where to resume) and, with Redis,
-    /// fences it there and learns how far its current generation reaches. Retries
-    /// store errors until shutdown. A partition Redis knows a newer claim or flush
-    /// of than Postgres does is not ours to write: it is held.
-    /// Redis errors are retried for `patience` (the assign callback gives the first
-    /// partition a second and the rest none once Redis did not answer: the group
-    /// waits for the callback).
-    pub fn claim(&self, partition: i32, patience: Duration) -> Claimed {
-        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let stopped = || self.stopped();
-        let Some(claim) = retry(
-            "claiming a partition in Postgres",
-            backoff,
-            Until::Stopped(&stopped),
-            || {
-                let claim = postgres::claim(&self.db, &self.scope, partition);
-                self.rt
-                    .block_on(deadline::within(deadline::ROUND_TRIP, claim))
-            },
-        ) else {
-            return Claimed::Stopped;
-        };
-        match self.fence(partition, claim.epoch, claim.flushed_gen + 1, patience) {
-            Fencing::Done(at, lost) => {
-                let fence = self.fence_answer(partition, at, lost);
-                Claimed::Owned(claim, fence)
-            }
-            Fencing::Full(to) => {
-                tracing::warn!(
-                    partition,
-                    redis_at = to,
-                    "Redis takes no writes (out of memory): counting this partition in memory, flushing once past what Redis holds of it"
-                );
-                Claimed::Owned(claim, protocol::Fence::Full { to })
-            }
-            Fencing::NoAnswer if self.stopped() => Claimed::Stopped,
-            Fencing::NoAnswer => {
-                tracing::warn!(
-                    partition,
-                    "Redis did not answer the claim: counting this partition in memory until it does"
-                );
-                Claimed::Owned(claim, protocol::Fence::NoAnswer)
-            }
-            Fencing::Refused(reason) => Claimed::Held(reason),
-        }
-    }
-
-    /// Fences `partition` in Redis for `epoch`, `gen` being the oldest generation
-    /// Postgres has not flushed (see `PendingStore::take_over`); retries errors for
-    /// `patience`.
-    fn fence(&self, partition: i32, epoch: i64, gen: i64, patience: Duration) -> Fencing {
-        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
-        let full = std::cell::Cell::new(false);
-        let Some(taken) = retry(
-            "fencing a partition in Redis",
-            backoff,
-            Until::Deadline(Instant::now() + patience),
-            || {
-                let taken = self
-                    .rt
-                    .block_on(self.pending.take_over(partition, epoch, gen));
-                full.set(matches!(&taken, Err(e) if e.code() == Some("OOM")));
-                taken
-            },
-        ) else {
-            if !full.get() {
-                return Fencing::NoAnswer;
-            }
-            // Refused, not unanswered: nobody's writes get in, so what Redis holds
-            // now stays put until it takes writes again.
-            let extent = self.pending.extent(partition, gen);
-            return match self.rt.block_on(extent) {
-                Ok(to) => Fencing::Full(to),
-                Err(_) => Fencing::NoAnswer,
-            };
-        };
-        match taken {
-            (TakeOver::Applied(at), lost) => Fencing::Done(at, lost),
-            (TakeOver::Stale, _) => {
-                // Redis knows a newer epoch. If Postgres' newest is still ours, nobody
-                // claimed after us: Postgres lost claims it had made.
-                let newest = self.rt.block_on(deadline::within(
-                    deadline::ROUND_TRIP,
-                    postgres::partition_epoch(&self.db, &self.scope, partition),
-                ));
-                match newest {
-                    Ok(newest) if newest == epoch => Fencing::Refused(Hold::Behind),
-                    _ => Fencing::Refused(Hold::Fenced),
-                }
-            }
-            (TakeOver::Ahead(redis_gen), _) => {
-                tracing::error!(
-                    partition,
-                    redis_gen,
-                    postgres_gen = gen - 1,
-                    "Redis holds generations Postgres never flushed"
-                );
-                Fencing::Refused(Hold::Behind)
-            }
-        }
-    }
-
-    /// What a fence that got through means for the core: a partition whose counts
-    /// Redis lost since it was last marked live is recounted up to the log's end
-    /// (see [`protocol::Redis::Recounting`]).
-    fn fence_answer(&self, partition: i32, at: i64, lost: bool) -> protocol::Fence {
-        if !lost {
-            return protocol::Fence::Done(at);
-        }
-        match self.probe.bounds(partition) {
-            Ok((_, log_end)) => {
-                tracing::warn!(
-                    partition,
-                    log_end,
-                    "Redis lost this partition's pending counts before its owner restored them; reads of it wait until it is recounted up to the log's end"
-                );
-                protocol::Fence::Unvouched { log_end }
-            }
-            Err(e) => {
-                // Without the log's end the recount has no bound: fence again later.
-                tracing::warn!(partition, error = %e, "cannot read the log's end; fencing again later");
-                protocol::Fence::NoAnswer
-            }
-        }
     }
 
     /// Takes over the claimed partitions and points the consumer at the offsets
