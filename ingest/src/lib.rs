@@ -226,15 +226,21 @@ impl App {
             group: common.consumer_group.clone(),
             topic: common.views_topic.clone(),
         };
+        let reader = Reader::new(
+            db.clone(),
+            scope.clone(),
+            redis.map(|conn| PendingReader::new(conn, layout)),
+        );
+        reader.topic_partitions().watch(
+            producer.clone(),
+            common.views_topic.clone(),
+            shutdown.clone(),
+        );
         let state = AppState {
             producer: producer.clone(),
             topic: common.views_topic.as_str().into(),
             namespaces: Arc::new(settings.namespaces.clone()),
-            reader: Reader::new(
-                db.clone(),
-                scope.clone(),
-                redis.map(|conn| PendingReader::new(conn, layout)),
-            ),
+            reader,
             visitors: visitor_ids.then(|| Arc::new(Visitors::new(db.clone(), health.clone()))),
             db,
             scope,

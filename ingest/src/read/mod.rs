@@ -6,13 +6,14 @@
 //! both reads only move forward, successive reads never decrease while only views
 //! are added.
 //!
-//! Redis losing its data would make pending counts vanish until their owner restores
-//! them. The `live` marks (see [`viewpipe_schema::pending`]) are read in the same atomic step as
-//! the partitions' generation hashes; while any partition Postgres knows of is not
-//! marked, the read waits for its owner to restore it, and answers
-//! [`ReadError::Recovering`] after [`RECOVERY_WAIT`] rather than a count that went
-//! down. Once a read gave up, reads in the next second do not wait (nor poll
-//! Postgres while waiting): they answer `Recovering` after one look.
+//! When the read rule ([`viewpipe_schema::pending::read`]) finds partitions it may
+//! not use (Redis lost them and their owner has not restored them, say), a read of a
+//! key waits only when one of them is the key's own ([`TopicPartitions::own`]), and
+//! answers [`ReadError::Recovering`] after [`RECOVERY_WAIT`] rather than a count that
+//! went down. Any other key is answered at once from Postgres and the partitions that
+//! can be read: its views are not in the others. Once a read gave up, reads in the
+//! next second do not wait (nor poll Postgres while waiting): they answer
+//! `Recovering` after one look.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,8 @@ use merge::Merged;
 use viewpipe_schema::pending::read::{self as rule, Flushed, Guard};
 pub mod pending;
 pub(crate) mod sql;
+mod topic;
+pub use topic::TopicPartitions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -71,6 +74,8 @@ pub struct Reader {
     gave_up: Arc<Mutex<Option<Instant>>>,
     /// Per partition, how far an earlier read saw Redis hold it (see [`Guard`]).
     seen: Arc<Mutex<Guard<Instant>>>,
+    /// The views topic's partition count: which partitions a key's views are in.
+    topic: TopicPartitions,
 }
 
 /// One day of [`Reader::daily`].
@@ -100,9 +105,16 @@ impl Reader {
             totals: dead_end,
             gave_up: Arc::new(Mutex::new(None)),
             seen: Arc::default(),
+            topic: TopicPartitions::default(),
         };
         tokio::spawn(serve_totals(reader.clone(), requests));
         Self { totals, ..reader }
+    }
+
+    /// The views topic's partition count this reader goes by; keep it current with
+    /// [`TopicPartitions::watch`].
+    pub fn topic_partitions(&self) -> &TopicPartitions {
+        &self.topic
     }
 
     /// Every view of `key` the aggregators have consumed.
@@ -227,16 +239,26 @@ impl Reader {
                     continue;
                 }
             }
-            let unmarked = match self.check(&views, &snap.gens, asked) {
+            let unreadable = match self.check(&views, &snap.gens, asked) {
                 Ok(()) => {
                     *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     return Ok(Merged { views, snap });
                 }
-                Err(unmarked) => unmarked,
+                Err(unreadable) => unreadable,
             };
+            let own = self.topic.own(key.as_str(), &unreadable);
+            if own.is_empty() {
+                // Only other keys' partitions cannot be read: this key's views are
+                // in Postgres and the partitions that can.
+                let views = views
+                    .into_iter()
+                    .filter(|v| !unreadable.contains(&v.partition))
+                    .collect();
+                return Ok(Merged { views, snap });
+            }
             if Instant::now() >= deadline {
                 *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-                return Err(ReadError::Recovering(unmarked));
+                return Err(ReadError::Recovering(own));
             }
             tokio::time::sleep(RECOVERY_POLL).await;
         }

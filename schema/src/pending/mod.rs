@@ -24,6 +24,7 @@
 
 use std::fmt::Write;
 
+pub mod homes;
 pub mod read;
 
 use chrono::NaiveDate;

@@ -19,6 +19,10 @@
 //!   differently from the ones read;
 //! - Redis holding less of a live generation than an earlier read of this process saw
 //!   ([`Guard`]): a lagging replica promoted, an eviction, under a surviving mark.
+//!
+//! A key's views are only in its home partitions ([`super::homes`]), so a read of a
+//! key waits only when one of those is unreadable; otherwise it leaves the unreadable
+//! partitions out and answers.
 
 use std::collections::BTreeMap;
 

@@ -244,6 +244,23 @@ impl Service {
         }
     }
 
+    /// What `/readyz` says once it names `fault`, or after 30 s.
+    pub async fn readyz_until(&self, fault: &str) -> String {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut said = String::new();
+        while Instant::now() < deadline {
+            if let Ok(answer) = http.get(self.url("/readyz")).send().await {
+                said = answer.text().await.unwrap_or_default();
+                if said.contains(fault) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        said
+    }
+
     /// Stops the service as SIGTERM would and waits for it: an in-process service's
     /// shutdown token, a child's SIGTERM. Errors if it did not stop cleanly.
     pub async fn stop(mut self, within: Duration) -> anyhow::Result<()> {

@@ -8,13 +8,13 @@
 //! - Losing its tail: the log ends before the position while its start is the log
 //!   that was counted: held and reported, nothing counted twice.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-use viewpipe_tests::{Service, Stack};
+use viewpipe_tests::Stack;
 
 /// Produces `n` valid events with long random ids (so they compress poorly).
 async fn produce(producer: &FutureProducer, n: usize) {
@@ -48,23 +48,6 @@ fn watermarks(stack: &Stack) -> (i64, i64) {
     consumer
         .fetch_watermarks("views", 0, Duration::from_secs(5))
         .expect("watermarks")
-}
-
-/// What `/readyz` says once it names `fault`, or after 30 s.
-async fn readyz_until(service: &Service, fault: &str) -> String {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut said = String::new();
-    while Instant::now() < deadline {
-        if let Ok(answer) = http.get(service.url("/readyz")).send().await {
-            said = answer.text().await.unwrap_or_default();
-            if said.contains(fault) {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    said
 }
 
 fn producer(stack: &Stack) -> FutureProducer {
@@ -137,7 +120,7 @@ async fn a_log_that_lost_counted_events_is_held_and_reported_not_counted_again()
         .spawn_aggregator(&[("FLUSH_INTERVAL_MS", "200")])
         .await
         .expect("aggregator");
-    let said = readyz_until(&aggregator, "log_truncated").await;
+    let said = aggregator.readyz_until("log_truncated").await;
     assert!(said.contains("log_truncated"), "/readyz says so: {said}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -200,7 +183,7 @@ async fn events_deleted_before_they_were_counted_hold_the_partition_and_say_so()
         .spawn_aggregator(&[("FLUSH_INTERVAL_MS", "200")])
         .await
         .expect("aggregator");
-    let said = readyz_until(&aggregator, "log_ahead").await;
+    let said = aggregator.readyz_until("log_ahead").await;
     assert!(said.contains("log_ahead"), "/readyz says so: {said}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let position = stack
