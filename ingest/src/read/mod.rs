@@ -35,6 +35,7 @@ use viewpipe_schema::pending::read::{self as rule, Flushed, Guard};
 pub mod pending;
 pub(crate) mod sql;
 mod topic;
+use topic::found_in;
 pub use topic::TopicPartitions;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +44,7 @@ pub enum ReadError {
     Redis(#[from] redis::RedisError),
     #[error("Postgres: {0}")]
     Db(#[from] sea_orm::DbErr),
-    #[error("Redis lost pending counts of partitions {0:?}; their aggregators are restoring them")]
+    #[error("the pending counts of partitions {0:?} cannot be read safely yet (Redis lost them, or their owner changed or holds them)")]
     Recovering(Vec<i32>),
 }
 
@@ -54,6 +55,9 @@ const RECOVERY_POLL: Duration = Duration::from_millis(20);
 const COALESCE_MAX: usize = 256;
 /// Coalesced reads in flight at once.
 const COALESCE_PARALLEL: usize = 4;
+
+/// When a read gave up waiting, and the partitions it waited for.
+type GaveUp = (Instant, Vec<i32>);
 
 /// A total read waiting to be answered with others; `None` sends it the long way.
 type TotalRequest = (ContentKey, oneshot::Sender<Option<i64>>);
@@ -69,9 +73,10 @@ pub struct Reader {
     partitions: Arc<Mutex<Vec<i32>>>,
     /// Total reads queue here and are answered in groups (see [`Reader::total`]).
     totals: mpsc::UnboundedSender<TotalRequest>,
-    /// When a read last gave up on partitions not marked live: reads soon after do
-    /// not wait again (one waiting read at a time is enough to notice the restore).
-    gave_up: Arc<Mutex<Option<Instant>>>,
+    /// When a read last gave up, and on which partitions: reads soon after whose
+    /// keys wait for no others do not wait again (one waiting read at a time is
+    /// enough to notice the restore).
+    gave_up: Arc<Mutex<Option<GaveUp>>>,
     /// Per partition, how far an earlier read saw Redis hold it (see [`Guard`]).
     seen: Arc<Mutex<Guard<Instant>>>,
     /// The views topic's partition count: which partitions a key's views are in.
@@ -144,17 +149,18 @@ impl Reader {
     }
 
     /// [`Reader::total`] of each of `keys`, in order, from one Redis round trip and
-    /// one Postgres statement. When that cannot answer (a partition not marked live,
-    /// a store failed), each key is read the long way, as a single read would be.
+    /// one Postgres statement. A key that cannot be answered so (one of its own
+    /// partitions cannot be read, a store failed) is read the long way, as a single
+    /// read would be.
     pub async fn totals(&self, keys: &[ContentKey]) -> Result<Vec<i64>, ReadError> {
         let names: Vec<&str> = keys.iter().map(ContentKey::as_str).collect();
-        if let Some(totals) = self.totals_together(&names).await {
-            return Ok(totals);
-        }
+        let together = self.totals_together(&names).await;
         let mut totals = Vec::with_capacity(keys.len());
-        for key in keys {
-            let merged = self.merged(key, None, RECOVERY_WAIT).await?;
-            totals.push(merged.total());
+        for (i, key) in keys.iter().enumerate() {
+            match together.as_ref().and_then(|t| t[i]) {
+                Some(total) => totals.push(total),
+                None => totals.push(self.merged(key, None, RECOVERY_WAIT).await?.total()),
+            }
         }
         Ok(totals)
     }
@@ -216,11 +222,6 @@ impl Reader {
             Some((from, to)) => from.iter_days().take_while(|d| *d <= to).collect(),
             None => Vec::new(),
         };
-        let gave_up = *self.gave_up.lock().unwrap_or_else(|e| e.into_inner());
-        let wait = match gave_up {
-            Some(at) if at.elapsed() < FAIL_FAST_FOR => Duration::ZERO,
-            _ => wait,
-        };
         let deadline = Instant::now() + wait;
         loop {
             let known = self.known_partitions();
@@ -246,7 +247,9 @@ impl Reader {
                 }
                 Err(unreadable) => unreadable,
             };
-            let own = self.topic.own(key.as_str(), &unreadable);
+            let own = self
+                .topic
+                .own(key.as_str(), &unreadable, |p| found_in(&views, p, None));
             if own.is_empty() {
                 // Only other keys' partitions cannot be read: this key's views are
                 // in Postgres and the partitions that can.
@@ -256,8 +259,7 @@ impl Reader {
                     .collect();
                 return Ok(Merged { views, snap });
             }
-            if Instant::now() >= deadline {
-                *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            if self.give_up(&own, deadline) {
                 return Err(ReadError::Recovering(own));
             }
             tokio::time::sleep(RECOVERY_POLL).await;
@@ -265,8 +267,9 @@ impl Reader {
     }
 
     /// The totals of `keys` in one atomic Redis read and one Postgres statement, or
-    /// `None` when a partition is not marked live or unknown, or a store failed.
-    async fn totals_together(&self, keys: &[&str]) -> Option<Vec<i64>> {
+    /// `None` when a store failed or a partition is not known yet; per key, `None`
+    /// when one of its own partitions cannot be read.
+    async fn totals_together(&self, keys: &[&str]) -> Option<Vec<Option<i64>>> {
         for _ in 0..2 {
             let known = self.known_partitions();
             let asked = Instant::now();
@@ -285,17 +288,42 @@ impl Reader {
                     continue;
                 }
             }
-            if self.check(&views, &gens, asked).is_err() {
-                return None;
-            }
-            for pending in rule::unflushed(&views, &gens) {
+            let unreadable = self.check(&views, &gens, asked).err().unwrap_or_default();
+            let blocked: Vec<bool> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    let found = |p| found_in(&views, p, Some(i));
+                    !self.topic.own(key, &unreadable, found).is_empty()
+                })
+                .collect();
+            let readable: Vec<PartitionView> = views
+                .into_iter()
+                .filter(|v| !unreadable.contains(&v.partition))
+                .collect();
+            for pending in rule::unflushed(&readable, &gens) {
                 for (total, n) in totals.iter_mut().zip(pending) {
                     *total += n;
                 }
             }
-            return Some(totals);
+            let totals = totals.into_iter().zip(blocked);
+            return Some(totals.map(|(t, blocked)| (!blocked).then_some(t)).collect());
         }
         None
+    }
+
+    /// True when a read waiting for `own` gives up now: at `deadline`, or at once
+    /// when a read gave up on them less than [`FAIL_FAST_FOR`] ago.
+    fn give_up(&self, own: &[i32], deadline: Instant) -> bool {
+        let mut gave_up = self.gave_up.lock().unwrap_or_else(|e| e.into_inner());
+        let fail_fast = gave_up.as_ref().is_some_and(|(at, parts)| {
+            at.elapsed() < FAIL_FAST_FOR && own.iter().all(|p| parts.contains(p))
+        });
+        if !fail_fast && Instant::now() >= deadline {
+            *gave_up = Some((Instant::now(), own.to_vec()));
+            return true;
+        }
+        fail_fast
     }
 
     /// The read rule's check (see [`viewpipe_schema::pending::read`]) against this
@@ -339,7 +367,7 @@ async fn serve_totals(reader: Reader, mut requests: mpsc::UnboundedReceiver<Tota
             let totals = reader.totals_together(&keys).await;
             drop(keys);
             for (i, (_, reply)) in group.into_iter().enumerate() {
-                let _ = reply.send(totals.as_ref().map(|t| t[i]));
+                let _ = reply.send(totals.as_ref().and_then(|t| t[i]));
             }
             drop(permit);
         });

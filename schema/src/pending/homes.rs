@@ -66,6 +66,18 @@ mod tests {
     }
 
     #[test]
+    fn murmur2_matches_the_java_clients_values() {
+        // Values the Java client's `Utils.murmur2` gives (as its signed int).
+        for (key, java) in [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("abc", 479_470_107),
+        ] {
+            assert_eq!(murmur2(key.as_bytes()) as i32, java, "{key}");
+        }
+    }
+
+    #[test]
     fn homes_lie_among_the_partitions_and_one_partition_is_home_to_all() {
         for key in ["resource:a", "page:/", "x", ""] {
             let [a, b] = homes(key.as_bytes(), 16);

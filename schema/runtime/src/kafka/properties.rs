@@ -48,6 +48,12 @@ pub(super) fn unsupported(name: &str, value: &str) -> Option<&'static str> {
         {
             Some("the aggregator hands partitions over with eager rebalances; use range or roundrobin")
         }
+        "partitioner"
+            if !["consistent_random", "consistent", "murmur2_random", "murmur2"]
+                .contains(&value.trim()) =>
+        {
+            Some("reads find a key's views by where librdkafka's default (CRC-32) or murmur2 partitioner places its key; use consistent_random (the default) or murmur2_random")
+        }
         "group.protocol" if value != "classic" => Some(
             "the aggregator needs the classic group protocol's eager rebalances; leave group.protocol unset",
         ),

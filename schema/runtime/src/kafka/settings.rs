@@ -281,6 +281,8 @@ mod tests {
             "partition.assignment.strategy=cooperative-sticky",
             "partition.assignment.strategy=range, cooperative-sticky",
             "group.protocol=consumer",
+            "partitioner=random",
+            "partitioner=fnv1a",
         ] {
             let e = bad.parse::<KafkaProperty>().expect_err(bad);
             assert!(
@@ -291,6 +293,7 @@ mod tests {
         for good in [
             "partition.assignment.strategy=roundrobin",
             "group.protocol=classic",
+            "partitioner=murmur2_random",
         ] {
             assert!(good.parse::<KafkaProperty>().is_ok(), "{good}");
         }
