@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::protocol::{Core, Fence, Tally};
+use crate::store::pending::Owner;
 use crate::store::{Claim, Counts, LogMarks};
 
 /// One owned partition.
@@ -18,6 +19,8 @@ pub struct Partition {
     /// The newest `occurredAt` counted under this claim (see
     /// `PartitionCommit::event_clock`).
     pub event_clock: Option<DateTime<Utc>>,
+    /// The claim's token (see [`Claim::token`]).
+    token: u128,
 }
 
 impl Tally for Counts {
@@ -37,11 +40,20 @@ impl Partition {
             core: Core::claimed(claim.epoch, claim.flushed_gen, claim.next_offset, fence),
             marks: LogMarks::default(),
             event_clock: None,
+            token: claim.token,
         }
     }
 
     pub fn epoch(&self) -> i64 {
         self.core.epoch()
+    }
+
+    /// Our claim, as Redis knows it.
+    pub fn owner(&self) -> Owner {
+        Owner {
+            epoch: self.core.epoch(),
+            token: self.token,
+        }
     }
 
     /// Records that offsets up to `last` were consumed; `last_mark` is the mark of

@@ -2,6 +2,7 @@
 //! the protocol core how far Redis holds its current generation.
 
 use super::*;
+use crate::store::pending::Owner;
 
 /// What fencing a partition in Redis found.
 pub(super) enum Fencing {
@@ -40,7 +41,11 @@ impl Aggregator {
         ) else {
             return Claimed::Stopped;
         };
-        match self.fence(partition, claim.epoch, claim.flushed_gen + 1, patience) {
+        let owner = Owner {
+            epoch: claim.epoch,
+            token: claim.token,
+        };
+        match self.fence(partition, owner, claim.flushed_gen + 1, patience) {
             Fencing::Done(at, lost) => {
                 let fence = self.fence_answer(partition, at, lost);
                 Claimed::Owned(claim, fence)
@@ -65,16 +70,17 @@ impl Aggregator {
         }
     }
 
-    /// Fences `partition` in Redis for `epoch`, `gen` being the oldest generation
+    /// Fences `partition` in Redis for `owner`, `gen` being the oldest generation
     /// Postgres has not flushed (see `PendingStore::take_over`); retries errors for
     /// `patience`.
     pub(super) fn fence(
         &self,
         partition: i32,
-        epoch: i64,
+        owner: Owner,
         gen: i64,
         patience: Duration,
     ) -> Fencing {
+        let epoch = owner.epoch;
         let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
         let full = std::cell::Cell::new(false);
         let Some(taken) = retry(
@@ -84,7 +90,7 @@ impl Aggregator {
             || {
                 let taken = self
                     .rt
-                    .block_on(self.pending.take_over(partition, epoch, gen));
+                    .block_on(self.pending.take_over(partition, owner, gen));
                 full.set(matches!(&taken, Err(e) if e.code() == Some("OOM")));
                 taken
             },
@@ -103,8 +109,9 @@ impl Aggregator {
         match taken {
             (TakeOver::Applied(at), lost) => Fencing::Done(at, lost),
             (TakeOver::Stale, _) => {
-                // Redis knows a newer epoch. If Postgres' newest is still ours, nobody
-                // claimed after us: Postgres lost claims it had made.
+                // Redis knows a newer epoch, or another claim of ours. If Postgres'
+                // newest is still ours, nobody claimed after us: Postgres lost claims
+                // it had made (and handed our epoch out again).
                 let newest = self.rt.block_on(deadline::within(
                     deadline::ROUND_TRIP,
                     postgres::partition_epoch(&self.db, &self.scope, partition),

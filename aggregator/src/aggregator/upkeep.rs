@@ -81,7 +81,7 @@ impl Aggregator {
         let Some(p) = state.partitions.get_mut(&partition) else {
             return true;
         };
-        let epoch = p.epoch();
+        let (epoch, owner) = (p.epoch(), p.owner());
         // Redis' fence may be gone with its data: only an owner whose claim Postgres
         // still holds writes the partition again (a newer owner fences Redis before
         // it writes, so one that claims after this look finds our write, or refuses it).
@@ -110,7 +110,7 @@ impl Aggregator {
             return true;
         };
         if let Some(gen) = p.core.restore().fence_gen {
-            match self.fence(partition, epoch, gen, Duration::ZERO) {
+            match self.fence(partition, owner, gen, Duration::ZERO) {
                 Fencing::Done(at, lost) => {
                     let fence = self.fence_answer(partition, at, lost);
                     let Some(p) = state.partitions.get_mut(&partition) else {
@@ -158,7 +158,7 @@ impl Aggregator {
         for (gen, last, live, fields) in writes {
             let done = self.rt.block_on(
                 self.pending
-                    .restore(partition, epoch, gen, last, live, &fields),
+                    .restore(partition, owner, gen, last, live, &fields),
             );
             match done {
                 Ok(Applied::Stale) => {

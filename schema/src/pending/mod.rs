@@ -7,7 +7,9 @@
 //! is a short hash of the consumer group and topic, so two deployments sharing a prefix
 //! cannot meet.
 //! - `{prefix}:{s.p}:m`, the partition's meta hash: `epoch`, the newest owner epoch
-//!   that wrote it; `gen`, the newest generation written; `live`, the epoch of the owner
+//!   that wrote it; `owner`, `epoch:token` of the claim that fenced or restored it
+//!   (two claims can share an epoch after a Postgres restore; the token tells them
+//!   apart); `gen`, the newest generation written; `live`, the epoch of the owner
 //!   that vouches Redis holds all of the partition's pending counts (the aggregator's
 //!   `store::pending`, "Loss", says how it is lost and restored).
 //! - `{prefix}:{s.p}:g0` and `:g1`: the counts of the partition's even and odd

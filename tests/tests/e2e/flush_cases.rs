@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 
-use aggregator::store::pending::{PartitionBatch, PendingStore};
+use aggregator::store::pending::{Owner, PartitionBatch, PendingStore};
 use aggregator::store::postgres::{self, PartitionCommit, Scope};
 use aggregator::store::Counts;
 use ingest::read::pending::PendingReader;
@@ -52,7 +52,7 @@ impl Case {
             postgres::claim(&stack.db, &scope, p).await.expect("claim");
             store.take_over(p, 1, 1).await.expect("fence");
             store
-                .restore(p, 1, 1, -1, true, &[])
+                .restore(p, Owner { epoch: 1, token: 0 }, 1, -1, true, &[])
                 .await
                 .expect("mark live");
         }
@@ -305,7 +305,14 @@ async fn reads_never_go_back_when_redis_does_under_a_surviving_mark() {
     // The owner rewrites it from memory (its upkeep notices the offset went back);
     // past the second in which reads answer at once, the count is whole again.
     case.store
-        .restore(0, 1, 1, 9, true, &case.counts(10).fields())
+        .restore(
+            0,
+            Owner { epoch: 1, token: 0 },
+            1,
+            9,
+            true,
+            &case.counts(10).fields(),
+        )
         .await
         .expect("owner restores");
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;

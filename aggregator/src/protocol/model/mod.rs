@@ -6,7 +6,7 @@
 //! scripts' semantics; data loss; writes that go unanswered while it is paused and
 //! run when it resumes; a lagging replica promoted), and two readers in different
 //! processes applying the real read rule ([`viewpipe_schema::pending::read`]) with
-//! their own guards. Every step any of them can take is explored breadth-first, up
+//! their own guards. Every step any of them can take is explored depth-first, up
 //! to the bound's budgets of claims, crashes and faults; after each step the
 //! invariants are checked:
 //! - Postgres holds exactly the views at offsets below `next_offset`, each once (no
@@ -102,12 +102,14 @@ impl Bound {
         ..Bound::REDIS_FAULT
     };
 
-    /// `VIEWPIPE_MODEL_BOUND=deep`: both faults in one run.
-    ///
-    /// A Postgres restore (`pg_restores: 1`) is modelled but in no bound yet: the
-    /// check finds at once that a restore reissues an epoch an owner still holds, and
-    /// that owner's next flush is taken (a view counted twice) unless the operator
-    /// ran `aggregator reset-pending` first, which the model does not do.
+    /// ... or, in a third, a Postgres restore to an earlier backup (which hands an
+    /// epoch out again).
+    pub const POSTGRES_RESTORE: Bound = Bound {
+        redis_faults: 0,
+        pg_restores: 1,
+        ..Bound::REDIS_FAULT
+    };
+    /// `VIEWPIPE_MODEL_BOUND=deep`: a Redis fault and a lost reply in one run.
     pub const DEEP: Bound = Bound {
         redis_faults: 1,
         lost_replies: 1,

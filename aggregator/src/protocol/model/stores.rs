@@ -67,6 +67,8 @@ pub(super) struct Redis {
     pub epoch: i64,
     pub gen: i64,
     pub live: Option<i64>,
+    /// The token of the claim that fenced it under `epoch` (0: none).
+    pub owner: u8,
     /// Lost the partition's counts since it was last marked live (`recount`).
     pub recount: bool,
     /// By parity.
@@ -87,9 +89,11 @@ pub(super) enum Write {
         epoch: i64,
         gen: i64,
         owned_before: bool,
+        token: u8,
     },
     Restore {
         epoch: i64,
+        token: u8,
         gen: i64,
         last: i64,
         live: bool,
@@ -127,17 +131,19 @@ impl Redis {
                 epoch,
                 gen,
                 owned_before,
+                token,
             } => {
-                let taken = self.take_over(epoch, gen, owned_before);
+                let taken = self.take_over(epoch, gen, owned_before, token);
                 Answer::TakeOver(taken, self.recount)
             }
             Write::Restore {
                 epoch,
+                token,
                 gen,
                 last,
                 live,
                 n,
-            } => Answer::Applied(self.restore(epoch, gen, last, live, n)),
+            } => Answer::Applied(self.restore(epoch, token, gen, last, live, n)),
             Write::Drop { gen } => {
                 if self.hashes[slot(gen)].is_some_and(|h| h.g == gen) {
                     self.hashes[slot(gen)] = None;
@@ -145,6 +151,12 @@ impl Redis {
                 Answer::Dropped
             }
         }
+    }
+
+    /// True when a newer claim fenced the partition, or another claim given the same
+    /// epoch (by a Postgres restored to before it) did.
+    fn taken_by_another(&self, epoch: i64, token: u8) -> bool {
+        epoch < self.epoch || (epoch == self.epoch && self.owner != 0 && self.owner != token)
     }
 
     fn raise(&mut self, epoch: i64, gen: i64, live: bool) {
@@ -190,8 +202,8 @@ impl Redis {
         }
     }
 
-    fn take_over(&mut self, epoch: i64, gen: i64, owned_before: bool) -> TakeOver {
-        if epoch < self.epoch {
+    fn take_over(&mut self, epoch: i64, gen: i64, owned_before: bool, token: u8) -> TakeOver {
+        if self.taken_by_another(epoch, token) {
             return TakeOver::Stale;
         }
         if self.gen > gen + 1 {
@@ -215,13 +227,23 @@ impl Redis {
         }
         self.epoch = epoch;
         self.gen = gen;
+        self.owner = token;
         TakeOver::Applied(self.hashes[mine].map_or(-1, |h| h.o))
     }
 
-    fn restore(&mut self, epoch: i64, gen: i64, last: i64, live: bool, n: u32) -> Applied {
-        if epoch < self.epoch {
+    fn restore(
+        &mut self,
+        epoch: i64,
+        token: u8,
+        gen: i64,
+        last: i64,
+        live: bool,
+        n: u32,
+    ) -> Applied {
+        if self.taken_by_another(epoch, token) {
             return Applied::Stale;
         }
+        self.owner = token;
         self.live = None;
         self.hashes[slot(gen)] = Some(GenHash { g: gen, o: last, n });
         self.raise(epoch, gen, live);

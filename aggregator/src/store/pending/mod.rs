@@ -39,6 +39,23 @@ pub(crate) use fields::for_each_field;
 pub use sink::Pending;
 pub use write::{Applied, PartitionBatch, TakeOver};
 
+/// A claim as Redis knows it: its epoch, and a token no other claim has. Postgres
+/// hands out each epoch once, unless it is restored to before a claim; then two
+/// claims hold the same epoch, and the token tells their fences apart (the second
+/// finds the partition fenced, as by a newer epoch).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub epoch: i64,
+    pub token: u128,
+}
+
+impl Owner {
+    /// What the scripts store in the meta hash's `owner` field: `epoch:token`.
+    fn field(&self) -> String {
+        format!("{}:{:x}", self.epoch, self.token)
+    }
+}
+
 use scripts::{APPLY_LUA, FENCE_LUA, RESTORE_LUA, TAKE_OVER_LUA};
 
 /// A generation hash outlives its last write by this long. Generations are flushed
@@ -65,7 +82,7 @@ impl PendingStore {
             layout,
             apply_script: redis::Script::new(&format!("{FENCE_LUA}{APPLY_LUA}")),
             restore_script: redis::Script::new(&format!("{FENCE_LUA}{RESTORE_LUA}")),
-            take_over_script: redis::Script::new(TAKE_OVER_LUA),
+            take_over_script: redis::Script::new(&format!("{FENCE_LUA}{TAKE_OVER_LUA}")),
         }
     }
 

@@ -10,6 +10,12 @@ local function fence(meta, epoch, gen)
   if epoch < e or gen < g then return nil end
   return e, g
 end
+-- True when another claim holding the same epoch fenced the partition: `owner` is
+-- the meta hash's `owner` field (`epoch:token`), `mine` the writer's.
+local function taken(owner, epoch, e, mine)
+  if epoch ~= e or not owner or owner == mine then return false end
+  return string.match(owner, '^(%-?%d+):') == tostring(e)
+end
 local function raise(meta, epoch, gen, e, g, live)
   if epoch > e then redis.call('HSET', meta, 'epoch', epoch) end
   if gen > g then redis.call('HSET', meta, 'gen', gen) end
@@ -56,22 +62,24 @@ return {1, 0}
 
 /// Rewrites a generation as absolute values, in chunks. KEYS: meta, the generation's
 /// hash. ARGV: epoch, gen, first chunk (1/0), last chunk (1/0), last offset, live,
-/// ttl, then field and value pairs. The first chunk clears the hash and takes the
-/// live mark away; the last sets `@o` (and the mark). Returns 1, or -1 when stale.
+/// ttl, owner (`epoch:token`), then field and value pairs. The first chunk clears the
+/// hash and takes the live mark away; the last sets `@o` (and the mark). Returns 1,
+/// or -1 when stale (a newer epoch, or another claim of the same one).
 pub(super) const RESTORE_LUA: &str = r#"
 local meta, h = KEYS[1], KEYS[2]
 local epoch, gen = tonumber(ARGV[1]), tonumber(ARGV[2])
 -- Only the epoch fences a restore: the owner may rewrite its sealed generation
 -- after it started the next one.
-local m = redis.call('HMGET', meta, 'epoch', 'gen')
+local m = redis.call('HMGET', meta, 'epoch', 'gen', 'owner')
 local e, g = tonumber(m[1]) or 0, tonumber(m[2]) or 0
-if epoch < e then return -1 end
+if epoch < e or taken(m[3], epoch, e, ARGV[8]) then return -1 end
+redis.call('HSET', meta, 'owner', ARGV[8])
 if ARGV[3] == '1' then
   redis.call('DEL', h)
   redis.call('HDEL', meta, 'live')
   redis.call('HSET', h, '@g', gen)
 end
-for i = 8, #ARGV, 2 do redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', h, ARGV[7])
 if ARGV[4] == '1' then
   redis.call('HSET', h, '@o', ARGV[5])
@@ -84,18 +92,19 @@ return 1
 
 /// A new owner's fence. KEYS: meta, hash of gen's parity, hash of the other parity.
 /// ARGV: epoch, gen (the generation Postgres expects next), 1 when the partition was
-/// owned before (else 0). Folds a generation gen+1 into gen, drops flushed
+/// owned before (else 0), owner (`epoch:token`). Folds a generation gen+1 into gen, drops flushed
 /// leftovers, raises the epoch. A partition owned before whose meta hash is gone
 /// lost what its owners counted: the hash records `recount` until an owner marks the
 /// partition live again. Returns {1, applied offset of gen or -1, 1 while `recount`
-/// is recorded or 0}, {-1} when a newer owner fenced already, or {-3, stored gen}
+/// is recorded or 0}, {-1} when a newer owner (or another claim of the same epoch)
+/// fenced already, or {-3, stored gen}
 /// when Redis is ahead of Postgres by more than one generation.
 pub(super) const TAKE_OVER_LUA: &str = r#"
 local meta, h, other = KEYS[1], KEYS[2], KEYS[3]
 local epoch, gen = tonumber(ARGV[1]), tonumber(ARGV[2])
-local m = redis.call('HMGET', meta, 'epoch', 'gen')
+local m = redis.call('HMGET', meta, 'epoch', 'gen', 'owner')
 local e, g = tonumber(m[1]) or 0, tonumber(m[2]) or 0
-if epoch < e then return {-1} end
+if epoch < e or taken(m[3], epoch, e, ARGV[4]) then return {-1} end
 if g > gen + 1 then return {-3, g} end
 if not m[1] and ARGV[3] == '1' then redis.call('HSET', meta, 'recount', 1) end
 local hg = tonumber(redis.call('HGET', h, '@g') or '-1')
@@ -114,7 +123,7 @@ if og == gen + 1 then
 elseif og >= 0 then
   redis.call('DEL', other)
 end
-redis.call('HSET', meta, 'epoch', epoch, 'gen', gen)
+redis.call('HSET', meta, 'epoch', epoch, 'gen', gen, 'owner', ARGV[4])
 local applied = -1
 if redis.call('HGET', h, '@g') then applied = tonumber(redis.call('HGET', h, '@o') or '-1') end
 local recount = 0

@@ -1,6 +1,6 @@
 //! Where pending counts go between flushes: Redis, or nowhere (database-only mode).
 
-use super::{Applied, PartitionBatch, PendingStore, TakeOver};
+use super::{Applied, Owner, PartitionBatch, PendingStore, TakeOver};
 
 /// The aggregator's pending store.
 #[derive(Clone)]
@@ -22,11 +22,11 @@ impl Pending {
     pub async fn take_over(
         &self,
         partition: i32,
-        epoch: i64,
+        owner: Owner,
         gen: i64,
     ) -> redis::RedisResult<(TakeOver, bool)> {
         match self {
-            Pending::Redis(store) => store.take_over_vouched(partition, epoch, gen).await,
+            Pending::Redis(store) => store.take_over_vouched(partition, owner, gen).await,
             Pending::DatabaseOnly => Ok((TakeOver::Applied(-1), false)),
         }
     }
@@ -50,7 +50,7 @@ impl Pending {
     pub async fn restore(
         &self,
         partition: i32,
-        epoch: i64,
+        owner: Owner,
         gen: i64,
         last: i64,
         live: bool,
@@ -59,7 +59,7 @@ impl Pending {
         match self {
             Pending::Redis(store) => {
                 store
-                    .restore(partition, epoch, gen, last, live, fields)
+                    .restore(partition, owner, gen, last, live, fields)
                     .await
             }
             Pending::DatabaseOnly => Ok(Applied::Added { live: true }),

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{for_each_field, PendingStore, HASH_TTL_SECS, RESTORE_CHUNK};
+use super::{for_each_field, Owner, PendingStore, HASH_TTL_SECS, RESTORE_CHUNK};
 use crate::store::counts::Counts;
 
 /// One partition's batch, pre-aggregated.
@@ -96,7 +96,8 @@ impl PendingStore {
         epoch: i64,
         gen: i64,
     ) -> redis::RedisResult<TakeOver> {
-        Ok(self.take_over_vouched(partition, epoch, gen).await?.0)
+        let owner = Owner { epoch, token: 0 };
+        Ok(self.take_over_vouched(partition, owner, gen).await?.0)
     }
 
     /// [`PendingStore::take_over`], and whether Redis lost the partition's counts
@@ -106,9 +107,10 @@ impl PendingStore {
     pub async fn take_over_vouched(
         &self,
         partition: i32,
-        epoch: i64,
+        owner: Owner,
         gen: i64,
     ) -> redis::RedisResult<(TakeOver, bool)> {
+        let epoch = owner.epoch;
         let (answer,): (Vec<i64>,) = self
             .query_scripts(
                 &[partition],
@@ -123,7 +125,8 @@ impl PendingStore {
                         .arg(self.layout.gen(*p, gen + 1))
                         .arg(epoch)
                         .arg(gen)
-                        .arg(if epoch > 1 { "1" } else { "0" });
+                        .arg(if epoch > 1 { "1" } else { "0" })
+                        .arg(owner.field());
                 },
             )
             .await?;
@@ -144,7 +147,7 @@ impl PendingStore {
     pub async fn restore(
         &self,
         partition: i32,
-        epoch: i64,
+        owner: Owner,
         gen: i64,
         last: i64,
         live: bool,
@@ -163,7 +166,7 @@ impl PendingStore {
                 |p| self.layout.meta(*p),
                 |pipe, _| {
                     for (i, chunk) in chunks.iter().enumerate() {
-                        self.restore_chunk(pipe, partition, epoch, gen, (i, n), last, live, chunk);
+                        self.restore_chunk(pipe, partition, owner, gen, (i, n), last, live, chunk);
                     }
                 },
             )
@@ -181,7 +184,7 @@ impl PendingStore {
         &self,
         pipe: &mut redis::Pipeline,
         partition: i32,
-        epoch: i64,
+        owner: Owner,
         gen: i64,
         (i, n): (usize, usize),
         last: i64,
@@ -195,13 +198,14 @@ impl PendingStore {
                 .arg(2)
                 .arg(self.layout.meta(partition))
                 .arg(self.layout.gen(partition, gen))
-                .arg(epoch)
+                .arg(owner.epoch)
                 .arg(gen)
                 .arg(if i == 0 { "1" } else { "0" })
                 .arg(if i + 1 == n { "1" } else { "0" })
                 .arg(last)
                 .arg(if live { "1" } else { "0" })
-                .arg(HASH_TTL_SECS);
+                .arg(HASH_TTL_SECS)
+                .arg(owner.field());
             for (field, value) in chunk {
                 cmd.arg(field.as_str()).arg(*value);
             }

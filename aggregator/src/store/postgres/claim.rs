@@ -19,6 +19,10 @@ pub struct Claim {
     pub last_mark: Option<i64>,
     /// The first message counted from the log's beginning: `(offset, mark)`.
     pub anchor: Option<(i64, i64)>,
+    /// A value no other claim has (random): what tells this claim's writes to Redis
+    /// from another claim's given the same epoch by a Postgres restored to before
+    /// this one (see `store::pending::Owner`).
+    pub token: u128,
 }
 
 /// What a sealing flush records of the log it counted, so that a later owner can
@@ -81,6 +85,7 @@ pub async fn claim(
         epoch: row.epoch,
         last_mark: row.last_mark,
         anchor: row.anchor_offset.zip(row.anchor_mark),
+        token: uuid::Uuid::new_v4().as_u128(),
     })
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 
 use aggregator::event_ids::{self, Sighting};
-use aggregator::store::pending::{Applied, PartitionBatch, PendingStore, TakeOver};
+use aggregator::store::pending::{Applied, Owner, PartitionBatch, PendingStore, TakeOver};
 use aggregator::store::postgres::{self, FlushError, LogMarks, PartitionCommit, Scope};
 use aggregator::store::Counts;
 use sea_orm::ConnectionTrait;
@@ -96,6 +96,50 @@ async fn a_batch_is_added_once_however_often_it_is_sent() {
     println!("a batch sent twice, another twice, a third on a wrong base: 15 of 15 counted once");
 }
 
+/// A Postgres restored to before a claim hands its epoch out again. Redis knows the
+/// first claim's token with the epoch, so the second claim's fence and restores are
+/// refused as a newer epoch's would be; the first claim's retried fence is not.
+#[tokio::test]
+async fn a_second_claim_of_the_same_epoch_is_refused() {
+    let stack = Stack::start().await.expect("stack");
+    let store = store(&stack).await;
+    let first = Owner { epoch: 1, token: 7 };
+    let again = Owner { epoch: 1, token: 8 };
+    let fence = |owner| store.take_over_vouched(3, owner, 1);
+    assert_eq!(fence(first).await.expect("fence").0, TakeOver::Applied(-1));
+    assert_eq!(
+        fence(first).await.expect("retried fence").0,
+        TakeOver::Applied(-1),
+        "a fence sent again (its reply lost) is the same claim's"
+    );
+    assert_eq!(fence(again).await.expect("fence").0, TakeOver::Stale);
+    let memory = [(format!("t:{KEY}"), 3)];
+    assert_eq!(
+        store
+            .restore(3, again, 1, 2, true, &memory)
+            .await
+            .expect("restore"),
+        Applied::Stale
+    );
+    assert_eq!(
+        store
+            .restore(3, first, 1, 2, true, &memory)
+            .await
+            .expect("restore"),
+        Applied::Added { live: true }
+    );
+    // A newer epoch takes over whatever token held the older one.
+    let newer = Owner { epoch: 2, token: 8 };
+    assert_eq!(fence(newer).await.expect("fence").0, TakeOver::Applied(2));
+    assert_eq!(
+        store
+            .restore(3, first, 1, 2, true, &memory)
+            .await
+            .expect("restore"),
+        Applied::Stale
+    );
+}
+
 #[tokio::test]
 async fn redis_refuses_a_writer_that_lost_its_partition() {
     let stack = Stack::start().await.expect("stack");
@@ -180,7 +224,7 @@ async fn restore_rewrites_lost_counts_from_memory() {
     let memory = counts(12).fields();
     assert_eq!(
         store
-            .restore(3, 1, 1, 11, true, &memory)
+            .restore(3, Owner { epoch: 1, token: 0 }, 1, 11, true, &memory)
             .await
             .expect("restore"),
         Applied::Added { live: true }
@@ -193,7 +237,7 @@ async fn restore_rewrites_lost_counts_from_memory() {
     );
     // Restoring twice changes nothing; the next batch builds on it.
     store
-        .restore(3, 1, 1, 11, true, &memory)
+        .restore(3, Owner { epoch: 1, token: 0 }, 1, 11, true, &memory)
         .await
         .expect("again");
     assert_eq!(
@@ -205,7 +249,7 @@ async fn restore_rewrites_lost_counts_from_memory() {
     store.take_over(3, 2, 1).await.expect("fence");
     assert_eq!(
         store
-            .restore(3, 1, 1, 11, true, &memory)
+            .restore(3, Owner { epoch: 1, token: 0 }, 1, 11, true, &memory)
             .await
             .expect("stale"),
         Applied::Stale

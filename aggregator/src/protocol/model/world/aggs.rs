@@ -8,6 +8,9 @@ use super::*;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Agg {
     pub(super) core: Core<Bits>,
+    /// Its claim's token (the claim's number): tells its fences from those of
+    /// another claim given the same epoch.
+    pub(super) token: u8,
     /// The flush in flight: epoch, generation, next offset, counts.
     pub(super) flight: Option<(i64, i64, i64, Bits)>,
     /// A batch (one offset) sent to Redis and not yet counted, with Redis' answer
@@ -19,11 +22,13 @@ pub(super) struct Agg {
 impl World {
     pub(super) fn claim(&mut self, i: usize, bound: &Bound) {
         self.spent.claims += 1;
+        let token = self.spent.claims;
         let (epoch, flushed_gen, next_offset) = self.pg.claim();
         let fence = match self.send(Write::TakeOver {
             epoch,
             gen: flushed_gen + 1,
             owned_before: epoch > 1,
+            token,
         }) {
             None => Fence::NoAnswer,
             Some(Answer::TakeOver(TakeOver::Applied(at), lost)) => fence_answer(at, lost, bound),
@@ -35,6 +40,7 @@ impl World {
         let core = Core::claimed(epoch, flushed_gen, next_offset, fence);
         self.aggs[i] = Some(Agg {
             core,
+            token,
             flight: None,
             applying: None,
         });
@@ -144,7 +150,7 @@ impl World {
         let Some(agg) = self.aggs[i].as_ref() else {
             return;
         };
-        let epoch = agg.core.epoch();
+        let (epoch, token) = (agg.core.epoch(), agg.token);
         if self.pg.epoch != epoch {
             self.aggs[i] = None; // its claim is gone: held
             return;
@@ -156,6 +162,7 @@ impl World {
             .iter()
             .map(|w| Write::Restore {
                 epoch,
+                token,
                 gen: w.gen,
                 last: w.last,
                 live: w.live,
@@ -168,6 +175,7 @@ impl World {
                 epoch,
                 gen,
                 owned_before,
+                token,
             };
             match self.send(write) {
                 None => return,
