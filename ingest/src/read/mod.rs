@@ -288,7 +288,12 @@ impl Reader {
                     continue;
                 }
             }
-            let unreadable = self.check(&views, &gens, asked).err().unwrap_or_default();
+            let Err(unreadable) = self.check(&views, &gens, asked) else {
+                add_pending(&mut totals, &views, &gens);
+                return Some(totals.into_iter().map(Some).collect());
+            };
+            // Keys none of whose own partitions is unreadable are answered without
+            // the unreadable ones; the others go the long way.
             let blocked: Vec<bool> = keys
                 .iter()
                 .enumerate()
@@ -297,15 +302,9 @@ impl Reader {
                     !self.topic.own(key, &unreadable, found).is_empty()
                 })
                 .collect();
-            let readable: Vec<PartitionView> = views
-                .into_iter()
-                .filter(|v| !unreadable.contains(&v.partition))
-                .collect();
-            for pending in rule::unflushed(&readable, &gens) {
-                for (total, n) in totals.iter_mut().zip(pending) {
-                    *total += n;
-                }
-            }
+            let mut views = views;
+            views.retain(|v| !unreadable.contains(&v.partition));
+            add_pending(&mut totals, &views, &gens);
             let totals = totals.into_iter().zip(blocked);
             return Some(totals.map(|(t, blocked)| (!blocked).then_some(t)).collect());
         }
@@ -343,6 +342,16 @@ impl Reader {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+/// Adds to `totals` (one per key read) the pending counts of every generation in
+/// `views` Postgres has not flushed.
+fn add_pending(totals: &mut [i64], views: &[PartitionView], flushed: &[Flushed]) {
+    for pending in rule::unflushed(views, flushed) {
+        for (total, n) in totals.iter_mut().zip(pending) {
+            *total += n;
+        }
     }
 }
 
