@@ -12,6 +12,10 @@ use viewpipe_tests::Stack;
 const VIEWS: i64 = 150_000;
 
 async fn produce(stack: &Stack) {
+    produce_n(stack, VIEWS).await;
+}
+
+async fn produce_n(stack: &Stack, views: i64) {
     let producer: FutureProducer = viewpipe_runtime::kafka::producer_config(&stack.kafka())
         .set("queue.buffering.max.messages", "1000000")
         .create()
@@ -20,8 +24,8 @@ async fn produce(stack: &Stack) {
         r#"{{"v":1,"contentType":"resource","contentId":"hot","occurredAt":"{}"}}"#,
         chrono::Utc::now().to_rfc3339()
     );
-    let mut pending = Vec::with_capacity(VIEWS as usize);
-    for _ in 0..VIEWS {
+    let mut pending = Vec::with_capacity(views as usize);
+    for _ in 0..views {
         let record = FutureRecord::to("views")
             .key("resource:hot")
             .payload(&payload);
@@ -109,5 +113,69 @@ async fn a_takeover_whose_fence_gets_no_answer_never_sends_reads_back() {
         .await
         .expect("every view flushed once Redis takes writes");
     ingest.wait_count("resource", "hot", VIEWS).await;
+    second.kill9().await.expect("stop");
+}
+
+/// The owner dies with its views counted in Redis only, and Redis then loses
+/// everything (`FLUSHALL`): the next owner finds no live mark and no fence. What
+/// readers saw is gone from Redis and not in Postgres, so the new owner recounts the
+/// log up to its end before it marks the partition live; reads wait (503) meanwhile,
+/// and never answer fewer views than before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_takeover_after_redis_lost_a_dead_owners_views_never_sends_reads_back() {
+    const SEEN: i64 = 30_000;
+    let stack = Stack::with_partitions(1).await.expect("stack");
+    let redis = RedisServer::start(&[]).await.expect("redis-server");
+    let url = redis.url();
+    produce_n(&stack, SEEN).await;
+    let first = stack
+        .spawn_aggregator_process(&[("REDIS_URL", url.as_str()), ("FLUSH_INTERVAL_MS", "60000")])
+        .await
+        .expect("first aggregator");
+    let ingest = stack
+        .spawn_ingest(&[("REDIS_URL", url.as_str())])
+        .await
+        .expect("ingest");
+    ingest.wait_count("resource", "hot", SEEN).await;
+    first.kill9().await.expect("kill -9");
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("FLUSHALL");
+    let second = stack
+        .spawn_aggregator_process(&[("REDIS_URL", url.as_str()), ("FLUSH_INTERVAL_MS", "100")])
+        .await
+        .expect("second aggregator");
+
+    let started = Instant::now();
+    let (mut reads, mut unavailable, mut lowest) = (0, 0, SEEN);
+    while started.elapsed() < Duration::from_secs(15) {
+        match ingest.try_count("resource", "hot").await {
+            Ok(n) => {
+                reads += 1;
+                assert!(n <= SEEN, "a read of {n}: more than the {SEEN} views");
+                lowest = lowest.min(n);
+            }
+            Err(_) => unavailable += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "Redis wiped after the owner's kill -9: {reads} reads (lowest {lowest}), {unavailable} answered 503 in 15 s"
+    );
+    assert_eq!(
+        lowest, SEEN,
+        "a read went back from {SEEN} views to {lowest}"
+    );
+    stack
+        .wait_flushed_total(SEEN, Duration::from_secs(60))
+        .await
+        .expect("every view flushed");
+    ingest.wait_count("resource", "hot", SEEN).await;
     second.kill9().await.expect("stop");
 }
