@@ -108,19 +108,7 @@ impl Aggregator {
         };
         match taken {
             (TakeOver::Applied(at), lost) => Fencing::Done(at, lost),
-            (TakeOver::Stale, _) => {
-                // Redis knows a newer epoch, or another claim of ours. If Postgres'
-                // newest is still ours, nobody claimed after us: Postgres lost claims
-                // it had made (and handed our epoch out again).
-                let newest = self.rt.block_on(deadline::within(
-                    deadline::ROUND_TRIP,
-                    postgres::partition_epoch(&self.db, &self.scope, partition),
-                ));
-                match newest {
-                    Ok(newest) if newest == epoch => Fencing::Refused(Hold::Behind),
-                    _ => Fencing::Refused(Hold::Fenced),
-                }
-            }
+            (TakeOver::Stale, _) => Fencing::Refused(self.stale_reason(partition, epoch)),
             (TakeOver::Ahead(redis_gen), _) => {
                 tracing::error!(
                     partition,
@@ -130,6 +118,21 @@ impl Aggregator {
                 );
                 Fencing::Refused(Hold::Behind)
             }
+        }
+    }
+
+    /// Why Redis refused a write of our claim under `epoch` as stale: it knows a
+    /// newer epoch, or another claim of ours. If Postgres' newest is still ours,
+    /// nobody claimed after us: Postgres lost claims it had made (and may have handed
+    /// our epoch out again).
+    pub(super) fn stale_reason(&self, partition: i32, epoch: i64) -> Hold {
+        let newest = self.rt.block_on(deadline::within(
+            deadline::ROUND_TRIP,
+            postgres::partition_epoch(&self.db, &self.scope, partition),
+        ));
+        match newest {
+            Ok(newest) if newest == epoch => Hold::Behind,
+            _ => Hold::Fenced,
         }
     }
 

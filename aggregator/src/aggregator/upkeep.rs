@@ -162,7 +162,8 @@ impl Aggregator {
             );
             match done {
                 Ok(Applied::Stale) => {
-                    self.hold(state, partition, Hold::Fenced);
+                    let reason = self.stale_reason(partition, epoch);
+                    self.hold(state, partition, reason);
                     return true;
                 }
                 Ok(_) => {}

@@ -11,9 +11,9 @@
 //! key waits only when one of them is the key's own ([`TopicPartitions::own`]), and
 //! answers [`ReadError::Recovering`] after [`RECOVERY_WAIT`] rather than a count that
 //! went down. Any other key is answered at once from Postgres and the partitions that
-//! can be read: its views are not in the others. Once a read gave up, reads in the
-//! next second do not wait (nor poll Postgres while waiting): they answer
-//! `Recovering` after one look.
+//! can be read: its views are not in the others. Once a read gave up on a partition,
+//! reads in the next second that wait for no other partition do not wait (nor poll
+//! Postgres while waiting): they answer `Recovering` after one look.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -56,9 +56,6 @@ const COALESCE_MAX: usize = 256;
 /// Coalesced reads in flight at once.
 const COALESCE_PARALLEL: usize = 4;
 
-/// When a read gave up waiting, and the partitions it waited for.
-type GaveUp = (Instant, Vec<i32>);
-
 /// A total read waiting to be answered with others; `None` sends it the long way.
 type TotalRequest = (ContentKey, oneshot::Sender<Option<i64>>);
 
@@ -73,10 +70,10 @@ pub struct Reader {
     partitions: Arc<Mutex<Vec<i32>>>,
     /// Total reads queue here and are answered in groups (see [`Reader::total`]).
     totals: mpsc::UnboundedSender<TotalRequest>,
-    /// When a read last gave up, and on which partitions: reads soon after whose
-    /// keys wait for no others do not wait again (one waiting read at a time is
-    /// enough to notice the restore).
-    gave_up: Arc<Mutex<Option<GaveUp>>>,
+    /// Per partition, when a read last gave up waiting for it: reads soon after
+    /// that wait for no other partition do not wait again (one waiting read per
+    /// partition is enough to notice the restore).
+    gave_up: Arc<Mutex<BTreeMap<i32, Instant>>>,
     /// Per partition, how far an earlier read saw Redis hold it (see [`Guard`]).
     seen: Arc<Mutex<Guard<Instant>>>,
     /// The views topic's partition count: which partitions a key's views are in.
@@ -108,7 +105,7 @@ impl Reader {
             pending,
             partitions: Arc::new(Mutex::new(Vec::new())),
             totals: dead_end,
-            gave_up: Arc::new(Mutex::new(None)),
+            gave_up: Arc::default(),
             seen: Arc::default(),
             topic: TopicPartitions::default(),
         };
@@ -242,7 +239,10 @@ impl Reader {
             }
             let unreadable = match self.check(&views, &snap.gens, asked) {
                 Ok(()) => {
-                    *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    self.gave_up
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clear();
                     return Ok(Merged { views, snap });
                 }
                 Err(unreadable) => unreadable,
@@ -312,17 +312,23 @@ impl Reader {
     }
 
     /// True when a read waiting for `own` gives up now: at `deadline`, or at once
-    /// when a read gave up on them less than [`FAIL_FAST_FOR`] ago.
+    /// when reads gave up on each of them less than [`FAIL_FAST_FOR`] ago.
     fn give_up(&self, own: &[i32], deadline: Instant) -> bool {
         let mut gave_up = self.gave_up.lock().unwrap_or_else(|e| e.into_inner());
-        let fail_fast = gave_up.as_ref().is_some_and(|(at, parts)| {
-            at.elapsed() < FAIL_FAST_FOR && own.iter().all(|p| parts.contains(p))
-        });
-        if !fail_fast && Instant::now() >= deadline {
-            *gave_up = Some((Instant::now(), own.to_vec()));
+        let recent = |p: &i32| {
+            gave_up
+                .get(p)
+                .is_some_and(|at| at.elapsed() < FAIL_FAST_FOR)
+        };
+        if own.iter().all(recent) {
             return true;
         }
-        fail_fast
+        if Instant::now() < deadline {
+            return false;
+        }
+        let now = Instant::now();
+        gave_up.extend(own.iter().map(|p| (*p, now)));
+        true
     }
 
     /// The read rule's check (see [`viewpipe_schema::pending::read`]) against this

@@ -167,12 +167,13 @@ fn every_interleaving_with_a_postgres_restore_keeps_the_invariants() {
 
 /// A known hole, kept in view: Postgres restored to before a claim hands its epoch
 /// out again, and the claims' tokens in Redis tell the two owners apart; but when
-/// Redis also lost its data before the first owner wrote it again, nothing there
-/// knows the first owner's token, the second claim is taken, and the first owner's
-/// next flush (made from memory, which is not stopped by Redis being away) lands on
-/// the second's. Closing it needs the flush to name the position it extends.
+/// Redis does not hold the first owner's token (its fence got no answer, or Redis
+/// lost it before that owner wrote it again), the second claim is taken, and the
+/// first owner's next flush (made from memory, which Redis being away does not stop)
+/// lands on the second's. Closing it needs the flush to name the position it
+/// extends.
 #[test]
-fn a_postgres_restore_beside_a_redis_wipe_can_count_a_view_twice() {
+fn a_postgres_restore_beside_a_redis_fault_can_count_a_view_twice() {
     let bound = Bound {
         pg_restores: 1,
         ..Bound::REDIS_FAULT
@@ -181,8 +182,6 @@ fn a_postgres_restore_beside_a_redis_wipe_can_count_a_view_twice() {
     let (what, trace) = found.violation.expect("the check finds the double count");
     assert_eq!(what, "Postgres counted a view twice");
     let did = |a: Action| trace.iter().any(|(b, _)| *b == a);
-    assert!(
-        did(Action::RestorePg) && did(Action::WipeRedis),
-        "both faults"
-    );
+    let redis_fault = did(Action::WipeRedis) || did(Action::PauseRedis);
+    assert!(did(Action::RestorePg) && redis_fault, "both faults");
 }

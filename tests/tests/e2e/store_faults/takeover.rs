@@ -172,6 +172,7 @@ async fn a_takeover_after_redis_lost_a_dead_owners_views_never_sends_reads_back(
         lowest, SEEN,
         "a read went back from {SEEN} views to {lowest}"
     );
+    assert!(reads > 0, "no read answered within 15 s of the take-over");
     stack
         .wait_flushed_total(SEEN, Duration::from_secs(60))
         .await
