@@ -72,6 +72,12 @@ impl RedisServer {
         }
     }
 
+    /// Every key gone at once (`FLUSHALL`), the server left running (plain servers
+    /// only).
+    pub async fn flush_all(&self) -> anyhow::Result<()> {
+        node_info(self.addr.port(), "FLUSHALL").await.map(drop)
+    }
+
     /// Stops the server at once, without saving: every key is gone.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {

@@ -131,15 +131,7 @@ async fn a_held_partition_after_a_redis_loss_makes_only_its_own_keys_wait() {
         );
     }
 
-    let mut conn = redis::Client::open(url.as_str())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut conn)
-        .await
-        .expect("FLUSHALL");
+    redis.flush_all().await.expect("FLUSHALL");
 
     // Per key: the views produced and posted, and whether it is at home in the
     // held partition under either partitioner.

@@ -1,21 +1,17 @@
-//! A take-over Redis does not answer: the owner died with its views counted in Redis
-//! and not flushed, and Redis takes no writes when the next owner claims.
+//! Take-overs after the owner died with its views counted in Redis and not flushed:
+//! Redis takes no writes when the next owner claims, or has lost everything.
 
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use viewpipe_tests::redis_server::RedisServer;
-use viewpipe_tests::Stack;
+use viewpipe_tests::{Service, Stack};
 
 /// Views of one key, all on partition 0.
 const VIEWS: i64 = 150_000;
 
-async fn produce(stack: &Stack) {
-    produce_n(stack, VIEWS).await;
-}
-
-async fn produce_n(stack: &Stack, views: i64) {
+async fn produce(stack: &Stack, views: i64) {
     let producer: FutureProducer = viewpipe_runtime::kafka::producer_config(&stack.kafka())
         .set("queue.buffering.max.messages", "1000000")
         .create()
@@ -39,6 +35,29 @@ async fn produce_n(stack: &Stack, views: i64) {
     }
 }
 
+/// Produces `views` views of one key; a first aggregator (Redis at `url`, no flush
+/// for a minute) counts them all into Redis, an ingest reads them, and the
+/// aggregator is killed with -9. Returns the ingest.
+async fn first_owner_dies(stack: &Stack, url: &str, views: i64) -> Service {
+    produce(stack, views).await;
+    let first = stack
+        .spawn_aggregator_process(&[("REDIS_URL", url), ("FLUSH_INTERVAL_MS", "60000")])
+        .await
+        .expect("first aggregator");
+    let ingest = stack
+        .spawn_ingest(&[("REDIS_URL", url)])
+        .await
+        .expect("ingest");
+    ingest.wait_count("resource", "hot", views).await;
+    assert_eq!(
+        stack.flushed_total().await.expect("total"),
+        0,
+        "nothing flushed yet"
+    );
+    first.kill9().await.expect("kill -9");
+    ingest
+}
+
 /// The first owner counts every view into Redis (its flush is a minute away) and is
 /// killed with -9; Redis then takes no writes for 60 s, so the next owner's fence
 /// gets no answer. That owner consumes the whole log meanwhile and would flush it in
@@ -51,22 +70,7 @@ async fn a_takeover_whose_fence_gets_no_answer_never_sends_reads_back() {
     let stack = Stack::with_partitions(1).await.expect("stack");
     let redis = RedisServer::start(&[]).await.expect("redis-server");
     let url = redis.url();
-    produce(&stack).await;
-    let first = stack
-        .spawn_aggregator_process(&[("REDIS_URL", url.as_str()), ("FLUSH_INTERVAL_MS", "60000")])
-        .await
-        .expect("first aggregator");
-    let ingest = stack
-        .spawn_ingest(&[("REDIS_URL", url.as_str())])
-        .await
-        .expect("ingest");
-    ingest.wait_count("resource", "hot", VIEWS).await;
-    assert_eq!(
-        stack.flushed_total().await.expect("total"),
-        0,
-        "nothing flushed yet"
-    );
-    first.kill9().await.expect("kill -9");
+    let ingest = first_owner_dies(&stack, &url, VIEWS).await;
 
     let client = redis::Client::open(url.as_str()).expect("redis url");
     let mut conn = client
@@ -127,26 +131,8 @@ async fn a_takeover_after_redis_lost_a_dead_owners_views_never_sends_reads_back(
     let stack = Stack::with_partitions(1).await.expect("stack");
     let redis = RedisServer::start(&[]).await.expect("redis-server");
     let url = redis.url();
-    produce_n(&stack, SEEN).await;
-    let first = stack
-        .spawn_aggregator_process(&[("REDIS_URL", url.as_str()), ("FLUSH_INTERVAL_MS", "60000")])
-        .await
-        .expect("first aggregator");
-    let ingest = stack
-        .spawn_ingest(&[("REDIS_URL", url.as_str())])
-        .await
-        .expect("ingest");
-    ingest.wait_count("resource", "hot", SEEN).await;
-    first.kill9().await.expect("kill -9");
-    let mut conn = redis::Client::open(url.as_str())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut conn)
-        .await
-        .expect("FLUSHALL");
+    let ingest = first_owner_dies(&stack, &url, SEEN).await;
+    redis.flush_all().await.expect("FLUSHALL");
     let second = stack
         .spawn_aggregator_process(&[("REDIS_URL", url.as_str()), ("FLUSH_INTERVAL_MS", "100")])
         .await
