@@ -22,6 +22,7 @@ pub mod pgproxy;
 pub mod redis_server;
 pub mod service;
 mod stack;
+pub mod tcp_switch;
 pub mod tls;
 
 pub use service::{Kind, Service};

@@ -78,6 +78,12 @@ impl RedisServer {
         node_info(self.addr.port(), "FLUSHALL").await.map(drop)
     }
 
+    /// Runs one command (words split on spaces) and answers it as text (plain
+    /// servers only).
+    pub async fn command(&self, command: &str) -> anyhow::Result<String> {
+        node_info(self.addr.port(), command).await
+    }
+
     /// Stops the server at once, without saving: every key is gone.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
@@ -128,6 +134,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(log_path(&std::env::temp_dir(), self.addr.port()));
+        let port = self.addr.port();
+        let _ =
+            std::fs::remove_file(std::env::temp_dir().join(format!("viewpipe-redis-{port}.rdb")));
     }
 }
 
@@ -348,6 +357,10 @@ fn redis_server(port: u16, log: &Path) -> Command {
         "",
     ])
     .args(["--appendonly", "no", "--protected-mode", "no"])
+    // A replica writes the snapshot it loads: into the temporary directory, by port.
+    .arg("--dir")
+    .arg(std::env::temp_dir())
+    .args(["--dbfilename", &format!("viewpipe-redis-{port}.rdb")])
     .arg("--logfile")
     .arg(log)
     .stdin(Stdio::null())

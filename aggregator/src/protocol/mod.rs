@@ -46,6 +46,12 @@
 //!   or position's counts: memory is rewritten there before anything else is written,
 //!   which also marks the partition live again.
 //!
+//! A live mark vouches only on the data set it was written on (it names the server's
+//! replication id): a promoted replica or a restarted server may hold the mark and
+//! the fence under fewer counts than readers saw. There the mark is void to readers
+//! and to our checks (so we restore), a batch cannot revive it, and a take-over
+//! recounts as after a loss.
+//!
 //! A partition another owner fenced, or whose Postgres went back, ends our ownership:
 //! the shell holds it (`crate::aggregator::Hold`) and counts nothing of it.
 

@@ -6,6 +6,7 @@ use viewpipe_runtime::redis_conn::RedisConn;
 use viewpipe_schema::pending::{day_field, total_field, Layout};
 
 pub use viewpipe_schema::pending::read::PartitionView;
+use viewpipe_schema::pending::read::{live_mark, replid};
 
 /// Reads the pending counts the aggregators keep in Redis.
 #[derive(Clone)]
@@ -54,7 +55,9 @@ impl PendingReader {
         partitions: &[i32],
     ) -> redis::RedisResult<Vec<PartitionView>> {
         // Atomic per partition: a partition's generations rotate together with its
-        // live mark; partitions are independent of each other (see `read`).
+        // live mark; partitions are independent of each other (see `read`). Each
+        // transaction also asks the server's replication id, which a mark must name.
+        let asks_id = |p: &i32| self.conn.opens_transaction(partitions, p);
         let raw = self
             .conn
             .per_partition(
@@ -62,10 +65,14 @@ impl PendingReader {
                 true,
                 |p| self.layout.meta(*p),
                 |pipe, p| {
+                    if asks_id(p) {
+                        pipe.cmd("INFO").arg("replication");
+                    }
                     pipe.cmd("HMGET")
                         .arg(self.layout.meta(*p))
                         .arg("live")
-                        .arg("epoch");
+                        .arg("epoch")
+                        .arg("replid");
                     for parity in 0..2 {
                         pipe.cmd("HMGET")
                             .arg(self.layout.gen(*p, parity))
@@ -79,12 +86,18 @@ impl PendingReader {
         let mut it = raw.into_iter();
         let mut next = || it.next().unwrap_or(redis::Value::Nil);
         let mut out = Vec::with_capacity(partitions.len());
+        let mut server = None;
         for p in partitions {
-            let meta: Vec<Option<i64>> = redis::from_redis_value(next())?;
+            if asks_id(p) {
+                server = Some(redis::from_redis_value::<String>(next())?);
+            }
+            let (live, epoch, marked_on): (Option<i64>, Option<i64>, Option<String>) =
+                redis::from_redis_value(next())?;
+            let server = server.as_deref().and_then(replid);
             let mut view = PartitionView {
                 partition: *p,
-                live: meta.first().copied().flatten(),
-                epoch: meta.get(1).copied().flatten().unwrap_or(0),
+                live: live_mark(live, marked_on.as_deref(), server),
+                epoch: epoch.unwrap_or(0),
                 gens: Vec::new(),
                 applied: Vec::new(),
             };

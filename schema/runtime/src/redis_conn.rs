@@ -165,6 +165,13 @@ impl RedisConn {
         matches!(self, Self::Cluster(_))
     }
 
+    /// Whether `item` opens its transaction in [`RedisConn::per_partition`] over
+    /// `items` (which must not repeat): one server takes them all in one, a cluster
+    /// one each. A server-wide question (`INFO`) is asked once per transaction so.
+    pub fn opens_transaction<T: PartialEq>(&self, items: &[T], item: &T) -> bool {
+        self.is_cluster() || items.first() == Some(item)
+    }
+
     /// Runs the commands `build` adds for each of `items` (each item's commands
     /// touching the keys of one hash slot only, that of `slot_key(item)`) and returns
     /// their answers in order: as one pipeline on a single server, as one pipeline per

@@ -11,7 +11,10 @@
 //!   (two claims can share an epoch after a Postgres restore; the token tells them
 //!   apart); `gen`, the newest generation written; `live`, the epoch of the owner
 //!   that vouches Redis holds all of the partition's pending counts (the aggregator's
-//!   `store::pending`, "Loss", says how it is lost and restored).
+//!   `store::pending`, "Loss", says how it is lost and restored); `replid`, the
+//!   server's replication id when the fence or mark was written: a promoted replica or
+//!   a restarted server has another, and a mark written on another data set vouches
+//!   for nothing ([`read::live_mark`]).
 //! - `{prefix}:{s.p}:g0` and `:g1`: the counts of the partition's even and odd
 //!   generations. At most two generations of a partition are unflushed at once (one
 //!   being flushed, the next being written) and they differ in parity, so two hashes

@@ -41,6 +41,34 @@ pub struct PartitionView {
     pub applied: Vec<(i64, i64)>,
 }
 
+/// The replication id in an `INFO replication` answer. A promoted replica and a
+/// restarted server each start a new one, so it names the data set a live mark was
+/// written on.
+pub fn replid(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("master_replid:"))
+        .map(str::trim)
+}
+
+/// The epoch a live mark vouches under, as read from a server whose replication id
+/// is `server`: `None` when the mark was written on another data set (`marked_on`,
+/// the meta hash's `replid`). A promoted replica that lagged, or a server restarted
+/// from an older snapshot, holds the mark but not every count written under it, and
+/// a reader that never saw the newer counts cannot tell otherwise. A mark without a
+/// `replid` (written by an aggregator from before marks
+/// named their data set) is trusted as before.
+pub fn live_mark<Id: PartialEq>(
+    live: Option<i64>,
+    marked_on: Option<Id>,
+    server: Option<Id>,
+) -> Option<i64> {
+    match (marked_on, server) {
+        (Some(mark), Some(server)) if mark == server => live,
+        (Some(_), _) => None,
+        (None, _) => live,
+    }
+}
+
 /// What Postgres' snapshot says of one partition: its row's `flushed_gen`,
 /// `next_offset` (-1 while NULL) and `epoch`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

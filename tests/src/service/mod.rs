@@ -317,6 +317,27 @@ impl Service {
         Ok(())
     }
 
+    /// Stops the process (SIGSTOP): it keeps its sockets and does nothing until
+    /// [`Service::thaw`].
+    pub fn freeze(&mut self) -> anyhow::Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Lets a frozen process go on (SIGCONT).
+    pub fn thaw(&mut self) -> anyhow::Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&mut self, sig: i32) -> anyhow::Result<()> {
+        let name = self.kind.name();
+        let pid = self
+            .child()?
+            .id()
+            .with_context(|| format!("{name} has exited"))?;
+        crate::signal(pid, sig);
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let name = self.kind.name();

@@ -73,7 +73,8 @@ pub(super) struct Bound {
     /// another step is a crash, or a process paused for good.
     pub claims: u8,
     pub redis_faults: u8,
-    /// Whether a lagging replica may be promoted (one of the Redis faults).
+    /// Whether the Redis faults are promotions of a lagging replica (else pauses and
+    /// wipes).
     pub failover: bool,
     pub lost_replies: u8,
     /// Reads, by both readers together.
@@ -109,6 +110,12 @@ impl Bound {
         pg_restores: 1,
         ..Bound::REDIS_FAULT
     };
+    /// ... or, in a fourth, a lagging replica promoted.
+    pub const FAILOVER: Bound = Bound {
+        failover: true,
+        ..Bound::REDIS_FAULT
+    };
+
     /// `VIEWPIPE_MODEL_BOUND=deep`: a Redis fault and a lost reply in one run.
     pub const DEEP: Bound = Bound {
         redis_faults: 1,

@@ -2,6 +2,8 @@
 //! meta and generation hashes with the scripts' semantics (from
 //! `crate::store::pending::scripts`), for one partition and one key.
 
+use viewpipe_schema::pending::read as rule;
+
 use crate::store::pending::{Applied, TakeOver};
 
 use super::Bits;
@@ -67,6 +69,10 @@ pub(super) struct Redis {
     pub epoch: i64,
     pub gen: i64,
     pub live: Option<i64>,
+    /// The replication id of this data set (a promoted replica starts a new one),
+    /// and the one the fence or live mark was last written on (`replid`).
+    pub id: u8,
+    pub set_on: u8,
     /// The token of the claim that fenced it under `epoch` (0: none).
     pub owner: u8,
     /// Lost the partition's counts since it was last marked live (`recount`).
@@ -164,6 +170,7 @@ impl Redis {
         self.gen = self.gen.max(gen);
         if live {
             self.live = Some(epoch);
+            self.set_on = self.id;
             self.recount = false;
         }
     }
@@ -174,6 +181,9 @@ impl Redis {
         }
         if epoch < self.epoch || gen < self.gen {
             return Applied::Stale;
+        }
+        if epoch > self.epoch {
+            return Applied::At(-1); // our fence is not in this data set
         }
         let h = &mut self.hashes[slot(gen)];
         let hg = h.map_or(-1, |h| h.g);
@@ -195,10 +205,13 @@ impl Redis {
             o: last,
             n: total,
         });
-        let mark = self.epoch == epoch;
+        // A batch marks the partition only on the data set its fence or mark was
+        // written on: on a promoted replica, only a restore (which rewrites every
+        // generation) vouches again.
+        let mark = self.epoch == epoch && self.set_on == self.id;
         self.raise(epoch, gen, mark);
         Applied::Added {
-            live: self.live == Some(epoch),
+            live: self.live() == Some(epoch),
         }
     }
 
@@ -209,9 +222,16 @@ impl Redis {
         if self.gen > gen + 1 {
             return TakeOver::Ahead(self.gen);
         }
-        if self.epoch == 0 && owned_before {
-            self.recount = true; // no meta hash
+        // No meta hash, or one written on another data set: what readers saw may
+        // be gone. A mark from there is void, and must not come back to life.
+        let moved = self.set_on != self.id;
+        if owned_before && (self.epoch == 0 || moved) {
+            self.recount = true;
         }
+        if moved {
+            self.live = None;
+        }
+        self.set_on = self.id;
         let (mine, other) = (slot(gen), slot(gen + 1));
         if self.hashes[mine].is_some_and(|h| h.g != gen) {
             self.hashes[mine] = None;
@@ -250,9 +270,14 @@ impl Redis {
         Applied::Added { live }
     }
 
+    /// The live mark as a reader takes it: void when written on another data set.
+    pub fn live(&self) -> Option<i64> {
+        rule::live_mark(self.live, Some(self.set_on), Some(self.id))
+    }
+
     /// The live mark, and how far generation `gen` is applied.
     pub fn marks(&self, gen: i64) -> (Option<i64>, Option<i64>) {
         let applied = self.hashes[slot(gen)].filter(|h| h.g == gen).map(|h| h.o);
-        (self.live, applied)
+        (self.live(), applied)
     }
 }

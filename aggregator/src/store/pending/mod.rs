@@ -25,6 +25,10 @@
 //! Losing Redis' data loses the `live` marks with the counts. Readers wait for a mark
 //! on every partition Postgres knows of; the owner notices the loss on its next write
 //! or check, rewrites the counts from memory and marks the partition live again.
+//! Going back keeps them (a lagging replica promoted, a restart from an older
+//! snapshot), so a mark names the data set it was written on (`replid`, the server's
+//! replication id, which either event changes) and is void on another: to readers,
+//! to the owner's check and batches, and to a take-over (which recounts).
 
 use viewpipe_runtime::redis_conn::RedisConn;
 use viewpipe_schema::pending::Layout;

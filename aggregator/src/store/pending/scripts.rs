@@ -16,11 +16,27 @@ local function taken(owner, epoch, e, mine)
   if epoch ~= e or not owner or owner == mine then return false end
   return string.match(owner, '^(%-?%d+):') == tostring(e)
 end
+-- The replication id of this server's data set (asked once per call). A promoted
+-- replica and a restarted server start a new one, so a live mark written before is
+-- void on them; readers compare it too (viewpipe_schema::pending::read::live_mark).
+local data_set
+local function replid()
+  if not data_set then
+    data_set = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+  end
+  return data_set
+end
+-- True when the meta hash's fence or mark was last written on another data set
+-- (its `replid`; one without, from an older aggregator, counts as written here).
+local function moved(meta)
+  local id = redis.call('HGET', meta, 'replid')
+  return id and id ~= replid()
+end
 local function raise(meta, epoch, gen, e, g, live)
   if epoch > e then redis.call('HSET', meta, 'epoch', epoch) end
   if gen > g then redis.call('HSET', meta, 'gen', gen) end
   if live == '1' then
-    redis.call('HSET', meta, 'live', epoch)
+    redis.call('HSET', meta, 'live', epoch, 'replid', replid())
     redis.call('HDEL', meta, 'recount')
   end
 end
@@ -28,7 +44,8 @@ end
 
 /// KEYS: meta, the generation's hash. ARGV: epoch, gen, prev, last, live, ttl, then
 /// field and increment pairs. Returns {1, marked} when applied, {-1} when stale,
-/// {-2, applied offset} when `@o` is not `prev`. `live` asks for the live mark; it is
+/// {-2, applied offset} when `@o` is not `prev` ({-2, -1} when the writer's epoch is
+/// newer than the fence: its fence is not in this data set). `live` asks for the live mark; it is
 /// set only where the meta hash already knew our epoch (a meta hash lost with the
 /// counts must be restored first), and `marked` says whether the mark is ours. With
 /// no meta hash at all it answers {-2, -1}: a writer that lost its claim must not be
@@ -41,6 +58,9 @@ local epoch, gen = tonumber(ARGV[1]), tonumber(ARGV[2])
 if redis.call('EXISTS', meta) == 0 then return {-2, -1} end
 local e, g = fence(meta, epoch, gen)
 if not e then return {-1} end
+-- A newer writer than the fence: its own fence is not in this data set (a lagging
+-- replica was promoted). It restores, which rewrites both generations.
+if epoch > e then return {-2, -1} end
 local hg = tonumber(redis.call('HGET', h, '@g') or '-1')
 if hg > gen then return {-1} end
 local applied = -1
@@ -54,9 +74,13 @@ for i = 7, #ARGV, 2 do redis.call('HINCRBY', h, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', h, '@g', gen, '@o', ARGV[4])
 redis.call('EXPIRE', h, ARGV[6])
 local live = '0'
-if ARGV[5] == '1' and e == epoch then live = '1' end
+-- Only on the data set the fence or mark was written on: on a promoted replica the
+-- writer restores (which rewrites every generation) before it vouches again.
+if ARGV[5] == '1' and not moved(meta) then live = '1' end
 raise(meta, epoch, gen, e, g, live)
-if tonumber(redis.call('HGET', meta, 'live')) == epoch then return {1, 1} end
+if tonumber(redis.call('HGET', meta, 'live')) == epoch and not moved(meta) then
+  return {1, 1}
+end
 return {1, 0}
 "#;
 
@@ -93,8 +117,9 @@ return 1
 /// A new owner's fence. KEYS: meta, hash of gen's parity, hash of the other parity.
 /// ARGV: epoch, gen (the generation Postgres expects next), 1 when the partition was
 /// owned before (else 0), owner (`epoch:token`). Folds a generation gen+1 into gen, drops flushed
-/// leftovers, raises the epoch. A partition owned before whose meta hash is gone
-/// lost what its owners counted: the hash records `recount` until an owner marks the
+/// leftovers, raises the epoch. A partition owned before whose meta hash is gone, or
+/// was written on another data set (a promoted replica), may have lost what its
+/// owners counted: the hash records `recount` until an owner marks the
 /// partition live again. Returns {1, applied offset of gen or -1, 1 while `recount`
 /// is recorded or 0}, {-1} when a newer owner (or another claim of the same epoch)
 /// fenced already, or {-3, stored gen}
@@ -106,7 +131,11 @@ local m = redis.call('HMGET', meta, 'epoch', 'gen', 'owner')
 local e, g = tonumber(m[1]) or 0, tonumber(m[2]) or 0
 if epoch < e or taken(m[3], epoch, e, ARGV[4]) then return {-1} end
 if g > gen + 1 then return {-3, g} end
-if not m[1] and ARGV[3] == '1' then redis.call('HSET', meta, 'recount', 1) end
+-- A meta hash written on another data set (a promoted replica) is as good as lost:
+-- its mark is void, and must not come back to life under this fence.
+local moved_here = moved(meta)
+if ARGV[3] == '1' and (not m[1] or moved_here) then redis.call('HSET', meta, 'recount', 1) end
+if moved_here then redis.call('HDEL', meta, 'live') end
 local hg = tonumber(redis.call('HGET', h, '@g') or '-1')
 local og = tonumber(redis.call('HGET', other, '@g') or '-1')
 if hg ~= gen and hg >= 0 then redis.call('DEL', h); hg = -1 end
@@ -123,7 +152,7 @@ if og == gen + 1 then
 elseif og >= 0 then
   redis.call('DEL', other)
 end
-redis.call('HSET', meta, 'epoch', epoch, 'gen', gen, 'owner', ARGV[4])
+redis.call('HSET', meta, 'epoch', epoch, 'gen', gen, 'owner', ARGV[4], 'replid', replid())
 local applied = -1
 if redis.call('HGET', h, '@g') then applied = tonumber(redis.call('HGET', h, '@o') or '-1') end
 local recount = 0

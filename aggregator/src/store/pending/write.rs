@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use viewpipe_schema::pending::read::{live_mark, replid};
+
 use super::{for_each_field, Owner, PendingStore, HASH_TTL_SECS, RESTORE_CHUNK};
 use crate::store::counts::Counts;
 
@@ -225,9 +227,6 @@ impl PendingStore {
             .await
     }
 
-    /// For each `(partition, generation)`: the epoch the partition is marked live
-    /// under (`None`: not marked, so Redis may have lost its pending counts), and the
-    /// offset Redis holds that generation applied up to (`None`: no such hash).
     /// How far either generation hash holds generation `gen` or later (-1: neither),
     /// read only.
     pub async fn extent(&self, partition: i32, gen: i64) -> redis::RedisResult<i64> {
@@ -259,6 +258,10 @@ impl PendingStore {
         Ok(to)
     }
 
+    /// For each `(partition, generation)`: the epoch the partition is marked live
+    /// under (`None`: not marked, or marked on another data set than this server's, so
+    /// Redis may have lost pending counts), and the offset Redis holds that generation
+    /// applied up to (`None`: no such hash).
     pub async fn marks(
         &self,
         partitions: &[(i32, i64)],
@@ -272,8 +275,15 @@ impl PendingStore {
                 partitions,
                 true,
                 |(p, _)| self.layout.meta(*p),
-                |pipe, (p, gen)| {
-                    pipe.cmd("HGET").arg(self.layout.meta(*p)).arg("live");
+                |pipe, item| {
+                    let (p, gen) = item;
+                    if self.conn.opens_transaction(partitions, item) {
+                        pipe.cmd("INFO").arg("replication");
+                    }
+                    pipe.cmd("HMGET")
+                        .arg(self.layout.meta(*p))
+                        .arg("live")
+                        .arg("replid");
                     pipe.cmd("HMGET")
                         .arg(self.layout.gen(*p, *gen))
                         .arg("@g")
@@ -283,11 +293,20 @@ impl PendingStore {
             .await?;
         let mut it = raw.into_iter();
         let mut out = Vec::with_capacity(partitions.len());
-        for (_, gen) in partitions {
-            let live: Option<i64> =
-                redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
-            let hash: Vec<Option<i64>> =
-                redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
+        let mut server = None;
+        for item in partitions {
+            let gen = &item.1;
+            let mut next = || it.next().unwrap_or(redis::Value::Nil);
+            if self.conn.opens_transaction(partitions, item) {
+                server = Some(redis::from_redis_value::<String>(next())?);
+            }
+            let (live, marked_on): (Option<i64>, Option<String>) = redis::from_redis_value(next())?;
+            let live = live_mark(
+                live,
+                marked_on.as_deref(),
+                server.as_deref().and_then(replid),
+            );
+            let hash: Vec<Option<i64>> = redis::from_redis_value(next())?;
             let applied = match hash.as_slice() {
                 [Some(g), Some(o)] if g == gen => Some(*o),
                 _ => None,

@@ -14,6 +14,7 @@ use viewpipe_tests::pgproxy::{server_of, PgProxy};
 use viewpipe_tests::redis_server::RedisServer;
 use viewpipe_tests::Stack;
 
+mod failover;
 mod held;
 mod stalls;
 mod takeover;

@@ -11,7 +11,8 @@ use viewpipe_tests::{Service, Stack};
 /// Views of one key, all on partition 0.
 const VIEWS: i64 = 150_000;
 
-async fn produce(stack: &Stack, views: i64) {
+/// Produces `views` views of `resource:hot` and waits for every acknowledgement.
+pub(super) async fn produce(stack: &Stack, views: i64) {
     let producer: FutureProducer = viewpipe_runtime::kafka::producer_config(&stack.kafka())
         .set("queue.buffering.max.messages", "1000000")
         .create()

@@ -121,7 +121,7 @@ impl World {
             // A look at the marks changes something only for an owner that vouches,
             // or when a newer owner has marked the partition.
             let vouches = matches!(agg.core.redis(), Known::Writing { live: true, .. });
-            if vouches || self.redis.live.is_some_and(|e| e > agg.core.epoch()) {
+            if vouches || self.redis.live().is_some_and(|e| e > agg.core.epoch()) {
                 out.push(Action::CheckMarks(i));
             }
             if agg.core.restore_due() && agg.flight.is_none() && agg.applying.is_none() {
@@ -129,12 +129,15 @@ impl World {
             }
         }
         if s.redis_faults < bound.redis_faults {
-            if !self.paused {
-                out.push(Action::PauseRedis);
-            }
-            out.push(Action::WipeRedis);
-            if bound.failover && self.replica.is_some() {
-                out.push(Action::PromoteReplica);
+            if bound.failover {
+                if self.replica.is_some() {
+                    out.push(Action::PromoteReplica);
+                }
+            } else {
+                if !self.paused {
+                    out.push(Action::PauseRedis);
+                }
+                out.push(Action::WipeRedis);
             }
         }
         if self.paused {
@@ -216,9 +219,12 @@ impl World {
             }
             Action::SyncReplica => self.replica = Some(self.redis.clone()),
             Action::PromoteReplica => {
+                // Marks written before the promotion no longer vouch, whatever the
+                // replica holds: a fault even when it lost nothing.
                 self.spent.redis_faults += 1;
-                if let Some(replica) = self.replica.take() {
-                    self.redis_lost |= replica != self.redis;
+                if let Some(mut replica) = self.replica.take() {
+                    replica.id = self.redis.id.max(replica.id) + 1;
+                    self.redis_lost = true;
                     self.redis = replica;
                 }
             }

@@ -102,7 +102,7 @@ fn redis_view(redis: &Redis) -> PartitionView {
     let hashes = redis.hashes.iter().flatten();
     PartitionView {
         partition: 0,
-        live: redis.live,
+        live: redis.live(),
         epoch: redis.epoch,
         gens: hashes
             .clone()
