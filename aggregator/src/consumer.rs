@@ -63,7 +63,7 @@ impl ConsumerContext for AggregatorContext {
         metrics::counter!(m::REBALANCES).increment(1);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut claims: Vec<(Claim, Fence, bool)> = Vec::new();
+                let mut claims: Vec<(Claim, Fence, Option<i64>)> = Vec::new();
                 let mut held: Vec<(i32, Hold)> = Vec::new();
                 let mut patience = STORE_PATIENCE;
                 for e in tpl.elements() {
@@ -73,7 +73,7 @@ impl ConsumerContext for AggregatorContext {
                                 patience = Duration::ZERO;
                             }
                             match self.aggregator.check_log(&mut claim) {
-                                Ok(recreated) => claims.push((claim, fence, recreated)),
+                                Ok(replaced) => claims.push((claim, fence, replaced)),
                                 Err(reason) => held.push((e.partition(), reason)),
                             }
                         }

@@ -28,7 +28,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 
-use viewpipe_runtime::connect::{check_eviction_policy, check_kafka, connect_redis};
+use viewpipe_runtime::connect::{
+    check_eviction_policy, check_info_allowed, check_kafka, connect_redis,
+};
 use viewpipe_runtime::db;
 use viewpipe_runtime::settings::SecretUrl;
 use viewpipe_runtime::{kafka, Health, Probes, Shutdown};
@@ -197,6 +199,7 @@ impl App {
             Some(url) => {
                 let conn = connect_redis(url, common.redis_tls_ca.as_deref()).await?;
                 check_eviction_policy(&conn).await;
+                check_info_allowed(&conn).await?;
                 Some(conn)
             }
             None => {

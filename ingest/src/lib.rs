@@ -35,7 +35,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::read::Reader;
-use viewpipe_runtime::connect::{check_kafka, connect_redis};
+use viewpipe_runtime::connect::{check_info_allowed, check_kafka, connect_redis};
 use viewpipe_runtime::db;
 use viewpipe_runtime::settings::Secret;
 use viewpipe_runtime::{kafka, Health, Probes, Shutdown};
@@ -183,7 +183,11 @@ impl App {
         metrics::describe();
         let db = db::connect_current(&common.database_url, 16).await?;
         let redis = match common.redis_url.url() {
-            Some(url) => Some(connect_redis(url, common.redis_tls_ca.as_deref()).await?),
+            Some(url) => {
+                let conn = connect_redis(url, common.redis_tls_ca.as_deref()).await?;
+                check_info_allowed(&conn).await?;
+                Some(conn)
+            }
             None => None,
         };
         check_kafka(&common.kafka).await?;

@@ -95,6 +95,8 @@ impl RedisServer {
     /// Starts the server again on the same port (empty).
     pub async fn resume(&mut self) -> anyhow::Result<()> {
         let log = log_path(&std::env::temp_dir(), self.addr.port());
+        // A snapshot left by a killed run on this port would be loaded: start empty.
+        let _ = std::fs::remove_file(snapshot_path(self.addr.port()));
         let child = redis_server(self.addr.port(), &log)
             .args(&self.extra)
             .spawn()
@@ -134,9 +136,7 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(log_path(&std::env::temp_dir(), self.addr.port()));
-        let port = self.addr.port();
-        let _ =
-            std::fs::remove_file(std::env::temp_dir().join(format!("viewpipe-redis-{port}.rdb")));
+        let _ = std::fs::remove_file(snapshot_path(self.addr.port()));
     }
 }
 
@@ -360,7 +360,8 @@ fn redis_server(port: u16, log: &Path) -> Command {
     // A replica writes the snapshot it loads: into the temporary directory, by port.
     .arg("--dir")
     .arg(std::env::temp_dir())
-    .args(["--dbfilename", &format!("viewpipe-redis-{port}.rdb")])
+    .arg("--dbfilename")
+    .arg(snapshot_path(port).file_name().unwrap_or_default())
     .arg("--logfile")
     .arg(log)
     .stdin(Stdio::null())
@@ -368,6 +369,11 @@ fn redis_server(port: u16, log: &Path) -> Command {
     .stderr(Stdio::null())
     .kill_on_drop(true);
     cmd
+}
+
+/// Where a server on `port` writes the snapshot a replica loads.
+fn snapshot_path(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("viewpipe-redis-{port}.rdb"))
 }
 
 fn log_path(dir: &Path, port: u16) -> PathBuf {

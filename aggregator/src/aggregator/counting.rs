@@ -39,6 +39,7 @@ impl Aggregator {
             batches.push(PartitionBatch {
                 partition: *partition,
                 epoch: p.epoch(),
+                token: p.owner().token,
                 gen: p.core.gen(),
                 prev,
                 last,

@@ -199,20 +199,20 @@ impl Aggregator {
         self.pause_new(consumer, &mut state);
     }
 
-    /// Judges the log a claim resumes (see `log_check`): `Ok(true)` when it is a new
-    /// log, to be counted from its beginning (the claim then starts there), `Err`
-    /// when the partition must be held.
-    pub(crate) fn check_log(&self, claim: &mut Claim) -> Result<bool, Hold> {
+    /// Judges the log a claim resumes (see `log_check`): `Ok(Some(position))` when it
+    /// is a new log, to be counted from its beginning (the claim then starts there;
+    /// `position` is the old log's, which the row holds), `Err` when the partition
+    /// must be held.
+    pub(crate) fn check_log(&self, claim: &mut Claim) -> Result<Option<i64>, Hold> {
         match self.probe.check(claim) {
-            Verdict::Same => Ok(false),
+            Verdict::Same => Ok(None),
             Verdict::Recreated => {
                 tracing::warn!(
                     partition = claim.partition,
                     postgres_position = claim.next_offset,
                     "the partition's log is not the one Postgres' position belongs to (the topic was created again): counting it from its beginning"
                 );
-                claim.next_offset = None;
-                Ok(true)
+                Ok(claim.next_offset.take())
             }
             Verdict::Truncated => Err(Hold::LogTruncated),
             Verdict::Unproven => Err(Hold::LogUnproven),
@@ -287,11 +287,11 @@ impl Aggregator {
         for partition in due {
             match self.claim(partition, Duration::ZERO) {
                 Claimed::Owned(mut claim, fence) => match self.check_log(&mut claim) {
-                    Ok(recreated) => {
+                    Ok(replaced) => {
                         state.held.remove(&partition);
                         state
                             .partitions
-                            .insert(partition, owned(&claim, fence, recreated));
+                            .insert(partition, owned(&claim, fence, replaced));
                         self.reassign(consumer, &mut state);
                         tracing::info!(partition, "held partition claimed again; counting it from the position Postgres holds");
                     }

@@ -96,14 +96,14 @@ pub struct Aggregator {
     state: Mutex<State>,
 }
 
-/// A claimed partition with what its fence found; `recreated`: its log is counted
-/// anew from its beginning.
-fn owned(claim: &Claim, fence: protocol::Fence, recreated: bool) -> Partition {
+/// A claimed partition with what its fence found; `replaced`: its log is counted
+/// anew from its beginning, in place of the old log whose position the row holds.
+fn owned(claim: &Claim, fence: protocol::Fence, replaced: Option<i64>) -> Partition {
     let mut partition = Partition::from_claim(claim, fence);
-    if recreated {
+    if let Some(row) = replaced {
         // What Redis holds came from the old log: write memory over it.
         partition.marks.new_log = true;
-        partition.core.count_new_log();
+        partition.core.count_new_log(row);
     }
     partition
 }
@@ -241,7 +241,7 @@ impl Aggregator {
         &self,
         consumer: &BaseConsumer<C>,
         tpl: &mut TopicPartitionList,
-        claims: Vec<(Claim, protocol::Fence, bool)>,
+        claims: Vec<(Claim, protocol::Fence, Option<i64>)>,
         held: Vec<(i32, Hold)>,
     ) {
         self.rebalances.fetch_add(1, Ordering::SeqCst);
@@ -249,14 +249,14 @@ impl Aggregator {
         self.land(&mut state);
         state.batch.clear();
         state.undecided = None;
-        for (claim, fence, recreated) in &claims {
+        for (claim, fence, replaced) in &claims {
             // Postgres is the authoritative position; without one, nothing of this
             // partition was ever flushed, so all of it is to be counted.
             let start = claim.next_offset.map_or(Offset::Beginning, Offset::Offset);
             let _ = tpl.set_partition_offset(&self.scope.topic, claim.partition, start);
             state
                 .partitions
-                .insert(claim.partition, owned(claim, *fence, *recreated));
+                .insert(claim.partition, owned(claim, *fence, *replaced));
         }
         drop(state);
         let partitions: Vec<i32> = claims.iter().map(|(c, _, _)| c.partition).collect();

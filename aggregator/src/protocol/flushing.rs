@@ -7,6 +7,9 @@ use super::*;
 #[derive(Debug)]
 pub struct Seal<C> {
     pub gen: i64,
+    /// The partition's `next_offset` the generation extends (`None`: the row has
+    /// none yet): the flush adds it only to a row still there.
+    pub from: Option<i64>,
     pub next_offset: i64,
     pub counts: Arc<C>,
 }
@@ -52,6 +55,7 @@ impl<C: Tally> Core<C> {
         });
         let seal = Seal {
             gen: self.gen,
+            from: self.extends,
             next_offset,
             counts,
         };
@@ -69,6 +73,7 @@ impl<C: Tally> Core<C> {
         if sealed_gen.is_some() && self.sealed.as_ref().map(|s| s.gen) == sealed_gen {
             self.sealed = None;
             self.flushed_to = Some(next_offset);
+            self.extends = Some(next_offset);
         }
     }
 

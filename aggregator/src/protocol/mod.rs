@@ -16,7 +16,9 @@
 //! # Why it holds
 //! - **One writer.** A claim bumps the partition row's `epoch`; every flush locks the
 //!   row and writes only under the epoch it claimed ([`Core::seal`] carries it). An
-//!   owner that lost the partition writes nothing more.
+//!   owner that lost the partition writes nothing more. A Postgres restored to before
+//!   a claim hands its epoch out twice; a flush also names the `next_offset` it
+//!   extends ([`Seal::from`]), so only one of two such owners adds each offset.
 //! - **Counts and position together.** A flush adds a sealed generation (exactly the
 //!   events from the previous `next_offset` up to the new one: memory is counted from
 //!   the claimed position, each offset once) and moves `next_offset` in the same
@@ -153,6 +155,9 @@ pub struct Core<C> {
     gen: i64,
     /// Offsets below this are in Postgres; `None` until the first flush.
     flushed_to: Option<i64>,
+    /// The row's `next_offset` the next flush extends: `flushed_to`, except for a
+    /// new log, counted from its beginning while the row holds the old log's.
+    extends: Option<i64>,
     /// One past the last offset consumed (counted, duplicate or invalid alike).
     consumed_to: Option<i64>,
     /// The current generation's views: exactly the events from the end of the sealed
@@ -194,6 +199,7 @@ impl<C: Tally> Core<C> {
             epoch,
             gen: flushed_gen + 1,
             flushed_to: next_offset,
+            extends: next_offset,
             consumed_to: next_offset,
             current: C::default(),
             sealed: None,
@@ -203,8 +209,10 @@ impl<C: Tally> Core<C> {
     }
 
     /// The log was made anew and is counted from its beginning: what Redis holds came
-    /// from the old log, and memory is written over it.
-    pub fn count_new_log(&mut self) {
+    /// from the old log, and memory is written over it. The row still holds the old
+    /// log's position, `row`, which the first flush replaces (and so extends).
+    pub fn count_new_log(&mut self, row: i64) {
+        self.extends = Some(row);
         self.redis = match self.redis {
             // How far Redis held the old log says nothing of the new one.
             Redis::Unfenced { .. } => Redis::Unfenced {

@@ -91,7 +91,7 @@ fn a_late_fence_finding_redis_ahead_replays_it_and_one_behind_is_rewritten() {
     assert_eq!(behind.redis(), Redis::Writing { at: 12, live: true });
 
     let mut new_log = claimed(None, Fence::NoAnswer);
-    new_log.count_new_log();
+    new_log.count_new_log(40);
     new_log.consumed(2);
     assert!(
         new_log.fenced(Fence::Done(30)),

@@ -6,7 +6,10 @@ use viewpipe_runtime::redis_conn::RedisConn;
 use viewpipe_schema::pending::{day_field, total_field, Layout};
 
 pub use viewpipe_schema::pending::read::PartitionView;
-use viewpipe_schema::pending::read::{live_mark, replid};
+use viewpipe_schema::pending::read::{live_mark, replid, stamp};
+
+/// A meta hash's `live`, `epoch`, `replid` and `owner`.
+type MetaFields = (Option<i64>, Option<i64>, Option<String>, Option<String>);
 
 /// Reads the pending counts the aggregators keep in Redis.
 #[derive(Clone)]
@@ -72,7 +75,8 @@ impl PendingReader {
                         .arg(self.layout.meta(*p))
                         .arg("live")
                         .arg("epoch")
-                        .arg("replid");
+                        .arg("replid")
+                        .arg("owner");
                     for parity in 0..2 {
                         pipe.cmd("HMGET")
                             .arg(self.layout.gen(*p, parity))
@@ -91,12 +95,12 @@ impl PendingReader {
             if asks_id(p) {
                 server = Some(redis::from_redis_value::<String>(next())?);
             }
-            let (live, epoch, marked_on): (Option<i64>, Option<i64>, Option<String>) =
-                redis::from_redis_value(next())?;
+            let (live, epoch, marked_on, owner): MetaFields = redis::from_redis_value(next())?;
             let server = server.as_deref().and_then(replid);
+            let marked_on = stamp(marked_on.as_deref(), owner.as_deref(), epoch);
             let mut view = PartitionView {
                 partition: *p,
-                live: live_mark(live, marked_on.as_deref(), server),
+                live: live_mark(live, marked_on, server),
                 epoch: epoch.unwrap_or(0),
                 gens: Vec::new(),
                 applied: Vec::new(),

@@ -52,6 +52,25 @@ pub(crate) fn tls_hint(reason: String, ca_setting: &str) -> String {
     format!("{reason} ({hint})")
 }
 
+/// Fails when the Redis user may not run `INFO`: the aggregator's scripts and the
+/// ingest's reads ask `INFO replication` for the data set's replication id (a
+/// promoted replica has another), and without it every batch and read would fail.
+pub async fn check_info_allowed(conn: &RedisConn) -> anyhow::Result<()> {
+    let mut conn = conn.clone();
+    let info: redis::RedisResult<String> = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut conn)
+        .await;
+    match info {
+        Err(e) if e.code() == Some("NOPERM") => anyhow::bail!(
+            "the Redis user may not run INFO ({e}): viewpipe asks INFO replication for the \
+             data set's replication id; grant it +info (e.g. ACL SETUSER <user> +info)"
+        ),
+        // Unreachable or otherwise failing: the readiness probe says so.
+        _ => Ok(()),
+    }
+}
+
 /// Warns when Redis may evict keys: pending counts must not silently vanish.
 pub async fn check_eviction_policy(conn: &RedisConn) {
     let mut conn = conn.clone();

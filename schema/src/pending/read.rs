@@ -69,6 +69,22 @@ pub fn live_mark<Id: PartialEq>(
     }
 }
 
+/// The data set stamp (`replid`) a reader compares, given the meta hash's `owner`
+/// (`epoch:token`) and `epoch`: none when the newest fence is not this release's (an
+/// aggregator from before stamps writes no `owner`, so the one found is an older
+/// claim's, and the stamp beside it is stale). Such a mark is trusted as that
+/// release would, rather than read as void until the partition changes hands.
+pub fn stamp<'a>(
+    replid: Option<&'a str>,
+    owner: Option<&str>,
+    epoch: Option<i64>,
+) -> Option<&'a str> {
+    let owner_epoch = owner
+        .and_then(|o| o.split_once(':'))
+        .and_then(|(e, _)| e.parse::<i64>().ok());
+    replid.filter(|_| owner_epoch.is_some() && owner_epoch == epoch)
+}
+
 /// What Postgres' snapshot says of one partition: its row's `flushed_gen`,
 /// `next_offset` (-1 while NULL) and `epoch`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -239,5 +255,82 @@ impl<T: Copy + Ord> Guard<T> {
             }
         }
         back
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(live: Option<i64>, epoch: i64, gens: &[(i64, i64, i64)]) -> PartitionView {
+        PartitionView {
+            partition: 0,
+            live,
+            epoch,
+            gens: gens.iter().map(|(g, _, n)| (*g, vec![*n])).collect(),
+            applied: gens.iter().map(|(g, o, _)| (*g, *o)).collect(),
+        }
+    }
+
+    fn row(gen: i64, next_offset: i64, epoch: i64) -> Vec<Flushed> {
+        vec![Flushed {
+            partition: 0,
+            gen,
+            next_offset,
+            epoch,
+        }]
+    }
+
+    fn pending(views: &[PartitionView], flushed: &[Flushed]) -> i64 {
+        unflushed(views, flushed).map(|v| v[0]).sum()
+    }
+
+    #[test]
+    fn a_generation_postgres_holds_is_not_added_again() {
+        // Generation 2 (offsets to 9) is flushed; generation 3 is not.
+        let views = [view(Some(1), 1, &[(2, 9, 10), (3, 14, 5)])];
+        assert_eq!(pending(&views, &row(2, 10, 1)), 5);
+        // A take-over folded generation 3 into 2, and Postgres flushed the fold as
+        // generation 2: a reader whose Redis half predates the flush still holds
+        // the old generation 3, applied only below `next_offset`.
+        assert_eq!(pending(&views, &row(2, 15, 2)), 0);
+    }
+
+    #[test]
+    fn a_claim_since_redis_was_read_makes_the_read_look_again() {
+        let views = [view(Some(1), 1, &[(1, 4, 5)])];
+        let mut guard = Guard::default();
+        assert_eq!(check(&views, &row(0, -1, 1), &mut guard, 1), Ok(()));
+        assert_eq!(check(&views, &row(0, -1, 2), &mut guard, 2), Err(vec![0]));
+    }
+
+    #[test]
+    fn a_mark_vouches_only_on_the_data_set_it_was_written_on() {
+        let info =
+            "# Replication\r\nrole:master\r\nmaster_replid:abc123\r\nmaster_replid2:0000\r\n";
+        assert_eq!(replid(info), Some("abc123"));
+        assert_eq!(replid("role:master\r\n"), None);
+        assert_eq!(live_mark(Some(3), Some("abc"), Some("abc")), Some(3));
+        assert_eq!(
+            live_mark(Some(3), Some("abc"), Some("def")),
+            None,
+            "promoted"
+        );
+        assert_eq!(live_mark(Some(3), Some("abc"), None), None, "no id now");
+        assert_eq!(
+            live_mark(Some(3), None, Some("def")),
+            Some(3),
+            "an older writer"
+        );
+        assert_eq!(live_mark::<&str>(None, None, None), None);
+    }
+
+    #[test]
+    fn a_stamp_counts_only_beside_a_fence_of_this_release() {
+        assert_eq!(stamp(Some("abc"), Some("4:9f"), Some(4)), Some("abc"));
+        // The newest fence wrote no owner: an older release's, whose stamp is stale.
+        assert_eq!(stamp(Some("abc"), Some("3:9f"), Some(4)), None);
+        assert_eq!(stamp(Some("abc"), None, Some(4)), None);
+        assert_eq!(stamp(Some("abc"), Some("junk"), Some(4)), None);
     }
 }

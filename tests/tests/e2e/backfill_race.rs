@@ -48,6 +48,7 @@ async fn live_flush(
         partition: 0,
         epoch: c.epoch,
         next_offset: c.next_offset.unwrap_or(0) + 1,
+        extends: None,
         gen: c.flushed_gen + 1,
         seals: true,
         flush_seq: 0,

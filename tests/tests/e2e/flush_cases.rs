@@ -73,6 +73,7 @@ impl Case {
         let batch = PartitionBatch {
             partition: p,
             epoch: 1,
+            token: 0,
             gen,
             prev: -1,
             last: offsets.end - 1,
@@ -268,6 +269,7 @@ async fn reads_never_go_back_when_redis_does_under_a_surviving_mark() {
     let next = PartitionBatch {
         partition: 0,
         epoch: 1,
+        token: 0,
         gen: 1,
         prev: 2,
         last: 9,

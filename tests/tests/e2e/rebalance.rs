@@ -80,7 +80,7 @@ fn assign(agg: &Aggregator, consumer: &BaseConsumer) {
     };
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition("views", 0);
-    agg.assign(consumer, &mut tpl, vec![(claim, fence, false)], Vec::new());
+    agg.assign(consumer, &mut tpl, vec![(claim, fence, None)], Vec::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,7 +116,8 @@ impl Bound {
         ..Bound::REDIS_FAULT
     };
 
-    /// `VIEWPIPE_MODEL_BOUND=deep`: a Redis fault and a lost reply in one run.
+    /// `VIEWPIPE_MODEL_BOUND=deep`: a Redis fault and a lost reply in one run (the
+    /// first two tests' deeper bound; the others add a fault to their own).
     pub const DEEP: Bound = Bound {
         redis_faults: 1,
         lost_replies: 1,

@@ -34,8 +34,16 @@ impl Pg {
         (self.epoch, self.flushed_gen, self.next_offset)
     }
 
-    /// The fenced flush of generation `gen` ending before `next_offset`.
-    pub fn flush(&mut self, epoch: i64, gen: i64, next_offset: i64, counts: &Bits) -> Commit {
+    /// The fenced flush of generation `gen`, from `from` (the `next_offset` it
+    /// extends) to `next_offset`.
+    pub fn flush(
+        &mut self,
+        epoch: i64,
+        gen: i64,
+        from: Option<i64>,
+        next_offset: i64,
+        counts: &Bits,
+    ) -> Commit {
         if self.epoch < epoch {
             return Commit::Behind;
         }
@@ -45,7 +53,7 @@ impl Pg {
         if self.flushed_gen == gen && self.next_offset == Some(next_offset) {
             return Commit::AlreadyCommitted;
         }
-        if self.flushed_gen != gen - 1 {
+        if self.flushed_gen != gen - 1 || self.next_offset != from {
             return Commit::Behind;
         }
         self.counted.absorb_bits(counts);
@@ -86,6 +94,7 @@ pub(super) struct Redis {
 pub(super) enum Write {
     Apply {
         epoch: i64,
+        token: u8,
         gen: i64,
         prev: i64,
         last: i64,
@@ -128,11 +137,12 @@ impl Redis {
         match *write {
             Write::Apply {
                 epoch,
+                token,
                 gen,
                 prev,
                 last,
                 n,
-            } => Answer::Applied(self.apply(epoch, gen, prev, last, n)),
+            } => Answer::Applied(self.apply(epoch, token, gen, prev, last, n)),
             Write::TakeOver {
                 epoch,
                 gen,
@@ -175,11 +185,11 @@ impl Redis {
         }
     }
 
-    fn apply(&mut self, epoch: i64, gen: i64, prev: i64, last: i64, n: u32) -> Applied {
+    fn apply(&mut self, epoch: i64, token: u8, gen: i64, prev: i64, last: i64, n: u32) -> Applied {
         if self.epoch == 0 {
             return Applied::At(-1); // no meta hash
         }
-        if epoch < self.epoch || gen < self.gen {
+        if self.taken_by_another(epoch, token) || gen < self.gen {
             return Applied::Stale;
         }
         if epoch > self.epoch {

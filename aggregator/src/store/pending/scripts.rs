@@ -16,34 +16,40 @@ local function taken(owner, epoch, e, mine)
   if epoch ~= e or not owner or owner == mine then return false end
   return string.match(owner, '^(%-?%d+):') == tostring(e)
 end
--- The replication id of this server's data set (asked once per call). A promoted
--- replica and a restarted server start a new one, so a live mark written before is
--- void on them; readers compare it too (viewpipe_schema::pending::read::live_mark).
-local data_set
-local function replid()
-  if not data_set then
-    data_set = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+-- The replication id of this server's data set, or nil when INFO names none. A
+-- promoted replica and a restarted server start a new one, so a live mark written
+-- before is void on them; readers compare it too
+-- (viewpipe_schema::pending::read::live_mark). Each script asks it first, before
+-- it writes anything: a Redis user that may not run INFO fails the script whole.
+local data_set = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+-- Stamps the data set on the meta hash (or, where INFO names none, leaves no stamp).
+local function stamp(meta)
+  if data_set then
+    redis.call('HSET', meta, 'replid', data_set)
+  else
+    redis.call('HDEL', meta, 'replid')
   end
-  return data_set
 end
 -- True when the meta hash's fence or mark was last written on another data set
 -- (its `replid`; one without, from an older aggregator, counts as written here).
 local function moved(meta)
   local id = redis.call('HGET', meta, 'replid')
-  return id and id ~= replid()
+  return id and id ~= data_set
 end
 local function raise(meta, epoch, gen, e, g, live)
   if epoch > e then redis.call('HSET', meta, 'epoch', epoch) end
   if gen > g then redis.call('HSET', meta, 'gen', gen) end
   if live == '1' then
-    redis.call('HSET', meta, 'live', epoch, 'replid', replid())
+    redis.call('HSET', meta, 'live', epoch)
+    stamp(meta)
     redis.call('HDEL', meta, 'recount')
   end
 end
 "#;
 
-/// KEYS: meta, the generation's hash. ARGV: epoch, gen, prev, last, live, ttl, then
-/// field and increment pairs. Returns {1, marked} when applied, {-1} when stale,
+/// KEYS: meta, the generation's hash. ARGV: epoch, gen, prev, last, live, ttl, owner
+/// (`epoch:token`), then field and increment pairs. Returns {1, marked} when applied,
+/// {-1} when stale (a newer epoch, or another claim of the same one),
 /// {-2, applied offset} when `@o` is not `prev` ({-2, -1} when the writer's epoch is
 /// newer than the fence: its fence is not in this data set). `live` asks for the live mark; it is
 /// set only where the meta hash already knew our epoch (a meta hash lost with the
@@ -58,6 +64,8 @@ local epoch, gen = tonumber(ARGV[1]), tonumber(ARGV[2])
 if redis.call('EXISTS', meta) == 0 then return {-2, -1} end
 local e, g = fence(meta, epoch, gen)
 if not e then return {-1} end
+-- Another claim of the same epoch (a Postgres restored to before ours) fenced it.
+if taken(redis.call('HGET', meta, 'owner'), epoch, e, ARGV[7]) then return {-1} end
 -- A newer writer than the fence: its own fence is not in this data set (a lagging
 -- replica was promoted). It restores, which rewrites both generations.
 if epoch > e then return {-2, -1} end
@@ -70,7 +78,7 @@ elseif hg >= 0 then
   redis.call('DEL', h)
 end
 if applied ~= tonumber(ARGV[3]) then return {-2, applied} end
-for i = 7, #ARGV, 2 do redis.call('HINCRBY', h, ARGV[i], ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do redis.call('HINCRBY', h, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', h, '@g', gen, '@o', ARGV[4])
 redis.call('EXPIRE', h, ARGV[6])
 local live = '0'
@@ -152,7 +160,8 @@ if og == gen + 1 then
 elseif og >= 0 then
   redis.call('DEL', other)
 end
-redis.call('HSET', meta, 'epoch', epoch, 'gen', gen, 'owner', ARGV[4], 'replid', replid())
+redis.call('HSET', meta, 'epoch', epoch, 'gen', gen, 'owner', ARGV[4])
+stamp(meta)
 local applied = -1
 if redis.call('HGET', h, '@g') then applied = tonumber(redis.call('HGET', h, '@o') or '-1') end
 local recount = 0

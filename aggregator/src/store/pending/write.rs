@@ -14,6 +14,8 @@ use crate::store::counts::Counts;
 pub struct PartitionBatch {
     pub partition: i32,
     pub epoch: i64,
+    /// The writer's claim token ([`Owner::token`]).
+    pub token: u128,
     pub gen: i64,
     /// The offset the writer believes Redis holds for this generation (-1: none).
     pub prev: i64,
@@ -74,7 +76,14 @@ impl PendingStore {
                         .arg(b.prev)
                         .arg(b.last)
                         .arg(if b.live { "1" } else { "0" })
-                        .arg(HASH_TTL_SECS);
+                        .arg(HASH_TTL_SECS)
+                        .arg(
+                            Owner {
+                                epoch: b.epoch,
+                                token: b.token,
+                            }
+                            .field(),
+                        );
                     for_each_field(&b.counts, |field, n| {
                         cmd.arg(field).arg(n);
                     });

@@ -32,6 +32,11 @@ pub struct PartitionCommit {
     pub epoch: i64,
     /// The new resume point.
     pub next_offset: i64,
+    /// The `next_offset` the sealed generation extends (-1: the row had none): it is
+    /// added only to a row still there, so a second owner of one epoch (a Postgres
+    /// restored to before a claim) cannot add a generation beside the other's.
+    /// `None`: not checked (rows written by hand in tests).
+    pub extends: Option<i64>,
     /// The generation this flush seals; it becomes `flushed_gen`.
     pub gen: i64,
     /// False for a commit that only answers a flush request: it seals nothing, and
@@ -158,7 +163,7 @@ pub async fn flush(
     let (mut fresh, mut repeated) = (0, 0);
     for c in commits.iter().filter(|c| c.seals) {
         let (_, found, next) = current[&c.partition];
-        if found == c.gen - 1 {
+        if found == c.gen - 1 && c.extends.is_none_or(|from| from == next) {
             fresh += 1;
         } else if found == c.gen && next == c.next_offset {
             repeated += 1;

@@ -104,6 +104,7 @@ async fn ids_are_forgotten_only_when_nothing_can_be_judged_by_them() {
         partition: 0,
         epoch: claim.epoch,
         next_offset: 10,
+        extends: None,
         gen,
         seals: true,
         flush_seq: 0,

@@ -16,6 +16,7 @@ use viewpipe_schema::pending::Layout;
 use viewpipe_tests::{redis_url, Stack};
 
 mod ids;
+mod restored;
 
 const KEY: &str = "resource:stored";
 
@@ -33,6 +34,7 @@ fn batch(epoch: i64, gen: i64, prev: i64, last: i64, n: i64) -> PartitionBatch {
     PartitionBatch {
         partition: 3,
         epoch,
+        token: 0,
         gen,
         prev,
         last,
@@ -277,6 +279,7 @@ async fn a_flush_under_an_old_epoch_writes_nothing_and_a_repeated_one_nothing_tw
         partition: 0,
         epoch: c.epoch,
         next_offset: 5,
+        extends: None,
         gen: c.flushed_gen + 1,
         seals: true,
         flush_seq: 0,

@@ -11,12 +11,22 @@ pub(super) struct Agg {
     /// Its claim's token (the claim's number): tells its fences from those of
     /// another claim given the same epoch.
     pub(super) token: u8,
-    /// The flush in flight: epoch, generation, next offset, counts.
-    pub(super) flight: Option<(i64, i64, i64, Bits)>,
+    /// The flush in flight.
+    pub(super) flight: Option<Flight>,
     /// A batch (one offset) sent to Redis and not yet counted, with Redis' answer
     /// (`None`: none came). The shell counts it before it seals, restores or sends
     /// the next; the mark check does not wait for it.
     pub(super) applying: Option<(i64, Option<Applied>)>,
+}
+
+/// A flush in flight: what its transaction sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Flight {
+    pub(super) epoch: i64,
+    pub(super) gen: i64,
+    pub(super) from: Option<i64>,
+    pub(super) next_offset: i64,
+    pub(super) counts: Bits,
 }
 
 impl World {
@@ -58,6 +68,7 @@ impl World {
         let write = match core.redis_prev() {
             Some(prev) if !core.replayed(offset) => Some(Write::Apply {
                 epoch: core.epoch(),
+                token: agg.token,
                 gen: core.gen(),
                 prev,
                 last: offset,
@@ -129,11 +140,17 @@ impl World {
     }
 
     pub(super) fn commit(&mut self, i: usize, lost: bool) {
-        let Some((epoch, gen, next_offset, counts)) = self.aggs[i].as_ref().and_then(|a| a.flight)
+        let Some(Flight {
+            epoch,
+            gen,
+            from,
+            next_offset,
+            counts,
+        }) = self.aggs[i].as_ref().and_then(|a| a.flight)
         else {
             return;
         };
-        match self.pg.flush(epoch, gen, next_offset, &counts) {
+        match self.pg.flush(epoch, gen, from, next_offset, &counts) {
             Commit::Done | Commit::AlreadyCommitted if lost => self.spent.lost_replies += 1,
             Commit::Done | Commit::AlreadyCommitted => {
                 if let Some(agg) = self.aggs[i].as_mut() {

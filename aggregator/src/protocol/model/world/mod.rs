@@ -4,7 +4,7 @@
 mod aggs;
 mod readers;
 
-use aggs::Agg;
+use aggs::{Agg, Flight};
 use readers::Reader;
 
 use std::hash::{BuildHasher, Hash};
@@ -189,7 +189,13 @@ impl World {
                 if let Some(agg) = self.aggs[i].as_mut() {
                     if let Some(seal) = agg.core.seal() {
                         let epoch = agg.core.epoch();
-                        agg.flight = Some((epoch, seal.gen, seal.next_offset, *seal.counts));
+                        agg.flight = Some(Flight {
+                            epoch,
+                            gen: seal.gen,
+                            from: seal.from,
+                            next_offset: seal.next_offset,
+                            counts: *seal.counts,
+                        });
                     }
                 }
             }
