@@ -31,6 +31,10 @@ impl Tally for Counts {
     fn keys(&self) -> usize {
         self.len()
     }
+
+    fn next_generation(&self) -> Self {
+        Counts::with_capacity(self.len())
+    }
 }
 
 impl Partition {

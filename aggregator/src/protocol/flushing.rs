@@ -47,7 +47,8 @@ impl<C: Tally> Core<C> {
             return None;
         }
         let next_offset = self.consumed_to.unwrap_or(0);
-        let counts = Arc::new(std::mem::take(&mut self.current));
+        let next = self.current.next_generation();
+        let counts = Arc::new(std::mem::replace(&mut self.current, next));
         self.sealed = Some(Sealed {
             gen: self.gen,
             next_offset,

@@ -77,6 +77,11 @@ pub trait Tally: Default {
     fn absorb(&mut self, other: Self);
     /// Keys with counts (what a flush writes rows for).
     fn keys(&self) -> usize;
+    /// Empty counts for the generation after these: room for as many keys spares
+    /// growing the next generation step by step.
+    fn next_generation(&self) -> Self {
+        Self::default()
+    }
 }
 
 /// What we know of Redis' copy of the partition's pending counts.

@@ -114,6 +114,13 @@ impl PartialEq for Counts {
 impl Eq for Counts {}
 
 impl Counts {
+    /// Empty counts with room for `keys` keys.
+    pub fn with_capacity(keys: usize) -> Self {
+        Self {
+            keys: HashMap::with_capacity_and_hasher(keys, Default::default()),
+        }
+    }
+
     /// The counts of `key`, created empty on first use (the key is copied only then).
     pub fn entry(&mut self, key: &str) -> &mut KeyCounts {
         if !self.keys.contains_key(key) {
@@ -148,7 +155,7 @@ impl Counts {
 
     /// Moves `other`'s counts into this.
     pub(crate) fn absorb(&mut self, other: Counts) {
-        if self.keys.is_empty() {
+        if self.keys.is_empty() && self.keys.capacity() <= other.keys.capacity() {
             *self = other;
             return;
         }

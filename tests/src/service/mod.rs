@@ -292,6 +292,14 @@ impl Service {
         }
     }
 
+    /// The process id, while a process runs.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.run {
+            Run::Process(child) => child.id(),
+            _ => None,
+        }
+    }
+
     /// The process' peak resident memory (`VmHWM`) in KiB, while it runs.
     pub fn peak_rss_kib(&self) -> Option<u64> {
         let Run::Process(child) = &self.run else {

@@ -22,6 +22,8 @@ fn a_small_benchmark_run_prints_every_row() {
             "4",
             "--partitions",
             "8",
+            "--upsert-seconds",
+            "2",
         ])
         .env("RUST_LOG", "warn")
         .output()
@@ -43,9 +45,22 @@ fn a_small_benchmark_run_prints_every_row() {
         "POST /api/views, 4 connections",
         "POST /api/views/batch events",
         "freshness at",
-        "per-event upsert baseline",
+        "naive parse + count, uniform, Redis",
+        "seed design with care",
+        "one upsert per event",
     ] {
         assert!(table.contains(row), "no {row:?} row in:\n{table}");
+    }
+    // The cost table: every process measured (no "n/a") on each aggregator workload.
+    for workload in ["Zipf, Redis", "Zipf, database-only", "uniform, Redis"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {workload} | ")))
+            .unwrap_or_else(|| panic!("no cost row for {workload} in:\n{table}"));
+        assert!(
+            row.contains("µs") && !row.contains("n/a"),
+            "a cost missing for {workload}: {row}"
+        );
     }
     println!("{table}");
 }

@@ -101,13 +101,6 @@ struct Position {
     next_offset: i64,
 }
 
-/// Rows one [`upsert`] wrote in each counter table.
-#[derive(FromQueryResult)]
-struct Upserted {
-    total_rows: i64,
-    daily_rows: i64,
-}
-
 /// Writes `counts` (one per flushed partition; a key may appear in several) and the
 /// partitions' new positions in one transaction.
 ///
@@ -193,6 +186,10 @@ pub async fn flush(
         });
     }
 
+    // A flush's statements are cheap per row but large. When the upsert joined two
+    // arrays, its estimated cost passed the JIT thresholds, and compiling took
+    // longer than running it; off, no statement of a flush can go that way again.
+    txn.execute_unprepared("SET LOCAL jit = off").await?;
     crate::store::backfill::lock_months(&txn, counts).await?;
     let mut outcome = add_counts(&txn, counts).await?;
     outcome.visitor_rows = crate::store::visitors::rows::merge_into(&txn, counts).await?;
@@ -292,8 +289,7 @@ const UPSERT_CHUNK: usize = 20_000;
 /// that concurrent flushers cannot deadlock. A key counted by several partitions is
 /// summed first: one upsert may not touch a row twice.
 async fn add_counts(txn: &impl ConnectionTrait, counts: &[&Counts]) -> Result<FlushOutcome, DbErr> {
-    let mut keys: Vec<(&str, &KeyCounts)> = counts.iter().flat_map(|c| c.iter()).collect();
-    keys.sort_unstable_by_key(|(k, _)| *k);
+    let keys = sorted_keys(counts);
     let mut merged: Vec<(&str, std::borrow::Cow<'_, KeyCounts>)> = Vec::with_capacity(keys.len());
     for (key, c) in keys {
         match merged.last_mut() {
@@ -311,9 +307,52 @@ async fn add_counts(txn: &impl ConnectionTrait, counts: &[&Counts]) -> Result<Fl
     Ok(outcome)
 }
 
-/// One statement upserting into both counter tables. Each key is sent once (its
-/// namespace and id are split off in SQL, its days point at it by position), and rows
-/// are written in key order.
+/// Every key of `counts` in byte order (a key counted by several partitions once
+/// per partition, side by side). Keys of one namespace share a prefix
+/// (`resource:`), which makes comparing them as strings slow (a tenth of the
+/// aggregator's time on wide traffic): keys are grouped by namespace, and within
+/// one sorted by the 8 bytes after the prefix the group shares, compared whole only
+/// when those are equal. Namespaces end at their first `:`, so none is a prefix of
+/// another unless it is a whole key without `:`, which sorts first either way: the
+/// groups in order of their namespace are in byte order too.
+fn sorted_keys<'c>(counts: &[&'c Counts]) -> Vec<(&'c str, &'c KeyCounts)> {
+    let mut groups: BTreeMap<&str, Vec<(u64, &str, &KeyCounts)>> = BTreeMap::new();
+    for (key, c) in counts.iter().flat_map(|c| c.iter()) {
+        let namespace = key.find(':').map_or(key, |i| &key[..=i]);
+        groups.entry(namespace).or_default().push((0, key, c));
+    }
+    let mut sorted = Vec::with_capacity(counts.iter().map(|c| c.len()).sum());
+    for mut keys in groups.into_values() {
+        let first = keys[0].1.as_bytes();
+        let shared = keys.iter().fold(first.len(), |n, (_, k, _)| {
+            first[..n]
+                .iter()
+                .zip(k.as_bytes())
+                .take_while(|(a, b)| a == b)
+                .count()
+        });
+        for (rank, key, _) in &mut keys {
+            *rank = rank_of(&key.as_bytes()[shared..]);
+        }
+        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        sorted.extend(keys.into_iter().map(|(_, key, c)| (key, c)));
+    }
+    sorted
+}
+
+/// The first 8 bytes of `tail` as a big-endian number (shorter tails padded with
+/// zeros): ordering by it agrees with ordering by the bytes, ties aside.
+fn rank_of(tail: &[u8]) -> u64 {
+    let mut first = [0u8; 8];
+    let n = tail.len().min(8);
+    first[..n].copy_from_slice(&tail[..n]);
+    u64::from_be_bytes(first)
+}
+
+/// Upserts into both counter tables: two plain statements over arrays, rows in key
+/// (and day) order. Each daily row carries its key rather than pointing at it: a join
+/// of the two arrays made the planner expect the product of their lengths and
+/// compile the statement (JIT) at every flush's first runs.
 async fn upsert(
     txn: &impl ConnectionTrait,
     merged: &[(&str, std::borrow::Cow<'_, KeyCounts>)],
@@ -324,8 +363,12 @@ async fn upsert(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut day_of, mut days, mut counts) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, (key, c)) in merged.iter().enumerate() {
+    let (mut day_keys, mut days, mut counts) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (key, c) in merged {
         keys.push((*key).to_owned());
         paths.push(c.path().unwrap_or_default().to_owned());
         totals.push(c.total());
@@ -333,48 +376,140 @@ async fn upsert(
             c.days().iter().filter(|(_, n)| *n != 0).collect();
         key_days.sort_unstable();
         for (day, count) in key_days {
-            day_of.push(i as i64 + 1);
+            day_keys.push((*key).to_owned());
             days.push(*day);
             counts.push(*count);
         }
     }
-    let row = Upserted::find_by_statement(stmt(
-        "WITH u AS (
-             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
-                 WITH ORDINALITY AS u(key, path, total, i)),
-         t AS (
-             INSERT INTO view_counter_total AS t
+    let total = txn
+        .execute(stmt(
+            "INSERT INTO view_counter_total AS t
                  (key, namespace, entity_id, path, total, created_at, updated_at)
              SELECT key, split_part(key, ':', 1), substr(key, strpos(key, ':') + 1),
                     NULLIF(path, ''), total, now(), now()
-             FROM u ORDER BY i
+             FROM unnest($1::text[], $2::text[], $3::int8[])
+                  WITH ORDINALITY AS u(key, path, total, i)
+             ORDER BY i
              ON CONFLICT (key) DO UPDATE
              SET total = t.total + EXCLUDED.total,
                  path = COALESCE(EXCLUDED.path, t.path),
-                 updated_at = EXCLUDED.updated_at
-             RETURNING 1),
-         d AS (
-             INSERT INTO view_counter_daily AS d (key, day, count, created_at, updated_at)
-             SELECT u.key, x.day, x.count, now(), now()
-             FROM unnest($4::int8[], $5::date[], $6::int8[]) WITH ORDINALITY AS x(i, day, count, o)
-             JOIN u ON u.i = x.i
-             ORDER BY x.o
+                 updated_at = EXCLUDED.updated_at",
+            vec![keys.into(), paths.into(), totals.into()],
+        ))
+        .await?;
+    let daily = txn
+        .execute(stmt(
+            "INSERT INTO view_counter_daily AS d (key, day, count, created_at, updated_at)
+             SELECT key, day, count, now(), now()
+             FROM unnest($1::text[], $2::date[], $3::int8[])
+                  WITH ORDINALITY AS x(key, day, count, i)
+             ORDER BY i
              ON CONFLICT (key, day) DO UPDATE
-             SET count = d.count + EXCLUDED.count, updated_at = EXCLUDED.updated_at
-             RETURNING 1)
-         SELECT (SELECT count(*) FROM t)::int8 AS total_rows,
-                (SELECT count(*) FROM d)::int8 AS daily_rows",
-        vec![
-            keys.into(),
-            paths.into(),
-            totals.into(),
-            day_of.into(),
-            days.into(),
-            counts.into(),
-        ],
-    ))
-    .one(txn)
-    .await?
-    .ok_or_else(|| DbErr::RecordNotFound("upsert returned no row".into()))?;
-    Ok((row.total_rows as u64, row.daily_rows as u64))
+             SET count = d.count + EXCLUDED.count, updated_at = EXCLUDED.updated_at",
+            vec![day_keys.into(), days.into(), counts.into()],
+        ))
+        .await?;
+    Ok((total.rows_affected(), daily.rows_affected()))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::NaiveDate;
+
+    use super::*;
+
+    #[test]
+    fn keys_come_out_in_byte_order_whatever_prefix_they_share() {
+        let day = NaiveDate::from_ymd_opt(2026, 12, 7).expect("date");
+        let sets: [&[&str]; 5] = [
+            &[
+                "resource:b",
+                "resource:a",
+                "resource:ab",
+                "resource:",
+                "resource:a\u{0}",
+            ],
+            &[
+                "r:9",
+                "r:10",
+                "x",
+                "r:1",
+                "résumé:1",
+                "r:1\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}z",
+            ],
+            &[
+                "same-prefix-long:00000000a",
+                "same-prefix-long:00000000b",
+                "same-prefix-long:0000000",
+            ],
+            &["only"],
+            &[
+                "resource:x",
+                "course:b",
+                "course:",
+                "c",
+                "course",
+                "course:a",
+                "a:b:c",
+                "a:",
+                "ab",
+                "resource:éa",
+                "resource:\u{0}",
+                "course:b\u{0}",
+            ],
+        ];
+        for keys in sets {
+            let (mut a, mut b) = (Counts::default(), Counts::default());
+            for (i, key) in keys.iter().enumerate() {
+                a.add(key, day, None);
+                if i % 2 == 0 {
+                    b.add(key, day, None);
+                }
+            }
+            let sorted: Vec<&str> = sorted_keys(&[&a, &b]).into_iter().map(|(k, _)| k).collect();
+            let mut want: Vec<&str> = keys.iter().chain(keys.iter().step_by(2)).copied().collect();
+            want.sort_unstable();
+            assert_eq!(sorted, want);
+        }
+    }
+
+    #[test]
+    fn many_generated_keys_come_out_in_byte_order() {
+        let day = NaiveDate::from_ymd_opt(2026, 12, 7).expect("date");
+        let alphabet = [
+            "a",
+            "b",
+            ":",
+            "\u{0}",
+            "é",
+            "resource:",
+            "course:",
+            "00000000",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut counts = Counts::default();
+        let mut want = Vec::new();
+        for _ in 0..5000 {
+            let parts = 1 + next() % 5;
+            let key: String = (0..parts)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            if counts.get(&key).is_none() {
+                want.push(key.clone());
+            }
+            counts.add(&key, day, None);
+        }
+        want.sort_unstable();
+        let sorted: Vec<&str> = sorted_keys(&[&counts])
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(sorted, want);
+    }
 }

@@ -1,5 +1,5 @@
-//! `viewpipe-bench`: how fast viewpipe runs on this machine, as ratios to what the
-//! broker itself does in the same run.
+//! `viewpipe-bench`: what viewpipe costs per event on this machine, and how fast it
+//! runs as ratios to what the broker itself does in the same run.
 //!
 //! Each workload gets a fresh stack (its own in-process dev broker, Postgres
 //! database and Redis prefix, as in the tests), is produced into `views` with the
@@ -8,7 +8,16 @@
 //! contract's default flush settings. Both consume rates run from the moment the
 //! group assigned the partitions to the last event, so fetching counts and start-up
 //! and the group join do not. `deploy/local/bench` builds and runs it.
+//!
+//! Beside each rate it reports cost: the CPU microseconds each process spends per
+//! event (the aggregator, every Postgres server process, Redis, this process hosting
+//! the dev broker), Postgres' per upserted row, and the same for two floors (a
+//! consumer that does nothing; one that parses and counts in a map) and two designs
+//! a user might build instead (see [`consumers`]). CPU time per event holds on a
+//! machine whose cores everything shares; rates depend on the neighbours.
 
+mod consumers;
+mod cost;
 mod measure;
 mod memory;
 mod raw;
@@ -25,8 +34,16 @@ use crate::measure::{percentile_ms, AggregatorRun};
 use crate::workload::{Keys, Workload};
 
 #[derive(Parser, Debug)]
-#[command(about = "Measures viewpipe against the raw speed of its broker, in one run")]
+#[command(
+    about = "Measures viewpipe's cost per event and its rates against the raw speed of its broker, in one run"
+)]
 struct Args {
+    /// Runs one measured consumer and prints its report (the benchmark starts itself
+    /// this way).
+    #[arg(long, value_enum, hide = true)]
+    consumer: Option<consumers::Kind>,
+    #[command(flatten)]
+    job: consumers::Job,
     /// Events in each aggregator workload.
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
@@ -50,17 +67,21 @@ struct Args {
     /// Concurrent connections of the single-view POST load.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Seconds the one-upsert-per-event baseline runs (its cost per event does not
+    /// change with the length; the whole log would take many minutes).
+    #[arg(long, default_value_t = 10)]
+    upsert_seconds: u64,
     /// Load beside the freshness probes, as a share of the aggregator's measured Zipf
     /// counting rate.
     #[arg(long, default_value_t = 0.5)]
     freshness_load: f64,
     /// Which parts to run (comma-separated): zipf, zipf-ids, dbonly, uniform, memory,
-    /// publish,
-    /// http, freshness, upsert.
+    /// http, publish, freshness, baselines (the seed design and a per-event upsert,
+    /// on the Zipf workload).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "zipf,zipf-ids,dbonly,uniform,memory,http,publish,freshness,upsert"
+        default_value = "zipf,zipf-ids,dbonly,uniform,memory,http,publish,freshness,baselines"
     )]
     only: Vec<String>,
 }
@@ -94,6 +115,43 @@ struct Row {
 #[derive(Default)]
 struct Table {
     rows: Vec<Row>,
+    costs: Vec<Cost>,
+    baselines: Vec<Baseline>,
+}
+
+/// CPU seconds of one aggregator workload, by process.
+struct Cost {
+    workload: String,
+    events: u64,
+    /// This process while producing the workload: the load generator, its producer
+    /// and the dev broker.
+    produce: f64,
+    raw: f64,
+    naive: f64,
+    aggregator: Option<f64>,
+    postgres: Option<f64>,
+    redis: f64,
+    /// This process while the aggregator ran: the dev broker serving it.
+    broker: f64,
+    rows: u64,
+}
+
+impl Cost {
+    /// The pipeline's CPU seconds: the aggregator and the stores it writes.
+    fn total(&self) -> Option<f64> {
+        Some(self.aggregator? + self.postgres? + self.redis)
+    }
+}
+
+/// A design measured beside viewpipe on the same workload.
+struct Baseline {
+    name: &'static str,
+    events: u64,
+    consumer: f64,
+    postgres: Option<f64>,
+    redis: f64,
+    rate: f64,
+    rows: u64,
 }
 
 impl Table {
@@ -108,6 +166,64 @@ impl Table {
     }
 
     fn print(&self) {
+        let us = |secs: Option<f64>, n: u64| secs.map_or("n/a".into(), |s| cost::micros(s, n));
+        println!("CPU µs per event, by process:\n");
+        println!("| workload | raw read (do-nothing consumer) | naive parse + count | aggregator | aggregator / naive | Postgres | Postgres per upserted row | Redis | pipeline total | total / raw read | dev broker serving the aggregator | producing (generator + broker) |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for c in &self.costs {
+            let n = c.events;
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} ({} rows) | {} | {} | {} | {} | {} |",
+                c.workload,
+                cost::micros(c.raw, n),
+                cost::micros(c.naive, n),
+                us(c.aggregator, n),
+                c.aggregator
+                    .map_or("n/a".into(), |a| format!("{:.2}x", a / c.naive)),
+                us(c.postgres, n),
+                us(c.postgres, c.rows),
+                c.rows,
+                cost::micros(c.redis, n),
+                us(c.total(), n),
+                c.total()
+                    .map_or("n/a".into(), |t| format!("{:.1}x", t / c.raw)),
+                cost::micros(c.broker, n),
+                cost::micros(c.produce, n),
+            );
+        }
+        if !self.baselines.is_empty() {
+            let viewpipe = self
+                .costs
+                .first()
+                .and_then(|c| Some((c.total()?, c.events)));
+            println!(
+                "\nThe same workload ({}) counted by designs a user might build instead:\n",
+                self.costs.first().map_or("", |c| c.workload.as_str())
+            );
+            println!("| design | events | consumer | Postgres | Redis | total | viewpipe cheaper by | rate |");
+            println!("|---|---|---|---|---|---|---|---|");
+            for b in &self.baselines {
+                let n = b.events;
+                let total = b.postgres.map(|p| p + b.consumer + b.redis);
+                let cheaper = match (total, viewpipe) {
+                    (Some(t), Some((v, vn))) => format!("{:.1}x", (t / n as f64) / (v / vn as f64)),
+                    _ => "n/a".into(),
+                };
+                println!(
+                    "| {} | {} | {} | {} ({} rows) | {} | {} | {} | {} |",
+                    b.name,
+                    n,
+                    cost::micros(b.consumer, n),
+                    us(b.postgres, n),
+                    b.rows,
+                    cost::micros(b.redis, n),
+                    us(total, n),
+                    cheaper,
+                    rate(b.rate)
+                );
+            }
+        }
+        println!("\nRates:\n");
         println!("| measure | value | ratio |");
         println!("|---|---|---|");
         for r in &self.rows {
@@ -128,12 +244,13 @@ fn ratio(r: f64, raw: f64) -> String {
     format!("{:.2}x raw", r / raw)
 }
 
-/// A fresh stack with `workload` in its `views` topic; returns the stack and the raw
-/// produce and consume rates.
+/// A fresh stack with `workload` in its `views` topic; returns the stack, the raw
+/// produce rate and this process' CPU seconds producing, and the do-nothing
+/// consumer's report.
 async fn loaded(
     workload: &Workload,
     partitions: i32,
-) -> anyhow::Result<(Stack, raw::Produced, f64)> {
+) -> anyhow::Result<(Stack, raw::Produced, f64, consumers::Report)> {
     let stack = Stack::with_partitions(partitions).await?;
     let brokers = stack.broker.addr().to_string();
     eprintln!(
@@ -142,14 +259,14 @@ async fn loaded(
         workload.keys.describe(),
         workload.id_share * 100.0
     );
-    let (b, w) = (brokers.clone(), workload.clone());
+    let w = workload.clone();
+    let cpu = cost::own_seconds();
     let produced =
-        tokio::task::spawn_blocking(move || raw::produce(&b, "views", &w, raw::Pace::Flat))
+        tokio::task::spawn_blocking(move || raw::produce(&brokers, "views", &w, raw::Pace::Flat))
             .await??;
-    let events = workload.events;
-    let consumed =
-        tokio::task::spawn_blocking(move || raw::consume(&brokers, "views", events)).await??;
-    Ok((stack, produced, consumed))
+    let produce_cpu = cost::own_seconds() - cpu;
+    let consumed = consumers::run(&stack, consumers::Kind::Raw, workload.events, 0).await?;
+    Ok((stack, produced, produce_cpu, consumed))
 }
 
 /// Counts a workload with an aggregator, and reports it against the raw rates.
@@ -160,9 +277,17 @@ async fn aggregate(
     workload: &Workload,
     extra: &[(&str, &str)],
 ) -> anyhow::Result<(Stack, AggregatorRun, f64, f64)> {
-    let (stack, produced, raw_consume) = loaded(workload, args.partitions).await?;
+    let (stack, produced, produce_cpu, raw) = loaded(workload, args.partitions).await?;
+    let raw_consume = raw.rate;
     table.add(format!("raw produce, {name}"), rate(produced.rate), "");
     table.add(format!("raw consume, {name}"), rate(raw_consume), "");
+    eprintln!("[bench] parsing and counting {name} in a map (the naive floor)");
+    let naive = consumers::run(&stack, consumers::Kind::Naive, workload.events, 0).await?;
+    table.add(
+        format!("naive parse + count, {name}"),
+        rate(naive.rate),
+        ratio(naive.rate, raw_consume),
+    );
     eprintln!("[bench] counting {name} with an aggregator");
     let run = measure::aggregator_run(&stack, extra, workload.events, Some(workload.events as i64))
         .await?;
@@ -183,12 +308,28 @@ async fn aggregate(
         format!("{:.0} MiB", run.peak_rss_mib),
         format!("{} distinct keys", produced.distinct_keys),
     );
+    let events = workload.events as u64;
+    table.costs.push(Cost {
+        workload: name.to_owned(),
+        events,
+        produce: produce_cpu,
+        raw: raw.cpu_seconds * events as f64 / raw.events.max(1) as f64,
+        naive: naive.cpu_seconds * events as f64 / naive.events.max(1) as f64,
+        aggregator: run.cpu_seconds,
+        postgres: run.stores.postgres,
+        redis: run.stores.redis,
+        broker: run.stores.bench,
+        rows: run.rows,
+    });
     Ok((stack, run, raw_consume, produced.rate))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(kind) = args.consumer {
+        return consumers::child(kind, args.job).await;
+    }
     let mut table = Table::default();
     eprintln!(
         "[bench] machine: {} cores; {}",
@@ -200,7 +341,12 @@ async fn main() -> anyhow::Result<()> {
     let mut zipf_run = None;
     if args.runs("zipf") || args.runs("http") || args.runs("publish") || args.runs("freshness") {
         let w = args.zipf(args.events, 0.0, 1);
-        zipf_run = Some(aggregate(&args, &mut table, "Zipf, Redis", &w, &[]).await?);
+        let (stack, mut run, raw_consume, raw_produce) =
+            aggregate(&args, &mut table, "Zipf, Redis", &w, &[]).await?;
+        // Its stack hosts the HTTP measurements, which need no aggregator; idle, it
+        // would still poll the stores and land in the later runs' figures.
+        run.aggregator = None;
+        zipf_run = Some((stack, run, raw_consume, raw_produce));
     }
     if args.runs("zipf-ids") {
         let w = args.zipf(args.events, 1.0, 2);
@@ -238,20 +384,15 @@ async fn main() -> anyhow::Result<()> {
         };
         let (stack, run, _, _) = aggregate(&args, &mut table, "uniform, Redis", &w, &[]).await?;
         drop(run);
-        if args.runs("upsert") {
-            let baseline = measure::upsert_baseline(&stack, 5).await?;
-            table.add(
-                "per-event upsert baseline (8 connections)",
-                rate(baseline),
-                "",
-            );
-        }
         stack.cleanup().await?;
     }
     if args.runs("memory") {
         memory::memory(&args, &mut table).await?;
     }
     if let Some((stack, run, raw_consume, raw_produce)) = zipf_run {
+        if args.runs("baselines") {
+            baselines(&stack, &mut table, &args, raw_consume).await?;
+        }
         let ingest = stack.spawn_ingest_process(&[]).await?;
         if args.runs("http") {
             eprintln!(
@@ -352,6 +493,55 @@ async fn main() -> anyhow::Result<()> {
         stack.cleanup().await?;
     }
     table.print();
+    Ok(())
+}
+
+/// The seed design and the per-event upsert on the Zipf stack's log, each with tables
+/// of its own; the per-event upsert for `--upsert-seconds` only.
+async fn baselines(
+    stack: &Stack,
+    table: &mut Table,
+    args: &Args,
+    raw_consume: f64,
+) -> anyhow::Result<()> {
+    let events = args.events;
+    let postgres = cost::Postgres::find(&stack.db_url).await?;
+    for (name, kind, seconds) in [
+        (
+            "seed design with care (INCR + SADD, GETDEL + upsert per key and day)",
+            consumers::Kind::Seed,
+            0,
+        ),
+        (
+            "one upsert per event",
+            consumers::Kind::Upsert,
+            args.upsert_seconds,
+        ),
+    ] {
+        consumers::create_tables(&stack.db_url).await?;
+        eprintln!("[bench] the same log counted by: {name}");
+        tokio::time::sleep(cost::SETTLE).await;
+        cost::Postgres::wait_quiet(&stack.db_url).await?;
+        let before = cost::Stores::read(postgres.as_ref(), &stack.redis_url).await?;
+        let report = consumers::run(stack, kind, events, seconds).await?;
+        let spent = cost::Stores::read(postgres.as_ref(), &stack.redis_url)
+            .await?
+            .since(&before);
+        table.add(
+            format!("{name}, Zipf"),
+            rate(report.rate),
+            ratio(report.rate, raw_consume),
+        );
+        table.baselines.push(Baseline {
+            name,
+            events: report.events,
+            consumer: report.cpu_seconds,
+            postgres: spent.postgres,
+            redis: spent.redis,
+            rate: report.rate,
+            rows: report.rows,
+        });
+    }
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! Measurements against running services: the aggregator's counting rate, the
-//! ingest under load, freshness, and the per-event upsert baseline.
+//! Measurements against running services: the aggregator's counting rate and cost,
+//! the ingest under load, and freshness.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use viewpipe_tests::chaos::metric;
 use viewpipe_tests::{Service, Stack};
 
+use crate::cost::{self, Postgres, Stores};
 use crate::workload::Generator;
 
 /// What one aggregator run showed.
@@ -22,19 +23,31 @@ pub struct AggregatorRun {
     /// Events in Postgres per second, from the assignment to the last flush.
     pub durable_rate: Option<f64>,
     pub peak_rss_mib: f64,
-    /// Held so the aggregator keeps running until the run is dropped.
-    pub _aggregator: Service,
+    /// CPU seconds of the aggregator process, from its start to the last flush (or
+    /// the last event counted, without `flushed`).
+    pub cpu_seconds: Option<f64>,
+    /// CPU seconds of the stores (and of this process, hosting the dev broker) over
+    /// the same span.
+    pub stores: Stores,
+    /// Counter rows the flushes upserted (total and daily).
+    pub rows: u64,
+    /// Held so the aggregator keeps running until it is taken or the run dropped.
+    pub aggregator: Option<Service>,
 }
 
 /// Starts an aggregator on `stack` and waits until it has consumed `events`
-/// (counted, duplicate or invalid); with `flushed`, also until Postgres' grand total
-/// reaches it.
+/// (counted, duplicate or invalid); with `flushed`, also until every partition's
+/// position in Postgres reaches the end of the log, and then checks Postgres' grand
+/// total is `flushed`.
 pub async fn aggregator_run(
     stack: &Stack,
     extra: &[(&str, &str)],
     events: usize,
     flushed: Option<i64>,
 ) -> anyhow::Result<AggregatorRun> {
+    let postgres = Postgres::find(&stack.db_url).await?;
+    Postgres::wait_quiet(&stack.db_url).await?;
+    let before = Stores::read(postgres.as_ref(), &stack.redis_url).await?;
     let aggregator = stack.spawn_aggregator_process(extra).await?;
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut first: Option<Instant> = None;
@@ -56,19 +69,29 @@ pub async fn aggregator_run(
             eprintln!("  … {consumed} of {events} counted");
             last_report = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Sparse: rendering the aggregator's metrics costs it CPU, which would count
+        // as its own (at 25 ms it was a tenth of a uniform run's).
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let first = first.unwrap_or_else(Instant::now);
     let counted_rate = events as f64 / first.elapsed().as_secs_f64().max(1e-9);
     let durable_rate = match flushed {
-        Some(total) => {
-            stack
-                .wait_flushed_total(total, Duration::from_secs(900))
-                .await?;
+        Some(_) => {
+            wait_positions(stack, events as i64, deadline).await?;
             Some(events as f64 / first.elapsed().as_secs_f64().max(1e-9))
         }
         None => None,
     };
+    let cpu_seconds = aggregator.pid().and_then(cost::process_seconds);
+    let stores = Stores::read(postgres.as_ref(), &stack.redis_url)
+        .await?
+        .since(&before);
+    let rows = metric(&aggregator, "viewpipe_aggregator_flushed_rows_total").await as u64;
+    if let Some(total) = flushed {
+        stack
+            .wait_flushed_total(total, Duration::from_secs(60))
+            .await?;
+    }
     let peak_rss_mib = aggregator
         .peak_rss_kib()
         .context("no VmHWM for the aggregator (exited?)")? as f64
@@ -77,8 +100,37 @@ pub async fn aggregator_run(
         counted_rate,
         durable_rate,
         peak_rss_mib,
-        _aggregator: aggregator,
+        cpu_seconds,
+        stores,
+        rows,
+        aggregator: Some(aggregator),
     })
+}
+
+/// Waits until the partitions' flushed positions in Postgres add up to `events` (a
+/// small read, unlike summing the counters, so the wait costs Postgres little).
+async fn wait_positions(stack: &Stack, events: i64, deadline: Instant) -> anyhow::Result<()> {
+    let db = Database::connect(&stack.db_url).await?;
+    loop {
+        let row = db
+            .query_one(Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT COALESCE(sum(next_offset), 0)::int8 AS n FROM aggregator_partitions
+                 WHERE consumer_group = $1 AND topic = 'views'",
+                vec![stack.group.clone().into()],
+            ))
+            .await?
+            .context("no row")?;
+        let n: i64 = row.try_get("", "n")?;
+        if n >= events {
+            db.close().await?;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("Postgres holds positions up to {n} of {events} events");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The bytes Redis uses for the stack's deployment (`MEMORY USAGE` of each of its
@@ -329,41 +381,6 @@ pub async fn freshness(ingest: &Service, busy: Arc<AtomicBool>) -> anyhow::Resul
     }
     seen.sort();
     Ok(seen)
-}
-
-/// Single-row upserts per second, one statement per event from 8 connections: what
-/// writing each view straight to Postgres would achieve on this machine.
-pub async fn upsert_baseline(stack: &Stack, seconds: u64) -> anyhow::Result<f64> {
-    let db = Database::connect(&stack.db_url).await?;
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..8)
-        .map(|c| {
-            let db = db.clone();
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while Instant::now() < until {
-                    let key = format!("resource:upsert-{c}-{}", n % 100_000);
-                    db.execute(Statement::from_sql_and_values(
-                        sea_orm::DbBackend::Postgres,
-                        "INSERT INTO view_counter_total AS t
-                             (key, namespace, entity_id, path, total, created_at, updated_at)
-                         VALUES ($1, 'resource', $1, NULL, 1, now(), now())
-                         ON CONFLICT (key) DO UPDATE SET total = t.total + 1, updated_at = now()",
-                        vec![key.into()],
-                    ))
-                    .await?;
-                    n += 1;
-                }
-                anyhow::Ok(n)
-            })
-        })
-        .collect();
-    let mut rows = 0;
-    for task in tasks {
-        rows += task.await??;
-    }
-    Ok(rows as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Publishes `lines` views (the API's object form, Zipf-free: 10,000 keys) with

@@ -12,7 +12,7 @@ pub(crate) async fn memory(args: &Args, table: &mut Table) -> anyhow::Result<()>
     let mut per_key = 0.0;
     for (share, seed) in [(0.0, 6), (0.1, 6)] {
         let w = args.zipf(args.memory_events, share, seed);
-        let (stack, produced, _) = loaded(&w, args.partitions).await?;
+        let (stack, produced, _, _) = loaded(&w, args.partitions).await?;
         let run = measure::aggregator_run(&stack, &off, w.events, None).await?;
         let (used, keys) = measure::redis_bytes(&stack).await?;
         let used = used as f64;

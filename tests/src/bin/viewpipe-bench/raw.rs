@@ -1,14 +1,12 @@
-//! The broker's own speed: producing a workload with the ingest's producer settings,
-//! and consuming it back with the aggregator's consumer settings, doing nothing else.
+//! Producing a workload into the broker with the ingest's producer settings (the raw
+//! produce rate); the consumers it is read back with are in [`crate::consumers`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
@@ -142,60 +140,4 @@ fn send(producer: &ThreadedProducer<Deliveries>, topic: &str, event: &Event) -> 
             Err((e, _)) => bail!("produce failed: {e}"),
         }
     }
-}
-
-/// Notes when the group assigned partitions.
-#[derive(Default)]
-struct Assigned {
-    at: std::sync::Mutex<Option<Instant>>,
-}
-
-impl ClientContext for Assigned {}
-
-impl ConsumerContext for Assigned {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if matches!(rebalance, Rebalance::Assign(_)) {
-            let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
-            at.get_or_insert_with(Instant::now);
-        }
-    }
-}
-
-/// Consumes `expected` messages of `topic` from the beginning with the aggregator's
-/// consumer settings, touching each payload; returns messages/s from the moment the
-/// group assigned the partitions to the last message (fetching included, joining
-/// the group not).
-pub fn consume(brokers: &str, topic: &str, expected: usize) -> anyhow::Result<f64> {
-    let group = format!("bench-raw-{:08x}", rand::random::<u32>());
-    let consumer: BaseConsumer<Assigned> = kafka::consumer_config(
-        &kafka::KafkaSettings::plain(brokers),
-        &group,
-        std::time::Duration::from_secs(6),
-    )
-    .create_with_context(Assigned::default())
-    .context("bench consumer")?;
-    consumer.subscribe(&[topic])?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let (mut seen, mut bytes) = (0usize, 0usize);
-    while seen < expected {
-        if Instant::now() > deadline {
-            bail!("raw consume read {seen} of {expected} messages in 300 s");
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(msg)) => {
-                seen += 1;
-                bytes += msg.payload().map_or(0, <[u8]>::len);
-            }
-            Some(Err(e)) => tracing::debug!(error = %e, "raw consumer error"),
-            None => {}
-        }
-    }
-    let assigned = *consumer
-        .context()
-        .at
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let elapsed = assigned.map_or(Duration::ZERO, |a| a.elapsed());
-    std::hint::black_box(bytes);
-    Ok(seen as f64 / elapsed.as_secs_f64().max(1e-9))
 }

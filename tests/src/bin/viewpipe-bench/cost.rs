@@ -1,0 +1,180 @@
+//! CPU time by process. On a machine whose cores the broker, Postgres, Redis, the load
+//! generator and the services share, a rate says more about the neighbours than about
+//! the code; the CPU seconds each process spends per event carry over.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sea_orm::{ConnectionTrait, Database, Statement};
+
+/// The unit of `/proc/*/stat` times: `USER_HZ`, which Linux fixes at 100 for every
+/// program whatever the kernel's own tick.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// A process' `/proc/<pid>/stat` times: its parent, and user, system, reaped
+/// children's user and system time, in seconds.
+struct Stat {
+    ppid: u32,
+    own: f64,
+    reaped: f64,
+}
+
+fn stat(path: &str) -> Option<Stat> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let fields: Vec<&str> = text.get(text.rfind(')')? + 2..)?.split(' ').collect();
+    let field = |i: usize| -> Option<f64> { fields.get(i)?.parse().ok() };
+    let tick = TICKS_PER_SECOND;
+    Some(Stat {
+        ppid: fields.get(1)?.parse().ok()?,
+        own: (field(11)? + field(12)?) / tick,
+        reaped: (field(13)? + field(14)?) / tick,
+    })
+}
+
+/// CPU seconds a running process has spent so far (user + system, all threads).
+pub fn process_seconds(pid: u32) -> Option<f64> {
+    stat(&format!("/proc/{pid}/stat")).map(|s| s.own)
+}
+
+/// CPU seconds this process has spent so far.
+pub fn own_seconds() -> f64 {
+    process_seconds(std::process::id()).unwrap_or(0.0)
+}
+
+/// The Postgres server on this machine: its postmaster, whose backends (and the
+/// backends it has reaped, through its children's times) are every server process.
+pub struct Postgres {
+    postmaster: u32,
+}
+
+impl Postgres {
+    /// Finds the postmaster of the server behind `db_url`; `None` when it is not on
+    /// this machine (in a container, say: the backend's pid names another process
+    /// here) or its processes cannot be read.
+    pub async fn find(db_url: &str) -> anyhow::Result<Option<Self>> {
+        let db = Database::connect(db_url).await?;
+        let row = db
+            .query_one(Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT pg_backend_pid()::int8 AS pid",
+            ))
+            .await?
+            .context("no backend pid")?;
+        let pid: i64 = row.try_get("", "pid")?;
+        let postgres = stat(&format!("/proc/{pid}/stat")).map(|s| Self { postmaster: s.ppid });
+        db.close().await?;
+        let named_postgres = |p: &Self| {
+            std::fs::read_to_string(format!("/proc/{}/comm", p.postmaster))
+                .is_ok_and(|c| matches!(c.trim(), "postgres" | "postmaster"))
+        };
+        Ok(postgres.filter(|p| named_postgres(p) && p.seconds().is_some()))
+    }
+
+    /// Waits (up to a minute) until no autovacuum worker runs, so that a run is not
+    /// charged with the clean-up of the one before it.
+    pub async fn wait_quiet(db_url: &str) -> anyhow::Result<()> {
+        let db = Database::connect(db_url).await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let row = db
+                .query_one(Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    "SELECT count(*)::int8 AS n FROM pg_stat_activity
+                     WHERE backend_type = 'autovacuum worker'",
+                ))
+                .await?
+                .context("no row")?;
+            if row.try_get::<i64>("", "n")? == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        db.close().await?;
+        Ok(())
+    }
+
+    /// CPU seconds of every server process so far: the postmaster, its live children
+    /// and the children it has reaped. A child reaped during the scan would be
+    /// missed (or counted twice): the scan is repeated until the postmaster's
+    /// reaped time stands still across it.
+    pub fn seconds(&self) -> Option<f64> {
+        for _ in 0..5 {
+            let before = stat(&format!("/proc/{}/stat", self.postmaster))?;
+            let mut total = before.own + before.reaped;
+            for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                else {
+                    continue;
+                };
+                if let Some(s) = stat(&format!("/proc/{pid}/stat")) {
+                    if s.ppid == self.postmaster {
+                        total += s.own + s.reaped;
+                    }
+                }
+            }
+            let after = stat(&format!("/proc/{}/stat", self.postmaster))?;
+            if after.reaped == before.reaped {
+                return Some(total);
+            }
+        }
+        None
+    }
+}
+
+/// CPU seconds the Redis server has spent so far (`INFO cpu`, forked children
+/// included).
+pub async fn redis_seconds(url: &str) -> anyhow::Result<f64> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.starts_with("used_cpu_") && !k.ends_with("_main_thread"))
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum())
+}
+
+/// CPU seconds of the stores, read together.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stores {
+    pub postgres: Option<f64>,
+    pub redis: f64,
+    /// This process: the dev broker, and the benchmark's own polling.
+    pub bench: f64,
+}
+
+impl Stores {
+    pub async fn read(postgres: Option<&Postgres>, redis_url: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            postgres: postgres.and_then(Postgres::seconds),
+            redis: redis_seconds(redis_url).await?,
+            bench: own_seconds(),
+        })
+    }
+
+    /// What was spent from `before` to this reading.
+    pub fn since(&self, before: &Stores) -> Stores {
+        Stores {
+            postgres: self.postgres.zip(before.postgres).map(|(a, b)| a - b),
+            redis: self.redis - before.redis,
+            bench: self.bench - before.bench,
+        }
+    }
+}
+
+/// Microseconds per item, as the table prints them.
+pub fn micros(seconds: f64, items: u64) -> String {
+    if items == 0 {
+        return "n/a".into();
+    }
+    format!("{:.2} µs", seconds * 1e6 / items as f64)
+}
+
+/// A pause for the stores' background work of the last run (Postgres' stats, Redis'
+/// lazy frees) to land in that run's figures rather than the next one's.
+pub const SETTLE: Duration = Duration::from_millis(1500);
