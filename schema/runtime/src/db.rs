@@ -39,6 +39,12 @@ const SESSION_LIMITS: [(&str, &str); 6] = [
     ("tcp_keepalives_count", "3"),
 ];
 
+/// Planner settings of every session. viewpipe's statements are short and run
+/// often; the flush's upserts are large, and their estimated cost passed the JIT
+/// thresholds, so Postgres compiled them at every run on a new connection, which
+/// took longer than running them (see `docs/performance.md`).
+const SESSION_PLANNING: [(&str, &str); 1] = [("jit", "off")];
+
 /// How long a connection handed back to the pool may take to answer a ping before
 /// it is closed instead of kept.
 const RELEASE_CHECK: Duration = Duration::from_secs(2);
@@ -62,7 +68,10 @@ pub async fn connect(
         .expose()
         .parse()
         .map_err(|e: sqlx::Error| unreachable(root_cause(&e)))?;
-    let options = options.options(SESSION_LIMITS).disable_statement_logging();
+    let options = options
+        .options(SESSION_LIMITS)
+        .options(SESSION_PLANNING)
+        .disable_statement_logging();
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)

@@ -46,6 +46,7 @@ fn a_small_benchmark_run_prints_every_row() {
         "POST /api/views/batch events",
         "freshness at",
         "naive parse + count, uniform, Redis",
+        "Redis per field, native pipelined HINCRBY, uniform",
         "seed design with care",
         "one upsert per event",
     ] {
@@ -60,6 +61,12 @@ fn a_small_benchmark_run_prints_every_row() {
         assert!(
             row.contains("µs") && !row.contains("n/a"),
             "a cost missing for {workload}: {row}"
+        );
+        // Redis' cost per hash field added, from its own command counts.
+        assert_eq!(
+            row.contains(" fields) |"),
+            workload.ends_with("Redis"),
+            "Redis per field for {workload}: {row}"
         );
     }
     println!("{table}");

@@ -224,6 +224,29 @@ async fn zero_counts_are_skipped() {
     );
 }
 
+/// Every session the services open runs with JIT off (a flush's statements are
+/// large enough for the planner to compile them, which took longer than running
+/// them) and with the deadlines that keep nothing waiting forever.
+#[tokio::test]
+async fn service_sessions_run_without_jit_and_with_deadlines() {
+    let case = Case::new().await;
+    let url = case.stack.db_url.parse().expect("database url");
+    let db = viewpipe_runtime::db::connect(&url, 1)
+        .await
+        .expect("connect");
+    let row = db
+        .query_one(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT current_setting('jit') || ' ' || current_setting('statement_timeout')
+                    || ' ' || current_setting('lock_timeout') AS s",
+        ))
+        .await
+        .expect("settings")
+        .expect("a row");
+    let settings: String = row.try_get("", "s").expect("text");
+    assert_eq!(settings, "off 30s 10s");
+}
+
 #[tokio::test]
 async fn flushed_counts_leave_the_pending_state() {
     let case = Case::new().await;

@@ -186,10 +186,9 @@ pub async fn flush(
         });
     }
 
-    // A flush's statements are cheap per row but large. When the upsert joined two
-    // arrays, its estimated cost passed the JIT thresholds, and compiling took
-    // longer than running it; off, no statement of a flush can go that way again.
-    txn.execute_unprepared("SET LOCAL jit = off").await?;
+    // JIT is off for the whole session (`viewpipe_runtime::db`): a flush's
+    // statements are large enough to pass its thresholds, and compiling them took
+    // longer than running them.
     crate::store::backfill::lock_months(&txn, counts).await?;
     let mut outcome = add_counts(&txn, counts).await?;
     outcome.visitor_rows = crate::store::visitors::rows::merge_into(&txn, counts).await?;

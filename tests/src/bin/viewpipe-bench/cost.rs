@@ -126,17 +126,33 @@ impl Postgres {
 }
 
 /// CPU seconds the Redis server has spent so far (`INFO cpu`, forked children
-/// included).
-pub async fn redis_seconds(url: &str) -> anyhow::Result<f64> {
+/// included), and how many `HINCRBY`s it has run (`INFO commandstats`; the scripts'
+/// own calls count too): one per hash field a batch adds to.
+pub async fn redis_usage(url: &str) -> anyhow::Result<(f64, u64)> {
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
-    Ok(info
+    let cpu: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
+    let seconds = cpu
         .lines()
         .filter_map(|l| l.split_once(':'))
         .filter(|(k, _)| k.starts_with("used_cpu_") && !k.ends_with("_main_thread"))
         .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
-        .sum())
+        .sum();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await?;
+    Ok((seconds, hincrby_calls(&stats)))
+}
+
+/// `calls` of `cmdstat_hincrby` in `INFO commandstats` (0 when it never ran).
+fn hincrby_calls(stats: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_hincrby:"))
+        .and_then(|fields| fields.split(',').find_map(|f| f.strip_prefix("calls=")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// CPU seconds of the stores, read together.
@@ -144,15 +160,19 @@ pub async fn redis_seconds(url: &str) -> anyhow::Result<f64> {
 pub struct Stores {
     pub postgres: Option<f64>,
     pub redis: f64,
+    /// `HINCRBY`s Redis ran: the hash fields batches added to.
+    pub redis_fields: u64,
     /// This process: the dev broker, and the benchmark's own polling.
     pub bench: f64,
 }
 
 impl Stores {
     pub async fn read(postgres: Option<&Postgres>, redis_url: &str) -> anyhow::Result<Self> {
+        let (redis, redis_fields) = redis_usage(redis_url).await?;
         Ok(Self {
             postgres: postgres.and_then(Postgres::seconds),
-            redis: redis_seconds(redis_url).await?,
+            redis,
+            redis_fields,
             bench: own_seconds(),
         })
     }
@@ -162,6 +182,7 @@ impl Stores {
         Stores {
             postgres: self.postgres.zip(before.postgres).map(|(a, b)| a - b),
             redis: self.redis - before.redis,
+            redis_fields: self.redis_fields.saturating_sub(before.redis_fields),
             bench: self.bench - before.bench,
         }
     }
@@ -178,3 +199,17 @@ pub fn micros(seconds: f64, items: u64) -> String {
 /// A pause for the stores' background work of the last run (Postgres' stats, Redis'
 /// lazy frees) to land in that run's figures rather than the next one's.
 pub const SETTLE: Duration = Duration::from_millis(1500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hincrby_calls_are_read_from_commandstats() {
+        let stats = "# Commandstats\r\n\
+            cmdstat_hincrbyfloat:calls=7,usec=9,usec_per_call=1.29\r\n\
+            cmdstat_hincrby:calls=601075,usec=757401,usec_per_call=1.26,rejected_calls=0\r\n";
+        assert_eq!(hincrby_calls(stats), 601_075);
+        assert_eq!(hincrby_calls("# Commandstats\r\n"), 0);
+    }
+}

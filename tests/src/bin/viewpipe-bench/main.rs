@@ -21,6 +21,7 @@ mod cost;
 mod measure;
 mod memory;
 mod raw;
+mod redis_floor;
 mod workload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,6 +132,8 @@ struct Cost {
     aggregator: Option<f64>,
     postgres: Option<f64>,
     redis: f64,
+    /// Hash fields the batches added to in Redis (its `HINCRBY`s).
+    redis_fields: u64,
     /// This process while the aggregator ran: the dev broker serving it.
     broker: f64,
     rows: u64,
@@ -168,12 +171,12 @@ impl Table {
     fn print(&self) {
         let us = |secs: Option<f64>, n: u64| secs.map_or("n/a".into(), |s| cost::micros(s, n));
         println!("CPU µs per event, by process:\n");
-        println!("| workload | raw read (do-nothing consumer) | naive parse + count | aggregator | aggregator / naive | Postgres | Postgres per upserted row | Redis | pipeline total | total / raw read | dev broker serving the aggregator | producing (generator + broker) |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("| workload | raw read (do-nothing consumer) | naive parse + count | aggregator | aggregator / naive | Postgres | Postgres per upserted row | Redis | Redis per field added | pipeline total | total / raw read | dev broker serving the aggregator | producing (generator + broker) |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for c in &self.costs {
             let n = c.events;
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} ({} rows) | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} ({} rows) | {} | {} | {} | {} | {} | {} |",
                 c.workload,
                 cost::micros(c.raw, n),
                 cost::micros(c.naive, n),
@@ -184,6 +187,10 @@ impl Table {
                 us(c.postgres, c.rows),
                 c.rows,
                 cost::micros(c.redis, n),
+                match c.redis_fields {
+                    0 => "none".to_owned(),
+                    fields => format!("{} ({fields} fields)", cost::micros(c.redis, fields)),
+                },
                 us(c.total(), n),
                 c.total()
                     .map_or("n/a".into(), |t| format!("{:.1}x", t / c.raw)),
@@ -318,6 +325,7 @@ async fn aggregate(
         aggregator: run.cpu_seconds,
         postgres: run.stores.postgres,
         redis: run.stores.redis,
+        redis_fields: run.stores.redis_fields,
         broker: run.stores.bench,
         rows: run.rows,
     });
@@ -384,6 +392,30 @@ async fn main() -> anyhow::Result<()> {
         };
         let (stack, run, _, _) = aggregate(&args, &mut table, "uniform, Redis", &w, &[]).await?;
         drop(run);
+        // The aggregator's scripts beside the hash work alone, per field.
+        eprintln!("[bench] adding the uniform log's fields to Redis with pipelined HINCRBYs");
+        let floor = redis_floor::run(
+            &stack.redis_url,
+            &stack.redis_prefix,
+            &w,
+            args.partitions as usize,
+        )
+        .await?;
+        let scripts = table
+            .costs
+            .last()
+            .filter(|c| c.redis_fields > 0)
+            .map(|c| c.redis / c.redis_fields as f64);
+        table.add(
+            "Redis per field, native pipelined HINCRBY, uniform",
+            cost::micros(floor.seconds, floor.fields),
+            scripts.map_or(String::new(), |s| {
+                format!(
+                    "the aggregator's scripts: {:.2}x",
+                    s * floor.fields as f64 / floor.seconds
+                )
+            }),
+        );
         stack.cleanup().await?;
     }
     if args.runs("memory") {
