@@ -143,7 +143,9 @@ impl MonthLock {
             .acquire_timeout(Duration::from_secs(600))
             .max_lifetime(Duration::from_secs(7 * 24 * 3600))
             .idle_timeout(Duration::from_secs(7 * 24 * 3600))
-            .sqlx_logging(false);
+            .sqlx_logging(false)
+            // The month's rebuild runs on this session: large statements, no JIT.
+            .map_sqlx_postgres_opts(|o| o.options(viewpipe_runtime::db::SESSION_PLANNING));
         let db = Database::connect(opts).await?;
         let deadline = Instant::now() + wait;
         loop {

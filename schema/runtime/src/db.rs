@@ -39,11 +39,11 @@ const SESSION_LIMITS: [(&str, &str); 6] = [
     ("tcp_keepalives_count", "3"),
 ];
 
-/// Planner settings of every session. viewpipe's statements are short and run
-/// often; the flush's upserts are large, and their estimated cost passed the JIT
-/// thresholds, so Postgres compiled them at every run on a new connection, which
-/// took longer than running them (see `docs/performance.md`).
-const SESSION_PLANNING: [(&str, &str); 1] = [("jit", "off")];
+/// Planner settings of every session viewpipe opens. Its statements are short and
+/// run often; the flush's upserts are large, and their estimated cost passed the JIT
+/// thresholds, so Postgres compiled them at their first runs on each new
+/// connection, which took longer than running them (see `docs/performance.md`).
+pub const SESSION_PLANNING: [(&str, &str); 1] = [("jit", "off")];
 
 /// How long a connection handed back to the pool may take to answer a ping before
 /// it is closed instead of kept.

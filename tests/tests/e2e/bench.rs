@@ -62,11 +62,11 @@ fn a_small_benchmark_run_prints_every_row() {
             row.contains("µs") && !row.contains("n/a"),
             "a cost missing for {workload}: {row}"
         );
-        // Redis' cost per hash field added, from its own command counts.
-        assert_eq!(
-            row.contains(" fields) |"),
-            workload.ends_with("Redis"),
-            "Redis per field for {workload}: {row}"
+        // Redis' cost per hash field added, from its command counts. (Other tests
+        // share the Redis, so a database-only run may see their fields too.)
+        assert!(
+            !workload.ends_with("Redis") || row.contains(" fields) |"),
+            "no Redis per field for {workload}: {row}"
         );
     }
     println!("{table}");

@@ -224,13 +224,14 @@ async fn zero_counts_are_skipped() {
     );
 }
 
-/// Every session the services open runs with JIT off (a flush's statements are
-/// large enough for the planner to compile them, which took longer than running
-/// them) and with the deadlines that keep nothing waiting forever.
+/// Sessions opened by `viewpipe_runtime::db::connect` (every service's pool) run
+/// with JIT off (a flush's statements are large enough for the planner to compile
+/// them, which took longer than running them) and with the deadlines that keep
+/// nothing waiting forever.
 #[tokio::test]
-async fn service_sessions_run_without_jit_and_with_deadlines() {
-    let case = Case::new().await;
-    let url = case.stack.db_url.parse().expect("database url");
+async fn connect_sets_jit_off_and_deadlines() {
+    let stack = Stack::start().await.expect("stack");
+    let url = stack.db_url.parse().expect("database url");
     let db = viewpipe_runtime::db::connect(&url, 1)
         .await
         .expect("connect");

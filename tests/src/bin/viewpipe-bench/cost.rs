@@ -125,24 +125,35 @@ impl Postgres {
     }
 }
 
-/// CPU seconds the Redis server has spent so far (`INFO cpu`, forked children
-/// included), and how many `HINCRBY`s it has run (`INFO commandstats`; the scripts'
-/// own calls count too): one per hash field a batch adds to.
-pub async fn redis_usage(url: &str) -> anyhow::Result<(f64, u64)> {
+/// What the Redis server has done so far, read in one `INFO`. Both figures are the
+/// whole server's: the Redis must serve nothing but the benchmark meanwhile.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RedisUsage {
+    /// CPU seconds (`used_cpu_*`, forked children included).
+    pub seconds: f64,
+    /// `HINCRBY`s run (`INFO commandstats`; the scripts' own calls count too): one
+    /// per hash field a batch adds to.
+    pub hincrby: u64,
+}
+
+pub async fn redis_usage(url: &str) -> anyhow::Result<RedisUsage> {
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let cpu: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
-    let seconds = cpu
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await?;
+    let seconds = info
         .lines()
         .filter_map(|l| l.split_once(':'))
         .filter(|(k, _)| k.starts_with("used_cpu_") && !k.ends_with("_main_thread"))
         .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
         .sum();
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await?;
-    Ok((seconds, hincrby_calls(&stats)))
+    Ok(RedisUsage {
+        seconds,
+        hincrby: hincrby_calls(&info),
+    })
 }
 
 /// `calls` of `cmdstat_hincrby` in `INFO commandstats` (0 when it never ran).
@@ -168,11 +179,11 @@ pub struct Stores {
 
 impl Stores {
     pub async fn read(postgres: Option<&Postgres>, redis_url: &str) -> anyhow::Result<Self> {
-        let (redis, redis_fields) = redis_usage(redis_url).await?;
+        let redis = redis_usage(redis_url).await?;
         Ok(Self {
             postgres: postgres.and_then(Postgres::seconds),
-            redis,
-            redis_fields,
+            redis: redis.seconds,
+            redis_fields: redis.hincrby,
             bench: own_seconds(),
         })
     }

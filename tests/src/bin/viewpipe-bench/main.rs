@@ -21,7 +21,7 @@ mod cost;
 mod measure;
 mod memory;
 mod raw;
-mod redis_floor;
+mod redis_reference;
 mod workload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -392,9 +392,11 @@ async fn main() -> anyhow::Result<()> {
         };
         let (stack, run, _, _) = aggregate(&args, &mut table, "uniform, Redis", &w, &[]).await?;
         drop(run);
-        // The aggregator's scripts beside the hash work alone, per field.
+        // The aggregator's scripts beside the hash work alone, per field, once the
+        // stopped aggregator's last deletions are done.
+        tokio::time::sleep(cost::SETTLE).await;
         eprintln!("[bench] adding the uniform log's fields to Redis with pipelined HINCRBYs");
-        let floor = redis_floor::run(
+        let reference = redis_reference::run(
             &stack.redis_url,
             &stack.redis_prefix,
             &w,
@@ -404,16 +406,12 @@ async fn main() -> anyhow::Result<()> {
         let scripts = table
             .costs
             .last()
-            .filter(|c| c.redis_fields > 0)
-            .map(|c| c.redis / c.redis_fields as f64);
+            .and_then(|c| reference.ratio(c.redis, c.redis_fields));
         table.add(
             "Redis per field, native pipelined HINCRBY, uniform",
-            cost::micros(floor.seconds, floor.fields),
-            scripts.map_or(String::new(), |s| {
-                format!(
-                    "the aggregator's scripts: {:.2}x",
-                    s * floor.fields as f64 / floor.seconds
-                )
+            cost::micros(reference.seconds, reference.fields),
+            scripts.map_or(String::new(), |r| {
+                format!("the aggregator's scripts: {r:.2}x")
             }),
         );
         stack.cleanup().await?;
