@@ -55,6 +55,30 @@ async fn a_release_lets_the_next_worker_in() {
     second.expect("second").release().await.expect("release");
 }
 
+/// A month's rebuild runs its large statements on the lock's session: without JIT,
+/// like every other viewpipe session.
+#[tokio::test]
+async fn the_lock_session_runs_without_jit() {
+    use sea_orm::ConnectionTrait;
+    let stack = Stack::start().await.expect("stack");
+    let lock = MonthLock::acquire(&stack.db_url, month(), NOW)
+        .await
+        .expect("try")
+        .expect("the lock");
+    let row = lock
+        .db()
+        .query_one(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT current_setting('jit') AS jit",
+        ))
+        .await
+        .expect("setting")
+        .expect("a row");
+    let jit: String = row.try_get("", "jit").expect("text");
+    lock.release().await.expect("release");
+    assert_eq!(jit, "off");
+}
+
 #[tokio::test]
 async fn a_worker_killed_with_minus_nine_releases_its_month() {
     let stack = Stack::start().await.expect("stack");

@@ -186,9 +186,6 @@ pub async fn flush(
         });
     }
 
-    // JIT is off for the whole session (`viewpipe_runtime::db`): a flush's
-    // statements are large enough to pass its thresholds, and compiling them took
-    // longer than running them.
     crate::store::backfill::lock_months(&txn, counts).await?;
     let mut outcome = add_counts(&txn, counts).await?;
     outcome.visitor_rows = crate::store::visitors::rows::merge_into(&txn, counts).await?;
@@ -351,7 +348,8 @@ fn rank_of(tail: &[u8]) -> u64 {
 /// Upserts into both counter tables: two plain statements over arrays, rows in key
 /// (and day) order. Each daily row carries its key rather than pointing at it: a join
 /// of the two arrays made the planner expect the product of their lengths and
-/// compile the statement (JIT) at every flush's first runs.
+/// compile the statement (JIT) at every flush's first runs; JIT is now off for every
+/// session (`viewpipe_runtime::db::SESSION_PLANNING`).
 async fn upsert(
     txn: &impl ConnectionTrait,
     merged: &[(&str, std::borrow::Cow<'_, KeyCounts>)],

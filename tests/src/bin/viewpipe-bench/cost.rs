@@ -125,8 +125,8 @@ impl Postgres {
     }
 }
 
-/// What the Redis server has done so far, read in one `INFO`. Both figures are the
-/// whole server's: the Redis must serve nothing but the benchmark meanwhile.
+/// What the Redis server has done so far (two `INFO`s: Redis before 7 takes one
+/// section at a time). Both figures are the whole server's: the Redis must serve nothing but the benchmark meanwhile.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RedisUsage {
     /// CPU seconds (`used_cpu_*`, forked children included).
@@ -139,12 +139,12 @@ pub struct RedisUsage {
 pub async fn redis_usage(url: &str) -> anyhow::Result<RedisUsage> {
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
+    let cpu: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
+    let stats: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut conn)
         .await?;
-    let seconds = info
+    let seconds = cpu
         .lines()
         .filter_map(|l| l.split_once(':'))
         .filter(|(k, _)| k.starts_with("used_cpu_") && !k.ends_with("_main_thread"))
@@ -152,7 +152,7 @@ pub async fn redis_usage(url: &str) -> anyhow::Result<RedisUsage> {
         .sum();
     Ok(RedisUsage {
         seconds,
-        hincrby: hincrby_calls(&info),
+        hincrby: hincrby_calls(&stats),
     })
 }
 

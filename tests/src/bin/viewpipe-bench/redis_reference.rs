@@ -43,12 +43,13 @@ pub async fn run(
         .map(|p| format!("{prefix}:reference:{{{p}}}"))
         .collect();
     let before = cost::redis_usage(redis_url).await?;
-    let (mut pipe, mut queued, mut sent) = (redis::pipe(), 0, 0u64);
+    let (mut pipe, mut queued, mut sent, mut events) = (redis::pipe(), 0, 0u64, 0usize);
     let mut field = String::with_capacity(64);
-    for (n, event) in Generator::new(workload).enumerate() {
+    for event in Generator::new(workload) {
         let Some(at) = chrono::DateTime::from_timestamp_millis(event.timestamp_ms) else {
             continue;
         };
+        events += 1;
         let hash = &hashes[event.key_index % hashes.len()];
         field.clear();
         push_total_field(&mut field, &event.key);
@@ -57,7 +58,7 @@ pub async fn run(
         push_day_field(&mut field, &event.key, at.date_naive());
         pipe.hincr(hash, &field, 1).ignore();
         queued += 2;
-        let generation_ends = (n + 1) % GENERATION_EVENTS == 0;
+        let generation_ends = events % GENERATION_EVENTS == 0;
         if queued >= PIPELINE || generation_ends {
             pipe.query_async::<()>(&mut conn).await?;
             pipe.clear();
@@ -65,17 +66,28 @@ pub async fn run(
             queued = 0;
         }
         if generation_ends {
-            let _: i64 = conn.del(&hashes).await?;
+            delete(&mut conn, &hashes).await?;
         }
     }
     if queued > 0 {
         pipe.query_async::<()>(&mut conn).await?;
         sent += queued as u64;
     }
-    let _: i64 = conn.del(&hashes).await?;
+    delete(&mut conn, &hashes).await?;
     let after = cost::redis_usage(redis_url).await?;
     Ok(Reference {
         seconds: after.seconds - before.seconds,
         fields: sent,
     })
+}
+
+/// Deletes the hashes, one `DEL` each (each is a slot of its own on a cluster).
+async fn delete(
+    conn: &mut redis::aio::MultiplexedConnection,
+    hashes: &[String],
+) -> redis::RedisResult<()> {
+    for hash in hashes {
+        let _: i64 = conn.del(hash).await?;
+    }
+    Ok(())
 }
