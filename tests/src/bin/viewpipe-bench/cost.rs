@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sea_orm::{ConnectionTrait, Database, Statement};
+use viewpipe_tests::Stack;
 
 /// The unit of `/proc/*/stat` times: `USER_HZ`, which Linux fixes at 100 for every
 /// program whatever the kernel's own tick.
@@ -73,24 +74,20 @@ impl Postgres {
 
     /// Waits (up to a minute) until no autovacuum worker runs, so that a run is not
     /// charged with the clean-up of the one before it.
-    pub async fn wait_quiet(db_url: &str) -> anyhow::Result<()> {
-        let db = Database::connect(db_url).await?;
+    pub async fn wait_quiet(stack: &Stack) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while std::time::Instant::now() < deadline {
-            let row = db
-                .query_one(Statement::from_string(
-                    sea_orm::DbBackend::Postgres,
-                    "SELECT count(*)::int8 AS n FROM pg_stat_activity
+            let workers = stack
+                .rows(
+                    "SELECT 'autovacuum', count(*)::int8 FROM pg_stat_activity
                      WHERE backend_type = 'autovacuum worker'",
-                ))
-                .await?
-                .context("no row")?;
-            if row.try_get::<i64>("", "n")? == 0 {
+                )
+                .await?;
+            if workers.first().map_or(0, |r| r.1) == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        db.close().await?;
         Ok(())
     }
 

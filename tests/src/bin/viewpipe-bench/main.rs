@@ -551,7 +551,7 @@ async fn baselines(
         consumers::create_tables(&stack.db_url).await?;
         eprintln!("[bench] the same log counted by: {name}");
         tokio::time::sleep(cost::SETTLE).await;
-        cost::Postgres::wait_quiet(&stack.db_url).await?;
+        cost::Postgres::wait_quiet(stack).await?;
         let before = cost::Stores::read(postgres.as_ref(), &stack.redis_url).await?;
         let report = consumers::run(stack, kind, events, seconds).await?;
         let spent = cost::Stores::read(postgres.as_ref(), &stack.redis_url)

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use sea_orm::{ConnectionTrait, Database, Statement};
 use serde_json::{json, Value};
 
 use viewpipe_tests::chaos::metric;
@@ -46,7 +45,7 @@ pub async fn aggregator_run(
     flushed: Option<i64>,
 ) -> anyhow::Result<AggregatorRun> {
     let postgres = Postgres::find(&stack.db_url).await?;
-    Postgres::wait_quiet(&stack.db_url).await?;
+    Postgres::wait_quiet(stack).await?;
     let before = Stores::read(postgres.as_ref(), &stack.redis_url).await?;
     let aggregator = stack.spawn_aggregator_process(extra).await?;
     let deadline = Instant::now() + Duration::from_secs(900);
@@ -110,20 +109,15 @@ pub async fn aggregator_run(
 /// Waits until the partitions' flushed positions in Postgres add up to `events` (a
 /// small read, unlike summing the counters, so the wait costs Postgres little).
 async fn wait_positions(stack: &Stack, events: i64, deadline: Instant) -> anyhow::Result<()> {
-    let db = Database::connect(&stack.db_url).await?;
+    // The group is the stack's own generated name, safe to write into the query.
+    let sql = format!(
+        "SELECT 'positions', COALESCE(sum(next_offset), 0)::int8 FROM aggregator_partitions
+         WHERE consumer_group = '{}' AND topic = 'views'",
+        stack.group
+    );
     loop {
-        let row = db
-            .query_one(Statement::from_sql_and_values(
-                sea_orm::DbBackend::Postgres,
-                "SELECT COALESCE(sum(next_offset), 0)::int8 AS n FROM aggregator_partitions
-                 WHERE consumer_group = $1 AND topic = 'views'",
-                vec![stack.group.clone().into()],
-            ))
-            .await?
-            .context("no row")?;
-        let n: i64 = row.try_get("", "n")?;
+        let n = stack.rows(&sql).await?.first().map_or(0, |r| r.1);
         if n >= events {
-            db.close().await?;
             return Ok(());
         }
         if Instant::now() > deadline {
