@@ -33,7 +33,7 @@ impl Tally for Counts {
     }
 
     fn next_generation(&self) -> Self {
-        Counts::with_capacity(self.len())
+        Counts::next_generation(self)
     }
 }
 

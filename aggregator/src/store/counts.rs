@@ -113,12 +113,23 @@ impl PartialEq for Counts {
 
 impl Eq for Counts {}
 
+/// Most keys a new generation's map is made with room for.
+pub const NEXT_GENERATION_ROOM: usize = 131_072;
+
 impl Counts {
     /// Empty counts with room for `keys` keys.
     pub fn with_capacity(keys: usize) -> Self {
         Self {
             keys: HashMap::with_capacity_and_hasher(keys, Default::default()),
         }
+    }
+
+    /// Empty counts for the generation after these, with room for as many keys, up
+    /// to [`NEXT_GENERATION_ROOM`]: that spares growing the map step by step, and
+    /// after a backlog the sealed map and an equally large empty one do not sit side
+    /// by side.
+    pub fn next_generation(&self) -> Self {
+        Self::with_capacity(self.len().min(NEXT_GENERATION_ROOM))
     }
 
     /// The counts of `key`, created empty on first use (the key is copied only then).
@@ -202,6 +213,24 @@ mod tests {
 
     fn day(d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, d).expect("date")
+    }
+
+    #[test]
+    fn the_next_generation_has_room_for_the_last_ones_keys_up_to_a_bound() {
+        let mut small = Counts::default();
+        for i in 0..1000 {
+            small.add(&format!("resource:{i}"), day(20), None);
+        }
+        assert!(small.next_generation().keys.capacity() >= 1000);
+        let mut large = Counts::default();
+        for i in 0..300_000 {
+            large.add(&format!("resource:{i}"), day(20), None);
+        }
+        let next = large.next_generation().keys.capacity();
+        assert!(
+            (NEXT_GENERATION_ROOM..300_000).contains(&next),
+            "room for {next} keys after 300000"
+        );
     }
 
     #[test]
