@@ -45,6 +45,7 @@ pub fn own_seconds() -> f64 {
 
 /// The Postgres server on this machine: its postmaster, whose backends (and the
 /// backends it has reaped, through its children's times) are every server process.
+#[derive(Clone, Copy)]
 pub struct Postgres {
     postmaster: u32,
 }
@@ -94,19 +95,17 @@ impl Postgres {
     /// CPU seconds of every server process so far: the postmaster, its live children
     /// and the children it has reaped. A child reaped during the scan would be
     /// missed (or counted twice): the scan is repeated until the postmaster's
-    /// reaped time stands still across it.
+    /// reaped time stands still across it. Other tenants' connections come and go
+    /// meanwhile, so the scan is kept short (the postmaster's `children` list, not a
+    /// walk of `/proc`) and tried many times.
     pub fn seconds(&self) -> Option<f64> {
-        for _ in 0..5 {
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let before = stat(&format!("/proc/{}/stat", self.postmaster))?;
             let mut total = before.own + before.reaped;
-            for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-                let name = entry.file_name();
-                let Some(pid) = name
-                    .to_str()
-                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-                else {
-                    continue;
-                };
+            for pid in children(self.postmaster)? {
                 if let Some(s) = stat(&format!("/proc/{pid}/stat")) {
                     if s.ppid == self.postmaster {
                         total += s.own + s.reaped;
@@ -120,6 +119,27 @@ impl Postgres {
         }
         None
     }
+}
+
+/// Scans of the postmaster's processes tried before a reading is given up.
+const ATTEMPTS: usize = 100;
+
+/// The live children of single-threaded `pid`: its `children` list (one read), or
+/// where the kernel lacks that, every process in `/proc` (the caller checks each
+/// one's parent).
+fn children(pid: u32) -> Option<Vec<u32>> {
+    if let Ok(list) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        return Some(
+            list.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+        );
+    }
+    let all = std::fs::read_dir("/proc").ok()?.flatten();
+    Some(
+        all.filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+            .collect(),
+    )
 }
 
 /// What the Redis server has done so far (two `INFO`s: Redis before 7 takes one
@@ -210,6 +230,9 @@ pub const SETTLE: Duration = Duration::from_millis(1500);
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -219,5 +242,54 @@ mod tests {
             cmdstat_hincrby:calls=601075,usec=757401,usec_per_call=1.26,rejected_calls=0\r\n";
         assert_eq!(hincrby_calls(stats), 601_075);
         assert_eq!(hincrby_calls("# Commandstats\r\n"), 0);
+    }
+
+    /// Other tests share the Postgres, and their connections come and go while a
+    /// benchmark reads the server's CPU: every reading must still give a figure.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_seconds_are_read_while_connections_come_and_go() {
+        let url = viewpipe_tests::admin_url();
+        let postgres = Postgres::find(&url)
+            .await
+            .expect("connect to the test Postgres")
+            .expect("the test Postgres runs on this machine");
+        // Readings go on until the churn has made this many connections.
+        const CONNECTIONS: u32 = 200;
+        let made = Arc::new(AtomicU32::new(0));
+        let churn: Vec<_> = (0..3)
+            .map(|_| {
+                let (url, made) = (url.clone(), made.clone());
+                tokio::spawn(async move {
+                    while made.load(Ordering::Relaxed) < CONNECTIONS {
+                        let db = Database::connect(&url).await.expect("connect");
+                        db.execute_unprepared("SELECT 1").await.expect("select");
+                        db.close().await.expect("close");
+                        made.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let (mut readings, mut missed) = (0, 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while made.load(Ordering::Relaxed) < CONNECTIONS && std::time::Instant::now() < deadline {
+            let p = postgres;
+            readings += 1;
+            if tokio::task::spawn_blocking(move || p.seconds())
+                .await
+                .expect("read")
+                .is_none()
+            {
+                missed += 1;
+            }
+        }
+        for task in churn {
+            task.await.expect("churn task");
+        }
+        let connections = made.load(Ordering::Relaxed);
+        assert!(readings >= 100, "only {readings} readings in 60 s");
+        assert_eq!(
+            missed, 0,
+            "{missed} of {readings} readings gave no figure while {connections} connections came and went"
+        );
     }
 }

@@ -181,8 +181,7 @@ impl Table {
                 cost::micros(c.raw, n),
                 cost::micros(c.naive, n),
                 us(c.aggregator, n),
-                c.aggregator
-                    .map_or("n/a".into(), |a| format!("{:.2}x", a / c.naive)),
+                c.aggregator.map_or("n/a".into(), |a| times(a, c.naive, 2)),
                 us(c.postgres, n),
                 us(c.postgres, c.rows),
                 c.rows,
@@ -192,8 +191,7 @@ impl Table {
                     fields => format!("{} ({fields} fields)", cost::micros(c.redis, fields)),
                 },
                 us(c.total(), n),
-                c.total()
-                    .map_or("n/a".into(), |t| format!("{:.1}x", t / c.raw)),
+                c.total().map_or("n/a".into(), |t| times(t, c.raw, 1)),
                 cost::micros(c.broker, n),
                 cost::micros(c.produce, n),
             );
@@ -244,6 +242,16 @@ fn rate(r: f64) -> String {
         format!("{:.0}k/s", r / 1000.0)
     } else {
         format!("{r:.0}/s")
+    }
+}
+
+/// `a / b` as "1.5x"; "–" when `b` is too small to have been measured (a short run
+/// inside one clock tick).
+fn times(a: f64, b: f64, decimals: usize) -> String {
+    if b > 0.0 {
+        format!("{:.decimals$}x", a / b)
+    } else {
+        "–".to_owned()
     }
 }
 

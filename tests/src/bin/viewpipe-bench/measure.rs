@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
+use viewpipe_runtime::kafka;
 use viewpipe_tests::chaos::metric;
 use viewpipe_tests::{Service, Stack};
 
@@ -77,6 +80,7 @@ pub async fn aggregator_run(
     let durable_rate = match flushed {
         Some(_) => {
             wait_positions(stack, events as i64, deadline).await?;
+            wait_committed(stack, events as i64, deadline).await?;
             Some(events as f64 / first.elapsed().as_secs_f64().max(1e-9))
         }
         None => None,
@@ -125,6 +129,52 @@ async fn wait_positions(stack: &Stack, events: i64, deadline: Instant) -> anyhow
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until the group's offsets committed to Kafka add up to `events`. The
+/// aggregator commits them once it has taken in its flush's result, metrics
+/// included, and that comes after the Postgres commit [`wait_positions`] sees:
+/// without this wait, the last flush's rows could be missing from the count.
+async fn wait_committed(stack: &Stack, events: i64, deadline: Instant) -> anyhow::Result<()> {
+    let settings = kafka::KafkaSettings::plain(stack.broker.addr().to_string());
+    let consumer: BaseConsumer =
+        kafka::consumer_config(&settings, &stack.group, Duration::from_secs(6))
+            .create()
+            .context("a client to read the group's offsets")?;
+    let consumer = Arc::new(consumer);
+    loop {
+        let c = consumer.clone();
+        let n = tokio::task::spawn_blocking(move || committed(&c)).await??;
+        if n >= events {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the aggregator committed offsets up to {n} of {events} events to Kafka");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The sum of the group's committed offsets on `views` (a partition without one
+/// counts 0).
+fn committed(consumer: &BaseConsumer) -> anyhow::Result<i64> {
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some("views"), timeout)?;
+    let mut list = TopicPartitionList::new();
+    for topic in metadata.topics() {
+        for p in topic.partitions() {
+            list.add_partition(topic.name(), p.id());
+        }
+    }
+    let committed = consumer.committed_offsets(list, timeout)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .sum())
 }
 
 /// The bytes Redis uses for the stack's deployment (`MEMORY USAGE` of each of its
