@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
 use viewpipe_runtime::kafka;
 use viewpipe_tests::chaos::metric;
-use viewpipe_tests::{Service, Stack};
+use viewpipe_tests::{eventually, Service, Stack};
 
 use crate::cost::{self, Postgres, Stores};
 use crate::workload::Generator;
@@ -79,7 +80,7 @@ pub async fn aggregator_run(
     let counted_rate = events as f64 / first.elapsed().as_secs_f64().max(1e-9);
     let durable_rate = match flushed {
         Some(_) => {
-            wait_positions(stack, events as i64, deadline).await?;
+            wait_positions(stack, events as i64, deadline).await;
             Some(events as f64 / first.elapsed().as_secs_f64().max(1e-9))
         }
         None => None,
@@ -114,23 +115,27 @@ pub async fn aggregator_run(
 
 /// Waits until the partitions' flushed positions in Postgres add up to `events` (a
 /// small read, unlike summing the counters, so the wait costs Postgres little).
-async fn wait_positions(stack: &Stack, events: i64, deadline: Instant) -> anyhow::Result<()> {
+async fn wait_positions(stack: &Stack, events: i64, deadline: Instant) {
     // The group is the stack's own generated name, safe to write into the query.
     let sql = format!(
         "SELECT 'positions', COALESCE(sum(next_offset), 0)::int8 FROM aggregator_partitions
          WHERE consumer_group = '{}' AND topic = 'views'",
         stack.group
     );
-    loop {
-        let n = stack.rows(&sql).await?.first().map_or(0, |r| r.1);
-        if n >= events {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("Postgres holds positions up to {n} of {events} events");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let sql = &sql;
+    let check = move || async move {
+        let rows = stack.rows(sql).await.map_err(|e| e.to_string())?;
+        let n = rows.first().map_or(0, |r| r.1);
+        (n >= events)
+            .then_some(())
+            .ok_or_else(|| format!("positions up to {n} of {events} events"))
+    };
+    eventually(
+        left(deadline),
+        "Postgres holds every event's position",
+        check,
+    )
+    .await;
 }
 
 /// Waits until the group's offsets committed to Kafka add up to `events`. The
@@ -143,32 +148,48 @@ async fn wait_committed(stack: &Stack, events: i64, deadline: Instant) -> anyhow
         kafka::consumer_config(&settings, &stack.group, Duration::from_secs(6))
             .create()
             .context("a client to read the group's offsets")?;
-    let consumer = Arc::new(consumer);
-    loop {
-        let c = consumer.clone();
-        let n = tokio::task::spawn_blocking(move || committed(&c)).await??;
-        if n >= events {
-            return Ok(());
+    let mut partitions = TopicPartitionList::new();
+    for topic in consumer
+        .fetch_metadata(Some("views"), KAFKA_TIMEOUT)?
+        .topics()
+    {
+        for p in topic.partitions() {
+            partitions.add_partition(topic.name(), p.id());
         }
-        if Instant::now() > deadline {
-            bail!("the aggregator committed offsets up to {n} of {events} events to Kafka");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let (consumer, partitions) = (Arc::new(consumer), &partitions);
+    let check = move || {
+        let (consumer, partitions) = (consumer.clone(), partitions.clone());
+        async move {
+            let n = tokio::task::spawn_blocking(move || committed(&consumer, partitions))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            (n >= events)
+                .then_some(())
+                .ok_or_else(|| format!("offsets up to {n} of {events} events"))
+        }
+    };
+    eventually(
+        left(deadline),
+        "the aggregator commits every event's offset to Kafka",
+        check,
+    )
+    .await;
+    Ok(())
 }
 
-/// The sum of the group's committed offsets on `views` (a partition without one
-/// counts 0).
-fn committed(consumer: &BaseConsumer) -> anyhow::Result<i64> {
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some("views"), timeout)?;
-    let mut list = TopicPartitionList::new();
-    for topic in metadata.topics() {
-        for p in topic.partitions() {
-            list.add_partition(topic.name(), p.id());
-        }
-    }
-    let committed = consumer.committed_offsets(list, timeout)?;
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What is left until `deadline`.
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// The sum of the group's committed offsets on `partitions` (a partition without
+/// one counts 0).
+fn committed(consumer: &BaseConsumer, partitions: TopicPartitionList) -> KafkaResult<i64> {
+    let committed = consumer.committed_offsets(partitions, KAFKA_TIMEOUT)?;
     Ok(committed
         .elements()
         .iter()
